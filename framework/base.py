@@ -1,0 +1,168 @@
+"""Base classes of the four plugin kinds, and the small containers they exchange.
+
+Every plugin is a dataclass: its fields are its parameters (typed, with defaults), its ``name``
+is the option name on the command line and of its ``conf/<kind>/<name>.yaml``. A plugin may
+refuse a combination it cannot run by returning a reason from ``skip(problem)``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, NamedTuple
+
+import torch
+from torch import Tensor, nn
+
+if TYPE_CHECKING:  # pragma: no cover
+    from framework.problem import Problem, ProblemContext
+
+
+class Batch(NamedTuple):
+    """A minibatch: inputs, targets and the examples' indices in their split."""
+
+    x: Tensor
+    y: Tensor
+    idx: Tensor | None = None
+
+
+class Split(NamedTuple):
+    x: Tensor
+    y: Tensor
+
+
+@dataclass
+class DataSplits:
+    """What a dataset plugin returns: train/val/test tensors and what the model needs to know."""
+
+    train: Split
+    val: Split
+    test: Split
+    task: str  # "classification" | "regression"
+    num_outputs: int  # classes, or regression targets
+    input_shape: tuple[int, ...] = ()
+
+    def __post_init__(self):
+        if self.task not in ("classification", "regression"):
+            raise ValueError(f"task must be 'classification' or 'regression', got {self.task!r}")
+        if not self.input_shape:
+            self.input_shape = tuple(self.train.x.shape[1:])
+
+
+@dataclass
+class Plugin:
+    """Common base: a ``name``, typed parameters (dataclass fields) and a ``skip`` reason."""
+
+    name: ClassVar[str] = ""
+    kind: ClassVar[str] = ""
+
+    def skip(self, problem: Problem) -> str | None:
+        """Return why this plugin cannot run on ``problem`` (then the run is skipped), or None."""
+        return None
+
+    @classmethod
+    def defaults(cls) -> dict[str, Any]:
+        """The plugin's parameters and their default values (what its config file holds)."""
+        out = {}
+        for f in dataclasses.fields(cls):
+            if f.default is not dataclasses.MISSING:
+                out[f.name] = f.default
+            elif f.default_factory is not dataclasses.MISSING:
+                out[f.name] = f.default_factory()
+            else:
+                out[f.name] = "???"  # OmegaConf's mandatory value
+        return out
+
+    def params(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class Bilevel:
+    """Everything a hypergradient method may use, at one point (w, λ).
+
+    ``train_loss(w, lam)`` and ``val_loss(w, lam)`` are closures over fixed batches; ``w`` and
+    ``lam`` are flat 1-D tensors (see ``framework.flat``). ``inner_optimizer`` with its current
+    ``inner_state`` is the inner update rule, for methods that unroll it.
+    """
+
+    train_loss: Callable[[Tensor, Tensor], Tensor]
+    val_loss: Callable[[Tensor, Tensor], Tensor]
+    w: Tensor
+    lam: Tensor
+    inner_optimizer: Any = None
+    inner_state: dict[str, Tensor] | None = None
+
+
+@dataclass
+class HypergradientMethod(Plugin):
+    """Approximates dL_V/dλ at (w, λ). ``compute`` returns a flat tensor shaped like ``lam``."""
+
+    kind: ClassVar[str] = "hypergrad"
+
+    def compute(self, problem: Bilevel) -> Tensor:
+        raise NotImplementedError
+
+
+@dataclass
+class HyperparamFamily(Plugin):
+    """Says what λ is and where it enters the losses.
+
+    ``init_hyperparams`` returns λ's initial tensors by name; the framework keeps them as one flat
+    vector and hands them back to ``training_loss``/``validation_loss`` as a dict of views.
+    ``ctx.forward(w, x)`` is the model's functional forward and ``ctx.data_loss(out, y)`` the
+    task's loss (cross-entropy or mean squared error).
+    """
+
+    kind: ClassVar[str] = "hyperparam"
+
+    def init_hyperparams(self, ctx: ProblemContext) -> dict[str, Tensor]:
+        raise NotImplementedError
+
+    def training_loss(self, w: Tensor, lam: dict[str, Tensor], batch: Batch, ctx: ProblemContext) -> Tensor:
+        raise NotImplementedError
+
+    def validation_loss(self, w: Tensor, lam: dict[str, Tensor], batch: Batch, ctx: ProblemContext) -> Tensor:
+        """L_V; the default is the plain data loss (no direct dependence on λ)."""
+        return ctx.data_loss(ctx.forward(w, batch.x), batch.y)
+
+    def metrics(self, lam: dict[str, Tensor]) -> dict[str, float]:
+        """Scalars worth plotting over hyper-steps (e.g. the mean decay); logged on eval steps."""
+        return {}
+
+
+@dataclass
+class Dataset(Plugin):
+    """Loads data (offline) and splits it into train/val/test tensors."""
+
+    kind: ClassVar[str] = "dataset"
+
+    def load(self) -> DataSplits:
+        raise NotImplementedError
+
+
+@dataclass
+class Model(Plugin):
+    """Builds an ``nn.Module``; hgbench calls it functionally with flat weights."""
+
+    kind: ClassVar[str] = "model"
+
+    def build(self, input_shape: tuple[int, ...], num_outputs: int) -> nn.Module:
+        raise NotImplementedError
+
+
+def split_arrays(x: Tensor, y: Tensor, sizes: tuple[int | None, int | None, int | None], seed: int) -> tuple[Split, Split, Split]:
+    """Shuffle (x, y) with ``seed`` and cut train/val/test of the given sizes (None = the rest)."""
+    n = len(x)
+    fixed = sum(s for s in sizes if s is not None)
+    rest = [i for i, s in enumerate(sizes) if s is None]
+    if fixed > n or (rest and len(rest) > 1):
+        raise ValueError(f"split sizes {sizes} do not fit {n} examples (at most one may be null)")
+    sizes = tuple(n - fixed if s is None else s for s in sizes)
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    out, start = [], 0
+    for s in sizes:
+        idx = perm[start : start + s]
+        out.append(Split(x[idx], y[idx]))
+        start += s
+    return tuple(out)

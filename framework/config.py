@@ -1,0 +1,96 @@
+"""Turning a config node into a plugin instance, with errors that name the key and what is allowed."""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from typing import Any, Literal, Union
+
+from omegaconf import DictConfig, OmegaConf
+
+from framework import plugins
+from framework.base import Plugin
+from framework.errors import ConfigError
+
+
+def to_dict(node: Any) -> dict[str, Any]:
+    if isinstance(node, DictConfig):
+        return OmegaConf.to_container(node, resolve=True)  # type: ignore[return-value]
+    return dict(node)
+
+
+def _type_name(tp: Any) -> str:
+    if typing.get_origin(tp) is Literal:
+        return " | ".join(repr(a) for a in typing.get_args(tp))
+    if typing.get_origin(tp) in (Union, types.UnionType):
+        return " | ".join(_type_name(a) for a in typing.get_args(tp))
+    if tp is type(None):
+        return "null"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _matches(value: Any, tp: Any) -> bool:
+    origin = typing.get_origin(tp)
+    if tp is Any:
+        return True
+    if origin in (Union, types.UnionType):
+        return any(_matches(value, a) for a in typing.get_args(tp))
+    if origin is Literal:
+        return value in typing.get_args(tp)
+    if tp is type(None):
+        return value is None
+    if tp is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if origin in (list, tuple):
+        args = [a for a in typing.get_args(tp) if a is not Ellipsis]
+        return isinstance(value, (list, tuple)) and all(any(_matches(v, a) for a in args) or not args for v in value)
+    if origin is dict:
+        return isinstance(value, dict)
+    if isinstance(tp, type):
+        return isinstance(value, tp)
+    return True
+
+
+def check_params(kind: str, cls: type[Plugin], params: dict[str, Any]) -> None:
+    """Raise ConfigError for an unknown key or a value of the wrong type."""
+    fields = {f.name for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    for key, value in params.items():
+        if key not in fields:
+            allowed = ", ".join(sorted(fields)) or "(none)"
+            raise ConfigError(
+                f"{kind}.{key}: unknown parameter of {kind} {cls.name!r} (value {value!r}). Allowed: {allowed}"
+            )
+        tp = hints.get(key, Any)
+        if not _matches(value, tp):
+            raise ConfigError(f"{kind}.{key}={value!r}: {cls.name!r} expects {_type_name(tp)}")
+
+
+def build_plugin(kind: str, node: Any, **overrides: Any) -> Plugin:
+    """Instantiate the plugin named ``node.name`` of ``kind`` with the node's other keys."""
+    params = to_dict(node) if node is not None else {}
+    params.update(overrides)
+    name = params.pop("name", None)
+    if not name:
+        raise ConfigError(f"{kind}.name is missing. Available: {', '.join(plugins.available(kind))}")
+    cls = plugins.get(kind, name)
+    check_params(kind, cls, params)
+    try:
+        return cls(**params)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{kind} {name!r}: {exc}") from exc
+
+
+def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{'a': {'b': 1}} -> {'a.b': 1} (for MLflow params)."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and v:
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out

@@ -1,0 +1,77 @@
+"""Hypergradients: the implicit-function-theorem formula and truncated unrolled differentiation.
+
+    dL_V/dλ = ∂L_V/∂λ − (∂²L_T/∂λ∂wᵀ) · [∂²L_T/∂w∂wᵀ]⁻¹ · ∂L_V/∂w      (Lorraine et al., 2020)
+
+``ift_hypergradient`` is Algorithm 2 with the inverse-Hessian-vector product delegated to any
+solver of ``framework.linalg``. The training gradient is built ONCE with ``create_graph=True`` and
+every Hessian-vector product reuses its graph (about 1.2 plain gradients each on a CPU MLP,
+instead of about 2.6 when the double-backward graph is rebuilt).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+from torch import Tensor
+
+Loss = Callable[[Tensor, Tensor], Tensor]
+Solve = Callable[[Callable[[Tensor], Tensor], Tensor], Tensor]
+
+
+class HessianVectorProduct:
+    """v ↦ (∂²L_T/∂w∂wᵀ) v, reusing the graph of one create_graph gradient ``grad_w``."""
+
+    def __init__(self, grad_w: Tensor, w: Tensor):
+        self.grad_w, self.w = grad_w, w
+        self.calls = 0
+
+    def __call__(self, v: Tensor) -> Tensor:
+        self.calls += 1
+        return torch.autograd.grad(self.grad_w, self.w, v, retain_graph=True)[0]
+
+    def batched(self, vs: Tensor) -> Tensor:
+        """Rows of ``vs`` are vectors; returns their HVPs as rows (one vmapped backward)."""
+        self.calls += len(vs)
+        return torch.autograd.grad(self.grad_w, self.w, vs, retain_graph=True, is_grads_batched=True)[0]
+
+
+def _or_zeros(g: Tensor | None, like: Tensor) -> Tensor:
+    return torch.zeros_like(like) if g is None else g
+
+
+def ift_hypergradient(train_loss: Loss, val_loss: Loss, w: Tensor, lam: Tensor, solve: Solve) -> Tensor:
+    """Algorithm 2: ∂L_V/∂λ − (∂²L_T/∂λ∂w) v, with v = solve(H·, ∂L_V/∂w) ≈ H⁻¹ ∂L_V/∂w."""
+    w = w.detach().requires_grad_(True)
+    lam = lam.detach().requires_grad_(True)
+    gv_w, gv_lam = torch.autograd.grad(val_loss(w, lam), (w, lam), allow_unused=True)
+    gv_w = _or_zeros(gv_w, w)
+    (gt_w,) = torch.autograd.grad(train_loss(w, lam), w, create_graph=True)
+    v = solve(HessianVectorProduct(gt_w, w), gv_w)
+    # the mixed term v3 = grad(∂L_T/∂w, λ, grad_outputs=v) (corrected Algorithm 2)
+    (mixed,) = torch.autograd.grad(gt_w, lam, v.detach(), allow_unused=True)
+    return _or_zeros(gv_lam, lam) - _or_zeros(mixed, lam)
+
+
+def unrolled_hypergradient(
+    train_loss: Loss,
+    val_loss: Loss,
+    w: Tensor,
+    lam: Tensor,
+    optimizer: Any,
+    state: dict[str, Any] | None,
+    steps: int,
+) -> Tensor:
+    """d L_V(w_K(λ), λ) / dλ through K = ``steps`` inner updates from the current (w, state).
+
+    Truncated reverse-mode differentiation: w_0 and the optimiser state are treated as constants;
+    memory grows linearly with ``steps`` (every step's graph is kept for the backward pass).
+    """
+    lam = lam.detach().requires_grad_(True)
+    wt = w.detach().requires_grad_(True)
+    st = {k: (v.detach() if isinstance(v, Tensor) else v) for k, v in (state or optimizer.init(w)).items()}
+    for _ in range(steps):
+        (g,) = torch.autograd.grad(train_loss(wt, lam), wt, create_graph=True)
+        wt, st = optimizer.step(wt, g, st)
+    (out,) = torch.autograd.grad(val_loss(wt, lam), lam, allow_unused=True)
+    return _or_zeros(out, lam)

@@ -1,0 +1,70 @@
+"""Peak-memory measurement for one run.
+
+- CUDA: ``torch.cuda.max_memory_allocated`` since the run began (tensors only, absolute).
+- CPU: growth of the process's peak resident set size since the run began. On Linux the kernel's
+  high-water mark is reset at the start (``/proc/self/clear_refs``), so runs in one process are
+  measured separately; elsewhere ``ru_maxrss`` is used (then only a first run is exact).
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import sys
+
+import torch
+
+_STATUS = "/proc/self/status"
+
+
+def _status_kb(field: str) -> int | None:
+    try:
+        with open(_STATUS) as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def _reset_hwm() -> bool:
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _maxrss_kb() -> int:
+    r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return r // 1024 if sys.platform == "darwin" else r
+
+
+class PeakMemory:
+    """``start()`` then ``peak_mb()``; ``kind`` says what was measured."""
+
+    def __init__(self, device: torch.device):
+        self.device = torch.device(device)
+        self.kind = "cuda_max_allocated" if self.device.type == "cuda" else "cpu_peak_rss_growth"
+        self._base_kb = 0
+
+    def start(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            return
+        self._hwm = _reset_hwm() and _status_kb("VmHWM") is not None
+        self._base_kb = _status_kb("VmRSS") or 0 if self._hwm else _maxrss_kb()
+
+    def peak_mb(self) -> float:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            return torch.cuda.max_memory_allocated(self.device) / 2**20
+        peak = _status_kb("VmHWM") if self._hwm else _maxrss_kb()
+        return max(0, (peak or 0) - self._base_kb) / 1024
+
+
+def rss_mb() -> float:
+    return (_status_kb("VmRSS") or 0) / 1024 if os.path.exists(_STATUS) else _maxrss_kb() / 1024

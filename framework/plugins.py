@@ -1,0 +1,169 @@
+"""The plugin manager: built-in plugins from a list, third-party ones from entry points.
+
+Built-ins are registered exactly like a third-party package's plugins would be: each module in
+``BUILTIN_PLUGINS`` implements ``register_*`` hooks with ``@hookimpl``. A third-party package
+declares, in its pyproject::
+
+    [project.entry-points.hgbench]
+    my_plugin = "my_package.plugin_module"
+
+Set ``HGBENCH_DISABLE_ENTRY_POINTS=1`` to load the built-ins only.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.metadata
+import os
+import warnings
+from dataclasses import dataclass
+
+import pluggy
+
+from framework import hookspecs
+from framework.errors import UnknownPluginError
+
+hookimpl = pluggy.HookimplMarker("hgbench")
+
+ENTRY_POINT_GROUP = "hgbench"
+
+BUILTIN_PLUGINS = (
+    "plugins.hypergrad.neumann",
+    "plugins.hypergrad.cg",
+    "plugins.hypergrad.identity",
+    "plugins.hypergrad.exact",
+    "plugins.hypergrad.unroll",
+    "plugins.hyperparam.weight_decay",
+    "plugins.hyperparam.weight_decay_per_param",
+    "plugins.dataset.synthetic_linear",
+    "plugins.dataset.digits",
+    "plugins.dataset.mnist_5k",
+    "plugins.model.linear",
+    "plugins.model.mlp",
+    "plugins.recorder.mlflow_recorder",
+    "plugins.recorder.progress",
+)
+
+# config group / kind -> the hook that registers it
+KINDS = {
+    "hypergrad": "register_hypergradients",
+    "hyperparam": "register_hyperparams",
+    "dataset": "register_datasets",
+    "model": "register_models",
+}
+
+
+@dataclass(frozen=True)
+class Registered:
+    cls: type
+    source: str  # the plugin (module or entry point) that registered it
+
+
+@dataclass(frozen=True)
+class PluginFailure:
+    source: str
+    error: str
+
+
+_pm: pluggy.PluginManager | None = None
+_import_failures: list[PluginFailure] = []  # entry points that failed to import (once per process)
+_hook_failures: list[PluginFailure] = []  # register_* hooks that raised (per registry build)
+_registry: dict[str, dict[str, Registered]] | None = None
+
+
+def _report(source: str, exc: BaseException, what: str, into: list[PluginFailure]) -> None:
+    into.append(PluginFailure(source, f"{type(exc).__name__}: {exc}"))
+    warnings.warn(f"hgbench: plugin {source!r} failed {what}: {type(exc).__name__}: {exc}", stacklevel=3)
+
+
+def plugin_manager() -> pluggy.PluginManager:
+    """The process-wide plugin manager (built on first use)."""
+    global _pm
+    if _pm is not None:
+        return _pm
+    pm = pluggy.PluginManager("hgbench")
+    pm.add_hookspecs(hookspecs)
+    for modname in BUILTIN_PLUGINS:
+        pm.register(importlib.import_module(modname), name=modname)
+    if not os.environ.get("HGBENCH_DISABLE_ENTRY_POINTS"):
+        for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+            if pm.has_plugin(ep.name):
+                continue
+            try:
+                pm.register(ep.load(), name=ep.name)
+            except Exception as exc:  # a broken plugin must not break the others
+                _report(f"{ep.name} ({ep.value})", exc, "to import", _import_failures)
+    pm.check_pending()
+    _pm = pm
+    return pm
+
+
+def register(plugin: object, name: str | None = None) -> None:
+    """Register a plugin object or module at run time (e.g. from a notebook or a test)."""
+    global _registry
+    plugin_manager().register(plugin, name=name)
+    plugin_manager().check_pending()
+    _registry = None
+
+
+def unregister(name: str) -> None:
+    global _registry
+    plugin_manager().unregister(name=name)
+    _registry = None
+
+
+def failures() -> list[PluginFailure]:
+    """Plugins that failed to import or to register, with the error."""
+    plugin_manager()
+    registry()
+    return _import_failures + _hook_failures
+
+
+def registry() -> dict[str, dict[str, Registered]]:
+    """kind -> name -> (class, source), from every registered plugin's ``register_*`` hooks."""
+    global _registry
+    if _registry is not None:
+        return _registry
+    pm = plugin_manager()
+    _hook_failures.clear()
+    out: dict[str, dict[str, Registered]] = {}
+    for kind, hook_name in KINDS.items():
+        found: dict[str, Registered] = {}
+        for impl in getattr(pm.hook, hook_name).get_hookimpls():  # registration order
+            try:
+                classes = impl.function() or []
+            except Exception as exc:
+                _report(impl.plugin_name, exc, f"in {hook_name}()", _hook_failures)
+                continue
+            for cls in classes:
+                name = getattr(cls, "name", "")
+                if not name:
+                    _report(impl.plugin_name, TypeError(f"{cls!r} has no 'name'"), f"in {hook_name}()", _hook_failures)
+                elif name in found and found[name].cls is not cls:
+                    _report(
+                        impl.plugin_name,
+                        ValueError(f"{kind} {name!r} is already registered by {found[name].source}"),
+                        f"in {hook_name}()",
+                        _hook_failures,
+                    )
+                else:
+                    found[name] = Registered(cls, impl.plugin_name)
+        out[kind] = found
+    _registry = out
+    return out
+
+
+def available(kind: str) -> list[str]:
+    if kind not in KINDS:
+        raise UnknownPluginError("plugin kind", kind, list(KINDS))
+    return sorted(registry()[kind])
+
+
+def get(kind: str, name: str) -> type:
+    """The class registered as ``name`` for ``kind``; an unknown name lists the available ones."""
+    entries = registry().get(kind)
+    if entries is None:
+        raise UnknownPluginError("plugin kind", kind, list(KINDS))
+    if name not in entries:
+        raise UnknownPluginError(kind, name, list(entries))
+    return entries[name].cls

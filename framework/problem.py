@@ -1,0 +1,139 @@
+"""A bilevel problem assembled from a dataset, a model and a hyperparameter family.
+
+w and λ are flat leaf tensors (``framework.flat``); ``train_loss(w, λ, batch)`` and
+``val_loss(w, λ, batch)`` are what every hypergradient method differentiates. The problem never
+looks inside the family: the family alone decides where λ enters the losses.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.func import functional_call
+
+from framework.base import Batch, Bilevel, DataSplits, Dataset, HyperparamFamily, Model, Split
+from framework.flat import FlatSpec
+
+
+@dataclass
+class ProblemContext:
+    """What a hyperparameter family may use: the functional model, the task loss, the data."""
+
+    forward: Callable[..., Tensor]  # forward(w, x, **kwargs) -> outputs
+    data_loss: Callable[..., Tensor]  # data_loss(outputs, y, reduction="mean")
+    module: nn.Module
+    w_spec: FlatSpec
+    data: DataSplits
+    device: torch.device
+    dtype: torch.dtype
+
+
+def _to(split: Split, task: str, device, dtype) -> Split:
+    y = split.y.to(device=device, dtype=torch.long if task == "classification" else dtype)
+    return Split(split.x.to(device=device, dtype=dtype), y)
+
+
+class Problem:
+    def __init__(self, dataset: Dataset, model: Model, family: HyperparamFamily, *, device="cpu", dtype=torch.float32, seed: int = 0):
+        self.dataset, self.model, self.family = dataset, model, family
+        self.device, self.dtype = torch.device(device), dtype
+        data = dataset.load()
+        self.data = DataSplits(
+            *(_to(s, data.task, self.device, dtype) for s in (data.train, data.val, data.test)),
+            task=data.task,
+            num_outputs=data.num_outputs,
+            input_shape=data.input_shape,
+        )
+        torch.manual_seed(seed)
+        self.module = model.build(self.data.input_shape, self.data.num_outputs).to(self.device, dtype)
+        params = {n: p.detach() for n, p in self.module.named_parameters()}
+        self.w_spec = FlatSpec.of(params)
+        self.w0 = self.w_spec.flatten(params).clone()
+        for p in self.module.parameters():  # the flat vector is the only copy that matters
+            p.requires_grad_(False)
+        self.ctx = ProblemContext(self.forward, self.data_loss, self.module, self.w_spec, self.data, self.device, dtype)
+        lam = {k: v.to(self.device, dtype) for k, v in family.init_hyperparams(self.ctx).items()}
+        self.lam_spec = FlatSpec.of(lam)
+        self.lam0 = self.lam_spec.flatten(lam).clone()
+
+    # --- the functional model and the two losses ---------------------------------------------
+    def forward(self, w: Tensor, x: Tensor, **kwargs: Any) -> Tensor:
+        return functional_call(self.module, self.w_spec.unflatten(w), (x,), kwargs)
+
+    def data_loss(self, out: Tensor, y: Tensor, reduction: str = "mean") -> Tensor:
+        if self.data.task == "classification":
+            return F.cross_entropy(out, y, reduction=reduction)
+        return F.mse_loss(out.reshape(y.shape), y, reduction=reduction)
+
+    def train_loss(self, w: Tensor, lam: Tensor, batch: Batch) -> Tensor:
+        return self.family.training_loss(w, self.lam_spec.unflatten(lam), batch, self.ctx)
+
+    def val_loss(self, w: Tensor, lam: Tensor, batch: Batch) -> Tensor:
+        return self.family.validation_loss(w, self.lam_spec.unflatten(lam), batch, self.ctx)
+
+    def bilevel(self, train_batch: Batch, val_batch: Batch, w: Tensor, lam: Tensor, optimizer=None, state=None) -> Bilevel:
+        return Bilevel(
+            train_loss=lambda w_, l_: self.train_loss(w_, l_, train_batch),
+            val_loss=lambda w_, l_: self.val_loss(w_, l_, val_batch),
+            w=w,
+            lam=lam,
+            inner_optimizer=optimizer,
+            inner_state=state,
+        )
+
+    # --- sizes and evaluation ----------------------------------------------------------------
+    @property
+    def num_weights(self) -> int:
+        return self.w_spec.numel
+
+    @property
+    def num_hyperparams(self) -> int:
+        return self.lam_spec.numel
+
+    def full_batch(self, split: str) -> Batch:
+        s = getattr(self.data, split)
+        return Batch(s.x, s.y, torch.arange(len(s.x), device=self.device))
+
+    @torch.no_grad()
+    def evaluate(self, w: Tensor, split: str, batch_size: int = 4096) -> dict[str, float]:
+        """Mean data loss (and accuracy for classification) of weights ``w`` on a whole split."""
+        s = getattr(self.data, split)
+        total = torch.zeros((), device=self.device, dtype=torch.float64)
+        correct = torch.zeros((), device=self.device, dtype=torch.float64)
+        for i in range(0, len(s.x), batch_size):
+            out = self.forward(w, s.x[i : i + batch_size])
+            y = s.y[i : i + batch_size]
+            total += self.data_loss(out, y, reduction="sum").double()
+            if self.data.task == "classification":
+                correct += (out.argmax(-1) == y).sum()
+        n = max(len(s.x), 1)
+        res = {f"{split}_loss": total.item() / n}
+        if self.data.task == "classification":
+            res[f"{split}_acc"] = correct.item() / n
+        return res
+
+
+class Sampler:
+    """Endless minibatches of one split: reshuffled each epoch; ``batch_size=None`` = full batch."""
+
+    def __init__(self, split: Split, batch_size: int | None, generator: torch.Generator):
+        self.split, self.gen = split, generator
+        n = len(split.x)
+        self.batch_size = n if batch_size is None or batch_size >= n else batch_size
+        self._full = Batch(split.x, split.y, torch.arange(n, device=split.x.device))
+        self._perm, self._pos = None, n
+
+    def next(self) -> Batch:
+        n = len(self.split.x)
+        if self.batch_size == n:
+            return self._full
+        if self._pos + self.batch_size > n:
+            self._perm = torch.randperm(n, generator=self.gen).to(self.split.x.device)
+            self._pos = 0
+        idx = self._perm[self._pos : self._pos + self.batch_size]
+        self._pos += self.batch_size
+        return Batch(self.split.x[idx], self.split.y[idx], idx)

@@ -1,0 +1,229 @@
+"""The experiment: the paper's Algorithm 1 with lifecycle hooks.
+
+    repeat hyper_steps times:
+        inner_steps optimiser steps on w (warm-started), with λ fixed
+        one hypergradient (the configured method) and one hyper-optimiser step on λ
+        every eval_every hyper-steps: train/val/test loss and accuracy
+
+Recorders (MLflow, progress) are plugins on the ``on_run_*`` hooks; the loop itself never imports
+them. ``Experiment`` is also what the Python API returns, so a notebook runs the same code.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import hydra.utils
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch import Tensor
+
+from framework import plugins
+from framework.base import Batch, HypergradientMethod
+from framework.config import build_plugin, to_dict
+from framework.errors import ConfigError, DivergenceError, SkipRun
+from framework.memory import PeakMemory
+from framework.problem import Problem, Sampler
+
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
+STATUSES = ("FINISHED", "FAILED", "SKIPPED", "KILLED")
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name not in ("cpu", "cuda") and not name.startswith("cuda:"):
+        raise ConfigError(f"device={name!r}: expected auto, cpu or cuda")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device={name!r} but CUDA is not available here; use device=auto or cpu")
+    return torch.device(name)
+
+
+@dataclass
+class RunContext:
+    """One run, as the lifecycle hooks see it. Recorders may store state in ``extras`` and
+    things to report at the end (e.g. where the run was recorded) in ``info``."""
+
+    config: DictConfig
+    experiment: Experiment
+    tags: dict[str, str]
+    info: dict[str, Any] = field(default_factory=dict)
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class RunResult:
+    status: str
+    summary: dict[str, Any]
+    info: dict[str, Any]
+    error: BaseException | None = None
+
+
+def _positive(cfg: DictConfig, key: str, allow_zero: bool = False) -> int:
+    v = cfg.get(key)
+    if not isinstance(v, int) or isinstance(v, bool) or v < 0 or (v == 0 and not allow_zero):
+        raise ConfigError(f"{key}={v!r}: expected an integer {'>= 0' if allow_zero else '>= 1'}")
+    return v
+
+
+class Experiment:
+    """Problem + hypergradient method + inner/outer optimisers, built from a composed config."""
+
+    def __init__(self, cfg: DictConfig):
+        self.cfg = cfg
+        self.device = resolve_device(str(cfg.device))
+        if cfg.dtype not in DTYPES:
+            raise ConfigError(f"dtype={cfg.dtype!r}: expected one of {', '.join(DTYPES)}")
+        for key in ("hyper_steps", "inner_steps", "eval_every"):
+            _positive(cfg, key)
+        self.memory = PeakMemory(self.device)
+        self.t_start = time.perf_counter()
+        dataset = build_plugin("dataset", cfg.dataset)
+        model = build_plugin("model", cfg.model)
+        family = build_plugin("hyperparam", cfg.hyperparam)
+        self.method: HypergradientMethod = build_plugin("hypergrad", cfg.hypergrad)  # type: ignore[assignment]
+        self.inner_optimizer = hydra.utils.instantiate(cfg.inner_optimizer)
+        self.problem = Problem(dataset, model, family, device=self.device, dtype=DTYPES[cfg.dtype], seed=cfg.seed)
+        self.w = self.problem.w0.clone()
+        self.lam = self.problem.lam0.clone().requires_grad_(True)
+        self.inner_state = self.inner_optimizer.init(self.w)
+        self.outer_optimizer = hydra.utils.instantiate(cfg.outer_optimizer)([self.lam])
+        gen = torch.Generator().manual_seed(int(cfg.seed))
+        self.train_sampler = Sampler(self.problem.data.train, cfg.train_batch_size, gen)
+        self.val_sampler = Sampler(self.problem.data.val, cfg.val_batch_size, gen)
+
+    # --- the pieces of Algorithm 1 -----------------------------------------------------------
+    def train_inner(self, steps: int) -> Tensor | None:
+        """``steps`` inner optimiser steps on w with λ fixed; returns the last training loss."""
+        lam = self.lam.detach()
+        loss = None
+        for _ in range(steps):
+            w = self.w.requires_grad_(True)
+            loss = self.problem.train_loss(w, lam, self.train_sampler.next())
+            (g,) = torch.autograd.grad(loss, w)
+            with torch.no_grad():
+                self.w, self.inner_state = self.inner_optimizer.step(self.w.detach(), g, self.inner_state)
+        return None if loss is None else loss.detach()
+
+    def hypergradient_flat(self, method: HypergradientMethod, train_batch: Batch, val_batch: Batch) -> Tensor:
+        bl = self.problem.bilevel(train_batch, val_batch, self.w.detach(), self.lam.detach(), self.inner_optimizer, self.inner_state)
+        return method.compute(bl)
+
+    def hypergradient(self, method: str | HypergradientMethod | None = None, train_batch: Batch | None = None, val_batch: Batch | None = None, **params: Any) -> dict[str, Tensor]:
+        """dL_V/dλ at the current (w, λ), shaped like λ, by a named method (its config defaults
+        overridden by ``params``). Batches default to the full train and val splits."""
+        if method is None:
+            m = self.method
+        elif isinstance(method, str):
+            node = dict(plugins.get("hypergrad", method).defaults(), name=method)
+            if self.cfg.hypergrad.name == method:
+                node.update(to_dict(self.cfg.hypergrad))
+            m = build_plugin("hypergrad", node, **params)
+        else:
+            m = method
+        hg = self.hypergradient_flat(m, train_batch or self.problem.full_batch("train"), val_batch or self.problem.full_batch("val"))
+        return self.problem.lam_spec.unflatten(hg)
+
+    def hyper_step(self, step: int = 0) -> dict[str, float]:
+        """One iteration of Algorithm 1; returns its metrics."""
+        cuda = self.device.type == "cuda"
+        t0 = time.perf_counter()
+        last_loss = self.train_inner(self.cfg.inner_steps)
+        if cuda:
+            torch.cuda.synchronize(self.device)
+        t1 = time.perf_counter()
+        hg = self.hypergradient_flat(self.method, self.train_sampler.next(), self.val_sampler.next())
+        norm = torch.linalg.vector_norm(hg)
+        if cuda:
+            torch.cuda.synchronize(self.device)
+        t2 = time.perf_counter()
+        norm_f, loss_f = torch.stack([norm.detach().double(), last_loss.double()]).tolist()
+        if not math.isfinite(loss_f):
+            raise DivergenceError("the training loss", step)
+        if not math.isfinite(norm_f):
+            raise DivergenceError("the hypergradient", step)
+        self.outer_optimizer.zero_grad(set_to_none=True)
+        self.lam.grad = hg.to(self.lam.dtype)
+        self.outer_optimizer.step()
+        return {"inner_time_s": t1 - t0, "hypergrad_time_s": t2 - t1, "hypergrad_norm": norm_f, "inner_loss": loss_f}
+
+    def evaluate(self) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for split in ("train", "val", "test"):
+            if len(getattr(self.problem.data, split).x):
+                out.update(self.problem.evaluate(self.w, split, self.cfg.get("eval_batch_size", 4096)))
+        with torch.no_grad():
+            lam = self.problem.lam_spec.unflatten(self.lam.detach())
+            out.update({f"hp/{k}": float(v) for k, v in self.problem.family.metrics(lam).items()})
+        return out
+
+    def skip_reason(self) -> str | None:
+        for plugin in (self.method, self.problem.family, self.problem.model, self.problem.dataset):
+            reason = plugin.skip(self.problem)
+            if reason:
+                return f"{plugin.kind} {plugin.name!r}: {reason}"
+        return None
+
+    # --- the whole run, with hooks -----------------------------------------------------------
+    def tags(self) -> dict[str, str]:
+        from framework.provenance import provenance_tags
+
+        c = self.cfg
+        return {
+            "hgbench.hypergrad": c.hypergrad.name,
+            "hgbench.hyperparam": c.hyperparam.name,
+            "hgbench.dataset": c.dataset.name,
+            "hgbench.model": c.model.name,
+            "hgbench.device": str(self.device),
+            "hgbench.memory_kind": self.memory.kind,
+            **provenance_tags(),
+        }
+
+    def run(self) -> RunResult:
+        hook = plugins.plugin_manager().hook
+        ctx = RunContext(self.cfg, self, self.tags())
+        summary: dict[str, Any] = {"num_weights": self.problem.num_weights, "num_hyperparams": self.problem.num_hyperparams}
+        hook.on_run_start(run=ctx)
+        # runtime and peak memory cover the run itself: after data loading and recorder set-up
+        self.memory.start()
+        self.t_start = time.perf_counter()
+        step = 0
+        try:
+            reason = self.skip_reason()
+            if reason:
+                raise SkipRun(reason)
+            self.train_inner(self.cfg.get("warmup_steps", 0) or 0)
+            metrics = self.evaluate()
+            hook.on_hyper_step(run=ctx, step=0, metrics={**metrics, "elapsed_s": time.perf_counter() - self.t_start})
+            summary.update(metrics)
+            summary["initial"] = dict(metrics)
+            for step in range(1, self.cfg.hyper_steps + 1):
+                metrics = self.hyper_step(step)
+                if step % self.cfg.eval_every == 0 or step == self.cfg.hyper_steps:
+                    metrics.update(self.evaluate())
+                metrics["elapsed_s"] = time.perf_counter() - self.t_start
+                summary.update(metrics)
+                hook.on_hyper_step(run=ctx, step=step, metrics=metrics)
+            status, error = "FINISHED", None
+        except SkipRun as exc:
+            status, error = "SKIPPED", exc
+        except KeyboardInterrupt as exc:
+            status, error = "KILLED", exc
+        except Exception as exc:  # recorded, then reported to the caller
+            status, error = "FAILED", exc
+            summary["failed_step"] = getattr(exc, "step", step)
+        summary["runtime_s"] = time.perf_counter() - self.t_start
+        summary["peak_memory_mb"] = self.memory.peak_mb()
+        summary["memory_kind"] = self.memory.kind
+        summary["hyper_steps_done"] = step if status == "FINISHED" else max(step - 1, 0)
+        hook.on_run_end(run=ctx, status=status, error=error, summary=summary)
+        if status == "KILLED":
+            raise error  # type: ignore[misc]
+        return RunResult(status, summary, ctx.info, error)
+
+
+def as_config(cfg: Any) -> DictConfig:
+    return cfg if isinstance(cfg, DictConfig) else OmegaConf.create(cfg)

@@ -1,0 +1,40 @@
+"""``exact``: IFT with the full Hessian built from HVPs and solved exactly (plus optional
+``damping``). Refuses problems with more than ``max_weights`` weights: the n×n Hessian would not fit."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import partial
+
+from framework import HypergradientMethod, hookimpl
+from framework.ift import ift_hypergradient
+from framework.linalg import dense_solve
+
+
+@dataclass
+class Exact(HypergradientMethod):
+    name = "exact"
+    max_weights: int = 5000
+    damping: float = 0.0
+
+    def skip(self, problem):
+        n = problem.num_weights
+        if n > self.max_weights:
+            gib = n * n * problem.dtype.itemsize / 2**30
+            return (
+                f"the exact Hessian of {n:,} weights is a {n:,}×{n:,} matrix ({gib:,.1f} GiB); "
+                f"hypergrad.max_weights={self.max_weights:,}. Use cg or neumann, or raise hypergrad.max_weights"
+            )
+        return None
+
+    def compute(self, problem):
+        n = problem.w.numel()
+        if n > self.max_weights:
+            raise ValueError(f"exact: {n:,} weights > max_weights={self.max_weights:,}; use cg or neumann")
+        solve = partial(dense_solve, damping=self.damping)
+        return ift_hypergradient(problem.train_loss, problem.val_loss, problem.w, problem.lam, solve)
+
+
+@hookimpl
+def register_hypergradients():
+    return [Exact]

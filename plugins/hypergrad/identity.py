@@ -1,0 +1,26 @@
+"""``identity``: IFT with the inverse Hessian replaced by ``scale``·I (Luketina et al. 2016;
+i = 0 in the paper). With ``scale`` = α it equals ``neumann`` with 0 iterations."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import partial
+
+from framework import HypergradientMethod, hookimpl
+from framework.ift import ift_hypergradient
+from framework.linalg import identity_solve
+
+
+@dataclass
+class Identity(HypergradientMethod):
+    name = "identity"
+    scale: float = 1.0
+
+    def compute(self, problem):
+        solve = partial(identity_solve, scale=self.scale)
+        return ift_hypergradient(problem.train_loss, problem.val_loss, problem.w, problem.lam, solve)
+
+
+@hookimpl
+def register_hypergradients():
+    return [Identity]

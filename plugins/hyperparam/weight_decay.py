@@ -1,0 +1,39 @@
+"""``weight_decay``: one global L2 penalty, λ = log of the decay (so the decay stays positive).
+
+    L_T(w, λ) = data_loss(train batch) + ½ · exp(λ) · ‖w‖²        L_V = data_loss(val batch)
+
+Every weight, biases included, is decayed.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from framework import HyperparamFamily, hookimpl
+
+
+@dataclass
+class WeightDecay(HyperparamFamily):
+    name = "weight_decay"
+    init_decay: float = 1e-4
+
+    def __post_init__(self):
+        if self.init_decay <= 0:
+            raise ValueError(f"init_decay must be > 0, got {self.init_decay}")
+
+    def init_hyperparams(self, ctx):
+        return {"log_decay": torch.full((1,), math.log(self.init_decay))}
+
+    def training_loss(self, w, lam, batch, ctx):
+        return ctx.data_loss(ctx.forward(w, batch.x), batch.y) + 0.5 * lam["log_decay"].exp().squeeze() * (w * w).sum()
+
+    def metrics(self, lam):
+        return {"decay": lam["log_decay"].exp().item()}
+
+
+@hookimpl
+def register_hyperparams():
+    return [WeightDecay]

@@ -1,0 +1,51 @@
+"""The Python API runs the CLI's code path: same config names, same methods, same recording."""
+
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+from framework import ConfigError, UnknownPluginError, build_experiment, compose_config
+
+
+def test_compare_methods_in_a_notebook(ridge):
+    ridge.train_inner(3000)  # SGD close to the optimum
+    hg = {m: ridge.hypergradient(m)["log_decay"] for m in ("exact", "cg", "neumann")}
+    assert all(v.shape == (8,) for v in hg.values())
+    torch.testing.assert_close(hg["cg"], hg["exact"], rtol=1e-6, atol=1e-10)  # 10 CG steps ≥ 8 weights
+    # neumann with more iterations gets closer to exact
+    err = lambda i: (ridge.hypergradient("neumann", iterations=i)["log_decay"] - hg["exact"]).norm()  # noqa: E731
+    assert err(50) < err(5) < err(0)
+
+
+def test_a_configured_method_keeps_its_settings_and_keywords_override_them():
+    exp = build_experiment(dataset="synthetic_linear", model="linear", hypergrad="cg", overrides=["hypergrad.iterations=1"])
+    one = exp.hypergradient()["log_decay"]
+    torch.testing.assert_close(exp.hypergradient("cg")["log_decay"], one)
+    assert not torch.allclose(exp.hypergradient("cg", iterations=20)["log_decay"], one)
+
+
+def test_api_errors_are_the_cli_errors():
+    with pytest.raises(UnknownPluginError, match="Available hypergrad plugins"):
+        build_experiment(overrides=["hypergrad.name=nope"])
+    exp = build_experiment(dataset="synthetic_linear", model="linear")
+    with pytest.raises(ConfigError, match="hypergrad.iterations=2.5: 'neumann' expects int"):
+        exp.hypergradient("neumann", iterations=2.5)
+
+
+def test_api_run_records_like_the_cli(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'store.db'}"
+    exp = build_experiment(
+        record=True, dataset="synthetic_linear", model="linear",
+        overrides=[f"mlflow.tracking_uri={uri}", "mlflow.experiment=api", "hyper_steps=4", "eval_every=2"],
+    )
+    result = exp.run()
+    assert result.status == "FINISHED" and result.info["mlflow_tracking_uri"] == uri
+    run = MlflowClient(uri).get_run(result.info["mlflow_run_id"])
+    assert run.info.status == "FINISHED" and run.data.params["num_hyperparams"] == "21"
+    assert "val_loss" in run.data.metrics and "val_acc" not in run.data.metrics  # regression: no accuracy
+
+
+def test_compose_config_matches_the_defaults():
+    cfg = compose_config()
+    assert (cfg.hypergrad.name, cfg.hyperparam.name, cfg.dataset.name, cfg.model.name) == (
+        "neumann", "weight_decay_per_param", "mnist_5k", "mlp")

@@ -1,0 +1,90 @@
+"""End-to-end: the ``hgbench`` Hydra app recording to MLflow, and its errors."""
+
+import subprocess
+import sys
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+SMALL = ["dataset=digits", "hyper_steps=6", "inner_steps=3", "eval_every=3", "dataset.train_size=200", "dataset.val_size=100"]
+
+
+def hgbench(tmp_path, *args):
+    return subprocess.run(
+        [sys.executable, "-m", "framework.cli", *args], cwd=tmp_path, capture_output=True, text=True, timeout=300,
+    )
+
+
+def only_run(tmp_path):
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("hgbench")
+    runs = client.search_runs([exp.experiment_id])
+    assert len(runs) == 1
+    return client, runs[0]
+
+
+@pytest.mark.slow
+def test_run_records_params_metrics_and_tags(tmp_path):
+    out = hgbench(tmp_path, *SMALL)
+    assert out.returncode == 0, out.stderr
+    assert "FINISHED" in out.stdout and "mlflow ui --backend-store-uri sqlite:///" in out.stdout
+    client, run = only_run(tmp_path)
+    assert run.info.status == "FINISHED"
+    p, t = run.data.params, run.data.tags
+    assert p["hypergrad.name"] == "neumann" and p["hypergrad.iterations"] == "5" and p["hyper_steps"] == "6"
+    assert int(p["num_weights"]) == int(p["num_hyperparams"]) == 64 * 128 + 128 + 128 * 10 + 10
+    assert t["hgbench.hypergrad"] == "neumann" and t["hgbench.hyperparam"] == "weight_decay_per_param"
+    assert t["hgbench.dataset"] == "digits" and t["hgbench.model"] == "mlp" and t["hgbench.device"] == "cpu"
+    assert t["hgbench.status"] == "finished" and "mlflow.source.git.commit" in t
+    steps = lambda key: [m.step for m in client.get_metric_history(run.info.run_id, key)]  # noqa: E731
+    for key in ("hypergrad_norm", "hypergrad_time_s", "inner_time_s"):
+        assert steps(key) == [1, 2, 3, 4, 5, 6], key
+    for key in ("train_loss", "val_loss", "val_acc", "test_loss", "test_acc"):
+        assert steps(key) == [0, 3, 6], key
+    m = run.data.metrics
+    assert m["runtime_s"] > 0 and m["peak_memory_mb"] >= 0 and 0 <= m["val_acc"] <= 1
+    assert m["hypergrad_norm"] > 0
+    assert "config.yaml" in [a.path for a in client.list_artifacts(run.info.run_id)]
+
+
+@pytest.mark.slow
+def test_diverging_hypergradient_ends_the_run_as_failed(tmp_path):
+    out = hgbench(tmp_path, *SMALL, "hypergrad.alpha=1e6", "hypergrad.iterations=20")
+    assert out.returncode == 1
+    assert "not finite at hyper-step 1" in out.stdout
+    client, run = only_run(tmp_path)
+    assert run.info.status == "FAILED"
+    assert "hypergradient is not finite" in run.data.tags["hgbench.error"]
+    assert run.data.tags["hgbench.failed_step"] == "1"
+    assert "error.txt" in [a.path for a in client.list_artifacts(run.info.run_id)]
+
+
+@pytest.mark.slow
+def test_too_large_for_exact_is_skipped_with_its_reason(tmp_path):
+    out = hgbench(tmp_path, *SMALL, "hypergrad=exact", "hypergrad.max_weights=1000")
+    assert out.returncode == 0 and "SKIPPED" in out.stdout
+    _, run = only_run(tmp_path)
+    assert run.info.status == "KILLED" and run.data.tags["hgbench.status"] == "skipped"
+    assert "max_weights=1,000" in run.data.tags["hgbench.skip_reason"]
+
+
+@pytest.mark.parametrize(
+    "args,expected",
+    [
+        (["hypergrad=nope"], ["Could not find 'hypergrad/nope'", "neumann", "cg", "exact", "identity", "unroll"]),
+        (["dataset=nope"], ["Could not find 'dataset/nope'", "digits", "synthetic_linear"]),
+        (["hyperparam.name=nope"], ["unknown hyperparam 'nope'", "weight_decay", "weight_decay_per_param"]),
+        (["+hypergrad.foo=1"], ["hypergrad.foo: unknown parameter", "Allowed: alpha, iterations"]),
+        (["hypergrad.iterations=abc"], ["hypergrad.iterations='abc'", "expects int"]),
+        (["hypergrad.iterations=-2"], ["iterations must be >= 0, got -2"]),
+        (["inner_steps=0"], ["inner_steps=0: expected an integer >= 1"]),
+    ],
+)
+def test_bad_input_fails_before_training_with_a_clear_error(tmp_path, args, expected):
+    out = hgbench(tmp_path, *args)
+    assert out.returncode != 0
+    text = out.stdout + out.stderr
+    for piece in expected:
+        assert piece in text, text
+    assert "Traceback" not in text
+    assert not (tmp_path / "mlflow.db").exists()  # nothing was started
