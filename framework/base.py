@@ -8,7 +8,7 @@ refuse a combination it cannot run by returning a reason from ``skip(problem)``.
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, ClassVar, NamedTuple
 
 import torch
@@ -39,8 +39,9 @@ class DataSplits:
     val: Split
     test: Split
     task: str  # "classification" | "regression"
-    num_outputs: int  # classes, or regression targets
+    num_outputs: int  # classes (or vocabulary size), or regression targets
     input_shape: tuple[int, ...] = ()
+    meta: dict[str, Any] = field(default_factory=dict)  # e.g. a language model's vocabulary
 
     def __post_init__(self):
         if self.task not in ("classification", "regression"):

@@ -33,8 +33,10 @@ class ProblemContext:
 
 
 def _to(split: Split, task: str, device, dtype) -> Split:
+    """Move a split to the device; float inputs take the run's dtype, integer inputs (tokens) stay."""
     y = split.y.to(device=device, dtype=torch.long if task == "classification" else dtype)
-    return Split(split.x.to(device=device, dtype=dtype), y)
+    x = split.x.to(device=device, dtype=dtype if split.x.is_floating_point() else torch.long)
+    return Split(x, y)
 
 
 class Problem:
@@ -47,6 +49,7 @@ class Problem:
             task=data.task,
             num_outputs=data.num_outputs,
             input_shape=data.input_shape,
+            meta=data.meta,
         )
         torch.manual_seed(seed)
         self.module = model.build(self.data.input_shape, self.data.num_outputs).to(self.device, dtype)
@@ -65,8 +68,11 @@ class Problem:
         return functional_call(self.module, self.w_spec.unflatten(w), (x,), kwargs)
 
     def data_loss(self, out: Tensor, y: Tensor, reduction: str = "mean") -> Tensor:
+        """Cross-entropy (classification; outputs (..., C) for targets (...), e.g. tokens) or
+        mean squared error (regression). ``reduction="none"`` gives one value per target."""
         if self.data.task == "classification":
-            return F.cross_entropy(out, y, reduction=reduction)
+            loss = F.cross_entropy(out.reshape(-1, out.shape[-1]), y.reshape(-1), reduction=reduction)
+            return loss.reshape(y.shape) if reduction == "none" else loss
         return F.mse_loss(out.reshape(y.shape), y, reduction=reduction)
 
     def train_loss(self, w: Tensor, lam: Tensor, batch: Batch) -> Tensor:
@@ -100,17 +106,22 @@ class Problem:
 
     @torch.no_grad()
     def evaluate(self, w: Tensor, split: str, batch_size: int = 4096) -> dict[str, float]:
-        """Mean data loss (and accuracy for classification) of weights ``w`` on a whole split."""
+        """Mean data loss (and accuracy for classification) of weights ``w`` on a whole split,
+        per target (per example, or per token for sequences), with the model in eval mode."""
         s = getattr(self.data, split)
         total = torch.zeros((), device=self.device, dtype=torch.float64)
         correct = torch.zeros((), device=self.device, dtype=torch.float64)
-        for i in range(0, len(s.x), batch_size):
-            out = self.forward(w, s.x[i : i + batch_size])
-            y = s.y[i : i + batch_size]
-            total += self.data_loss(out, y, reduction="sum").double()
-            if self.data.task == "classification":
-                correct += (out.argmax(-1) == y).sum()
-        n = max(len(s.x), 1)
+        self.module.eval()
+        try:
+            for i in range(0, len(s.x), batch_size):
+                out = self.forward(w, s.x[i : i + batch_size])
+                y = s.y[i : i + batch_size]
+                total += self.data_loss(out, y, reduction="sum").double()
+                if self.data.task == "classification":
+                    correct += (out.argmax(-1) == y).sum()
+        finally:
+            self.module.train()
+        n = max(s.y.numel(), 1)
         res = {f"{split}_loss": total.item() / n}
         if self.data.task == "classification":
             res[f"{split}_acc"] = correct.item() / n
