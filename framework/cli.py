@@ -12,17 +12,26 @@ from hydra.core.hydra_config import HydraConfig  # noqa: E402
 from hydra.types import RunMode  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
+from framework.callbacks import SWEEP_ENV, write_job_result  # noqa: E402
 from framework.errors import HgbenchError  # noqa: E402
 from framework.hydra_config import register_plugin_configs  # noqa: E402
-from framework.runner import Experiment, RunResult  # noqa: E402
+from framework.runner import Experiment, RunResult, record_failed_build  # noqa: E402
+
+# errors in building a run that are the user's to fix: reported in one line, no traceback
+USER_ERRORS = (HgbenchError, OSError, ImportError, ValueError, TypeError)
 
 
 def format_summary(cfg: DictConfig, result: RunResult) -> str:
     s, info = result.summary, result.info
+    names = f"{cfg.hypergrad.name} · {cfg.hyperparam.name} · {cfg.dataset.name} · {cfg.model.name}"
+    if "num_weights" not in s:  # the run could not be built
+        lines = [f"hgbench run {result.status} before it started — {names}", f"  reason: {result.error}"]
+        if "mlflow_run_id" in info:
+            lines.append(f"  MLflow run {info['mlflow_run_id']} in experiment '{info['mlflow_experiment']}' at {info['mlflow_tracking_uri']}")
+        return "\n".join(lines)
     lines = [
-        f"hgbench run {result.status} in {s.get('runtime_s', 0):.1f} s — "
-        f"{cfg.hypergrad.name} · {cfg.hyperparam.name} · {cfg.dataset.name} · {cfg.model.name} "
-        f"({s.get('num_weights', 0):,} weights, {s.get('num_hyperparams', 0):,} hyperparameters, "
+        f"hgbench run {result.status} in {s.get('runtime_s', 0):.1f} s — {names} "
+        f"({s['num_weights']:,} weights, {s['num_hyperparams']:,} hyperparameter{'s' if s['num_hyperparams'] != 1 else ''}, "
         f"{s.get('hyper_steps_done', 0)}/{cfg.hyper_steps} hyper-steps)",
     ]
     if result.error is not None:
@@ -46,23 +55,67 @@ def format_summary(cfg: DictConfig, result: RunResult) -> str:
     return "\n".join(lines)
 
 
+def _plugin_short_name(target: str) -> str:
+    """'hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher' -> 'joblib'."""
+    cls = target.rsplit(".", 1)[-1].lower()
+    name = cls.replace("sweeper", "").replace("launcher", "") or cls
+    return f"submitit_{name}" if "submitit" in target else name
+
+
+def hydra_tags(hc) -> dict[str, str]:
+    tags = {
+        "hgbench.overrides": " ".join(hc.overrides.task)[:5000],
+        "hgbench.sweeper": _plugin_short_name(hc.sweeper._target_),
+        "hgbench.launcher": _plugin_short_name(hc.launcher._target_),
+    }
+    if hc.mode == RunMode.MULTIRUN:
+        tags["hgbench.sweep_id"] = os.environ.get(SWEEP_ENV) or os.path.basename(str(hc.sweep.dir))
+        tags["hgbench.job_num"] = str(hc.job.num)
+    return tags
+
+
+def configure_threads(cfg: DictConfig, hc) -> None:
+    """``num_threads`` if set; under the joblib launcher, the cores shared out between its jobs."""
+    import torch
+
+    n = cfg.get("num_threads")
+    if n is None and "joblib" in hc.launcher._target_:
+        jobs = hc.launcher.get("n_jobs") or -1
+        cpus = os.cpu_count() or 1
+        n = max(1, cpus // (cpus if jobs < 0 else jobs))
+    if n:
+        torch.set_num_threads(int(n))
+
+
 @hydra.main(version_base="1.3", config_path="pkg://conf", config_name="config")
 def app(cfg: DictConfig) -> float | None:
-    multirun = HydraConfig.get().mode == RunMode.MULTIRUN
+    hc = HydraConfig.get()
+    multirun = hc.mode == RunMode.MULTIRUN
+    tags = hydra_tags(hc)
+    configure_threads(cfg, hc)
     try:
         exp = Experiment(cfg)
-    except HgbenchError as exc:
-        if multirun:
-            raise
-        print(f"hgbench: error: {exc}", file=sys.stderr)
-        sys.exit(2)
-    result = exp.run()
+    except USER_ERRORS as exc:
+        if not multirun:
+            print(f"hgbench: error: {exc}", file=sys.stderr)
+            sys.exit(2)
+        result = record_failed_build(cfg, exc, tags)  # one bad job must not stop the grid
+    else:
+        result = exp.run(tags)
     print(format_summary(cfg, result), flush=True)
-    if result.status == "FAILED":
-        if multirun:
-            raise result.error  # Hydra records the job as failed and runs the rest of the grid
+    s = result.summary
+    write_job_result(hc.runtime.output_dir, {
+        "job_num": hc.job.num if multirun else None,
+        "overrides": " ".join(hc.overrides.task),
+        "status": result.status,
+        "error": None if result.error is None else f"{type(result.error).__name__}: {result.error}",
+        **{k: s.get(k) for k in ("val_loss", "test_loss", "val_acc", "test_acc", "runtime_s", "peak_memory_mb")},
+        "mlflow_run_id": result.info.get("mlflow_run_id"),
+    })
+    if result.status == "FAILED" and not multirun:
         sys.exit(1)
-    return result.summary.get("val_loss")
+    # the objective for sweepers such as Optuna; None marks a failed or skipped trial
+    return s.get("val_loss") if result.status == "FINISHED" else None
 
 
 def main() -> None:

@@ -33,6 +33,7 @@ BUILTIN_PLUGINS = (
     "plugins.hypergrad.identity",
     "plugins.hypergrad.exact",
     "plugins.hypergrad.unroll",
+    "plugins.hypergrad.fixed",
     "plugins.hyperparam.weight_decay",
     "plugins.hyperparam.weight_decay_per_param",
     "plugins.dataset.synthetic_linear",

@@ -18,7 +18,7 @@ from typing import Any
 
 import hydra.utils
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from torch import Tensor
 
 from framework import plugins
@@ -48,7 +48,7 @@ class RunContext:
     things to report at the end (e.g. where the run was recorded) in ``info``."""
 
     config: DictConfig
-    experiment: Experiment
+    experiment: Experiment | None  # None for a run whose config could not be built
     tags: dict[str, str]
     info: dict[str, Any] = field(default_factory=dict)
     extras: dict[str, Any] = field(default_factory=dict)
@@ -168,23 +168,12 @@ class Experiment:
         return None
 
     # --- the whole run, with hooks -----------------------------------------------------------
-    def tags(self) -> dict[str, str]:
-        from framework.provenance import provenance_tags
-
-        c = self.cfg
-        return {
-            "hgbench.hypergrad": c.hypergrad.name,
-            "hgbench.hyperparam": c.hyperparam.name,
-            "hgbench.dataset": c.dataset.name,
-            "hgbench.model": c.model.name,
-            "hgbench.device": str(self.device),
-            "hgbench.memory_kind": self.memory.kind,
-            **provenance_tags(),
-        }
-
-    def run(self) -> RunResult:
+    def run(self, tags: dict[str, str] | None = None) -> RunResult:
+        """Algorithm 1 from start to end, with the lifecycle hooks; never raises for a failed
+        run (the result says FAILED / SKIPPED and why), except KeyboardInterrupt."""
         hook = plugins.plugin_manager().hook
-        ctx = RunContext(self.cfg, self, self.tags())
+        all_tags = {**config_tags(self.cfg), "hgbench.device": str(self.device), "hgbench.memory_kind": self.memory.kind, **(tags or {})}
+        ctx = RunContext(self.cfg, self, all_tags)
         summary: dict[str, Any] = {"num_weights": self.problem.num_weights, "num_hyperparams": self.problem.num_hyperparams}
         hook.on_run_start(run=ctx)
         # runtime and peak memory cover the run itself: after data loading and recorder set-up
@@ -225,5 +214,19 @@ class Experiment:
         return RunResult(status, summary, ctx.info, error)
 
 
-def as_config(cfg: Any) -> DictConfig:
-    return cfg if isinstance(cfg, DictConfig) else OmegaConf.create(cfg)
+def config_tags(cfg: DictConfig) -> dict[str, str]:
+    from framework.provenance import provenance_tags
+
+    tags = {f"hgbench.{kind}": str(cfg[kind].get("name", "")) for kind in plugins.KINDS if cfg.get(kind) is not None}
+    return {**tags, **provenance_tags()}
+
+
+def record_failed_build(cfg: DictConfig, error: BaseException, tags: dict[str, str] | None = None) -> RunResult:
+    """A run whose config could not be built is still recorded (as FAILED, with the reason),
+    so a grid of N jobs leaves N runs. The hooks see ``run.experiment = None``."""
+    hook = plugins.plugin_manager().hook
+    ctx = RunContext(cfg, None, {**config_tags(cfg), **(tags or {})})  # type: ignore[arg-type]
+    summary: dict[str, Any] = {"failed_step": 0, "hyper_steps_done": 0}
+    hook.on_run_start(run=ctx)
+    hook.on_run_end(run=ctx, status="FAILED", error=error, summary=summary)
+    return RunResult("FAILED", summary, ctx.info, error)

@@ -114,7 +114,8 @@ def on_run_start(run):
     exp = run.experiment
     params = flatten(OmegaConf.to_container(run.config, resolve=True))
     params.pop("mlflow.tracking_uri", None)
-    params.update(num_weights=exp.problem.num_weights, num_hyperparams=exp.problem.num_hyperparams)
+    if exp is not None:
+        params.update(num_weights=exp.problem.num_weights, num_hyperparams=exp.problem.num_hyperparams)
     rec = MlflowRun(run.config.mlflow, run.tags, params)
     rec.client.log_text(rec.run_id, OmegaConf.to_yaml(run.config), "config.yaml")
     run.extras["mlflow"] = rec

@@ -1,0 +1,75 @@
+"""Hydra callbacks for sweeps (``hgbench -m ...``), registered in ``conf/config.yaml``.
+
+- before the first job: give the sweep an id (``$HGBENCH_SWEEP_ID``, inherited by every job and
+  recorded as the tag ``hgbench.sweep_id``) and create the MLflow store and experiment once, so
+  parallel jobs (joblib, submitit) never race to create a fresh sqlite schema;
+- after the last job: print one line per job (status, final losses, reason) from the result file
+  each job leaves in its output directory, and exit non-zero if any job failed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import uuid
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
+
+RESULT_FILE = "hgbench_result.json"
+SWEEP_ENV = "HGBENCH_SWEEP_ID"
+
+
+def new_sweep_id() -> str:
+    return f"{datetime.now():%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:6]}"
+
+
+def write_job_result(output_dir: str | Path, result: dict[str, Any]) -> None:
+    Path(output_dir).mkdir(parents=True, exist_ok=True)
+    (Path(output_dir) / RESULT_FILE).write_text(json.dumps(result, indent=1, default=str))
+
+
+def read_job_results(sweep_dir: str | Path) -> list[dict[str, Any]]:
+    out = []
+    for p in Path(sweep_dir).rglob(RESULT_FILE):
+        try:
+            out.append(json.loads(p.read_text()))
+        except (OSError, ValueError):
+            continue
+    return sorted(out, key=lambda r: (r.get("job_num") is None, r.get("job_num", 0)))
+
+
+def format_sweep_summary(results: list[dict[str, Any]], expected: int | None = None) -> str:
+    counts: dict[str, int] = {}
+    for r in results:
+        counts[r["status"]] = counts.get(r["status"], 0) + 1
+    lines = [f"hgbench sweep {os.environ.get(SWEEP_ENV, '')}: {len(results)} jobs — "
+             + ", ".join(f"{n} {s.lower()}" for s, n in sorted(counts.items()))]
+    if expected is not None and expected > len(results):
+        lines.append(f"  {expected - len(results)} job(s) left no result (killed?)")
+    for r in results:
+        done = r["status"] == "FINISHED"
+        vals = "  ".join(f"{k}={r[k]:.4f}" for k in ("val_loss", "test_loss") if done and isinstance(r.get(k), float))
+        why = f"  ({r['error']})" if r.get("error") else ""
+        lines.append(f"  #{r.get('job_num', '?'):<3} {r['status']:<9} {r.get('overrides', '')}  {vals}{why}")
+    return "\n".join(lines)
+
+
+class SweepCallback(Callback):
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        os.environ.setdefault(SWEEP_ENV, new_sweep_id())
+        mlflow_cfg = config.get("mlflow") or {}
+        if mlflow_cfg.get("enabled", True):
+            from plugins.recorder.mlflow_recorder import ensure_experiment, resolve_tracking_uri
+
+            ensure_experiment(resolve_tracking_uri(mlflow_cfg.get("tracking_uri")), str(mlflow_cfg.get("experiment", "hgbench")))
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        results = read_job_results(config.hydra.sweep.dir)
+        print(format_sweep_summary(results), flush=True)
+        if any(r["status"] == "FAILED" for r in results):
+            sys.exit(1)

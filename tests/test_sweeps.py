@@ -1,0 +1,128 @@
+"""Grids through Hydra's launchers, failures and skips inside grids, presets."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from framework import compose_config
+
+CONF = Path(__file__).resolve().parent.parent / "conf"
+TINY = ["dataset=digits", "model.hidden=[16]", "hyper_steps=4", "inner_steps=2", "eval_every=2",
+        "dataset.train_size=100", "dataset.val_size=100"]
+
+
+def hgbench(cwd, *args, timeout=300):
+    return subprocess.run([sys.executable, "-m", "framework.cli", *args], cwd=cwd, capture_output=True, text=True, timeout=timeout)
+
+
+def runs_of(cwd, experiment="hgbench"):
+    client = MlflowClient(f"sqlite:///{Path(cwd) / 'mlflow.db'}")
+    exp = client.get_experiment_by_name(experiment)
+    return client, client.search_runs([exp.experiment_id], max_results=1000)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("launcher", ["joblib", "submitit_local"])
+def test_grid_of_methods_x_seeds_through_a_launcher(tmp_path, launcher):
+    out = hgbench(tmp_path, "-m", f"hydra/launcher={launcher}", "hypergrad=neumann,cg", "seed=0,1", *TINY)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "4 jobs — 4 finished" in out.stdout
+    client, runs = runs_of(tmp_path)
+    assert len(runs) == 4 and {r.info.status for r in runs} == {"FINISHED"}
+    assert {(r.data.tags["hgbench.hypergrad"], r.data.params["seed"]) for r in runs} == {
+        (m, s) for m in ("neumann", "cg") for s in ("0", "1")}
+    assert len({r.data.tags["hgbench.sweep_id"] for r in runs}) == 1
+    assert {r.data.tags["hgbench.launcher"] for r in runs} == {launcher}
+    assert sorted(r.data.tags["hgbench.job_num"] for r in runs) == ["0", "1", "2", "3"]
+    for r in runs:
+        assert [m.step for m in client.get_metric_history(r.info.run_id, "hypergrad_norm")] == [1, 2, 3, 4]
+        assert {"val_loss", "test_acc", "runtime_s", "peak_memory_mb"} <= set(r.data.metrics)
+
+
+@pytest.mark.slow
+def test_failing_and_skipped_jobs_do_not_stop_the_grid(tmp_path):
+    # α = 1e6 diverges at the first hyper-step; iterations = -1 cannot even be built
+    out = hgbench(tmp_path, "-m", "hypergrad=neumann", "hypergrad.alpha=1e6,0.05", "hypergrad.iterations=20,-1", *TINY)
+    assert out.returncode == 1, "a failed job makes the sweep exit non-zero"
+    assert "4 jobs — 3 failed, 1 finished" in out.stdout
+    assert "not finite at hyper-step 1" in out.stdout and "iterations must be >= 0, got -1" in out.stdout
+    _, runs = runs_of(tmp_path)
+    assert len(runs) == 4  # N jobs launched = N runs recorded
+    by = {(r.data.params["hypergrad.alpha"], r.data.params["hypergrad.iterations"]): r for r in runs}
+    assert by[("0.05", "20")].info.status == "FINISHED"
+    diverged = by[("1000000.0", "20")]
+    assert diverged.info.status == "FAILED" and diverged.data.tags["hgbench.failed_step"] == "1"
+    assert "DivergenceError: the hypergradient is not finite" in diverged.data.tags["hgbench.error"]
+    for alpha in ("1000000.0", "0.05"):
+        bad = by[(alpha, "-1")]
+        assert bad.info.status == "FAILED" and "iterations must be >= 0" in bad.data.tags["hgbench.error"]
+
+
+@pytest.mark.slow
+def test_a_skipped_combination_is_recorded_with_its_reason(tmp_path):
+    skip = tmp_path
+    out = hgbench(skip, "-m", "hypergrad=exact,cg", *TINY, "model.hidden=[128]")  # 9,610 weights
+    assert out.returncode == 0, "skipping is not failing"
+    _, runs = runs_of(skip)
+    st = {r.data.tags["hgbench.hypergrad"]: r for r in runs}
+    assert st["exact"].info.status == "KILLED" and st["exact"].data.tags["hgbench.status"] == "skipped"
+    assert "max_weights=5,000" in st["exact"].data.tags["hgbench.skip_reason"]
+    assert st["cg"].info.status == "FINISHED"
+
+
+@pytest.mark.parametrize("preset", sorted(p.stem for p in (CONF / "experiment").glob("*.yaml")))
+def test_experiment_presets_compose(preset):
+    cfg = compose_config([f"experiment={preset}"])
+    assert cfg.hypergrad.name and cfg.dataset.name
+
+
+@pytest.mark.slow
+def test_every_single_run_experiment_runs(tmp_path):
+    singles = [p.stem for p in (CONF / "experiment").glob("*.yaml") if "MULTIRUN" not in p.read_text()]
+    out = hgbench(tmp_path, "-m", f"experiment={','.join(singles)}", "hyper_steps=2", "eval_every=1",
+                  "mlflow.experiment=presets")
+    assert out.returncode == 0, out.stderr[-3000:]
+    _, runs = runs_of(tmp_path, "presets")
+    assert len(runs) == len(singles) and {r.info.status for r in runs} == {"FINISHED"}
+
+
+@pytest.mark.slow
+def test_methods_x_seeds_sweep_preset(tmp_path):
+    out = hgbench(tmp_path, "sweep=methods_x_seeds", "seed=0", "hyper_steps=2", "eval_every=1", "model.hidden=[8]")
+    assert out.returncode == 0, out.stderr[-3000:]
+    _, runs = runs_of(tmp_path, "methods_x_seeds")
+    assert sorted(r.data.tags["hgbench.hypergrad"] for r in runs) == sorted(
+        ["neumann", "cg", "identity", "unroll", "exact", "fixed"])
+    assert {r.info.status for r in runs} == {"FINISHED"}
+
+
+@pytest.mark.slow
+def test_optuna_black_box_baseline(tmp_path):
+    out = hgbench(tmp_path, "sweep=optuna_weight_decay", "hydra.sweeper.n_trials=3", "hyper_steps=2", "eval_every=1")
+    assert out.returncode == 0, out.stderr[-3000:]
+    _, runs = runs_of(tmp_path, "methods_x_seeds")
+    assert len(runs) == 3
+    assert {r.data.tags["hgbench.sweeper"] for r in runs} == {"optuna"}
+    assert {r.data.tags["hgbench.hypergrad"] for r in runs} == {"fixed"}
+    assert len({r.data.params["hyperparam.init_decay"] for r in runs}) == 3  # the tuner chose λ
+    assert list(tmp_path.glob("multirun/*/*/optimization_results.yaml"))
+
+
+def test_slurm_example_launcher_config_composes(tmp_path):
+    out = hgbench(tmp_path, "hydra/launcher=slurm", "--cfg", "hydra", "--package", "hydra.launcher")
+    assert out.returncode == 0, out.stderr
+    assert "SlurmLauncher" in out.stdout and "gpus_per_node: 1" in out.stdout
+
+
+def test_sweep_summary_formatting():
+    from framework.callbacks import format_sweep_summary
+
+    text = format_sweep_summary([
+        {"job_num": 0, "status": "FINISHED", "overrides": "seed=0", "val_loss": 0.5, "test_loss": 0.6},
+        {"job_num": 1, "status": "FAILED", "overrides": "seed=1", "error": "DivergenceError: boom", "val_loss": 2.3},
+    ])
+    assert "2 jobs — 1 failed, 1 finished" in text
+    assert "val_loss=0.5000" in text and "boom" in text and "val_loss=2.3" not in text
