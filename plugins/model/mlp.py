@@ -1,4 +1,8 @@
-"""``mlp``: a multilayer perceptron on the flattened input (``hidden`` widths, ``activation``)."""
+"""``mlp``: a multilayer perceptron on the flattened input (``hidden`` widths, ``activation``).
+
+Dropout sites (per-unit masks, see ``plugins/model/_units.py``): ``hidden0``, ``hidden1``, … —
+the units of each hidden layer, after its activation.
+"""
 
 from __future__ import annotations
 
@@ -6,11 +10,30 @@ import math
 from dataclasses import dataclass, field
 from typing import Literal
 
-from torch import nn
+from torch import Tensor, nn
 
 from framework import Model, hookimpl
+from plugins.model._units import ACTIVATIONS, apply_mask, check_sites
 
-ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "gelu": nn.GELU, "elu": nn.ELU}
+
+class MLPNet(nn.Sequential):
+    """``nn.Sequential(Flatten, Linear, act, …, Linear)`` whose forward also takes ``unit_masks``
+    (the layers, their parameter names and initialisation are those of the plain Sequential)."""
+
+    def __init__(self, *layers: nn.Module, hidden: list[int]):
+        super().__init__(*layers)
+        self.dropout_sites = {f"hidden{i}": h for i, h in enumerate(hidden)}
+        # index of each hidden layer's activation in the Sequential: 0 is Flatten, then (Linear, act) pairs
+        self._site_after = {2 + 2 * i: f"hidden{i}" for i in range(len(hidden))}
+
+    def forward(self, x: Tensor, unit_masks: dict[str, Tensor] | None = None) -> Tensor:
+        masks = check_sites(unit_masks, self.dropout_sites)
+        for i, layer in enumerate(self):
+            x = layer(x)
+            site = self._site_after.get(i)
+            if site in masks:
+                x = apply_mask(x, masks[site], -1, site)
+        return x
 
 
 @dataclass
@@ -30,7 +53,7 @@ class MLP(Model):
             layers += [nn.Linear(width, h), ACTIVATIONS[self.activation]()]
             width = h
         layers.append(nn.Linear(width, num_outputs))
-        return nn.Sequential(*layers)
+        return MLPNet(*layers, hidden=list(self.hidden))
 
 
 @hookimpl

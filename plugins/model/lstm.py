@@ -1,0 +1,133 @@
+"""``lstm``: a word-level LSTM language model: embedding → ``num_layers`` LSTM layers → linear
+decoder (optionally tied to the embedding, Press & Wolf 2017 / Inan et al. 2017).
+
+Input (N, T) int64 token ids, output (N, T, vocab) next-token logits; the vocabulary size is the
+dataset's ``num_outputs``. Every sequence starts from zero hidden and cell states (no state is
+carried between batches, so L_T is a plain function of w and the batch).
+
+The recurrence is written out here — a Python loop over time steps with matmuls — instead of
+``torch.nn.LSTM``, because cuDNN's fused LSTM kernel does not support double backward, and every
+IFT hypergradient needs Hessian-vector products (double backward) of the training loss. Each layer
+keeps ``torch.nn.LSTM``'s weights and gate order (i, f, g, o): ``weight_ih`` (4H, in),
+``weight_hh`` (4H, H) and ONE bias (4H,) (nn.LSTM's ``bias_ih + bias_hh``; two biases would only
+add a flat direction to the Hessian). The input-to-hidden part of the gates of all time steps
+is one fused linear per layer; each step adds ``h_{t-1} @ weight_hhᵀ``.
+
+Layer l has ``hidden_size`` units, except that with ``tie_weights`` the last layer has
+``embedding_dim`` units (as in AWD-LSTM, Merity et al. 2018) so that the decoder can reuse the
+embedding matrix: logits = h · Eᵀ + b.
+
+Dropout sites (per-unit masks, see ``plugins/model/_units.py``): ``embedding`` (the embedded
+tokens fed to the first layer), ``hidden0`` … ``hidden{L-2}`` (the outputs of each layer but the
+last, fed to the next) and ``output`` (the last layer's outputs, fed to the decoder). A mask of
+shape (batch, units) is shared by all time steps (variational dropout, Gal & Ghahramani 2016);
+(batch, T, units) masks each step separately.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from framework import Model, hookimpl
+from plugins.model._units import apply_mask, check_sites
+
+
+class LSTMLayer(nn.Module):
+    """One LSTM layer over a whole (N, T, in) sequence, from zero states; returns (N, T, H)."""
+
+    def __init__(self, input_size: int, hidden_size: int):
+        super().__init__()
+        self.input_size, self.hidden_size = input_size, hidden_size
+        self.weight_ih = nn.Parameter(torch.empty(4 * hidden_size, input_size))
+        self.weight_hh = nn.Parameter(torch.empty(4 * hidden_size, hidden_size))
+        self.bias = nn.Parameter(torch.empty(4 * hidden_size))
+        bound = 1.0 / math.sqrt(hidden_size)  # torch.nn.LSTM's initialisation
+        for p in (self.weight_ih, self.weight_hh, self.bias):
+            nn.init.uniform_(p, -bound, bound)
+
+    def forward(self, x: Tensor) -> Tensor:
+        n, t = x.shape[:2]
+        hs = self.hidden_size
+        gates_x = F.linear(x, self.weight_ih, self.bias)  # (N, T, 4H): every step's input part at once
+        w_hh_t = self.weight_hh.t()
+        h = c = None
+        outs = []
+        for step in range(t):
+            g = gates_x[:, step] if h is None else torch.addmm(gates_x[:, step], h, w_hh_t)
+            i = torch.sigmoid(g[:, :hs])
+            f = torch.sigmoid(g[:, hs : 2 * hs])
+            cand = torch.tanh(g[:, 2 * hs : 3 * hs])
+            o = torch.sigmoid(g[:, 3 * hs :])
+            c = i * cand if c is None else f * c + i * cand
+            h = o * torch.tanh(c)
+            outs.append(h)
+        if not outs:
+            return x.new_zeros(n, 0, hs)
+        return torch.stack(outs, dim=1)
+
+
+class LSTMLanguageModel(nn.Module):
+    def __init__(self, vocab: int, embedding_dim: int, hidden_size: int, num_layers: int, tie_weights: bool):
+        super().__init__()
+        self.embedding = nn.Embedding(vocab, embedding_dim)
+        sizes = [hidden_size] * num_layers
+        if tie_weights:
+            sizes[-1] = embedding_dim
+        self.layers = nn.ModuleList()
+        width = embedding_dim
+        for s in sizes:
+            self.layers.append(LSTMLayer(width, s))
+            width = s
+        self.tie_weights = tie_weights
+        if tie_weights:
+            self.decoder_bias = nn.Parameter(torch.zeros(vocab))
+        else:
+            self.decoder = nn.Linear(width, vocab)
+            nn.init.uniform_(self.decoder.weight, -0.1, 0.1)
+            nn.init.zeros_(self.decoder.bias)
+        nn.init.uniform_(self.embedding.weight, -0.1, 0.1)
+        self.dropout_sites = {"embedding": embedding_dim}
+        self.dropout_sites.update({f"hidden{i}": s for i, s in enumerate(sizes[:-1])})
+        self.dropout_sites["output"] = sizes[-1]
+
+    def forward(self, x: Tensor, unit_masks: dict[str, Tensor] | None = None) -> Tensor:
+        if x.dim() != 2 or x.is_floating_point():
+            raise ValueError(f"lstm expects (N, T) integer token ids, got {x.dtype} of shape {tuple(x.shape)}")
+        masks = check_sites(unit_masks, self.dropout_sites)
+        h = apply_mask(self.embedding(x), masks.get("embedding"), -1, "embedding")
+        last = len(self.layers) - 1
+        for i, layer in enumerate(self.layers):
+            site = "output" if i == last else f"hidden{i}"
+            h = apply_mask(layer(h), masks.get(site), -1, site)
+        if self.tie_weights:
+            return F.linear(h, self.embedding.weight, self.decoder_bias)
+        return self.decoder(h)
+
+
+@dataclass
+class LSTM(Model):
+    name = "lstm"
+    embedding_dim: int = 64
+    hidden_size: int = 64
+    num_layers: int = 2
+    tie_weights: bool = True  # the decoder reuses the embedding; the last layer then has embedding_dim units
+
+    def __post_init__(self):
+        for k in ("embedding_dim", "hidden_size", "num_layers"):
+            if getattr(self, k) < 1:
+                raise ValueError(f"{k} must be >= 1, got {getattr(self, k)}")
+
+    def build(self, input_shape, num_outputs):
+        if len(input_shape) != 1:
+            raise ValueError(f"lstm expects (N, T) token sequences, got input_shape={tuple(input_shape)}")
+        return LSTMLanguageModel(num_outputs, self.embedding_dim, self.hidden_size, self.num_layers, self.tie_weights)
+
+
+@hookimpl
+def register_models():
+    return [LSTM]
