@@ -131,6 +131,11 @@ class HyperparamFamily(Plugin):
         """Scalars worth plotting over hyper-steps (e.g. the mean decay); logged on eval steps."""
         return {}
 
+    def figures(self, lam: dict[str, Tensor]) -> dict[str, Any]:
+        """Matplotlib figures of the final λ by file name (e.g. distilled images); the MLflow
+        recorder saves them as artifacts at the end of the run."""
+        return {}
+
 
 @dataclass
 class Dataset(Plugin):

@@ -13,9 +13,9 @@ from hydra.types import RunMode  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
 from framework.callbacks import SWEEP_ENV, write_job_result  # noqa: E402
-from framework.errors import HgbenchError  # noqa: E402
+from framework.errors import HgbenchError, SkipRun  # noqa: E402
 from framework.hydra_config import register_plugin_configs  # noqa: E402
-from framework.runner import Experiment, RunResult, record_failed_build  # noqa: E402
+from framework.runner import Experiment, RunResult, record_unbuilt  # noqa: E402
 
 # errors in building a run that are the user's to fix: reported in one line, no traceback
 USER_ERRORS = (HgbenchError, OSError, ImportError, ValueError, TypeError)
@@ -96,10 +96,10 @@ def app(cfg: DictConfig) -> float | None:
     try:
         exp = Experiment(cfg)
     except USER_ERRORS as exc:
-        if not multirun:
+        if not multirun and not isinstance(exc, SkipRun):
             print(f"hgbench: error: {exc}", file=sys.stderr)
             sys.exit(2)
-        result = record_failed_build(cfg, exc, tags)  # one bad job must not stop the grid
+        result = record_unbuilt(cfg, exc, tags)  # one bad job must not stop the grid
     else:
         result = exp.run(tags)
     print(format_summary(cfg, result), flush=True)

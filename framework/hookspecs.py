@@ -50,8 +50,10 @@ def register_models() -> list[type]:
 def on_run_start(run: RunContext) -> None:
     """Called once per run after the problem is built, before any training step.
 
-    :param run: the run's context (``run.config``, ``run.problem``, ``run.method``, ``run.tags``);
-        recorders may leave what they want reported at the end in ``run.info``.
+    :param run: the run's context: ``run.config``, ``run.tags``, ``run.experiment`` (its
+        ``problem``, ``method``, ``w`` and ``lam``; ``None`` for a run whose config could not be
+        built and is only being recorded as failed or skipped); recorders keep per-run state in
+        ``run.extras`` and leave what should be reported at the end in ``run.info``.
     """
 
 

@@ -49,8 +49,11 @@ class PeakMemory:
         self.device = torch.device(device)
         self.kind = "cuda_max_allocated" if self.device.type == "cuda" else "cpu_peak_rss_growth"
         self._base_kb = 0
+        self._hwm = False
+        self.started = False
 
     def start(self) -> None:
+        self.started = True
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
             torch.cuda.reset_peak_memory_stats(self.device)
@@ -59,6 +62,9 @@ class PeakMemory:
         self._base_kb = _status_kb("VmRSS") or 0 if self._hwm else _maxrss_kb()
 
     def peak_mb(self) -> float:
+        """Peak since ``start()`` (0.0 if it was never started, e.g. a skipped run)."""
+        if not self.started:
+            return 0.0
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
             return torch.cuda.max_memory_allocated(self.device) / 2**20

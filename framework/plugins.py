@@ -36,11 +36,24 @@ BUILTIN_PLUGINS = (
     "plugins.hypergrad.fixed",
     "plugins.hyperparam.weight_decay",
     "plugins.hyperparam.weight_decay_per_param",
+    "plugins.hyperparam.dropout_per_unit",
+    "plugins.hyperparam.augment_net",
+    "plugins.hyperparam.distill",
+    "plugins.hyperparam.loss_reweight",
     "plugins.dataset.synthetic_linear",
     "plugins.dataset.digits",
     "plugins.dataset.mnist_5k",
+    "plugins.dataset.mnist_5k_noisy",
+    "plugins.dataset.mnist",
+    "plugins.dataset.fashion_mnist",
+    "plugins.dataset.mnist1d",
+    "plugins.dataset.ptb",
+    "plugins.dataset.cifar10",
     "plugins.model.linear",
     "plugins.model.mlp",
+    "plugins.model.cnn",
+    "plugins.model.resnet",
+    "plugins.model.lstm",
     "plugins.recorder.mlflow_recorder",
     "plugins.recorder.progress",
 )
@@ -91,9 +104,18 @@ def plugin_manager() -> pluggy.PluginManager:
             if pm.has_plugin(ep.name):
                 continue
             try:
-                pm.register(ep.load(), name=ep.name)
+                plugin = ep.load()
             except Exception as exc:  # a broken plugin must not break the others
                 _report(f"{ep.name} ({ep.value})", exc, "to import", _import_failures)
+                continue
+            try:
+                pm.register(plugin, name=ep.name)
+                unknown = [h.name for h in pm.get_hookcallers(plugin) or () if not h.has_spec()]
+                if unknown:  # a mistyped hook: refuse this plugin alone (check_pending() would stop all)
+                    pm.unregister(name=ep.name)
+                    raise pluggy.PluginValidationError(plugin, f"unknown hook {', '.join(unknown)} (the hooks are in framework/hookspecs.py)")
+            except Exception as exc:
+                _report(f"{ep.name} ({ep.value})", exc, "to register", _import_failures)
     pm.check_pending()
     _pm = pm
     return pm

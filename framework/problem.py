@@ -16,6 +16,7 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from framework.base import Batch, Bilevel, DataSplits, Dataset, HyperparamFamily, Model, Split
+from framework.errors import SkipRun
 from framework.flat import FlatSpec
 
 
@@ -59,6 +60,9 @@ class Problem:
         for p in self.module.parameters():  # the flat vector is the only copy that matters
             p.requires_grad_(False)
         self.ctx = ProblemContext(self.forward, self.data_loss, self.module, self.w_spec, self.data, self.device, dtype)
+        reason = family.skip(self)  # before λ exists: a family may be unable to even build it
+        if reason:
+            raise SkipRun(f"hyperparam {family.name!r}: {reason}")
         lam = {k: v.to(self.device, dtype) for k, v in family.init_hyperparams(self.ctx).items()}
         self.lam_spec = FlatSpec.of(lam)
         self.lam0 = self.lam_spec.flatten(lam).clone()
@@ -107,8 +111,11 @@ class Problem:
     @torch.no_grad()
     def evaluate(self, w: Tensor, split: str, batch_size: int = 4096) -> dict[str, float]:
         """Mean data loss (and accuracy for classification) of weights ``w`` on a whole split,
-        per target (per example, or per token for sequences), with the model in eval mode."""
+        per target (per example, or per token for sequences), with the model in eval mode.
+        ``batch_size`` counts targets per chunk, so a sequence model's logits stay bounded."""
         s = getattr(self.data, split)
+        per_example = max(1, s.y[:1].numel())  # targets per example (tokens for sequences)
+        batch_size = max(1, batch_size // per_example)
         total = torch.zeros((), device=self.device, dtype=torch.float64)
         correct = torch.zeros((), device=self.device, dtype=torch.float64)
         self.module.eval()

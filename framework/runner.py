@@ -160,8 +160,24 @@ class Experiment:
             out.update({f"hp/{k}": float(v) for k, v in self.problem.family.metrics(lam).items()})
         return out
 
+    def warm_up(self) -> None:
+        """One untimed inner gradient and hypergradient that change no state (weights, λ,
+        optimiser and sampler untouched): one-time costs (lazy initialisation, first autograd and
+        vmap calls) then stay out of the first hyper-step's timing and out of method comparisons."""
+        def head(split: str, n: int | None) -> Batch:
+            s = getattr(self.problem.data, split)
+            k = len(s.x) if n is None else min(n, len(s.x))
+            return Batch(s.x[:k], s.y[:k], torch.arange(k, device=self.device))
+
+        tb, vb = head("train", self.cfg.train_batch_size), head("val", self.cfg.val_batch_size)
+        w = self.w.detach().requires_grad_(True)
+        torch.autograd.grad(self.problem.train_loss(w, self.lam.detach(), tb), w)
+        self.hypergradient_flat(self.method, tb, vb)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
     def skip_reason(self) -> str | None:
-        for plugin in (self.method, self.problem.family, self.problem.model, self.problem.dataset):
+        for plugin in (self.method, self.problem.model, self.problem.dataset):  # the family: in Problem
             reason = plugin.skip(self.problem)
             if reason:
                 return f"{plugin.kind} {plugin.name!r}: {reason}"
@@ -176,14 +192,17 @@ class Experiment:
         ctx = RunContext(self.cfg, self, all_tags)
         summary: dict[str, Any] = {"num_weights": self.problem.num_weights, "num_hyperparams": self.problem.num_hyperparams}
         hook.on_run_start(run=ctx)
-        # runtime and peak memory cover the run itself: after data loading and recorder set-up
-        self.memory.start()
-        self.t_start = time.perf_counter()
         step = 0
         try:
             reason = self.skip_reason()
             if reason:
                 raise SkipRun(reason)
+            if self.cfg.get("warmup", True):
+                self.warm_up()
+            # runtime and peak memory cover the run itself: after data loading, recorder set-up
+            # and the warm-up
+            self.memory.start()
+            self.t_start = time.perf_counter()
             self.train_inner(self.cfg.get("warmup_steps", 0) or 0)
             metrics = self.evaluate()
             hook.on_hyper_step(run=ctx, step=0, metrics={**metrics, "elapsed_s": time.perf_counter() - self.t_start})
@@ -221,12 +240,14 @@ def config_tags(cfg: DictConfig) -> dict[str, str]:
     return {**tags, **provenance_tags()}
 
 
-def record_failed_build(cfg: DictConfig, error: BaseException, tags: dict[str, str] | None = None) -> RunResult:
-    """A run whose config could not be built is still recorded (as FAILED, with the reason),
-    so a grid of N jobs leaves N runs. The hooks see ``run.experiment = None``."""
+def record_unbuilt(cfg: DictConfig, error: BaseException, tags: dict[str, str] | None = None) -> RunResult:
+    """A run that could not be built is still recorded — SKIPPED for a ``SkipRun`` (an
+    incompatible combination), else FAILED — with the reason, so a grid of N jobs leaves N runs.
+    The hooks see ``run.experiment = None``."""
+    status = "SKIPPED" if isinstance(error, SkipRun) else "FAILED"
     hook = plugins.plugin_manager().hook
     ctx = RunContext(cfg, None, {**config_tags(cfg), **(tags or {})})  # type: ignore[arg-type]
     summary: dict[str, Any] = {"failed_step": 0, "hyper_steps_done": 0}
     hook.on_run_start(run=ctx)
-    hook.on_run_end(run=ctx, status="FAILED", error=error, summary=summary)
-    return RunResult("FAILED", summary, ctx.info, error)
+    hook.on_run_end(run=ctx, status=status, error=error, summary=summary)
+    return RunResult(status, summary, ctx.info, error)

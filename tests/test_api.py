@@ -49,3 +49,12 @@ def test_compose_config_matches_the_defaults():
     cfg = compose_config()
     assert (cfg.hypergrad.name, cfg.hyperparam.name, cfg.dataset.name, cfg.model.name) == (
         "neumann", "weight_decay_per_param", "mnist_5k", "mlp")
+
+
+def test_warm_up_changes_no_state():
+    ov = ["dataset=digits", "model.hidden=[16]", "hyper_steps=3", "eval_every=3", "hypergrad=unroll",
+          "inner_optimizer.momentum=0.9"]
+    a, b = (build_experiment(overrides=ov + [f"warmup={flag}"]).run() for flag in ("true", "false"))
+    assert a.status == b.status == "FINISHED"
+    for key in ("val_loss", "test_loss", "train_loss", "hypergrad_norm"):
+        assert a.summary[key] == b.summary[key], key

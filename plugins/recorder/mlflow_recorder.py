@@ -103,6 +103,18 @@ class MlflowRun:
         self._last_flush = time.monotonic()
 
 
+def _log_figures(rec: MlflowRun, exp) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    lam = exp.problem.lam_spec.unflatten(exp.lam.detach())
+    for name, fig in exp.problem.family.figures(lam).items():
+        rec.client.log_figure(rec.run_id, fig, name)
+        plt.close(fig)
+
+
 def _enabled(run) -> bool:
     return bool(run.config.get("mlflow", {}).get("enabled", True))
 
@@ -147,6 +159,9 @@ def on_run_end(run, status, error, summary):
         tags["hgbench.failed_step"] = str(summary.get("failed_step", ""))
         tb = "".join(traceback.format_exception(type(error), error, error.__traceback__))
         rec.client.log_text(rec.run_id, tb, "error.txt")
+    exp = run.experiment
+    if exp is not None and status in ("FINISHED", "FAILED"):
+        _log_figures(rec, exp)
     for k, v in tags.items():
         rec.client.set_tag(rec.run_id, k, v)
     rec.client.set_terminated(rec.run_id, MLFLOW_STATUS[status])
