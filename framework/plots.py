@@ -1,0 +1,175 @@
+"""The plots of ``hgbench-report`` (matplotlib, Agg backend), from its runs and long metrics tables.
+
+- ``val_loss_vs_time.png``: validation loss against wall-clock time (``elapsed_s`` at the steps
+  where ``val_loss`` was logged): each seed thin, the mean over seeds (of loss and of time, per
+  eval step) bold; one panel per dataset × model; log axes where values span decades;
+- ``peak_memory.png``: peak memory per method, mean over seeds (bar, value on top), min–max
+  error bars, each seed as a dot;
+- ``hypergrad_time.png``: per-hyper-step ``hypergrad_time_s`` per method (box plot of all steps
+  of all seeds).
+
+Only FINISHED runs are drawn. One colour per series (method, and family where families differ)
+in every plot.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+from matplotlib.ticker import FuncFormatter  # noqa: E402
+
+MEMORY_KIND = {"cpu_peak_rss_growth": "CPU: growth of peak RSS", "cuda_max_allocated": "CUDA: max allocated"}
+
+
+def spans_decades(values, factor: float = 10.0) -> bool:
+    v = pd.Series(values, dtype=float).dropna()
+    return bool(len(v)) and bool((v > 0).all()) and v.max() / v.min() > factor
+
+
+def series_labels(runs: pd.DataFrame) -> tuple[pd.Series, pd.Series]:
+    """(series, tick): the series is the method (+ family where families differ); the tick label
+    adds dataset / model where those differ too."""
+    series, tick = runs["method"].astype(str), runs["method"].astype(str)
+    for c in ("family", "dataset", "model"):
+        if runs[c].nunique(dropna=False) > 1:
+            tick = tick + " · " + runs[c].astype(str)
+            if c == "family":
+                series = series + " · " + runs[c].astype(str)
+    return series, tick
+
+
+def log_scale(ax, which: str, values) -> None:
+    """Log scale with plain tick labels (0.3, 2, 100) instead of 3×10⁻¹; minor ticks 2 and 5 are
+    labelled too where the data span less than two decades."""
+    getattr(ax, f"set_{which}scale")("log")
+    axis = getattr(ax, f"{which}axis")
+    v = pd.Series(values, dtype=float)
+    few = v[v > 0].max() / v[v > 0].min() < 100
+    axis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:g}"))
+    axis.set_minor_formatter(FuncFormatter(lambda x, _: f"{x:g}" if few and f"{x:.0e}"[0] in "25" else ""))
+
+
+def _categories(ax, ticks: list[str]) -> None:
+    """One horizontal row per category, the first at the top."""
+    ax.set_yticks(range(len(ticks)), ticks, fontsize=9)
+    ax.set_ylim(len(ticks) - 0.4, -0.6)
+    ax.grid(axis="x", alpha=0.35)
+    ax.grid(axis="x", alpha=0.12, which="minor")
+
+
+def _figure(n: int):
+    return plt.subplots(figsize=(7.5, max(2.8, 1.6 + 0.45 * n)))
+
+
+def _save(fig, path: Path) -> Path:
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def plot_val_loss_vs_time(runs: pd.DataFrame, metrics: pd.DataFrame, colors: dict, path: Path) -> Path | None:
+    m = metrics[metrics["key"].isin(["val_loss", "elapsed_s"])]
+    if m.empty:
+        return None
+    wide = m.pivot_table(index=["run_id", "step"], columns="key", values="value", aggfunc="last").reset_index()
+    if not {"val_loss", "elapsed_s"} <= set(wide):
+        return None
+    wide = wide.dropna(subset=["val_loss", "elapsed_s"]).merge(runs[["run_id", "series", "dataset", "model"]], on="run_id")
+    if wide.empty:
+        return None
+    panels = list(wide.groupby(["dataset", "model"], sort=True))
+    fig, axes = plt.subplots(1, len(panels), figsize=(7.5 * len(panels), 4.8), squeeze=False)
+    for ax, ((dataset, model), d) in zip(axes[0], panels):
+        ends = []  # per series: its mean run time
+        for series, s in d.groupby("series", sort=True):
+            for _, one in s.groupby("run_id"):  # each seed at its own times, thin
+                ax.plot(one["elapsed_s"], one["val_loss"], lw=0.8, alpha=0.45, color=colors[series])
+            g = s.groupby("step").agg(t=("elapsed_s", "mean"), v=("val_loss", "mean"))
+            n = s["run_id"].nunique()
+            what = "best trial" if series.startswith("optuna(") else f"{n} seed{'s' if n != 1 else ''}"
+            ax.plot(g["t"], g["v"], marker="o" if len(g) <= 25 else None, ms=3.5, lw=2, color=colors[series],
+                    label=f"{series} ({what})")
+            ends.append(s.groupby("run_id")["elapsed_s"].max().mean())
+        # an Optuna sweep costs all its trials: mark its best loss at the sweep's total time too
+        xs = [d["elapsed_s"]]
+        here = runs[runs["optuna_total_s"].notna() & (runs["dataset"] == dataset) & (runs["model"] == model)]
+        for series, t in here.groupby("series"):
+            ax.scatter(t["optuna_total_s"], t["val_loss"], marker="*", s=150, color=colors[series], edgecolor="k", zorder=5,
+                       label=f"{series}: best loss at the\nwhole sweep's time ({int(t['optuna_trials'].max())} trials)")
+            xs.append(t["optuna_total_s"])
+        ax.set(title=f"{dataset} · {model}", xlabel="wall-clock time since the run started (s)", ylabel="validation loss")
+        if spans_decades(d["val_loss"]):
+            log_scale(ax, "y", d["val_loss"])
+        if spans_decades(ends) and spans_decades(pd.concat(xs), 100):  # methods' run times differ by decades
+            log_scale(ax, "x", pd.concat(xs))
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8, title="bold: mean over seeds at each eval step\nthin: each seed", title_fontsize=8,
+                  loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False, alignment="left")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_peak_memory(runs: pd.DataFrame, colors: dict, path: Path) -> Path | None:
+    d = runs.dropna(subset=["peak_memory_mb"]) if "peak_memory_mb" in runs else runs.iloc[:0]
+    if d.empty:
+        return None
+    groups = list(d.groupby("tick", sort=True))
+    fig, ax = _figure(len(groups))
+    top = d["peak_memory_mb"].max()
+    for i, (_, g) in enumerate(groups):
+        v = g["peak_memory_mb"]
+        mean = v.mean()
+        err = [[mean - v.min()], [v.max() - mean]] if len(v) > 1 else None
+        ax.barh(i, mean, xerr=err, color=colors[g["series"].iloc[0]], alpha=0.75, capsize=4, edgecolor="k", lw=0.6, height=0.6)
+        ax.scatter(v, [i] * len(v), color="k", s=12, zorder=3)
+        ax.annotate(f"{mean:.3g} MB", (max(v.max(), mean), i), xytext=(6, 0), textcoords="offset points",
+                    ha="left", va="center", fontsize=8)
+    ax.set_xlim(0, 1.2 * top if top > 0 else 1)
+    kinds = sorted({MEMORY_KIND.get(k, str(k)) for k in d["memory_kind"].dropna()})
+    ax.set(xlabel="peak memory (MB)" + (f" — {'; '.join(kinds)}" if kinds else ""),
+           title="peak memory per run: mean over seeds (error bars: min–max; dots: seeds)")
+    _categories(ax, [t for t, _ in groups])
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_hypergrad_time(runs: pd.DataFrame, metrics: pd.DataFrame, colors: dict, path: Path) -> Path | None:
+    d = metrics[metrics["key"] == "hypergrad_time_s"].merge(runs[["run_id", "series", "tick"]], on="run_id")
+    if d.empty:
+        return None
+    groups = list(d.groupby("tick", sort=True))
+    fig, ax = _figure(len(groups))
+    box = ax.boxplot([g["value"] * 1000 for _, g in groups], positions=range(len(groups)), widths=0.6, orientation="horizontal",
+                     patch_artist=True, flierprops={"ms": 3, "alpha": 0.5}, medianprops={"color": "k", "lw": 1.5})
+    for patch, (_, g) in zip(box["boxes"], groups):
+        patch.set(facecolor=colors[g["series"].iloc[0]], alpha=0.75)
+    ax.set(xlabel="hypergradient time per hyper-step (ms)",
+           title="hypergradient time, all hyper-steps of all seeds\n(box: quartiles; line: median; whiskers: 1.5 IQR)")
+    if spans_decades(d["value"]):
+        log_scale(ax, "x", d["value"] * 1000)
+    _categories(ax, [t for t, _ in groups])
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def make_plots(runs: pd.DataFrame, metrics: pd.DataFrame, out: Path) -> list[Path]:
+    """The PNGs for the FINISHED runs of the report (``runs["in_report"]``); returns the paths written."""
+    runs = runs.copy()
+    runs["series"], runs["tick"] = series_labels(runs)
+    total = runs[runs["sweeper"].eq("optuna").fillna(False).astype(bool)].groupby("sweep_id")["runtime_s"].sum() \
+        if "runtime_s" in runs else pd.Series(dtype=float)
+    runs["optuna_total_s"] = runs["sweep_id"].map(total).where(runs["sweeper"].eq("optuna").fillna(False).astype(bool))
+    done = runs[runs["in_report"] & (runs["status"] == "finished")]
+    if done.empty:
+        return []
+    colors = {s: f"C{i % 10}" for i, s in enumerate(sorted(done["series"].unique()))}
+    m = metrics[metrics["run_id"].isin(done["run_id"])]
+    written = [plot_val_loss_vs_time(done, m, colors, out / "val_loss_vs_time.png"),
+               plot_peak_memory(done, colors, out / "peak_memory.png"),
+               plot_hypergrad_time(done, m, colors, out / "hypergrad_time.png")]
+    return [p for p in written if p is not None]

@@ -1,0 +1,335 @@
+"""``hgbench-report``: compare recorded runs — a markdown table, CSVs and plots from MLflow.
+
+    hgbench-report --experiment methods_x_seeds
+    hgbench-report --sweep-id 20260101-120000-1a2b3c --filter "params.dataset.name = 'digits'"
+
+Writes ``<out-dir>/<name>/``: ``summary.md`` (one row per method × family × dataset × model,
+mean ± std over seeds of the final values of FINISHED runs; failed and skipped runs are counted),
+``runs.csv`` (one row per run), ``metrics.csv`` (one row per logged (run, key, step)) and PNG
+plots (``framework.plots``). Trials of an Optuna sweep (tag ``hgbench.sweeper`` = optuna) enter as
+one run per sweep: the trial with the lowest final val_loss, labelled ``optuna(<hypergrad>)``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import sys
+from contextlib import contextmanager
+from datetime import datetime
+from pathlib import Path
+
+import pandas as pd
+
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
+GROUP = ["method", "family", "dataset", "model"]
+STATUSES = ["finished", "failed", "skipped"]
+# summary columns: run column -> header (the per-step hypergradient time is in milliseconds)
+FINAL = {"val_loss": "val loss", "test_loss": "test loss", "val_acc": "val acc", "test_acc": "test acc",
+         "runtime_s": "runtime (s)", "peak_memory_mb": "peak memory (MB)", "hypergrad_ms": "hypergrad / step (ms)"}
+TAGS = {"hypergrad": "hypergrad", "family": "hyperparam", "dataset": "dataset", "model": "model",
+        "device": "device", "memory_kind": "memory_kind", "sweep_id": "sweep_id", "sweeper": "sweeper",
+        "launcher": "launcher", "error": "error", "skip_reason": "skip_reason", "failed_step": "failed_step"}
+METRICS_COLUMNS = ["run_id", "experiment", "method", "family", "dataset", "model", "seed", "status",
+                   "sweep_id", "key", "step", "value", "timestamp"]
+MLFLOW_TO_STATUS = {"FINISHED": "finished", "FAILED": "failed", "KILLED": "skipped"}
+
+
+class ReportError(Exception):
+    """Something the user can fix (unknown experiment, no runs): one line, no traceback."""
+
+
+@contextmanager
+def tracking_uri(uri: str):
+    """``mlflow.search_runs`` reads the global tracking URI: set it, then restore the previous one."""
+    import mlflow
+
+    before = os.environ.get("MLFLOW_TRACKING_URI")
+    mlflow.set_tracking_uri(uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(None)  # also unsets $MLFLOW_TRACKING_URI
+        if before is not None:
+            mlflow.set_tracking_uri(before)
+
+
+def open_store(uri: str, experiments: list[str]):
+    """An MlflowClient and {experiment id: name}; ReportError listing what exists if a name does not."""
+    from mlflow.tracking import MlflowClient
+
+    from plugins.recorder.mlflow_recorder import sqlite_path
+
+    db = sqlite_path(uri)
+    if db is not None and not db.exists():  # MlflowClient would create an empty store
+        raise ReportError(f"no MLflow store at {uri} (run hgbench first, or pass --tracking-uri)")
+    client = MlflowClient(uri)
+    ids, missing = {}, []
+    for name in experiments:
+        exp = client.get_experiment_by_name(name)
+        if exp is None or exp.lifecycle_stage == "deleted":
+            missing.append(name)
+        else:
+            ids[exp.experiment_id] = name
+    if missing:
+        names = sorted(e.name for e in client.search_experiments())
+        listing = "\n".join(f"  - {n}" for n in names) or "  (none)"
+        raise ReportError(f"experiment {', '.join(map(repr, missing))} not found in {uri}. "
+                          f"Available experiments:\n{listing}")
+    return client, ids
+
+
+def search(uri: str, experiment_ids: dict[str, str], filter_string: str) -> pd.DataFrame:
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    with tracking_uri(uri):
+        try:
+            return mlflow.search_runs(experiment_ids=list(experiment_ids), filter_string=filter_string, max_results=100_000)
+        except MlflowException as exc:
+            raise ReportError(f"bad filter {filter_string!r}: {exc.message}") from None
+
+
+def tidy_runs(df: pd.DataFrame, experiments: dict[str, str]) -> pd.DataFrame:
+    """One row per run: core columns, final metrics (plain names), ``params.*`` and ``tags.*``."""
+    col = lambda name: df[name] if name in df else pd.Series([None] * len(df), index=df.index, dtype=object)  # noqa: E731
+    out = pd.DataFrame({"run_id": df["run_id"], "experiment": df["experiment_id"].map(experiments)})
+    for name, tag in TAGS.items():
+        out[name] = col(f"tags.hgbench.{tag}")
+    out["seed"] = pd.to_numeric(col("params.seed"), errors="coerce").astype("Int64")  # params are str
+    out["mlflow_status"] = df["status"]
+    out["status"] = col("tags.hgbench.status").fillna(df["status"].map(MLFLOW_TO_STATUS)).fillna(df["status"].str.lower())
+    out["method"] = out["hypergrad"]
+    out["start_time"], out["end_time"] = df["start_time"], df["end_time"]
+    for c in sorted(c for c in df if c.startswith("metrics.")):
+        out[c[len("metrics."):]] = pd.to_numeric(df[c], errors="coerce")
+    promoted = {f"tags.hgbench.{t}" for t in TAGS.values()} | {"tags.hgbench.status"}
+    extra = [c for c in df if (c.startswith("params.") and not c.startswith(("params.mlflow.", "params.hydra.")))
+             or (c.startswith("tags.") and c not in promoted)]
+    out = pd.concat([out, df[extra]], axis=1)
+    return out.sort_values(["experiment", "method", "seed", "start_time"], na_position="last").reset_index(drop=True)
+
+
+def select_optuna(runs: pd.DataFrame) -> pd.DataFrame:
+    """Keep the best FINISHED trial (lowest final val_loss) of each Optuna sweep; label its method
+    ``optuna(<hypergrad>)``. Sets ``in_report`` (False for the other trials) and ``optuna_trials``."""
+    runs = runs.copy()
+    runs["in_report"] = True
+    runs["optuna_trials"] = pd.NA
+    optuna = runs["sweeper"].eq("optuna").fillna(False).astype(bool)
+    runs.loc[optuna, "method"] = "optuna(" + runs.loc[optuna, "hypergrad"].fillna("?").astype(str) + ")"
+    for _, trials in runs[optuna].groupby(runs.loc[optuna, "sweep_id"].fillna(""), sort=False):
+        done = trials[(trials["status"] == "finished") & trials["val_loss"].notna()] if "val_loss" in trials else trials.iloc[:0]
+        if len(done):  # else every trial stays: they are counted, none is aggregated
+            runs.loc[trials.index.difference([done["val_loss"].idxmin()]), "in_report"] = False
+        runs.loc[trials.index, "optuna_trials"] = len(trials)
+    return runs
+
+
+def fetch_history(client, runs: pd.DataFrame, keys_by_run: dict[str, list[str]]) -> pd.DataFrame:
+    """Every logged value of every metric of ``runs`` (long format, ``METRICS_COLUMNS``)."""
+    rows = []
+    for r in runs.itertuples(index=False):
+        for key in keys_by_run.get(r.run_id, []):
+            for m in client.get_metric_history(r.run_id, key):
+                rows.append((r.run_id, r.experiment, r.method, r.family, r.dataset, r.model, r.seed, r.status,
+                             r.sweep_id, key, m.step, m.value, m.timestamp))
+    out = pd.DataFrame(rows, columns=METRICS_COLUMNS)
+    out["seed"] = out["seed"].astype("Int64")
+    return out.sort_values(["run_id", "key", "step", "timestamp"], kind="stable").reset_index(drop=True)
+
+
+def per_step_mean(metrics: pd.DataFrame, key: str) -> pd.Series:
+    """Mean over the hyper-steps of a per-step metric, per run_id."""
+    return metrics.loc[metrics["key"] == key].groupby("run_id")["value"].mean()
+
+
+def aggregate(runs: pd.DataFrame) -> pd.DataFrame:
+    """Per method × family × dataset × model: run counts ``n_<status>``, and over the FINISHED runs
+    ``<m>_mean``, ``<m>_std`` (sample std; NaN for one run) and ``<m>_n`` for every column of FINAL."""
+    runs = runs.copy()
+    for c in GROUP:
+        runs[c] = runs[c].fillna("?").astype(str)
+    counts = pd.crosstab([runs[c] for c in GROUP], runs["status"])
+    order = STATUSES + sorted(set(counts) - set(STATUSES))  # e.g. running, killed
+    counts = counts.reindex(columns=order, fill_value=0).add_prefix("n_")
+    done = runs[runs["status"] == "finished"]
+    stats = {}
+    for m in FINAL:
+        if m in done:
+            g = done.groupby(GROUP)[m]
+            stats.update({f"{m}_mean": g.mean(), f"{m}_std": g.std(), f"{m}_n": g.count()})
+    out = counts.join(pd.DataFrame(stats), how="left") if stats else counts
+    out = out.reset_index()
+    out.columns.name = None
+    order = ["dataset", "model", "family"] + (["val_loss_mean"] if "val_loss_mean" in out else []) + ["method"]
+    return out.sort_values(order, na_position="last").reset_index(drop=True)
+
+
+def fmt(mean: float, std: float | None = None) -> str:
+    """4 significant digits for the mean, 2 for the std: 2.208 ± 0.011, 1,234 ± 56; — for none."""
+    if mean is None or pd.isna(mean):
+        return "—"
+    num = lambda x: "0" if x == 0 else f"{x:,.0f}" if abs(x) >= 1000 else f"{x:#.4g}".rstrip(".")  # noqa: E731
+    spread = lambda x: f"{x:,.0f}" if abs(x) >= 100 else f"{x:.2g}"  # noqa: E731
+    return num(mean) if std is None or pd.isna(std) else f"{num(mean)} ± {spread(std)}"
+
+
+def code(text: str) -> str:
+    """Inline markdown code, also when the text holds backticks."""
+    return f"`` {text} ``" if "`" in text else f"`{text}`"
+
+
+def quote(arg: str) -> str:
+    """Shell quoting that keeps MLflow filters readable: "params.seed = '0'"."""
+    if shlex.quote(arg) != arg and not any(c in arg for c in '"$`\\!'):
+        return f'"{arg}"'
+    return shlex.quote(arg)
+
+
+def cell(text) -> str:
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def markdown_table(header: list[str], rows: list[list]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    return "\n".join(lines + ["| " + " | ".join(cell(c) for c in row) + " |" for row in rows])
+
+
+def summary_table(agg: pd.DataFrame) -> str:
+    metrics = [m for m in FINAL if f"{m}_mean" in agg and agg[f"{m}_mean"].notna().any()]
+    counts = [c for c in agg.columns if c.startswith("n_")]
+    header = GROUP + [c[2:] for c in counts] + [FINAL[m] for m in metrics]
+    rows = [[r[c] for c in GROUP] + [int(r[c]) for c in counts] + [fmt(r[f"{m}_mean"], r[f"{m}_std"]) for m in metrics]
+            for _, r in agg.iterrows()]
+    return markdown_table(header, rows)
+
+
+def write_summary(path: Path, *, name, uri, experiments, sweep_id, filter_string, command, runs, agg, plots) -> None:
+    shown = runs[runs["in_report"]]
+    n = shown["status"].value_counts()
+    statuses = STATUSES + sorted(set(n.index) - set(STATUSES))
+    lines = [
+        f"# hgbench report: {name}", "",
+        f"- store: {code(uri)}",
+        f"- experiments: {', '.join(code(e) for e in experiments)}",
+        f"- sweep id: {code(sweep_id)}" if sweep_id else "- sweep id: any",
+        f"- filter: {code(filter_string)}" if filter_string else "- filter: none",
+        f"- runs: {len(shown)} in the table (" + ", ".join(f"{n.get(s, 0)} {s}" for s in statuses) + ")"
+        + (f"; {len(runs) - len(shown)} other Optuna trials left out" if len(runs) > len(shown) else ""),
+        f"- generated: {datetime.now():%Y-%m-%d %H:%M:%S}",
+        f"- regenerate (from {code(str(Path.cwd()))}): {code(command)}", "",
+        "Each cell: mean ± sample std over seeds of the run's final value, FINISHED runs only (a "
+        "single run shows no ±). Failed and skipped runs are counted, never aggregated. "
+        "`hypergrad / step`: the run's mean `hypergrad_time_s` over its hyper-steps, in ms. "
+        "`peak memory`: on CPU the growth of the process's peak RSS during the run, on CUDA "
+        "`max_memory_allocated`.", "",
+        summary_table(agg), "",
+    ]
+    optuna = runs[runs["sweeper"].eq("optuna").fillna(False).astype(bool)]
+    if len(optuna):
+        lines += ["## Optuna baselines", "",
+                  "Black-box baseline: each Optuna sweep enters the table as ONE run, its trial with the lowest "
+                  "final val_loss, labelled `optuna(<hypergrad>)`; its runtime is that of that trial alone, the "
+                  "whole sweep's is below.", ""]
+        rows = []
+        for sid, t in optuna.groupby(optuna["sweep_id"].fillna("?"), sort=True):
+            best = t[t["in_report"]]
+            b = best.iloc[0] if len(best) == 1 else None
+            rows.append([sid, len(t), ", ".join(f"{k} {v}" for k, v in t["status"].value_counts().items()),
+                         fmt(t["runtime_s"].sum()) if "runtime_s" in t else "—",
+                         b["run_id"][:12] if b is not None else "none finished",
+                         fmt(b["val_loss"]) if b is not None else "—",
+                         (b.get("tags.hgbench.overrides") or "") if b is not None else ""])
+        lines += [markdown_table(["sweep id", "trials", "status", "sweep runtime (s)", "best run", "best val loss", "best trial's overrides"], rows), ""]
+    bad = shown[shown["status"] != "finished"]
+    if len(bad):
+        lines += ["## Runs not aggregated", ""]
+        rows = [[r.run_id[:12], r.method, r.family, r.dataset, r.model, "" if pd.isna(r.seed) else r.seed, r.status,
+                 str(r.error if isinstance(r.error, str) else r.skip_reason if isinstance(r.skip_reason, str) else "")[:200]]
+                for r in bad.itertuples()]
+        lines += [markdown_table(["run", "method", "family", "dataset", "model", "seed", "status", "reason"], rows), ""]
+    lines += ["## Files", "", "- `runs.csv`: one row per matched run (final metrics, params, tags; `in_report`)",
+              "- `metrics.csv`: one row per logged (run, metric key, step) of the runs in the table"]
+    lines += [f"- `{p.name}`" for p in plots] + [""]
+    path.write_text("\n".join(lines))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="hgbench-report", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Compare recorded hgbench runs: writes <out-dir>/<name>/summary.md (mean ± std over seeds),\n"
+                    "runs.csv, metrics.csv and PNG plots, read from an MLflow store.",
+        epilog="examples:\n  hgbench-report --experiment methods_x_seeds\n"
+               "  hgbench-report --sweep-id 20260101-120000-1a2b3c --filter \"params.dataset.name = 'digits'\"")
+    p.add_argument("--tracking-uri", metavar="URI", help="MLflow store (default: $MLFLOW_TRACKING_URI, else sqlite:///<cwd>/mlflow.db)")
+    p.add_argument("--experiment", action="append", metavar="NAME", help="experiment to read (repeatable; default: hgbench)")
+    p.add_argument("--sweep-id", metavar="ID", help="only runs tagged hgbench.sweep_id = ID")
+    p.add_argument("--filter", default="", metavar="STRING", help="an MLflow filter string, e.g. \"params.seed = '0'\"")
+    p.add_argument("--name", help="results subfolder (default: the experiment name, or the sweep id)")
+    p.add_argument("--out-dir", default="results", metavar="DIR", help="where <name>/ is written (default: results)")
+    return p
+
+
+def report(args: argparse.Namespace) -> Path:
+    from framework import plots
+    from plugins.recorder.mlflow_recorder import resolve_tracking_uri
+
+    uri = resolve_tracking_uri(args.tracking_uri)
+    experiments = args.experiment or ["hgbench"]
+    name = args.name or args.sweep_id or "+".join(experiments)
+    filters = [args.filter.strip()] if args.filter.strip() else []  # MLflow filters take no parentheses
+    if args.sweep_id:
+        if "'" in args.sweep_id:
+            raise ReportError(f"--sweep-id {args.sweep_id!r}: a sweep id holds no quotes")
+        filters.append(f"tags.\"hgbench.sweep_id\" = '{args.sweep_id}'")
+    filter_string = " and ".join(filters)
+    client, ids = open_store(uri, experiments)
+    df = search(uri, ids, filter_string)
+    if df.empty:
+        raise ReportError(f"no runs matched in experiment(s) {', '.join(experiments)} at {uri}"
+                          + (f" with filter: {filter_string}" if filter_string else ""))
+    runs = select_optuna(tidy_runs(df, ids))
+    keys = {r["run_id"]: [c[len("metrics."):] for c in df if c.startswith("metrics.") and pd.notna(r[c])] for _, r in df.iterrows()}
+    metrics = fetch_history(client, runs[runs["in_report"]], keys)
+    runs["hypergrad_ms"] = runs["run_id"].map(per_step_mean(metrics, "hypergrad_time_s")) * 1000
+    agg = aggregate(runs[runs["in_report"]])
+
+    out = Path(args.out_dir) / name
+    out.mkdir(parents=True, exist_ok=True)
+    first = ["run_id", "experiment", "method", "hypergrad", "family", "dataset", "model", "seed", "status", "mlflow_status",
+             "in_report", "sweep_id", "sweeper", "optuna_trials", "launcher", "device", "memory_kind", "error", "skip_reason",
+             "failed_step", "start_time", "end_time"]
+    rest = [c for c in runs if c not in first]
+    plain = [c for c in rest if not c.startswith(("params.", "tags."))]
+    runs[first + plain + sorted(c for c in rest if c.startswith("params.")) + sorted(c for c in rest if c.startswith("tags."))] \
+        .to_csv(out / "runs.csv", index=False)
+    metrics.to_csv(out / "metrics.csv", index=False)
+    written = plots.make_plots(runs, metrics, out)
+    command = ["hgbench-report", "--tracking-uri", uri] + [a for e in experiments for a in ("--experiment", e)]
+    command += (["--sweep-id", args.sweep_id] if args.sweep_id else []) + (["--filter", args.filter] if args.filter else [])
+    command += ["--name", name, "--out-dir", args.out_dir]
+    write_summary(out / "summary.md", name=name, uri=uri, experiments=experiments, sweep_id=args.sweep_id,
+                  filter_string=args.filter.strip(), command=" ".join(map(quote, command)), runs=runs, agg=agg, plots=written)
+    n = runs.loc[runs["in_report"], "status"].value_counts()
+    print(f"hgbench-report: {int(runs['in_report'].sum())} runs (" + ", ".join(f"{n.get(s, 0)} {s}" for s in STATUSES)
+          + f") from {uri}\nwrote {out.resolve()}/")
+    for f in ["summary.md", "runs.csv", "metrics.csv"] + [p.name for p in written]:
+        print(f"  {f}")
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        report(args)
+    except ReportError as exc:
+        print(f"hgbench-report: error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

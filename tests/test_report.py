@@ -1,0 +1,332 @@
+"""``hgbench-report``: the aggregation on hand-made frames, and the whole command on a real grid
+recorded through the CLI (2 methods × 2 seeds, a diverging run, a skipped run)."""
+
+import contextlib
+import io
+import math
+import shlex
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from mlflow.tracking import MlflowClient
+
+from framework.report import aggregate, fmt, main, select_optuna
+
+SMALL = ["dataset=digits", "hyper_steps=6", "inner_steps=2", "eval_every=3", "dataset.train_size=200", "dataset.val_size=100"]
+PLOTS = ("val_loss_vs_time.png", "peak_memory.png", "hypergrad_time.png")
+FINAL = {"val loss": "val_loss", "test loss": "test_loss", "val acc": "val_acc", "test acc": "test_acc",
+         "runtime (s)": "runtime_s", "peak memory (MB)": "peak_memory_mb"}
+
+
+# --- the aggregation, on frames made by hand ----------------------------------------------------
+
+def hand_runs():
+    rows = [  # method, status, seed, val_loss, runtime_s
+        ("a", "finished", 0, 1.0, 10.0), ("a", "finished", 1, 2.0, 20.0), ("a", "finished", 2, 3.0, 30.0),
+        ("a", "failed", 3, 100.0, 1000.0),  # must be counted, never averaged
+        ("b", "skipped", 0, math.nan, 0.0),
+        ("c", "finished", 0, 0.5, 5.0),
+        ("d", "running", 0, 7.0, 7.0),
+    ]
+    df = pd.DataFrame(rows, columns=["method", "status", "seed", "val_loss", "runtime_s"])
+    return df.assign(family="weight_decay", dataset="digits", model="mlp")
+
+
+def test_aggregate_counts_every_run_and_averages_only_finished_ones():
+    agg = aggregate(hand_runs()).set_index("method")
+    assert list(agg.columns[:7]) == ["family", "dataset", "model", "n_finished", "n_failed", "n_skipped", "n_running"]
+    assert agg.loc["a", ["n_finished", "n_failed", "n_skipped"]].tolist() == [3, 1, 0]
+    assert agg.loc["a", "val_loss_mean"] == pytest.approx(2.0) and agg.loc["a", "val_loss_std"] == pytest.approx(1.0)
+    assert agg.loc["a", "runtime_s_mean"] == pytest.approx(20.0) and agg.loc["a", "val_loss_n"] == 3
+    assert agg.loc["b", ["n_finished", "n_skipped"]].tolist() == [0, 1] and math.isnan(agg.loc["b", "val_loss_mean"])
+    assert agg.loc["c", "val_loss_mean"] == 0.5 and math.isnan(agg.loc["c", "val_loss_std"])  # one run: no std
+    assert agg.loc["d", "n_running"] == 1 and math.isnan(agg.loc["d", "val_loss_mean"])
+    assert "test_acc_mean" not in agg  # only metrics that exist
+    # one task: sorted by mean val loss, runs with none last
+    assert list(agg.index) == ["c", "a", "b", "d"]
+
+
+def test_aggregate_keeps_tasks_apart():
+    runs = pd.concat([hand_runs(), hand_runs().assign(dataset="mnist_5k", val_loss=lambda d: d["val_loss"] * 10)])
+    agg = aggregate(runs).set_index(["method", "dataset"])
+    assert agg.loc[("a", "digits"), "val_loss_mean"] == pytest.approx(2.0)
+    assert agg.loc[("a", "mnist_5k"), "val_loss_mean"] == pytest.approx(20.0)
+    assert len(agg) == 8
+
+
+def test_number_format():
+    assert fmt(2.20834, 0.011234) == "2.208 ± 0.011"
+    assert fmt(1234.6, 56.7) == "1,235 ± 57"
+    assert fmt(0.5, float("nan")) == "0.5000"
+    assert fmt(float("nan"), 1.0) == "—"
+
+
+def test_optuna_sweeps_enter_as_their_best_finished_trial():
+    runs = pd.DataFrame([  # run_id, sweeper, sweep_id, hypergrad, status, val_loss
+        ("t1", "optuna", "s1", "fixed", "finished", 0.9),
+        ("t2", "optuna", "s1", "fixed", "finished", 0.4),
+        ("t3", "optuna", "s1", "fixed", "failed", 0.1),  # lower, but failed
+        ("u1", "optuna", "s2", "fixed", "failed", math.nan),  # no finished trial: all stay, counted
+        ("u2", "optuna", "s2", "fixed", "skipped", math.nan),
+        ("g1", "basic", "s3", "neumann", "finished", 0.2),
+        ("g2", None, None, "cg", "finished", 0.3),  # a run without the new tags
+    ], columns=["run_id", "sweeper", "sweep_id", "hypergrad", "status", "val_loss"])
+    runs["method"] = runs["hypergrad"]
+    out = select_optuna(runs).set_index("run_id")
+    assert out["in_report"].to_dict() == {"t1": False, "t2": True, "t3": False, "u1": True, "u2": True, "g1": True, "g2": True}
+    assert set(out.loc[["t1", "t2", "t3", "u1", "u2"], "method"]) == {"optuna(fixed)"}
+    assert out.loc["g1", "method"] == "neumann" and out.loc["g2", "method"] == "cg"
+    assert out.loc["t2", "optuna_trials"] == 3 and out.loc["u1", "optuna_trials"] == 2
+
+
+# --- the whole command on a real store ----------------------------------------------------------
+
+def hgbench(cwd, *args):
+    return subprocess.run([sys.executable, "-m", "framework.cli", *args], cwd=cwd, capture_output=True, text=True, timeout=300)
+
+
+def run_main(*args):
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        rc = main(list(args))
+    return rc, out.getvalue(), err.getvalue()
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    """A grid (neumann, identity × seeds 0, 1; a 64-16-10 MLP), then a second sweep on the default
+    64-128-10 MLP: neumann with a step size that diverges (FAILED) and exact, refusing its 9,610
+    weights (more than max_weights = 5,000: SKIPPED)."""
+    root = tmp_path_factory.mktemp("report")
+    grid = hgbench(root, "-m", "hypergrad=neumann,identity", "seed=0,1", "model.hidden=[16]", *SMALL)
+    assert grid.returncode == 0, grid.stderr[-3000:]
+    bad = hgbench(root, "-m", "hypergrad=neumann,exact", "inner_optimizer.lr=1e6", *SMALL)
+    assert bad.returncode == 1 and "1 failed, 1 skipped" in bad.stdout, bad.stdout[-3000:] + bad.stderr[-3000:]
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name("hgbench").experiment_id])
+    assert len(runs) == 6
+    return root, uri, client, runs
+
+
+@pytest.fixture(scope="module")
+def report(store):
+    root, uri, _, _ = store
+    rc, out, err = run_main("--tracking-uri", uri, "--out-dir", str(root / "results"), "--name", "all")
+    assert rc == 0, err
+    return root / "results" / "all", out
+
+
+def table(text):
+    """The first markdown table of ``text`` as a list of {header: cell}."""
+    lines = [line for line in text.splitlines() if line.startswith("|")]
+    header = [c.strip() for c in lines[0].strip("|").split("|")]
+    assert set(lines[1]) <= set("|-")
+    rows = []
+    for line in lines[2:]:
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        if len(cells) != len(header):
+            break  # the next table
+        rows.append(dict(zip(header, cells)))
+    return rows
+
+
+def parse(cell):
+    """'2.208 ± 0.011' -> (2.208, 0.011); '0.5000' -> (0.5, None); '—' -> (None, None)."""
+    if cell == "—":
+        return None, None
+    mean, _, std = cell.partition(" ± ")
+    return float(mean.replace(",", "")), float(std.replace(",", "")) if std else None
+
+
+def final(client, run, key):
+    history = client.get_metric_history(run.info.run_id, key)
+    return max(history, key=lambda m: (m.step, m.timestamp)).value if history else None
+
+
+@pytest.mark.slow
+def test_summary_rows_counts_and_means_match_mlflow(store, report):
+    _, uri, client, runs = store
+    out_dir, printed = report
+    assert f"wrote {out_dir}/" in printed and "6 runs (4 finished, 1 failed, 1 skipped)" in printed
+    text = (out_dir / "summary.md").read_text()
+    assert f"- store: `{uri}`" in text and "- experiments: `hgbench`" in text and "- filter: none" in text
+    rows = {r["method"]: r for r in table(text)}
+    assert set(rows) == {"neumann", "identity", "exact"}
+    for r in rows.values():
+        assert (r["family"], r["dataset"], r["model"]) == ("weight_decay_per_param", "digits", "mlp")
+    counts = {m: (int(r["finished"]), int(r["failed"]), int(r["skipped"])) for m, r in rows.items()}
+    assert counts == {"neumann": (2, 1, 0), "identity": (2, 0, 0), "exact": (0, 0, 1)}
+    assert all(v == "—" for k, v in rows["exact"].items() if k in FINAL or k.startswith("hypergrad"))
+
+    # recompute every cell from MlflowClient: finished runs only, final = value at the last step
+    for method in ("neumann", "identity"):
+        done = [r for r in runs if r.data.tags["hgbench.hypergrad"] == method and r.info.status == "FINISHED"]
+        everyone = [r for r in runs if r.data.tags["hgbench.hypergrad"] == method]
+        assert len(done) == 2
+        for header, key in FINAL.items():
+            values = pd.Series([final(client, r, key) for r in done])
+            mean, std = parse(rows[method][header])
+            assert mean == pytest.approx(values.mean(), rel=1e-3, abs=1e-3), (method, key)
+            assert std == pytest.approx(values.std(), rel=0.06, abs=1e-3), (method, key)
+        per_step = pd.Series([pd.Series([m.value for m in client.get_metric_history(r.info.run_id, "hypergrad_time_s")]).mean()
+                              for r in done]) * 1000
+        assert parse(rows[method]["hypergrad / step (ms)"])[0] == pytest.approx(per_step.mean(), rel=1e-3)
+        if method == "neumann":  # the diverged run would change the mean runtime if it were averaged
+            with_failed = pd.Series([final(client, r, "runtime_s") for r in everyone]).mean()
+            assert parse(rows[method]["runtime (s)"])[0] != pytest.approx(with_failed, rel=1e-3)
+
+    assert "## Runs not aggregated" in text
+    not_aggregated = text.split("## Runs not aggregated", 1)[1]
+    assert "DivergenceError" in not_aggregated and "max_weights=5,000" in not_aggregated
+    assert "Optuna" not in text  # no Optuna sweep in this store
+
+
+@pytest.mark.slow
+def test_metrics_csv_has_one_row_per_logged_value(store, report):
+    _, _, client, runs = store
+    out_dir, _ = report
+    metrics = pd.read_csv(out_dir / "metrics.csv")
+    assert list(metrics.columns) == ["run_id", "experiment", "method", "family", "dataset", "model", "seed", "status",
+                                     "sweep_id", "key", "step", "value", "timestamp"]
+    expected = [(r.info.run_id, key, m.step, m.value) for r in runs for key in r.data.metrics
+                for m in client.get_metric_history(r.info.run_id, key)]
+    assert len(metrics) == len(expected) > 6 * 10
+    got = sorted(metrics[["run_id", "key", "step", "value"]].itertuples(index=False, name=None))
+    assert [g[:3] for g in got] == sorted(e[:3] for e in expected)
+    assert [g[3] for g in got] == pytest.approx([e[3] for e in sorted(expected)])
+    assert set(metrics["status"]) == {"finished", "failed", "skipped"}
+    assert set(metrics["experiment"]) == {"hgbench"} and metrics["sweep_id"].nunique() == 2
+    steps = metrics[(metrics["method"] == "identity") & (metrics["key"] == "val_loss")].groupby("run_id")["step"].apply(list)
+    assert steps.tolist() == [[0, 3, 6], [0, 3, 6]]
+
+    table_runs = pd.read_csv(out_dir / "runs.csv")
+    assert len(table_runs) == 6 and table_runs["in_report"].all()
+    assert sorted(table_runs["status"]) == ["failed", "finished", "finished", "finished", "finished", "skipped"]
+    by_id = table_runs.set_index("run_id")
+    for r in runs:
+        assert by_id.loc[r.info.run_id, "mlflow_status"] == r.info.status
+        assert by_id.loc[r.info.run_id, "params.hyper_steps"] == 6
+        if r.info.status == "FINISHED":
+            assert by_id.loc[r.info.run_id, "val_loss"] == pytest.approx(final(client, r, "val_loss"))
+
+
+def png_size(path):
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR", path
+    return struct.unpack(">II", data[16:24]), len(data)
+
+
+@pytest.mark.slow
+def test_plots_are_real_pngs(report):
+    out_dir, printed = report
+    for name in PLOTS:
+        (width, height), nbytes = png_size(out_dir / name)
+        assert 500 <= width <= 4000 and 250 <= height <= 3000 and nbytes > 15_000, (name, width, height, nbytes)
+        assert name in printed
+
+
+@pytest.mark.slow
+def test_the_regenerate_command_and_the_console_script(store, report, tmp_path):
+    root, uri, _, runs = store
+    out_dir, _ = report
+    text = (out_dir / "summary.md").read_text()
+    command = text.split("- regenerate (from ", 1)[1].split("): `", 1)[1].split("`\n", 1)[0]
+    args = shlex.split(command)
+    assert args[0] == "hgbench-report"
+    rc, _, err = run_main(*args[1:-2], "--out-dir", str(tmp_path))  # same command, another folder
+    assert rc == 0, err
+    assert table((tmp_path / "all" / "summary.md").read_text()) == table(text)
+
+    # the installed script, default store (./mlflow.db), one sweep, default name = the sweep id
+    grid_id = next(r.data.tags["hgbench.sweep_id"] for r in runs if r.data.tags["hgbench.hypergrad"] == "identity")
+    script = Path(sys.executable).parent / "hgbench-report"
+    assert script.exists(), "pip install -e . --no-deps creates the console script"
+    out = subprocess.run([str(script), "--sweep-id", grid_id], cwd=root, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    summary = root / "results" / grid_id / "summary.md"
+    assert str(summary.parent) in out.stdout and "4 runs (4 finished, 0 failed, 0 skipped)" in out.stdout
+    rows = table(summary.read_text())
+    assert sorted((r["method"], r["finished"], r["failed"]) for r in rows) == [("identity", "2", "0"), ("neumann", "2", "0")]
+    assert len(pd.read_csv(summary.parent / "runs.csv")) == 4
+
+
+@pytest.mark.slow
+def test_unknown_experiment_and_no_match_are_clear_errors(store, tmp_path):
+    _, uri, _, _ = store
+    rc, out, err = run_main("--tracking-uri", uri, "--experiment", "nope", "--out-dir", str(tmp_path))
+    assert rc == 1 and "experiment 'nope' not found" in err and "Available experiments:\n" in err and "  - hgbench" in err
+    rc, _, err = run_main("--tracking-uri", uri, "--filter", "params.seed = '99'", "--out-dir", str(tmp_path))
+    assert rc == 1 and "no runs matched" in err and "params.seed = '99'" in err
+    rc, _, err = run_main("--tracking-uri", uri, "--filter", "params.seed == oops", "--out-dir", str(tmp_path))
+    assert rc == 1 and "bad filter" in err
+    missing = tmp_path / "none.db"
+    rc, _, err = run_main("--tracking-uri", f"sqlite:///{missing}", "--out-dir", str(tmp_path))
+    assert rc == 1 and "no MLflow store" in err and not missing.exists()
+    assert list(tmp_path.iterdir()) == []  # nothing written
+
+
+# --- an Optuna sweep beside a gradient-based grid, in a store written by hand --------------------
+
+def log_run(client, exp_id, tags, status, metrics=(), params=None):
+    """``metrics``: (key, step, value) triples."""
+    from mlflow.entities import Metric, Param
+
+    run = client.create_run(exp_id, tags={f"hgbench.{k}": v for k, v in tags.items()})
+    client.log_batch(run.info.run_id, metrics=[Metric(k, v, 1_000 + s, s) for k, s, v in metrics],
+                     params=[Param(k, str(v)) for k, v in (params or {}).items()], synchronous=True)
+    client.set_terminated(run.info.run_id, status)
+    return run.info.run_id
+
+
+def curve(val_losses, seconds, hypergrad_s, memory):
+    out = [("val_loss", 2 * i, v) for i, v in enumerate(val_losses)]
+    out += [("elapsed_s", s, seconds * (s + 1)) for s in range(2 * len(val_losses) - 1)]
+    out += [("hypergrad_time_s", s, hypergrad_s * (1 + 0.1 * s)) for s in range(1, 2 * len(val_losses) - 1)]
+    steps = 2 * len(val_losses) - 2
+    return out + [("runtime_s", steps, seconds * (steps + 1)), ("peak_memory_mb", steps, memory)]
+
+
+def test_an_optuna_sweep_enters_as_its_best_trial(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    exp = client.create_experiment("cmp")
+    task = {"dataset": "digits", "model": "mlp"}
+    grid = {**task, "hypergrad": "neumann", "hyperparam": "weight_decay_per_param", "sweeper": "basic", "sweep_id": "g"}
+    for seed, (v, mem) in enumerate([(0.30, 10.0), (0.50, 30.0)]):
+        log_run(client, exp, {**grid, "status": "finished"}, "FINISHED", curve([2.3, 1.0, v], 0.5, 0.004, mem), {"seed": seed})
+    trial = {**task, "hypergrad": "fixed", "hyperparam": "weight_decay", "sweeper": "optuna", "sweep_id": "o"}
+    best = None
+    for v in (0.9, 0.4, 0.6):
+        rid = log_run(client, exp, {**trial, "status": "finished"}, "FINISHED", curve([2.3, v], 0.1, 1e-5, 1.0), {"seed": 0})
+        best = rid if v == 0.4 else best
+    log_run(client, exp, {**trial, "status": "failed", "error": "DivergenceError: boom"}, "FAILED", [("val_loss", 0, 0.01)])
+    log_run(client, exp, {**grid, "status": "failed", "error": "ValueError: bad config"}, "FAILED")  # no metrics at all
+
+    rc, out, err = run_main("--tracking-uri", uri, "--experiment", "cmp", "--out-dir", str(tmp_path / "res"))
+    assert rc == 0, err
+    d = tmp_path / "res" / "cmp"
+    text = (d / "summary.md").read_text()
+    rows = {r["method"]: r for r in table(text)}
+    assert set(rows) == {"neumann", "optuna(fixed)"}
+    assert (rows["optuna(fixed)"]["finished"], rows["optuna(fixed)"]["failed"], rows["optuna(fixed)"]["val loss"]) == ("1", "0", "0.4000")
+    assert rows["optuna(fixed)"]["family"] == "weight_decay"
+    assert (rows["neumann"]["finished"], rows["neumann"]["failed"], rows["neumann"]["val loss"]) == ("2", "1", "0.4000 ± 0.14")
+    assert rows["neumann"]["peak memory (MB)"] == "20.00 ± 14"
+    assert rows["neumann"]["hypergrad / step (ms)"] == "5.000 ± 0"  # 4 ms × mean(1.1, 1.2, 1.3, 1.4), both seeds
+    assert "val acc" not in rows["neumann"]  # no accuracy logged: no column
+    assert "## Optuna baselines" in text and "labelled `optuna(<hypergrad>)`" in text
+    optuna = table(text.split("## Optuna baselines", 1)[1])
+    assert len(optuna) == 1 and optuna[0]["trials"] == "4" and optuna[0]["best run"] == best[:12]
+    assert "3 other Optuna trials left out" in text  # two worse ones and the failed one
+    runs = pd.read_csv(d / "runs.csv").set_index("run_id")
+    assert runs["in_report"].sum() == 4 and runs.loc[best, "in_report"]
+    metrics = pd.read_csv(d / "metrics.csv")
+    assert set(metrics["run_id"]) == set(runs.index[runs["in_report"]]) - {runs.index[runs["error"] == "ValueError: bad config"][0]}
+    assert set(metrics.loc[metrics["run_id"] == best, "method"]) == {"optuna(fixed)"}
+    for name in PLOTS:
+        assert png_size(d / name)[1] > 10_000
