@@ -85,8 +85,16 @@ def test_every_single_run_experiment_runs(tmp_path):
     out = hgbench(tmp_path, "-m", f"experiment={','.join(singles)}", "hyper_steps=2", "eval_every=1",
                   "mlflow.experiment=presets")
     assert out.returncode == 0, out.stderr[-3000:]
-    _, runs = runs_of(tmp_path, "presets")
+    client, runs = runs_of(tmp_path, "presets")
     assert len(runs) == len(singles) and {r.info.status for r in runs} == {"FINISHED"}
+    for r in runs:
+        assert int(r.data.params["num_hyperparams"]) > 0 and int(r.data.params["num_weights"]) > 0
+    by_family = {r.data.tags["hgbench.hyperparam"]: r for r in runs}
+    assert int(by_family["distill"].data.params["num_hyperparams"]) == 10 * 784
+    assert "distilled.png" in [a.path for a in client.list_artifacts(by_family["distill"].info.run_id)]
+    assert "augmentations.png" in [a.path for a in client.list_artifacts(by_family["augment_net"].info.run_id)]
+    big = [r for r in runs if r.data.tags["hgbench.hyperparam"] == "weight_decay_per_param"]
+    assert max(int(r.data.params["num_hyperparams"]) for r in big) > 1_000_000
 
 
 @pytest.mark.slow
