@@ -55,6 +55,8 @@ def format_sweep_summary(results: list[dict[str, Any]], expected: int | None = N
         done = r["status"] == "FINISHED"
         vals = "  ".join(f"{k}={r[k]:.4f}" for k in ("val_loss", "test_loss") if done and isinstance(r.get(k), float))
         why = f"  ({r['error']})" if r.get("error") else ""
+        if r.get("reused"):
+            why += "  (finished earlier: not run again)"
         lines.append(f"  #{r.get('job_num', '?'):<3} {r['status']:<9} {r.get('overrides', '')}  {vals}{why}")
     return "\n".join(lines)
 

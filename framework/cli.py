@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
@@ -87,6 +88,44 @@ def configure_threads(cfg: DictConfig, hc) -> None:
         torch.set_num_threads(int(n))
 
 
+def _interrupt(signum, frame):  # SIGTERM (a cluster's scancel, a killed grid) ends the run as KILLED
+    raise KeyboardInterrupt(f"received signal {signal.Signals(signum).name}")
+
+
+def resume_wanted(cfg: DictConfig, multirun: bool) -> bool:
+    mode = cfg.get("resume", "auto")
+    return bool(cfg.mlflow.get("enabled", True)) and (mode is True or (mode == "auto" and multirun))
+
+
+def previous_result(cfg: DictConfig) -> tuple[RunResult | None, str | None, dict | None]:
+    """(a result to report instead of running, the run to resume, its checkpoint state)."""
+    import torch
+
+    from framework.config import fingerprint
+    from framework.store import latest_checkpoint, previous_runs
+    from plugins.recorder.mlflow_recorder import resolve_tracking_uri
+
+    uri = resolve_tracking_uri(cfg.mlflow.get("tracking_uri"))
+    prev = previous_runs(uri, str(cfg.mlflow.experiment), fingerprint(cfg), float(cfg.get("resume_stale_after_s", 900)))
+    if prev.finished:
+        run = prev.finished[0]
+        summary = {k: v for k, v in run.data.metrics.items()}
+        info = {"mlflow_run_id": run.info.run_id, "mlflow_tracking_uri": uri, "mlflow_experiment": str(cfg.mlflow.experiment)}
+        print(f"hgbench: this job already FINISHED as MLflow run {run.info.run_id}; not run again (resume=false to rerun)")
+        return RunResult("FINISHED", summary, info, None), None, None
+    if prev.running:
+        run = prev.running[0]
+        why = f"this job is running now as MLflow run {run.info.run_id} (pid {run.data.tags.get('hgbench.pid')} on {run.data.tags.get('hgbench.host')}); not started twice"
+        print(f"hgbench: {why}")
+        return RunResult("SKIPPED", {}, {"mlflow_run_id": run.info.run_id}, SkipRun(why)), None, None
+    found = latest_checkpoint(uri, prev.interrupted)
+    if found is None:
+        return None, None, None
+    run, path = found
+    print(f"hgbench: resuming interrupted MLflow run {run.info.run_id} from its checkpoint at hyper-step {run.data.tags.get('hgbench.checkpoint_step')}")
+    return None, run.info.run_id, torch.load(path, map_location="cpu", weights_only=True)
+
+
 @hydra.main(version_base="1.3", config_path="pkg://conf", config_name="config")
 def app(cfg: DictConfig) -> float | None:
     hc = HydraConfig.get()
@@ -94,15 +133,25 @@ def app(cfg: DictConfig) -> float | None:
     tags = hydra_tags(hc)
     configure_threads(cfg, hc)
     try:
-        exp = Experiment(cfg)
-    except USER_ERRORS as exc:
-        if not multirun and not isinstance(exc, SkipRun):
-            print(f"hgbench: error: {exc}", file=sys.stderr)
-            sys.exit(2)
-        result = record_unbuilt(cfg, exc, tags)  # one bad job must not stop the grid
+        signal.signal(signal.SIGTERM, _interrupt)
+    except ValueError:  # not the main thread
+        pass
+    earlier, resumed_from, state = previous_result(cfg) if resume_wanted(cfg, multirun) else (None, None, None)
+    if earlier is not None:
+        result = earlier
     else:
-        result = exp.run(tags)
-    print(format_summary(cfg, result), flush=True)
+        try:
+            exp = Experiment(cfg)
+        except USER_ERRORS as exc:
+            if not multirun and not isinstance(exc, SkipRun):
+                print(f"hgbench: error: {exc}", file=sys.stderr)
+                sys.exit(2)
+            result = record_unbuilt(cfg, exc, tags)  # one bad job must not stop the grid
+        else:
+            if state is not None:
+                exp.load_state_dict(state)
+            result = exp.run(tags, resumed_from=resumed_from)
+        print(format_summary(cfg, result), flush=True)
     s = result.summary
     write_job_result(hc.runtime.output_dir, {
         "job_num": hc.job.num if multirun else None,
@@ -111,6 +160,7 @@ def app(cfg: DictConfig) -> float | None:
         "error": None if result.error is None else f"{type(result.error).__name__}: {result.error}",
         **{k: s.get(k) for k in ("val_loss", "test_loss", "val_acc", "test_acc", "runtime_s", "peak_memory_mb")},
         "mlflow_run_id": result.info.get("mlflow_run_id"),
+        "reused": earlier is not None,
     })
     if result.status == "FAILED" and not multirun:
         sys.exit(1)

@@ -84,6 +84,20 @@ def build_plugin(kind: str, node: Any, **overrides: Any) -> Plugin:
         raise ConfigError(f"{kind} {name!r}: {exc}") from exc
 
 
+# config keys that change how a run is recorded or shown, never its results
+NOT_IN_FINGERPRINT = ("mlflow", "progress", "num_threads", "warmup", "checkpoint", "resume", "resume_stale_after_s")
+
+
+def fingerprint(cfg: Any) -> str:
+    """A short hash of everything that determines a run's results (seed included): two jobs
+    with the same fingerprint compute the same thing, so a finished one need not run again."""
+    import hashlib
+    import json
+
+    d = {k: v for k, v in to_dict(cfg).items() if k not in NOT_IN_FINGERPRINT}
+    return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
 def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     """{'a': {'b': 1}} -> {'a.b': 1} (for MLflow params)."""
     out: dict[str, Any] = {}

@@ -56,6 +56,7 @@ BUILTIN_PLUGINS = (
     "plugins.model.lstm",
     "plugins.recorder.mlflow_recorder",
     "plugins.recorder.progress",
+    "plugins.recorder.checkpoint",
 )
 
 # config group / kind -> the hook that registers it
@@ -119,6 +120,29 @@ def plugin_manager() -> pluggy.PluginManager:
     pm.check_pending()
     _pm = pm
     return pm
+
+
+class SafeHooks:
+    """Calls the run-lifecycle hooks one implementation at a time: one that raises is reported
+    by plugin name (a warning, and an entry in ``errors``) and the others, and the run, go on.
+    ``KeyboardInterrupt`` still propagates."""
+
+    def __init__(self, errors: list[PluginFailure] | None = None):
+        self.errors = [] if errors is None else errors
+
+    def __getattr__(self, hook_name: str):
+        caller = getattr(plugin_manager().hook, hook_name)
+
+        def call(**kwargs):
+            for impl in reversed(caller.get_hookimpls()):  # pluggy's calling order
+                try:
+                    impl.function(*[kwargs[a] for a in impl.argnames])
+                except Exception as exc:
+                    failure = PluginFailure(impl.plugin_name, f"{hook_name}: {type(exc).__name__}: {exc}")
+                    self.errors.append(failure)
+                    warnings.warn(f"hgbench: plugin {impl.plugin_name!r} failed in {hook_name}(): {type(exc).__name__}: {exc}", stacklevel=2)
+
+        return call
 
 
 def register(plugin: object, name: str | None = None) -> None:

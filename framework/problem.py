@@ -155,3 +155,12 @@ class Sampler:
         idx = self._perm[self._pos : self._pos + self.batch_size]
         self._pos += self.batch_size
         return Batch(self.split.x[idx], self.split.y[idx], idx)
+
+    def state_dict(self) -> dict:
+        """Where the sampler is in its epoch (the shared generator is saved by its owner)."""
+        return {"perm": None if self._perm is None else self._perm.cpu(), "pos": self._pos}
+
+    def load_state_dict(self, state: dict) -> None:
+        perm = state["perm"]
+        self._perm = None if perm is None else perm.to(self.split.x.device)
+        self._pos = int(state["pos"])

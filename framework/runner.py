@@ -16,7 +16,6 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-import hydra.utils
 import torch
 from omegaconf import DictConfig
 from torch import Tensor
@@ -27,6 +26,7 @@ from framework.config import build_plugin, to_dict
 from framework.errors import ConfigError, DivergenceError, SkipRun
 from framework.memory import PeakMemory
 from framework.problem import Problem, Sampler
+from framework.schema import check_run_config, instantiate_checked
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 STATUSES = ("FINISHED", "FAILED", "SKIPPED", "KILLED")
@@ -52,6 +52,7 @@ class RunContext:
     tags: dict[str, str]
     info: dict[str, Any] = field(default_factory=dict)
     extras: dict[str, Any] = field(default_factory=dict)
+    resumed_from: str | None = None  # the MLflow run id this run continues (from its checkpoint)
 
 
 @dataclass
@@ -62,38 +63,75 @@ class RunResult:
     error: BaseException | None = None
 
 
-def _positive(cfg: DictConfig, key: str, allow_zero: bool = False) -> int:
-    v = cfg.get(key)
-    if not isinstance(v, int) or isinstance(v, bool) or v < 0 or (v == 0 and not allow_zero):
-        raise ConfigError(f"{key}={v!r}: expected an integer {'>= 0' if allow_zero else '>= 1'}")
-    return v
-
-
 class Experiment:
     """Problem + hypergradient method + inner/outer optimisers, built from a composed config."""
 
     def __init__(self, cfg: DictConfig):
         self.cfg = cfg
+        check_run_config(cfg)
         self.device = resolve_device(str(cfg.device))
-        if cfg.dtype not in DTYPES:
-            raise ConfigError(f"dtype={cfg.dtype!r}: expected one of {', '.join(DTYPES)}")
-        for key in ("hyper_steps", "inner_steps", "eval_every"):
-            _positive(cfg, key)
+        if cfg.get("deterministic", False):
+            import os
+
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+            torch.use_deterministic_algorithms(True)
         self.memory = PeakMemory(self.device)
         self.t_start = time.perf_counter()
         dataset = build_plugin("dataset", cfg.dataset)
         model = build_plugin("model", cfg.model)
         family = build_plugin("hyperparam", cfg.hyperparam)
         self.method: HypergradientMethod = build_plugin("hypergrad", cfg.hypergrad)  # type: ignore[assignment]
-        self.inner_optimizer = hydra.utils.instantiate(cfg.inner_optimizer)
+        self.inner_optimizer = instantiate_checked(cfg.inner_optimizer, "inner_optimizer")
         self.problem = Problem(dataset, model, family, device=self.device, dtype=DTYPES[cfg.dtype], seed=cfg.seed)
         self.w = self.problem.w0.clone()
         self.lam = self.problem.lam0.clone().requires_grad_(True)
         self.inner_state = self.inner_optimizer.init(self.w)
-        self.outer_optimizer = hydra.utils.instantiate(cfg.outer_optimizer)([self.lam])
-        gen = torch.Generator().manual_seed(int(cfg.seed))
-        self.train_sampler = Sampler(self.problem.data.train, cfg.train_batch_size, gen)
-        self.val_sampler = Sampler(self.problem.data.val, cfg.val_batch_size, gen)
+        try:
+            self.outer_optimizer = instantiate_checked(cfg.outer_optimizer, "outer_optimizer")([self.lam])
+        except (TypeError, ValueError) as exc:  # e.g. torch.optim's "Invalid learning rate"
+            raise ConfigError(f"outer_optimizer: {exc}") from exc
+        self.generator = torch.Generator().manual_seed(int(cfg.seed))
+        self.train_sampler = Sampler(self.problem.data.train, cfg.train_batch_size, self.generator)
+        self.val_sampler = Sampler(self.problem.data.val, cfg.val_batch_size, self.generator)
+        self.step = 0  # hyper-steps done; > 0 after load_state_dict (a resumed run)
+        self.history: dict[str, Any] = {}  # the latest value of every metric (the run's summary)
+
+    # --- checkpoints ------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to continue this run exactly where it is (tensors on the CPU, so
+        ``torch.load(..., weights_only=True)`` reads it back)."""
+        cpu = lambda v: v.detach().cpu() if isinstance(v, Tensor) else v  # noqa: E731
+        state = {
+            "step": self.step,
+            "w": cpu(self.w),
+            "lam": cpu(self.lam),
+            "inner_state": {k: cpu(v) for k, v in self.inner_state.items()},
+            "outer_optimizer": self.outer_optimizer.state_dict(),
+            "generator": self.generator.get_state(),
+            "train_sampler": self.train_sampler.state_dict(),
+            "val_sampler": self.val_sampler.state_dict(),
+            "torch_rng": torch.get_rng_state(),
+            "history": dict(self.history),
+        }
+        if self.device.type == "cuda":
+            state["cuda_rng"] = torch.cuda.get_rng_state(self.device)
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        dev = lambda v: v.to(self.device) if isinstance(v, Tensor) else v  # noqa: E731
+        self.step = int(state["step"])
+        self.w = dev(state["w"]).to(self.problem.dtype)
+        with torch.no_grad():
+            self.lam.copy_(dev(state["lam"]))
+        self.inner_state = {k: dev(v) for k, v in state["inner_state"].items()}
+        self.outer_optimizer.load_state_dict(state["outer_optimizer"])
+        self.generator.set_state(state["generator"])
+        self.train_sampler.load_state_dict(state["train_sampler"])
+        self.val_sampler.load_state_dict(state["val_sampler"])
+        torch.set_rng_state(state["torch_rng"])
+        if "cuda_rng" in state and self.device.type == "cuda":
+            torch.cuda.set_rng_state(state["cuda_rng"], self.device)
+        self.history = dict(state.get("history", {}))
 
     # --- the pieces of Algorithm 1 -----------------------------------------------------------
     def train_inner(self, steps: int) -> Tensor | None:
@@ -170,10 +208,14 @@ class Experiment:
             return Batch(s.x[:k], s.y[:k], torch.arange(k, device=self.device))
 
         tb, vb = head("train", self.cfg.train_batch_size), head("val", self.cfg.val_batch_size)
+        rng = torch.get_rng_state()  # noisy families draw from it: put it back afterwards
+        cuda_rng = torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None
         w = self.w.detach().requires_grad_(True)
         torch.autograd.grad(self.problem.train_loss(w, self.lam.detach(), tb), w)
         self.hypergradient_flat(self.method, tb, vb)
-        if self.device.type == "cuda":
+        torch.set_rng_state(rng)
+        if cuda_rng is not None:
+            torch.cuda.set_rng_state(cuda_rng, self.device)
             torch.cuda.synchronize(self.device)
 
     def skip_reason(self) -> str | None:
@@ -184,15 +226,18 @@ class Experiment:
         return None
 
     # --- the whole run, with hooks -----------------------------------------------------------
-    def run(self, tags: dict[str, str] | None = None) -> RunResult:
-        """Algorithm 1 from start to end, with the lifecycle hooks; never raises for a failed
-        run (the result says FAILED / SKIPPED and why), except KeyboardInterrupt."""
-        hook = plugins.plugin_manager().hook
+    def run(self, tags: dict[str, str] | None = None, resumed_from: str | None = None) -> RunResult:
+        """Algorithm 1 from start (or from a loaded checkpoint) to end, with the lifecycle hooks;
+        never raises for a failed run (the result says FAILED / SKIPPED and why), except
+        KeyboardInterrupt (SIGTERM under the CLI), which is recorded as KILLED first."""
         all_tags = {**config_tags(self.cfg), "hgbench.device": str(self.device), "hgbench.memory_kind": self.memory.kind, **(tags or {})}
-        ctx = RunContext(self.cfg, self, all_tags)
+        if resumed_from:
+            all_tags.update({"hgbench.resumed_from": resumed_from, "hgbench.resumed_at_step": str(self.step)})
+        ctx = RunContext(self.cfg, self, all_tags, resumed_from=resumed_from)
+        hook = plugins.SafeHooks(ctx.info.setdefault("plugin_errors", []))
         summary: dict[str, Any] = {"num_weights": self.problem.num_weights, "num_hyperparams": self.problem.num_hyperparams}
         hook.on_run_start(run=ctx)
-        step = 0
+        step = self.step
         try:
             reason = self.skip_reason()
             if reason:
@@ -200,19 +245,24 @@ class Experiment:
             if self.cfg.get("warmup", True):
                 self.warm_up()
             # runtime and peak memory cover the run itself: after data loading, recorder set-up
-            # and the warm-up
+            # and the warm-up (a resumed run counts from its restart)
             self.memory.start()
-            self.t_start = time.perf_counter()
-            self.train_inner(self.cfg.get("warmup_steps", 0) or 0)
-            metrics = self.evaluate()
-            hook.on_hyper_step(run=ctx, step=0, metrics={**metrics, "elapsed_s": time.perf_counter() - self.t_start})
-            summary.update(metrics)
-            summary["initial"] = dict(metrics)
-            for step in range(1, self.cfg.hyper_steps + 1):
+            self.t_start = time.perf_counter() - float(self.history.get("elapsed_s", 0.0))
+            if self.step == 0:
+                self.train_inner(self.cfg.get("warmup_steps", 0) or 0)
+                metrics = self.evaluate()
+                self.history.update(metrics)
+                self.history["initial"] = dict(metrics)
+                hook.on_hyper_step(run=ctx, step=0, metrics={**metrics, "elapsed_s": 0.0})
+            summary.update(self.history)
+            while self.step < self.cfg.hyper_steps:
+                step = self.step + 1
                 metrics = self.hyper_step(step)
                 if step % self.cfg.eval_every == 0 or step == self.cfg.hyper_steps:
                     metrics.update(self.evaluate())
                 metrics["elapsed_s"] = time.perf_counter() - self.t_start
+                self.step = step
+                self.history.update(metrics)
                 summary.update(metrics)
                 hook.on_hyper_step(run=ctx, step=step, metrics=metrics)
             status, error = "FINISHED", None
@@ -226,7 +276,7 @@ class Experiment:
         summary["runtime_s"] = time.perf_counter() - self.t_start
         summary["peak_memory_mb"] = self.memory.peak_mb()
         summary["memory_kind"] = self.memory.kind
-        summary["hyper_steps_done"] = step if status == "FINISHED" else max(step - 1, 0)
+        summary["hyper_steps_done"] = self.step
         hook.on_run_end(run=ctx, status=status, error=error, summary=summary)
         if status == "KILLED":
             raise error  # type: ignore[misc]
@@ -234,9 +284,14 @@ class Experiment:
 
 
 def config_tags(cfg: DictConfig) -> dict[str, str]:
+    import os
+    import platform
+
+    from framework.config import fingerprint
     from framework.provenance import provenance_tags
 
     tags = {f"hgbench.{kind}": str(cfg[kind].get("name", "")) for kind in plugins.KINDS if cfg.get(kind) is not None}
+    tags.update({"hgbench.fingerprint": fingerprint(cfg), "hgbench.pid": str(os.getpid()), "hgbench.host": platform.node()})
     return {**tags, **provenance_tags()}
 
 
@@ -245,8 +300,8 @@ def record_unbuilt(cfg: DictConfig, error: BaseException, tags: dict[str, str] |
     incompatible combination), else FAILED — with the reason, so a grid of N jobs leaves N runs.
     The hooks see ``run.experiment = None``."""
     status = "SKIPPED" if isinstance(error, SkipRun) else "FAILED"
-    hook = plugins.plugin_manager().hook
     ctx = RunContext(cfg, None, {**config_tags(cfg), **(tags or {})})  # type: ignore[arg-type]
+    hook = plugins.SafeHooks(ctx.info.setdefault("plugin_errors", []))
     summary: dict[str, Any] = {"failed_step": 0, "hyper_steps_done": 0}
     hook.on_run_start(run=ctx)
     hook.on_run_end(run=ctx, status=status, error=error, summary=summary)

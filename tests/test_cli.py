@@ -77,7 +77,14 @@ def test_too_large_for_exact_is_skipped_with_its_reason(tmp_path):
         (["+hypergrad.foo=1"], ["hypergrad.foo: unknown parameter", "Allowed: alpha, iterations"]),
         (["hypergrad.iterations=abc"], ["hypergrad.iterations='abc'", "expects int"]),
         (["hypergrad.iterations=-2"], ["iterations must be >= 0, got -2"]),
-        (["inner_steps=0"], ["inner_steps=0: expected an integer >= 1"]),
+        (["inner_steps=0"], ["inner_steps=0: must be >= 1"]),
+        (["+foo=1"], ["foo=1: unknown config key", "hyper_steps", "inner_steps"]),
+        (["hyper_steps=abc"], ["hyper_steps='abc': expected int"]),
+        (["dtype=float16"], ["dtype='float16': expected 'float32' | 'float64'"]),
+        (["+mlflow.port=1"], ["mlflow.port=1: unknown config key", "tracking_uri"]),
+        (["+inner_optimizer.lrr=0.1"], ["inner_optimizer:", "'lrr'", "Allowed parameters of framework.optim.SGD: lr, momentum, nesterov"]),
+        (["outer_optimizer.lr=-1"], ["outer_optimizer: Invalid learning rate: -1"]),
+        (["model.hidden=[0]"], ["hidden widths must be >= 1"]),
     ],
 )
 def test_bad_input_fails_before_training_with_a_clear_error(tmp_path, args, expected):

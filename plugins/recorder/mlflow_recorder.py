@@ -103,6 +103,20 @@ class MlflowRun:
         self._last_flush = time.monotonic()
 
 
+def _copy_history(rec: MlflowRun, old_run_id: str, upto_step: int) -> None:
+    """A run resumed from a checkpoint starts with its predecessor's metrics up to that step,
+    so the new run alone holds the whole history."""
+    from mlflow.entities import Metric
+
+    old = rec.client.get_run(old_run_id)
+    metrics = []
+    for key in old.data.metrics:
+        metrics += [Metric(m.key, m.value, m.timestamp, m.step)
+                    for m in rec.client.get_metric_history(old_run_id, key) if m.step <= upto_step]
+    for i in range(0, len(metrics), 1000):
+        rec.client.log_batch(rec.run_id, metrics=metrics[i : i + 1000], synchronous=True)
+
+
 def _log_figures(rec: MlflowRun, exp) -> None:
     import matplotlib
 
@@ -130,6 +144,8 @@ def on_run_start(run):
         params.update(num_weights=exp.problem.num_weights, num_hyperparams=exp.problem.num_hyperparams)
     rec = MlflowRun(run.config.mlflow, run.tags, params)
     rec.client.log_text(rec.run_id, OmegaConf.to_yaml(run.config), "config.yaml")
+    if run.resumed_from and exp is not None:
+        _copy_history(rec, run.resumed_from, exp.step)
     run.extras["mlflow"] = rec
     run.info.update(
         mlflow_tracking_uri=rec.uri, mlflow_experiment=rec.experiment,
@@ -151,7 +167,7 @@ def on_run_end(run, status, error, summary):
         return
     final = {k: summary[k] for k in ("runtime_s", "peak_memory_mb") if k in summary}
     rec.log_metrics(final, summary.get("hyper_steps_done", 0), force=True)
-    tags = {"hgbench.status": status.lower()}
+    tags = {"hgbench.status": "interrupted" if status == "KILLED" else status.lower()}
     if status == "SKIPPED":
         tags["hgbench.skip_reason"] = str(error)[:5000]
     elif error is not None:

@@ -1,0 +1,62 @@
+"""Checkpoints every ``checkpoint.every`` hyper-steps: weights, λ, optimiser states, sampler and
+RNG states (``Experiment.state_dict``), saved atomically to ``checkpoint.dir`` (default
+``./checkpoints``) and referenced from the MLflow run (tag ``hgbench.checkpoint``, and the
+artifact ``checkpoint/<file>`` when ``checkpoint.log_artifact``). A relaunched grid continues an
+interrupted run from it (``framework.store``); it is read back with ``torch.load(...,
+weights_only=True)``, which loads tensors and plain containers only, never arbitrary objects.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from framework import hookimpl
+from framework.config import fingerprint
+from framework.store import CHECKPOINT_ARTIFACT_DIR
+
+
+def _settings(run):
+    c = run.config.get("checkpoint") or {}
+    return int(c.get("every", 0) or 0), c.get("dir"), bool(c.get("keep", False)), bool(c.get("log_artifact", True))
+
+
+@hookimpl(trylast=True)  # after the MLflow recorder has opened its run
+def on_run_start(run):
+    every, folder, _, _ = _settings(run)
+    if every <= 0 or run.experiment is None:
+        return
+    rec = run.extras.get("mlflow")
+    name = rec.run_id if rec is not None else fingerprint(run.config)
+    path = Path(folder or Path.cwd() / "checkpoints").expanduser().resolve() / f"{name}.pt"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    run.extras["checkpoint"] = path
+
+
+@hookimpl(trylast=True)  # after the MLflow recorder has buffered this step's metrics
+def on_hyper_step(run, step, metrics):
+    path = run.extras.get("checkpoint")
+    every, _, _, log_artifact = _settings(run)
+    if path is None or step <= 0 or step % every or step >= run.config.hyper_steps:
+        return
+    tmp = path.with_suffix(".tmp")
+    torch.save(run.experiment.state_dict(), tmp)
+    os.replace(tmp, path)  # a kill mid-write never leaves a torn checkpoint
+    rec = run.extras.get("mlflow")
+    if rec is not None:
+        rec.flush()  # the metrics up to this step are in the store before the checkpoint is
+        rec.client.set_tag(rec.run_id, "hgbench.checkpoint", str(path))
+        rec.client.set_tag(rec.run_id, "hgbench.checkpoint_step", str(step))
+        if log_artifact:
+            rec.client.log_artifact(rec.run_id, str(path), CHECKPOINT_ARTIFACT_DIR)
+    run.info["checkpoint"] = str(path)
+
+
+@hookimpl
+def on_run_end(run, status, error, summary):
+    path = run.extras.get("checkpoint")
+    _, _, keep, _ = _settings(run)
+    if path is not None and status == "FINISHED" and not keep and path.exists():
+        path.unlink()

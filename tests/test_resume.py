@@ -1,0 +1,183 @@
+"""Interrupted grids resume, checkpoints restore a run exactly, signals and faulty plugins are
+survived — each tried for real."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+from framework import build_experiment, hookimpl, plugins
+
+JOB = ["experiment=quick", "model.hidden=[64]", "hyper_steps=1500", "eval_every=100", "checkpoint.every=100"]
+STEP_METRICS = ("hypergrad_norm", "inner_loss", "val_loss", "test_loss", "train_acc", "hp/mean_log_decay")
+
+
+def hgbench(cwd, *args, **kw):
+    return subprocess.run([sys.executable, "-m", "framework.cli", *args], cwd=cwd, capture_output=True, text=True, timeout=300, **kw)
+
+
+def store(cwd):
+    return MlflowClient(f"sqlite:///{Path(cwd) / 'mlflow.db'}")
+
+
+def runs(client, experiment):
+    exp = client.get_experiment_by_name(experiment)
+    return [] if exp is None else client.search_runs([exp.experiment_id], max_results=1000)
+
+
+def histories(client, run):
+    return {k: sorted((m.step, m.value) for m in client.get_metric_history(run.info.run_id, k)) for k in STEP_METRICS}
+
+
+def wait_for(predicate, timeout=120):
+    end = time.time() + timeout
+    while time.time() < end:
+        if predicate():
+            return True
+        time.sleep(0.3)
+    return False
+
+
+@pytest.mark.slow
+def test_a_killed_grid_resumes_exactly_and_records_no_run_twice(tmp_path):
+    client = store(tmp_path)
+    # the reference: the same job, never interrupted
+    ref = hgbench(tmp_path, *JOB, "seed=1", "mlflow.experiment=reference")
+    assert ref.returncode == 0, ref.stderr[-2000:]
+    (reference,) = runs(client, "reference")
+
+    grid = ["-m", *JOB, "seed=0,1", "mlflow.experiment=grid"]
+    proc = subprocess.Popen([sys.executable, "-m", "framework.cli", *grid], cwd=tmp_path,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+
+    def seed1_checkpointed():
+        rs = [r for r in runs(client, "grid") if r.data.params.get("seed") == "1"]
+        return rs and int(rs[0].data.tags.get("hgbench.checkpoint_step", "0")) >= 300
+
+    try:
+        assert wait_for(seed1_checkpointed), "the second job never reached its third checkpoint"
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # no chance to record anything
+        proc.wait()
+    before = {r.data.params["seed"]: r for r in runs(client, "grid")}
+    assert before["0"].info.status == "FINISHED" and before["1"].info.status == "RUNNING"
+
+    again = hgbench(tmp_path, *grid)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "already FINISHED" in again.stdout and "resuming interrupted MLflow run" in again.stdout
+    assert "(finished earlier: not run again)" in again.stdout
+    after = runs(client, "grid")
+    by_status = {}
+    for r in after:
+        by_status.setdefault((r.data.params["seed"], r.info.status), []).append(r)
+    assert len(by_status[("0", "FINISHED")]) == 1, "the finished job was not run again"
+    assert len(by_status[("1", "FINISHED")]) == 1 and len(by_status[("1", "KILLED")]) == 1
+    old = by_status[("1", "KILLED")][0]
+    assert old.data.tags["hgbench.status"] == "interrupted"
+    new = by_status[("1", "FINISHED")][0]
+    assert new.data.tags["hgbench.resumed_from"] == old.info.run_id
+    # resuming from the checkpoint reproduces the uninterrupted run bit for bit
+    assert histories(client, new) == histories(client, reference)
+    # and a third launch runs nothing
+    third = hgbench(tmp_path, *grid)
+    assert third.stdout.count("already FINISHED") == 2
+    assert len(runs(client, "grid")) == 3
+
+
+@pytest.mark.slow
+def test_sigterm_records_the_run_as_interrupted_and_the_next_launch_reruns_it(tmp_path):
+    client = store(tmp_path)
+    args = ["-m", "experiment=quick", "hyper_steps=2000", "eval_every=1000", "mlflow.flush_every_s=0.2", "mlflow.experiment=term"]
+    proc = subprocess.Popen([sys.executable, "-m", "framework.cli", *args], cwd=tmp_path,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        assert wait_for(lambda: any(r.data.metrics.get("hypergrad_norm") for r in runs(client, "term")))
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
+    finally:
+        proc.kill()
+        proc.wait()
+    (run,) = runs(client, "term")
+    assert run.info.status == "KILLED" and run.data.tags["hgbench.status"] == "interrupted"
+    assert "SIGTERM" in run.data.tags["hgbench.error"]
+    out = hgbench(tmp_path, *args)  # no checkpoint: the job runs again from the start
+    assert out.returncode == 0 and "1 finished" in out.stdout
+    assert sorted(r.info.status for r in runs(client, "term")) == ["FINISHED", "KILLED"]
+
+
+def test_a_job_running_elsewhere_is_not_started_twice_and_a_dead_one_is_rerun(tmp_path):
+    from framework.config import fingerprint
+    from framework.runner import config_tags
+    from framework.api import compose_config
+
+    cfg = compose_config(["experiment=quick", "hyper_steps=3", "mlflow.experiment=alive"])
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    exp_id = client.create_experiment("alive")
+    sleeper = subprocess.Popen(["sleep", "60"])
+    tags = {**config_tags(cfg), "hgbench.pid": str(sleeper.pid)}
+    ghost = client.create_run(exp_id, tags=tags)
+    try:
+        out = hgbench(tmp_path, "-m", "experiment=quick", "hyper_steps=3", "mlflow.experiment=alive")
+        assert "is running now as MLflow run" in out.stdout and "not started twice" in out.stdout
+        assert len(runs(client, "alive")) == 1
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    out = hgbench(tmp_path, "-m", "experiment=quick", "hyper_steps=3", "mlflow.experiment=alive")
+    assert out.returncode == 0
+    got = {r.info.run_id: r for r in runs(client, "alive")}
+    assert got[ghost.info.run_id].info.status == "KILLED"
+    assert got[ghost.info.run_id].data.tags["hgbench.status"] == "interrupted"
+    assert sorted(r.info.status for r in got.values()) == ["FINISHED", "KILLED"]
+    assert {r.data.tags["hgbench.fingerprint"] for r in got.values()} == {fingerprint(cfg)}
+
+
+def test_resume_false_runs_a_finished_job_again(tmp_path):
+    args = ["-m", "experiment=quick", "hyper_steps=2", "mlflow.experiment=again"]
+    assert hgbench(tmp_path, *args).returncode == 0
+    out = hgbench(tmp_path, *args, "resume=false")
+    assert out.returncode == 0 and "already FINISHED" not in out.stdout
+    assert [r.info.status for r in runs(store(tmp_path), "again")] == ["FINISHED", "FINISHED"]
+
+
+@pytest.mark.parametrize("family", ["weight_decay_per_param", "dropout_per_unit"])
+def test_checkpoint_round_trip_continues_bit_for_bit(tmp_path, family):
+    ov = ["dataset=digits", "model.hidden=[16]", f"hyperparam={family}", "eval_every=5", "hypergrad=unroll",
+          "inner_optimizer.momentum=0.9"]
+    whole = build_experiment(overrides=ov + ["hyper_steps=10"]).run()
+    first = build_experiment(overrides=ov + ["hyper_steps=4"])
+    assert first.run().status == "FINISHED"
+    torch.save(first.state_dict(), tmp_path / "ck.pt")
+    second = build_experiment(overrides=ov + ["hyper_steps=10"])
+    second.load_state_dict(torch.load(tmp_path / "ck.pt", weights_only=True))
+    assert second.step == 4
+    rest = second.run()
+    assert rest.summary["hyper_steps_done"] == 10
+    for key in ("val_loss", "test_loss", "train_loss", "hypergrad_norm", "inner_loss"):
+        assert rest.summary[key] == whole.summary[key], key
+
+
+def test_a_plugin_that_raises_in_a_hook_is_reported_and_the_run_goes_on(tmp_path):
+    class Faulty:
+        @hookimpl
+        def on_hyper_step(self, run, step, metrics):
+            raise RuntimeError("recorder bug")
+
+    uri = f"sqlite:///{tmp_path / 'm.db'}"
+    plugins.register(Faulty(), name="faulty")
+    try:
+        with pytest.warns(UserWarning, match="'faulty' failed in on_hyper_step"):
+            result = build_experiment(record=True, overrides=["experiment=quick", "hyper_steps=3", f"mlflow.tracking_uri={uri}"]).run()
+    finally:
+        plugins.unregister("faulty")
+    assert result.status == "FINISHED"
+    assert {f.source for f in result.info["plugin_errors"]} == {"faulty"}
+    run = MlflowClient(uri).get_run(result.info["mlflow_run_id"])
+    assert run.info.status == "FINISHED" and "val_loss" in run.data.metrics  # the MLflow recorder still ran
