@@ -94,6 +94,7 @@ class Experiment:
         self.train_sampler = Sampler(self.problem.data.train, cfg.train_batch_size, self.generator)
         self.val_sampler = Sampler(self.problem.data.val, cfg.val_batch_size, self.generator)
         self.step = 0  # hyper-steps done; > 0 after load_state_dict (a resumed run)
+        self.nonfinite_in_a_row = self.nonfinite_skipped = 0
         self.history: dict[str, Any] = {}  # the latest value of every metric (the run's summary)
 
     # --- checkpoints ------------------------------------------------------------------------
@@ -181,12 +182,24 @@ class Experiment:
         norm_f, loss_f = torch.stack([norm.detach().double(), last_loss.double()]).tolist()
         if not math.isfinite(loss_f):
             raise DivergenceError("the training loss", step)
+        out = {"inner_time_s": t1 - t0, "hypergrad_time_s": t2 - t1, "hypergrad_norm": norm_f, "inner_loss": loss_f}
         if not math.isfinite(norm_f):
-            raise DivergenceError("the hypergradient", step)
+            # on_nonfinite=skip: drop this hypergradient (λ unchanged), up to max_nonfinite_skips in a row
+            self.nonfinite_in_a_row += 1
+            if self.cfg.get("on_nonfinite", "fail") == "fail" or self.nonfinite_in_a_row > self.cfg.get("max_nonfinite_skips", 10):
+                raise DivergenceError("the hypergradient", step)
+            self.nonfinite_skipped += 1
+            out["hypergrad_norm"] = float("nan")
+            out["nonfinite_skipped"] = self.nonfinite_skipped
+            return out
+        self.nonfinite_in_a_row = 0
+        clip = self.cfg.get("hypergrad_clip")
+        if clip is not None and norm_f > clip:
+            hg = hg * (clip / norm_f)
         self.outer_optimizer.zero_grad(set_to_none=True)
         self.lam.grad = hg.to(self.lam.dtype)
         self.outer_optimizer.step()
-        return {"inner_time_s": t1 - t0, "hypergrad_time_s": t2 - t1, "hypergrad_norm": norm_f, "inner_loss": loss_f}
+        return out
 
     def evaluate(self) -> dict[str, float]:
         out: dict[str, float] = {}

@@ -51,6 +51,9 @@ class RunSchema:
     progress: bool | Literal["auto"] = "auto"
     num_threads: int | None = None
     deterministic: bool = False
+    on_nonfinite: Literal["fail", "skip"] = "fail"
+    max_nonfinite_skips: int = 10
+    hypergrad_clip: float | None = None
     resume: bool | Literal["auto"] = "auto"
     resume_stale_after_s: float = 900.0
     checkpoint: CheckpointSchema = field(default_factory=CheckpointSchema)
@@ -60,7 +63,8 @@ class RunSchema:
 # key -> smallest allowed value
 MINIMUM = {"hyper_steps": 1, "inner_steps": 1, "warmup_steps": 0, "train_batch_size": 1, "val_batch_size": 1,
            "eval_every": 1, "eval_batch_size": 1, "num_threads": 1, "resume_stale_after_s": 0,
-           "checkpoint.every": 0, "mlflow.flush_every_s": 0}
+           "checkpoint.every": 0, "mlflow.flush_every_s": 0, "max_nonfinite_skips": 0,
+           "hypergrad_clip": 0}
 
 
 def _check_node(values: dict[str, Any], schema: type, prefix: str) -> None:
