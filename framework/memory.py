@@ -2,8 +2,10 @@
 
 - CUDA: ``torch.cuda.max_memory_allocated`` since the run began (tensors only, absolute).
 - CPU: growth of the process's peak resident set size since the run began. On Linux the kernel's
-  high-water mark is reset at the start (``/proc/self/clear_refs``), so runs in one process are
-  measured separately; elsewhere ``ru_maxrss`` is used (then only a first run is exact).
+  high-water mark is reset at the start (``/proc/self/clear_refs``) and glibc first hands its
+  free heap back to the OS (``malloc_trim``), so runs sharing a process (a sequential grid,
+  joblib's reused workers) are measured like fresh ones; elsewhere ``ru_maxrss`` is used (then
+  only a process's first run is exact).
 """
 
 from __future__ import annotations
@@ -26,6 +28,16 @@ def _status_kb(field: str) -> int | None:
     except OSError:
         return None
     return None
+
+
+def _trim_heap() -> None:
+    """Return free heap memory to the OS, so that memory a run touches counts as growth."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 def _reset_hwm() -> bool:
@@ -58,6 +70,7 @@ class PeakMemory:
             torch.cuda.synchronize(self.device)
             torch.cuda.reset_peak_memory_stats(self.device)
             return
+        _trim_heap()
         self._hwm = _reset_hwm() and _status_kb("VmHWM") is not None
         self._base_kb = _status_kb("VmRSS") or 0 if self._hwm else _maxrss_kb()
 

@@ -87,3 +87,10 @@ def test_nonfinite_policy_skip_survives_isolated_nans_and_clip_bounds_the_step()
     lam0 = exp.lam.detach().clone()
     exp.run()
     assert math.isclose((exp.lam.detach() - lam0).norm().item(), 1e-7, rel_tol=1e-6)  # unclipped: 1.6e-6
+
+
+def test_peak_memory_is_measured_alike_for_runs_sharing_a_process():
+    peaks = [build_experiment(overrides=["experiment=quick", "hypergrad=exact", "hyper_steps=2", "warmup=false"]).run().summary["peak_memory_mb"]
+             for _ in range(3)]
+    assert min(peaks) > 20  # the 2,410² Hessian alone is 23 MB in float32
+    assert max(peaks) < 1.5 * min(peaks), peaks
