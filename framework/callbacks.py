@@ -57,6 +57,8 @@ def format_sweep_summary(results: list[dict[str, Any]], expected: int | None = N
         why = f"  ({r['error']})" if r.get("error") else ""
         if r.get("reused"):
             why += "  (finished earlier: not run again)"
+        if r.get("recording_failed"):
+            why += "  (NOT RECORDED in MLflow)"
         lines.append(f"  #{r.get('job_num', '?'):<3} {r['status']:<9} {r.get('overrides', '')}  {vals}{why}")
     return "\n".join(lines)
 
@@ -66,12 +68,16 @@ class SweepCallback(Callback):
         os.environ.setdefault(SWEEP_ENV, new_sweep_id())
         mlflow_cfg = config.get("mlflow") or {}
         if mlflow_cfg.get("enabled", True):
-            from plugins.recorder.mlflow_recorder import ensure_experiment, resolve_tracking_uri
+            from plugins.recorder.mlflow_recorder import check_store, resolve_tracking_uri
 
-            ensure_experiment(resolve_tracking_uri(mlflow_cfg.get("tracking_uri")), str(mlflow_cfg.get("experiment", "hgbench")))
+            try:
+                check_store(resolve_tracking_uri(mlflow_cfg.get("tracking_uri")), str(mlflow_cfg.get("experiment", "hgbench")))
+            except RuntimeError as exc:  # stop before launching jobs that could record nothing
+                print(f"hgbench: error: {exc}", file=sys.stderr)
+                sys.exit(2)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         results = read_job_results(config.hydra.sweep.dir)
         print(format_sweep_summary(results), flush=True)
-        if any(r["status"] == "FAILED" for r in results):
+        if any(r["status"] == "FAILED" or r.get("recording_failed") for r in results):
             sys.exit(1)

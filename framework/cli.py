@@ -52,8 +52,35 @@ def format_summary(cfg: DictConfig, result: RunResult) -> str:
     if "mlflow_run_id" in info:
         uri = info["mlflow_tracking_uri"]
         lines.append(f"  MLflow run {info['mlflow_run_id']} in experiment '{info['mlflow_experiment']}' at {uri}")
-        lines.append(f"  browse it: mlflow ui --backend-store-uri {uri} --host 127.0.0.1")
+        if uri.startswith(("http://", "https://")):
+            lines.append(f"  browse it: open {uri} (the tracking server is its own UI)")
+        else:
+            lines.append(f"  browse it: mlflow ui --backend-store-uri {uri} --host 127.0.0.1")
+    lost = recording_errors(result)
+    if lost:
+        lines.append(f"  WARNING: MLflow recording failed ({lost[0].error}); this run's results are only in this output")
     return "\n".join(lines)
+
+
+def recording_errors(result: RunResult) -> list:
+    return [e for e in result.info.get("plugin_errors", []) if e.source == "plugins.recorder.mlflow_recorder"]
+
+
+def check_store(cfg: DictConfig) -> None:
+    """Reach the MLflow store (and create the experiment) before any work, so a wrong URI or
+    missing credentials stop the job at once instead of losing what it computes."""
+    if not cfg.mlflow.get("enabled", True):
+        return
+    from plugins.recorder import mlflow_recorder as rec
+
+    try:
+        rec.check_store(rec.resolve_tracking_uri(cfg.mlflow.get("tracking_uri")), str(cfg.mlflow.experiment))
+    except RuntimeError as exc:
+        raise StoreError(str(exc)) from exc
+
+
+class StoreError(HgbenchError):
+    pass
 
 
 def _plugin_short_name(target: str) -> str:
@@ -136,6 +163,11 @@ def app(cfg: DictConfig) -> float | None:
         signal.signal(signal.SIGTERM, _interrupt)
     except ValueError:  # not the main thread
         pass
+    try:
+        check_store(cfg)
+    except StoreError as exc:
+        print(f"hgbench: error: {exc}", file=sys.stderr)
+        sys.exit(2)
     earlier, resumed_from, state = previous_result(cfg) if resume_wanted(cfg, multirun) else (None, None, None)
     if earlier is not None:
         result = earlier
@@ -161,8 +193,9 @@ def app(cfg: DictConfig) -> float | None:
         **{k: s.get(k) for k in ("val_loss", "test_loss", "val_acc", "test_acc", "runtime_s", "peak_memory_mb")},
         "mlflow_run_id": result.info.get("mlflow_run_id"),
         "reused": earlier is not None,
+        "recording_failed": bool(recording_errors(result)),
     })
-    if result.status == "FAILED" and not multirun:
+    if (result.status == "FAILED" or recording_errors(result)) and not multirun:
         sys.exit(1)
     # the objective for sweepers such as Optuna; None marks a failed or skipped trial
     return s.get("val_loss") if result.status == "FINISHED" else None

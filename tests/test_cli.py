@@ -95,3 +95,22 @@ def test_bad_input_fails_before_training_with_a_clear_error(tmp_path, args, expe
         assert piece in text, text
     assert "Traceback" not in text
     assert not (tmp_path / "mlflow.db").exists()  # nothing was started
+
+
+@pytest.mark.parametrize("multirun", [False, True])
+def test_an_unreachable_store_stops_the_job_before_any_work(tmp_path, multirun):
+    out = hgbench(tmp_path, *(["-m"] if multirun else []), *SMALL, "mlflow.tracking_uri=http://127.0.0.1:9")
+    assert out.returncode == 2
+    assert "hgbench: error: cannot use the MLflow store at http://127.0.0.1:9" in out.stderr
+    assert "hgbench run" not in out.stdout  # nothing was trained
+
+
+def test_a_run_on_a_tracking_server_points_at_the_server_ui():
+    from framework.cli import format_summary
+    from framework.runner import RunResult
+    from framework import compose_config
+
+    info = {"mlflow_run_id": "abc", "mlflow_experiment": "e", "mlflow_tracking_uri": "http://127.0.0.1:5000"}
+    summary = {"num_weights": 1, "num_hyperparams": 1, "runtime_s": 1.0}
+    text = format_summary(compose_config(), RunResult("FINISHED", summary, info))
+    assert "open http://127.0.0.1:5000" in text and "mlflow ui" not in text

@@ -64,6 +64,23 @@ def ensure_experiment(uri: str, name: str) -> str:
         return client.get_experiment_by_name(name).experiment_id
 
 
+def check_store(uri: str, name: str) -> str:
+    """``ensure_experiment`` with few HTTP retries and a short timeout: a pre-flight check that
+    a wrong address or missing credentials fail in seconds, not after minutes of retries."""
+    quick = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+             "MLFLOW_HTTP_REQUEST_TIMEOUT": "15"}
+    saved = {k: os.environ.get(k) for k in quick}
+    os.environ.update({k: v for k, v in quick.items() if saved[k] is None})
+    try:
+        return ensure_experiment(uri, name)
+    except Exception as exc:
+        raise RuntimeError(f"cannot use the MLflow store at {uri}: {type(exc).__name__}: {str(exc)[:300]}") from exc
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+
+
 class MlflowRun:
     """One MLflow run: buffered metric logging through ``MlflowClient`` (no global state)."""
 
