@@ -13,8 +13,12 @@ as does torchvision's download folder): ``hgbench dataset=cifar10 dataset.root=/
 The loader reads the standard python-pickle batches: ``data_batch_1`` … ``data_batch_5`` and
 ``test_batch``, each a pickled dict with ``b"data"`` (uint8, one 3,072-byte row per image: the
 1,024 red, then green, then blue pixels, row-major) and ``b"labels"``; class names come from
-``batches.meta`` (``b"label_names"``) when present. These are pickles: only point ``root`` at
-files you trust.
+``batches.meta`` (``b"label_names"``) when present. These are pickles, read with a restricted
+unpickler: it builds only dicts, lists, tuples, bytes/str, numbers and numpy arrays (the globals
+``numpy…multiarray._reconstruct``, ``numpy.ndarray``, ``numpy.dtype`` and, for protocol-5 files,
+``numpy…numeric._frombuffer``) and refuses any other global — e.g. ``os.system`` or
+``builtins.eval`` in a tampered file — with an ``UnsafePickleError`` naming the file and the
+global, before anything from the file is called.
 
 ``train_size`` and ``val_size`` are disjoint random subsets (``split_seed``) of the 50,000
 training images (one may be ``null`` = the rest), ``test_size`` a subset of the 10,000 test
@@ -26,10 +30,11 @@ that fraction of the training labels (``meta["noisy_mask"]``).
 
 from __future__ import annotations
 
+import importlib
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import torch
@@ -72,14 +77,83 @@ def resolve_root(root: str | None) -> Path:
     return path
 
 
+# The only globals a CIFAR-10 python batch refers to: numpy array reconstruction (protocols 0-4:
+# _reconstruct + ndarray + dtype; protocol 5: _frombuffer + dtype). numpy 2 moved numpy.core to
+# numpy._core; either spelling in a file resolves to the object of the installed numpy. Module
+# names from the file are only looked up in this table, never imported.
+_NUMPY_CORE = ("numpy._core", "numpy.core")
+SAFE_GLOBALS: dict[tuple[str, str], str] = {
+    **{(f"{core}.multiarray", "_reconstruct"): "multiarray._reconstruct" for core in _NUMPY_CORE},
+    **{(f"{core}.numeric", "_frombuffer"): "numeric._frombuffer" for core in _NUMPY_CORE},
+    ("numpy", "ndarray"): "ndarray",
+    ("numpy", "dtype"): "dtype",
+}
+
+
+def _safe_global(what: str) -> Any:
+    if "." not in what:
+        return getattr(np, what)
+    module, name = what.split(".")
+    for core in _NUMPY_CORE:  # numpy >= 2: numpy._core (numpy.core warns); numpy 1.x: numpy.core
+        try:
+            return getattr(importlib.import_module(f"{core}.{module}"), name)
+        except (ImportError, AttributeError):
+            continue
+    raise ImportError(f"numpy has no {what}")
+
+
+class UnsafePickleError(pickle.UnpicklingError, ValueError):
+    """A pickle refers to a global outside ``SAFE_GLOBALS`` (it is never called)."""
+
+
+class RestrictedUnpickler(pickle.Unpickler):
+    """Builds plain containers, bytes/str, numbers and numpy arrays; refuses every other global
+    with an ``UnsafePickleError`` naming the file (``path``) and the global. ``what`` names the
+    expected content and ``hint`` says what to do, in that error."""
+
+    def __init__(self, file: BinaryIO, path: str | Path, what: str, hint: str = "", **kwargs: Any):
+        super().__init__(file, **kwargs)
+        self.path, self.what, self.hint = path, what, hint
+
+    def find_class(self, module: str, name: str) -> Any:
+        target = SAFE_GLOBALS.get((module, name))
+        if target is None:
+            raise UnsafePickleError(
+                f"{self.path}: refused to load the global '{module}.{name}' from this pickle (it was not "
+                f"called): {self.what} holds only dicts, lists, bytes/str, numbers and numpy arrays, so "
+                f"this file is not one, or it was tampered with{'; ' + self.hint if self.hint else ''}"
+            )
+        return _safe_global(target)
+
+    def persistent_load(self, pid: Any) -> Any:
+        raise UnsafePickleError(f"{self.path}: refused a persistent id in this pickle; {self.what} has none")
+
+
+def restricted_load(file: BinaryIO, path: str | Path, what: str, hint: str = "", encoding: str = "bytes") -> Any:
+    """Unpickle the open binary ``file`` with ``RestrictedUnpickler``; a refused global raises
+    ``UnsafePickleError``, a damaged file ``ValueError``, both naming ``path``."""
+    try:
+        return RestrictedUnpickler(file, path, what, hint, encoding=encoding).load()
+    except UnsafePickleError:
+        raise
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError) as exc:
+        raise ValueError(f"{path} is not a readable pickle of {what}: {type(exc).__name__}: {exc}") from exc
+
+
+def load_pickle(path: Path) -> Any:
+    """One CIFAR-10 pickle (a batch or ``batches.meta``), through ``restricted_load``."""
+    with open(path, "rb") as f:
+        return restricted_load(f, path, "a CIFAR-10 python batch",
+                               f"point dataset.root at the folder extracted from {URL}")
+
+
 def _get(d: dict[Any, Any], key: str) -> Any:
     return d[key.encode()] if key.encode() in d else d[key]
 
 
 def read_batch(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
     """uint8 images (N, 3, 32, 32) and int64 labels (N,) of one pickled batch."""
-    with open(path, "rb") as f:
-        d = pickle.load(f, encoding="bytes")
+    d = load_pickle(path)
     try:
         data = np.asarray(_get(d, "data"), dtype=np.uint8)
         labels = np.asarray(_get(d, "labels"), dtype=np.int64)
@@ -94,9 +168,11 @@ def read_classes(path: Path) -> list[str]:
     meta = path / META_FILE
     if not meta.is_file():
         return list(CLASSES)
-    with open(meta, "rb") as f:
-        d = pickle.load(f, encoding="bytes")
-    names = _get(d, "label_names")
+    d = load_pickle(meta)
+    try:
+        names = _get(d, "label_names")
+    except (KeyError, TypeError) as exc:
+        raise ValueError(f"{meta} is not a CIFAR-10 batches.meta (a dict with b'label_names')") from exc
     return [n.decode() if isinstance(n, bytes) else str(n) for n in names]
 
 

