@@ -102,3 +102,13 @@ def test_per_weight_decay_with_a_million_hyperparameters_runs_on_the_cpu():
     assert exp.problem.num_hyperparams == exp.problem.num_weights > 1_000_000
     result = exp.run()
     assert result.status == "FINISHED" and result.summary["hypergrad_norm"] > 0
+
+
+def test_decays_are_capped_so_the_inner_step_stays_stable():
+    exp = build_experiment(overrides=TINY + CASES["weight_decay_per_param"] + ["hyperparam.max_decay=2.0"])
+    fam = exp.problem.family
+    lam = torch.tensor([-20.0, 0.0, 0.69, 5.0, 50.0], dtype=torch.float64, requires_grad=True)
+    d = fam.decay(lam)
+    torch.testing.assert_close(d.detach(), torch.tensor([torch.exp(torch.tensor(-20.0)).item(), 1.0, 1.9937, 2.0, 2.0], dtype=torch.float64), rtol=1e-4, atol=0)
+    (g,) = torch.autograd.grad(d.sum(), lam)
+    assert g[3] == g[4] == 0 and g[1] == 1.0  # no push beyond the cap
