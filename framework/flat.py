@@ -38,8 +38,13 @@ class FlatSpec:
         return torch.cat([tensors[n].reshape(-1) for n in self.names]) if self.names else torch.zeros(0)
 
     def unflatten(self, flat: Tensor) -> dict[str, Tensor]:
+        """Views of ``flat``, one per name. Made with ONE ``torch.split`` (one view when there is
+        a single piece), not one slice per piece: in the backward pass (every gradient and every
+        HVP) a split's pieces are concatenated once, whereas each slice would scatter into its own
+        zero-filled full-length buffer and be summed — 1.2–1.3× slower on a 1M-weight MLP."""
         if flat.shape != (self.numel,):
             raise ValueError(f"expected a flat tensor of shape ({self.numel},), got {tuple(flat.shape)}")
-        return {
-            n: flat[o : o + math.prod(s)].view(s) for n, s, o in zip(self.names, self.shapes, self.offsets)
-        }
+        if len(self.names) <= 1:
+            return {n: flat.view(s) for n, s in zip(self.names, self.shapes)}
+        pieces = torch.split(flat, [math.prod(s) for s in self.shapes])
+        return {n: piece.view(s) for n, s, piece in zip(self.names, self.shapes, pieces)}

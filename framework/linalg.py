@@ -50,12 +50,12 @@ def cg_solve(matvec: MatVec, b: Tensor, iterations: int, tol: float = 0.0, dampi
             break
         ap = matvec(p)
         if damping:
-            ap = ap + damping * p
-        step = rs / (p @ ap)
-        x += step * p
-        r -= step * ap
+            ap = ap.add(p, alpha=damping)
+        step = rs / (p @ ap)  # 0-dim tensors: no host sync
+        x.addcmul_(step, p)  # fused x += step·p, r -= step·Ap, p = r + β·p: no temporaries
+        r.addcmul_(step, ap, value=-1)
         rs_new = r @ r
-        p = r + (rs_new / rs) * p
+        p = torch.addcmul(r, rs_new / rs, p)
         rs = rs_new
     return x
 

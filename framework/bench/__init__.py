@@ -1,0 +1,10 @@
+"""``hgbench-bench``: a performance benchmark suite for hypergradient cost, memory and scale.
+
+Every figure is a ratio measured side by side in one process (or, for memory, in fresh
+subprocesses started one after another), because the machines it runs on are noisy and shared.
+Sections (one module each): ``cost``, ``memory``, ``joint``, ``scale``, ``peers``, ``overhead``;
+``framework.bench.cli`` runs them and writes ``<out>/<section>.csv``, ``<section>.png`` and a
+``README.md`` assembled from every section found in ``<out>``.
+"""
+
+SECTIONS = ("cost", "memory", "joint", "scale", "peers", "overhead")
