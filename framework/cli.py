@@ -16,7 +16,7 @@ from omegaconf import DictConfig  # noqa: E402
 from framework.callbacks import SWEEP_ENV, write_job_result  # noqa: E402
 from framework.errors import HgbenchError, SkipRun  # noqa: E402
 from framework.hydra_config import register_plugin_configs  # noqa: E402
-from framework.runner import Experiment, RunResult, record_unbuilt  # noqa: E402
+from framework.runner import Experiment, RunResult, record_unbuilt, validate_config  # noqa: E402
 
 # errors in building a run that are the user's to fix: reported in one line, no traceback
 USER_ERRORS = (HgbenchError, OSError, ImportError, ValueError, TypeError)
@@ -164,8 +164,13 @@ def app(cfg: DictConfig) -> float | None:
     except ValueError:  # not the main thread
         pass
     try:
+        if not multirun:
+            validate_config(cfg)  # a typo fails before the store is even touched
         check_store(cfg)
     except StoreError as exc:
+        print(f"hgbench: error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    except USER_ERRORS as exc:
         print(f"hgbench: error: {exc}", file=sys.stderr)
         sys.exit(2)
     earlier, resumed_from, state = previous_result(cfg) if resume_wanted(cfg, multirun) else (None, None, None)

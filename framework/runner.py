@@ -86,10 +86,7 @@ class Experiment:
         self.w = self.problem.w0.clone()
         self.lam = self.problem.lam0.clone().requires_grad_(True)
         self.inner_state = self.inner_optimizer.init(self.w)
-        try:
-            self.outer_optimizer = instantiate_checked(cfg.outer_optimizer, "outer_optimizer")([self.lam])
-        except (TypeError, ValueError) as exc:  # e.g. torch.optim's "Invalid learning rate"
-            raise ConfigError(f"outer_optimizer: {exc}") from exc
+        self.outer_optimizer = outer_optimizer(cfg, [self.lam])
         self.generator = torch.Generator().manual_seed(int(cfg.seed))
         self.train_sampler = Sampler(self.problem.data.train, cfg.train_batch_size, self.generator)
         self.val_sampler = Sampler(self.problem.data.val, cfg.val_batch_size, self.generator)
@@ -294,6 +291,26 @@ class Experiment:
         if status == "KILLED":
             raise error  # type: ignore[misc]
         return RunResult(status, summary, ctx.info, error)
+
+
+def validate_config(cfg: DictConfig) -> None:
+    """Every check that needs no data: the top-level schema, the device, each plugin's typed
+    parameters and the inner optimiser. Raises ConfigError / UnknownPluginError."""
+    check_run_config(cfg)
+    resolve_device(str(cfg.device))
+    for kind in plugins.KINDS:
+        build_plugin(kind, cfg[kind])
+    instantiate_checked(cfg.inner_optimizer, "inner_optimizer")
+    outer_optimizer(cfg, [torch.zeros(1, requires_grad=True)])
+
+
+def outer_optimizer(cfg: DictConfig, params: list[Tensor]) -> torch.optim.Optimizer:
+    """The hyper-optimiser on ``params``; torch.optim checks its settings (e.g. a negative
+    learning rate) only once given parameters, so errors are turned into ConfigError here."""
+    try:
+        return instantiate_checked(cfg.outer_optimizer, "outer_optimizer")(params)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"outer_optimizer: {exc}") from exc
 
 
 def config_tags(cfg: DictConfig) -> dict[str, str]:
