@@ -83,7 +83,3 @@ class PeakMemory:
             return torch.cuda.max_memory_allocated(self.device) / 2**20
         peak = _status_kb("VmHWM") if self._hwm else _maxrss_kb()
         return max(0, (peak or 0) - self._base_kb) / 1024
-
-
-def rss_mb() -> float:
-    return (_status_kb("VmRSS") or 0) / 1024 if os.path.exists(_STATUS) else _maxrss_kb() / 1024

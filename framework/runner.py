@@ -29,7 +29,6 @@ from framework.problem import Problem, Sampler
 from framework.schema import check_run_config, instantiate_checked
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
-STATUSES = ("FINISHED", "FAILED", "SKIPPED", "KILLED")
 
 
 def resolve_device(name: str) -> torch.device:
