@@ -94,3 +94,11 @@ def test_peak_memory_is_measured_alike_for_runs_sharing_a_process():
              for _ in range(3)]
     assert min(peaks) > 20  # the 2,410² Hessian alone is 23 MB in float32
     assert max(peaks) < 1.5 * min(peaks), peaks
+
+
+def test_progress_bar_shows_hyper_steps_and_val_loss_only_when_asked(capsys):
+    build_experiment(progress=True, overrides=["experiment=quick", "hyper_steps=4", "eval_every=2"]).run()
+    err = capsys.readouterr().err
+    assert "4/4" in err and "hyper-step" in err and "val_loss=" in err
+    build_experiment(overrides=["experiment=quick", "hyper_steps=4", "eval_every=2"]).run()  # progress=false
+    assert "hyper-step" not in capsys.readouterr().err

@@ -114,3 +114,16 @@ def test_a_run_on_a_tracking_server_points_at_the_server_ui():
     summary = {"num_weights": 1, "num_hyperparams": 1, "runtime_s": 1.0}
     text = format_summary(compose_config(), RunResult("FINISHED", summary, info))
     assert "open http://127.0.0.1:5000" in text and "mlflow ui" not in text
+
+
+@pytest.mark.slow
+def test_mlflow_tracking_uri_in_the_environment_is_respected(tmp_path):
+    import os
+
+    elsewhere = tmp_path / "elsewhere.db"
+    env = dict(os.environ, MLFLOW_TRACKING_URI=f"sqlite:///{elsewhere}")
+    out = subprocess.run([sys.executable, "-m", "framework.cli", *SMALL], cwd=tmp_path, env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert elsewhere.exists() and not (tmp_path / "mlflow.db").exists()
+    assert f"at sqlite:///{elsewhere}" in out.stdout
