@@ -49,6 +49,8 @@ def format_summary(cfg: DictConfig, result: RunResult) -> str:
             lines.append(line)
     what = {"cuda_max_allocated": "peak CUDA memory allocated", "cpu_peak_rss_growth": "peak memory (growth of the process's peak RSS during the run)"}
     lines.append(f"  {what.get(s.get('memory_kind'), 'peak memory')}: {s.get('peak_memory_mb', 0):.1f} MB")
+    if "compile" in info:
+        lines.append(f"  compile: {info['compile']} — {info['compile_note']}")
     if "mlflow_run_id" in info:
         uri = info["mlflow_tracking_uri"]
         lines.append(f"  MLflow run {info['mlflow_run_id']} in experiment '{info['mlflow_experiment']}' at {uri}")

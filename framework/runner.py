@@ -22,6 +22,7 @@ from torch import Tensor
 
 from framework import plugins
 from framework.base import Batch, HypergradientMethod
+from framework.compiled import InnerLoss
 from framework.config import build_plugin, to_dict
 from framework.errors import ConfigError, DivergenceError, SkipRun
 from framework.memory import PeakMemory
@@ -85,6 +86,8 @@ class Experiment:
         self.w = self.problem.w0.clone()
         self.lam = self.problem.lam0.clone().requires_grad_(True)
         self.inner_state = self.inner_optimizer.init(self.w)
+        # the inner step's L_T, compiled with compile=true (framework/compiled.py)
+        self.inner_loss = InnerLoss(self._inner_loss, compile=bool(cfg.get("compile", False)))
         self.outer_optimizer = outer_optimizer(cfg, [self.lam])
         self.generator = torch.Generator().manual_seed(int(cfg.seed))
         self.train_sampler = Sampler(self.problem.data.train, cfg.train_batch_size, self.generator)
@@ -131,13 +134,16 @@ class Experiment:
         self.history = dict(state.get("history", {}))
 
     # --- the pieces of Algorithm 1 -----------------------------------------------------------
+    def _inner_loss(self, w: Tensor, lam: Tensor, x: Tensor, y: Tensor, idx: Tensor | None) -> Tensor:
+        return self.problem.train_loss(w, lam, Batch(x, y, idx))
+
     def train_inner(self, steps: int) -> Tensor | None:
         """``steps`` inner optimiser steps on w with λ fixed; returns the last training loss."""
         lam = self.lam.detach()
         loss = None
         for _ in range(steps):
             w = self.w.requires_grad_(True)
-            loss = self.problem.train_loss(w, lam, self.train_sampler.next())
+            loss = self.inner_loss(w, lam, *self.train_sampler.next())
             (g,) = torch.autograd.grad(loss, w)
             with torch.no_grad():
                 self.w, self.inner_state = self.inner_optimizer.step(self.w.detach(), g, self.inner_state)
@@ -220,7 +226,7 @@ class Experiment:
         rng = torch.get_rng_state()  # noisy families draw from it: put it back afterwards
         cuda_rng = torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None
         w = self.w.detach().requires_grad_(True)
-        torch.autograd.grad(self.problem.train_loss(w, self.lam.detach(), tb), w)
+        torch.autograd.grad(self.inner_loss(w, self.lam.detach(), *tb), w)  # compiles here with compile=true
         self.hypergradient_flat(self.method, tb, vb)
         torch.set_rng_state(rng)
         if cuda_rng is not None:
@@ -286,6 +292,9 @@ class Experiment:
         summary["peak_memory_mb"] = self.memory.peak_mb()
         summary["memory_kind"] = self.memory.kind
         summary["hyper_steps_done"] = self.step
+        if self.inner_loss.status != "off":
+            ctx.info["compile"] = self.inner_loss.status
+            ctx.info["compile_note"] = self.inner_loss.note
         hook.on_run_end(run=ctx, status=status, error=error, summary=summary)
         if status == "KILLED":
             raise error  # type: ignore[misc]

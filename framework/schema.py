@@ -51,6 +51,7 @@ class RunSchema:
     progress: bool | Literal["auto"] = "auto"
     num_threads: int | None = None
     deterministic: bool = False
+    compile: bool = False
     on_nonfinite: Literal["fail", "skip"] = "fail"
     max_nonfinite_skips: int = 10
     hypergrad_clip: float | None = None

@@ -21,6 +21,7 @@ COLUMNS = {
     "scale": {"target_size", "status", "num_hyperparams", "peak_mb", "first_hypergradient_s", "mem_cap_gib"},
     "peers": {"peer", "peer_call", "method", "iterations", "hgbench_ms", "peer_ms", "speedup_median", "max_rel_diff"},
     "overhead": {"what", "ratio_median", "cli_runtime_s", "bare_runtime_s", "sequential_wall_s", "joblib_wall_s"},
+    "compile": {"model", "status", "max_rel_diff", "compile_s", "inner_ratio_median", "step_ratio_median", "helps"},
 }
 RATIOS = {
     "cost": ["ratio_median", "ratio_q1", "ratio_q3"],
@@ -29,6 +30,7 @@ RATIOS = {
     "scale": [],
     "peers": ["speedup_median", "hgbench_ms", "peer_ms"],
     "overhead": ["ratio_median"],
+    "compile": ["inner_ratio_median", "step_ratio_median", "compile_s"],
 }
 MACHINE = {"cpu", "cores", "threads", "torch", "date", "commit", "load1", "device"}
 
@@ -83,12 +85,14 @@ def test_quick_sections_check_what_they_measure(quick_run):
             assert float(r["max_rel_diff"]) < 1e-3, r  # same algorithm, same answer
     over = {r["what"]: r for r in rows(quick_run / "overhead.csv")}
     assert set(over) == {"single_run", "grid"}
+    (comp,) = rows(quick_run / "compile.csv")
+    assert comp["status"] == "on" and float(comp["max_rel_diff"]) < 1e-4, comp  # the MLP compiles correctly
 
 
 @pytest.mark.slow
 def test_quick_readme_has_every_section_and_the_gpu_note(quick_run):
     text = (quick_run / "README.md").read_text()
     assert "QUICK SMOKE RUN" in text and "## Headline" in text and "What we could not measure" in text
-    for title in ("## 1. cost", "## 2. memory", "## 3. joint", "## 4. scale", "## 5. peers", "## 6. overhead"):
+    for title in ("## 1. cost", "## 2. memory", "## 3. joint", "## 4. scale", "## 5. peers", "## 6. overhead", "## 7. compile"):
         assert title in text
     assert "GPU" in text

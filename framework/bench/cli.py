@@ -4,7 +4,7 @@
     hgbench-bench cost memory --out results/perf    # some sections; the README keeps the others
     hgbench-bench all --quick --out /tmp/perf       # a smoke run in seconds (tests use it)
 
-Sections: cost, memory, joint, scale, peers, overhead (see ``framework/bench/<section>.py``).
+Sections: cost, memory, joint, scale, peers, overhead, compile (see ``framework/bench/<section>.py``).
 Before the first section (not with --quick) it waits, up to ``--max-wait-min``, until the
 1-minute load average is at most ``--max-load``: the machines are shared and timings want them
 quiet. (Only before the first: once running, the suite's own processes count in the load.)
@@ -54,7 +54,6 @@ def could_not_measure(machines: list[dict]) -> list[str]:
         "accepts its non-standard `torch>=1.6.*` specifier; pip ≥ 24.1 refuses it).",
         "**Quiet-machine timings**: the 2 cores are shared with other developers; ratios are taken side by side to "
         "cancel slow phases, but absolute milliseconds vary from run to run.",
-        "**torch.compile**: not part of the measured code paths (see the speed notes).",
     ]
     return out
 

@@ -192,6 +192,8 @@ def on_run_end(run, status, error, summary):
         tags["hgbench.failed_step"] = str(summary.get("failed_step", ""))
         tb = "".join(traceback.format_exception(type(error), error, error.__traceback__))
         rec.client.log_text(rec.run_id, tb, "error.txt")
+    if "compile" in run.info:  # compile=true: on | unverified | fallback, and why
+        tags.update({"hgbench.compile": run.info["compile"], "hgbench.compile_note": run.info["compile_note"][:5000]})
     exp = run.experiment
     if exp is not None and status in ("FINISHED", "FAILED"):
         _log_figures(rec, exp)
