@@ -14,6 +14,8 @@ in every plot.
 
 from __future__ import annotations
 
+import math
+
 from pathlib import Path
 
 import matplotlib
@@ -43,12 +45,18 @@ def series_labels(runs: pd.DataFrame) -> tuple[pd.Series, pd.Series]:
     return series, tick
 
 
-def log_scale(ax, which: str, values) -> None:
+def log_scale(ax, which: str, values, zero: bool = False) -> None:
     """Log scale with plain tick labels (0.3, 2, 100) instead of 3×10⁻¹; minor ticks 2 and 5 are
-    labelled too where the data span less than two decades."""
-    getattr(ax, f"set_{which}scale")("log")
-    axis = getattr(ax, f"{which}axis")
+    labelled too where the data span less than two decades. ``zero``: the data include 0 (e.g.
+    time 0), kept on a short linear stretch below the smallest positive value (symlog)."""
     v = pd.Series(values, dtype=float)
+    if zero:
+        lin = 10 ** math.floor(math.log10(v[v > 0].min()))  # a decade: 0, then lin, 10·lin, ...
+        getattr(ax, f"set_{which}scale")("symlog", linthresh=lin, linscale=0.5)
+        getattr(ax, f"set_{which}lim")(0, None)
+    else:
+        getattr(ax, f"set_{which}scale")("log")
+    axis = getattr(ax, f"{which}axis")
     few = v[v > 0].max() / v[v > 0].min() < 100
     axis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:g}"))
     axis.set_minor_formatter(FuncFormatter(lambda x, _: f"{x:g}" if few and f"{x:.0e}"[0] in "25" else ""))
@@ -105,8 +113,10 @@ def plot_val_loss_vs_time(runs: pd.DataFrame, metrics: pd.DataFrame, colors: dic
         ax.set(title=f"{dataset} · {model}", xlabel="wall-clock time since the run started (s)", ylabel="validation loss")
         if spans_decades(d["val_loss"]):
             log_scale(ax, "y", d["val_loss"])
-        if spans_decades(ends) and spans_decades(pd.concat(xs), 100):  # methods' run times differ by decades
-            log_scale(ax, "x", pd.concat(xs))
+        times = pd.concat(xs)
+        if spans_decades(ends) and spans_decades(times[times > 0], 100):  # methods' run times differ by decades
+            log_scale(ax, "x", times, zero=bool((times <= 0).any()))
+            ax.set_xlabel("wall-clock time since the run started (s, log scale)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8, title="bold: mean over seeds at each eval step\nthin: each seed", title_fontsize=8,
                   loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False, alignment="left")

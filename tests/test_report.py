@@ -330,3 +330,22 @@ def test_an_optuna_sweep_enters_as_its_best_trial(tmp_path):
     assert set(metrics.loc[metrics["run_id"] == best, "method"]) == {"optuna(fixed)"}
     for name in PLOTS:
         assert png_size(d / name)[1] > 10_000
+
+
+def test_run_times_decades_apart_get_a_log_time_axis_that_keeps_time_zero(monkeypatch, tmp_path):
+    """exact taking 100× longer than the rest would squash every other curve against t = 0."""
+    from framework import plots
+
+    rows, metrics = [], []
+    for method, seconds in (("neumann", 0.01), ("exact", 5.0)):
+        rid = f"run-{method}"
+        rows.append({"run_id": rid, "series": method, "dataset": "digits", "model": "mlp", "val_loss": 0.2,
+                     "optuna_total_s": float("nan")})
+        for step, v in enumerate([2.3, 0.5, 0.2]):
+            metrics += [{"run_id": rid, "key": "val_loss", "step": step, "value": v},
+                        {"run_id": rid, "key": "elapsed_s", "step": step, "value": seconds * step}]  # starts at 0
+    figs = []
+    monkeypatch.setattr(plots, "_save", lambda fig, path: figs.append(fig) or path)
+    plots.plot_val_loss_vs_time(pd.DataFrame(rows), pd.DataFrame(metrics), {"neumann": "C0", "exact": "C1"}, tmp_path / "v.png")
+    (ax,) = figs[0].axes
+    assert ax.get_xscale() == "symlog" and ax.get_xlim()[0] == 0 and "log scale" in ax.get_xlabel()
