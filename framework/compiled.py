@@ -6,10 +6,11 @@ hypergradient differentiates L_T twice, which compiled graphs do not support, so
 The first call compiles, then compares the compiled gradient of L_T with the eager one on the same
 batch and the same random state. Inductor is not always right: on torch 2.13 (CPU) it returns
 wrong convolution-weight gradients for the ``cnn`` model (max pooling) with
-``weight_decay_per_param`` while the loss itself matches (``model.pool=avg`` is fine). A gradient that disagrees beyond ``RTOL`` (or a compile error) makes the run
-go on eagerly, with a warning and the reason in ``status``/``note`` (the MLflow tag
-``hgbench.compile``). A training loss that is random by design (dropout, augmentation noise) cannot
-be compared: it runs compiled, marked ``unverified``.
+``weight_decay_per_param`` while the loss itself matches (``model.pool=avg`` is fine). A gradient
+that disagrees beyond ``RTOL`` (or a compile error) makes the run go on eagerly, with a warning
+and the reason in ``status``/``note`` (the MLflow tag ``hgbench.compile``). A training loss that
+is random by design (dropout, augmentation noise) cannot be compared: it runs compiled, marked
+``unverified``.
 """
 
 from __future__ import annotations

@@ -15,7 +15,6 @@ in every plot.
 from __future__ import annotations
 
 import math
-
 from pathlib import Path
 
 import matplotlib
