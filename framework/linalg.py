@@ -54,8 +54,9 @@ def cg_solve(matvec: MatVec, b: Tensor, iterations: int, tol: float = 0.0, dampi
         step = rs / (p @ ap)  # 0-dim tensors: no host sync
         x.addcmul_(step, p)  # fused x += step·p, r -= step·Ap, p = r + β·p: no temporaries
         r.addcmul_(step, ap, value=-1)
+        del ap  # freed before the next HVP: peak memory stays that of the first iteration
         rs_new = r @ r
-        p = torch.addcmul(r, rs_new / rs, p)
+        p.mul_(rs_new / rs).add_(r)
         rs = rs_new
     return x
 
