@@ -26,7 +26,8 @@ RTOL = {torch.float32: 1e-4, torch.float64: 1e-9}
 InnerLossFn = Callable[[Tensor, Tensor, Tensor, Tensor, "Tensor | None"], Tensor]
 
 
-def _grad(fn: InnerLossFn, w: Tensor, lam: Tensor, batch: tuple) -> Tensor:
+def loss_gradient(fn: InnerLossFn, w: Tensor, lam: Tensor, batch: tuple) -> Tensor:
+    """∂fn/∂w at (w, λ) on ``batch`` = (x, y, idx)."""
     w = w.detach().requires_grad_(True)
     (g,) = torch.autograd.grad(fn(w, lam, *batch), w)
     return g
@@ -47,6 +48,7 @@ class InnerLoss:
         self.eager = self.fn = fn
         self.compiled = torch.compile(fn, dynamic=False) if compile else None
         self.status, self.note = ("pending" if compile else "off"), ""
+        self.rel_diff: float | None = None  # compiled vs eager gradient at the check
 
     def __call__(self, w: Tensor, lam: Tensor, x: Tensor, y: Tensor, idx: Tensor | None = None) -> Tensor:
         if self.status == "pending":
@@ -65,7 +67,7 @@ class InnerLoss:
                 torch.cuda.set_rng_state(cuda_rng, w.device)
             if shifted:  # other random numbers: a random L_T changes, a deterministic one does not
                 torch.rand(1, device=w.device)
-            return _grad(fn, w, lam, batch)
+            return loss_gradient(fn, w, lam, batch)
 
         try:
             eager, again = grad(self.eager), grad(self.eager, shifted=True)
@@ -75,10 +77,11 @@ class InnerLoss:
                 self._fallback(f"torch.compile failed ({type(exc).__name__}: {str(exc).splitlines()[0][:300]})")
                 return
             tol = RTOL.get(w.dtype, 1e-4)
+            self.rel_diff = err = _rel(compiled, eager)
             if _rel(again, eager) > tol:
                 self.status, self.fn = "unverified", self.compiled
                 self.note = "L_T is random (dropout/noise), so compiled and eager gradients cannot be compared"
-            elif (err := _rel(compiled, eager)) <= tol:
+            elif err <= tol:
                 self.status, self.fn = "on", self.compiled
                 self.note = f"compiled gradient matches eager (max relative difference {err:.1e})"
             else:
