@@ -16,7 +16,7 @@ from omegaconf import DictConfig  # noqa: E402
 from framework.callbacks import SWEEP_ENV, write_job_result  # noqa: E402
 from framework.errors import HgbenchError, SkipRun  # noqa: E402
 from framework.hydra_config import register_plugin_configs  # noqa: E402
-from framework.runner import Experiment, RunResult, record_unbuilt, validate_config  # noqa: E402
+from framework.runner import Experiment, RunResult, record_unbuilt, request_stop, stop_requested, validate_config  # noqa: E402
 
 # errors in building a run that are the user's to fix: reported in one line, no traceback
 USER_ERRORS = (HgbenchError, OSError, ImportError, ValueError, TypeError)
@@ -117,8 +117,13 @@ def configure_threads(cfg: DictConfig, hc) -> None:
         torch.set_num_threads(int(n))
 
 
-def _interrupt(signum, frame):  # SIGTERM (a cluster's scancel, a killed grid) ends the run as KILLED
-    raise KeyboardInterrupt(f"received signal {signal.Signals(signum).name}")
+def _interrupt(signum, frame):
+    """SIGTERM (a cluster's scancel, a killed grid) ends the run as KILLED after the current
+    hyper-step, so no MLflow write is cut in half; a second SIGTERM interrupts at once."""
+    reason = f"received signal {signal.Signals(signum).name}"
+    if stop_requested():
+        raise KeyboardInterrupt(reason)
+    request_stop(reason)
 
 
 def resume_wanted(cfg: DictConfig, multirun: bool) -> bool:

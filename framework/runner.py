@@ -31,6 +31,23 @@ from framework.schema import check_run_config, instantiate_checked
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
+# a stop asked for by a signal handler (the CLI's SIGTERM): the run ends as KILLED at the next
+# point where that is safe — between hyper-steps, never in the middle of an MLflow write
+_stop_requested: list[str] = []
+
+
+def request_stop(reason: str) -> None:
+    _stop_requested.append(reason)
+
+
+def stop_requested() -> bool:
+    return bool(_stop_requested)
+
+
+def _check_stop() -> None:
+    if _stop_requested:
+        raise KeyboardInterrupt(_stop_requested[0])
+
 
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
@@ -254,6 +271,7 @@ class Experiment:
         hook.on_run_start(run=ctx)
         step = self.step
         try:
+            _check_stop()
             reason = self.skip_reason()
             if reason:
                 raise SkipRun(reason)
@@ -280,6 +298,7 @@ class Experiment:
                 self.history.update(metrics)
                 summary.update(metrics)
                 hook.on_hyper_step(run=ctx, step=step, metrics=metrics)
+                _check_stop()
             status, error = "FINISHED", None
         except SkipRun as exc:
             status, error = "SKIPPED", exc

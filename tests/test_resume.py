@@ -181,3 +181,23 @@ def test_a_plugin_that_raises_in_a_hook_is_reported_and_the_run_goes_on(tmp_path
     assert {f.source for f in result.info["plugin_errors"]} == {"faulty"}
     run = MlflowClient(uri).get_run(result.info["mlflow_run_id"])
     assert run.info.status == "FINISHED" and "val_loss" in run.data.metrics  # the MLflow recorder still ran
+
+
+def test_a_requested_stop_ends_the_run_between_hyper_steps(monkeypatch):
+    """What SIGTERM does under the CLI: the hyper-step in progress (and its MLflow write) completes."""
+    from framework import runner
+
+    monkeypatch.setattr(runner, "_stop_requested", [])
+    exp = build_experiment(overrides=["experiment=quick", "hyper_steps=50", "mlflow.enabled=false"])
+    one_step = exp.hyper_step
+
+    def hyper_step(step):
+        out = one_step(step)
+        if step == 3:
+            runner.request_stop("received signal SIGTERM")  # arrives in the middle of step 3
+        return out
+
+    exp.hyper_step = hyper_step
+    with pytest.raises(KeyboardInterrupt, match="SIGTERM"):
+        exp.run()
+    assert exp.step == 3 and exp.history["elapsed_s"] > 0
