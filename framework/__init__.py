@@ -18,11 +18,11 @@ from framework.base import (
     Plugin,
     Split,
 )
-from framework.errors import ConfigError, DivergenceError, HgbenchError, SkipRun, UnknownPluginError
+from framework.errors import ConfigError, DataError, DivergenceError, HgbenchError, SkipRun, UnknownPluginError
 from framework.plugins import hookimpl
 
 __all__ = [
-    "Batch", "Bilevel", "ConfigError", "DataSplits", "Dataset", "DivergenceError", "HgbenchError",
+    "Batch", "Bilevel", "ConfigError", "DataError", "DataSplits", "Dataset", "DivergenceError", "HgbenchError",
     "HyperparamFamily", "HypergradientMethod", "Model", "Plugin", "SkipRun", "Split",
     "UnknownPluginError", "build_experiment", "compose_config", "hookimpl",
 ]

@@ -1,21 +1,22 @@
 """Base classes of the four plugin kinds, and the small containers they exchange.
 
-Every plugin is a dataclass: its fields are its parameters (typed, with defaults), its ``name``
-is the option name on the command line and of its ``conf/<kind>/<name>.yaml``. A plugin may
-refuse a combination it cannot run by returning a reason from ``skip(problem)``.
+Every plugin is a dataclass: its fields are its parameters (typed, with defaults — the one place
+a plugin's defaults are written; hgbench makes its Hydra config ``<kind>=<name>`` from them), its
+``name`` is the option name on the command line. A plugin may refuse a combination it cannot run
+by returning a reason from ``skip(problem)``.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, ClassVar, NamedTuple
+from typing import Any, Callable, ClassVar, NamedTuple
 
 import torch
 from torch import Tensor, nn
 
-if TYPE_CHECKING:  # pragma: no cover
-    from framework.problem import Problem, ProblemContext
+from framework.errors import ConfigError
+from framework.flat import FlatSpec
 
 
 class Batch(NamedTuple):
@@ -51,14 +52,31 @@ class DataSplits:
 
 
 @dataclass
+class ProblemContext:
+    """What a hyperparameter family may use: the functional model, the task loss, the data."""
+
+    forward: Callable[..., Tensor]  # forward(w, x, **kwargs) -> outputs
+    data_loss: Callable[..., Tensor]  # data_loss(outputs, y, reduction="mean")
+    module: nn.Module
+    w_spec: FlatSpec
+    data: DataSplits
+    device: torch.device
+    dtype: torch.dtype
+
+
+@dataclass
 class Plugin:
     """Common base: a ``name``, typed parameters (dataclass fields) and a ``skip`` reason."""
 
     name: ClassVar[str] = ""
     kind: ClassVar[str] = ""
+    # other names that select this plugin with some parameters preset, e.g.
+    # {"weight_decay_per_param": {"granularity": "per_param"}}: an old name kept working
+    aliases: ClassVar[dict[str, dict[str, Any]]] = {}
 
-    def skip(self, problem: Problem) -> str | None:
-        """Return why this plugin cannot run on ``problem`` (then the run is skipped), or None."""
+    def skip(self, problem: Any) -> str | None:
+        """Return why this plugin cannot run on ``problem`` (a ``framework.problem.Problem``:
+        its ``data``, ``module``, sizes) — then the run is skipped — or None."""
         return None
 
     @classmethod
@@ -163,7 +181,7 @@ def split_arrays(x: Tensor, y: Tensor, sizes: tuple[int | None, int | None, int 
     fixed = sum(s for s in sizes if s is not None)
     rest = [i for i, s in enumerate(sizes) if s is None]
     if fixed > n or (rest and len(rest) > 1):
-        raise ValueError(f"split sizes {sizes} do not fit {n} examples (at most one may be null)")
+        raise ConfigError(f"split sizes {sizes} do not fit {n} examples (at most one may be null)")
     sizes = tuple(n - fixed if s is None else s for s in sizes)
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
     out, start = [], 0

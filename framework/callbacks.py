@@ -66,13 +66,13 @@ def format_sweep_summary(results: list[dict[str, Any]], expected: int | None = N
 class SweepCallback(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         os.environ.setdefault(SWEEP_ENV, new_sweep_id())
-        mlflow_cfg = config.get("mlflow") or {}
-        if mlflow_cfg.get("enabled", True):
-            from plugins.recorder.mlflow_recorder import check_store, resolve_tracking_uri
+        mlflow_cfg = config.mlflow
+        if mlflow_cfg.enabled:
+            from framework.store import StoreError, check_store, resolve_tracking_uri
 
             try:
-                check_store(resolve_tracking_uri(mlflow_cfg.get("tracking_uri")), str(mlflow_cfg.get("experiment", "hgbench")))
-            except RuntimeError as exc:  # stop before launching jobs that could record nothing
+                check_store(resolve_tracking_uri(mlflow_cfg.tracking_uri), str(mlflow_cfg.experiment))
+            except StoreError as exc:  # stop before launching jobs that could record nothing
                 print(f"hgbench: error: {exc}", file=sys.stderr)
                 sys.exit(2)
 

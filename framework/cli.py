@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sys
+import traceback
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
@@ -13,13 +15,17 @@ from hydra.core.hydra_config import HydraConfig  # noqa: E402
 from hydra.types import RunMode  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
+from framework import store  # noqa: E402
 from framework.callbacks import SWEEP_ENV, write_job_result  # noqa: E402
-from framework.errors import HgbenchError, SkipRun  # noqa: E402
+from framework.errors import HgbenchError, SkipRun, StoreError  # noqa: E402
+from framework.hookspecs import RunResult  # noqa: E402
 from framework.hydra_config import register_plugin_configs  # noqa: E402
-from framework.runner import Experiment, RunResult, record_unbuilt, request_stop, stop_requested, validate_config  # noqa: E402
+from framework.runner import Experiment, build_parts, record_unbuilt, request_stop, stop_requested  # noqa: E402
 
-# errors in building a run that are the user's to fix: reported in one line, no traceback
-USER_ERRORS = (HgbenchError, OSError, ImportError, ValueError, TypeError)
+# errors in building a run that are the user's to fix: a config mistake (hgbench's own errors),
+# data files or an optional package that are not installed (their messages say how to install
+# them). Reported in one line, no traceback; anything else is a bug and shows its traceback.
+USER_ERRORS = (HgbenchError, FileNotFoundError, ModuleNotFoundError)
 
 
 def format_summary(cfg: DictConfig, result: RunResult) -> str:
@@ -58,31 +64,17 @@ def format_summary(cfg: DictConfig, result: RunResult) -> str:
             lines.append(f"  browse it: open {uri} (the tracking server is its own UI)")
         else:
             lines.append(f"  browse it: mlflow ui --backend-store-uri {uri} --host 127.0.0.1")
-    lost = recording_errors(result)
-    if lost:
-        lines.append(f"  WARNING: MLflow recording failed ({lost[0].error}); this run's results are only in this output")
+    if result.recording_errors:
+        e = result.recording_errors[0]
+        lines.append(f"  WARNING: recording failed ({e.source}: {e.error}); this run's results are only in this output")
     return "\n".join(lines)
-
-
-def recording_errors(result: RunResult) -> list:
-    return [e for e in result.info.get("plugin_errors", []) if e.source == "plugins.recorder.mlflow_recorder"]
 
 
 def check_store(cfg: DictConfig) -> None:
     """Reach the MLflow store (and create the experiment) before any work, so a wrong URI or
     missing credentials stop the job at once instead of losing what it computes."""
-    if not cfg.mlflow.get("enabled", True):
-        return
-    from plugins.recorder import mlflow_recorder as rec
-
-    try:
-        rec.check_store(rec.resolve_tracking_uri(cfg.mlflow.get("tracking_uri")), str(cfg.mlflow.experiment))
-    except RuntimeError as exc:
-        raise StoreError(str(exc)) from exc
-
-
-class StoreError(HgbenchError):
-    pass
+    if cfg.mlflow.enabled:
+        store.check_store(store.resolve_tracking_uri(cfg.mlflow.tracking_uri), str(cfg.mlflow.experiment))
 
 
 def _plugin_short_name(target: str) -> str:
@@ -108,7 +100,7 @@ def configure_threads(cfg: DictConfig, hc) -> None:
     """``num_threads`` if set; under the joblib launcher, the cores shared out between its jobs."""
     import torch
 
-    n = cfg.get("num_threads")
+    n = cfg.num_threads
     if n is None and "joblib" in hc.launcher._target_:
         jobs = hc.launcher.get("n_jobs") or -1
         cpus = os.cpu_count() or 1
@@ -126,9 +118,29 @@ def _interrupt(signum, frame):
     request_stop(reason)
 
 
+@contextlib.contextmanager
+def job_process_state(cfg: DictConfig, hc):
+    """The process-wide settings of one job — torch's thread count and the SIGTERM handler —
+    set for the job and put back after it (a joblib worker runs many jobs)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    configure_threads(cfg, hc)
+    try:
+        previous = signal.signal(signal.SIGTERM, _interrupt)
+    except ValueError:  # not the main thread
+        previous = None
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
 def resume_wanted(cfg: DictConfig, multirun: bool) -> bool:
-    mode = cfg.get("resume", "auto")
-    return bool(cfg.mlflow.get("enabled", True)) and (mode is True or (mode == "auto" and multirun))
+    mode = cfg.resume
+    return bool(cfg.mlflow.enabled) and (mode is True or (mode == "auto" and multirun))
 
 
 def previous_result(cfg: DictConfig) -> tuple[RunResult | None, str | None, dict | None]:
@@ -136,11 +148,9 @@ def previous_result(cfg: DictConfig) -> tuple[RunResult | None, str | None, dict
     import torch
 
     from framework.config import fingerprint
-    from framework.store import latest_checkpoint, previous_runs
-    from plugins.recorder.mlflow_recorder import resolve_tracking_uri
 
-    uri = resolve_tracking_uri(cfg.mlflow.get("tracking_uri"))
-    prev = previous_runs(uri, str(cfg.mlflow.experiment), fingerprint(cfg), float(cfg.get("resume_stale_after_s", 900)))
+    uri = store.resolve_tracking_uri(cfg.mlflow.tracking_uri)
+    prev = store.previous_runs(uri, str(cfg.mlflow.experiment), fingerprint(cfg), float(cfg.resume_stale_after_s))
     if prev.finished:
         run = prev.finished[0]
         summary = {k: v for k, v in run.data.metrics.items()}
@@ -152,7 +162,7 @@ def previous_result(cfg: DictConfig) -> tuple[RunResult | None, str | None, dict
         why = f"this job is running now as MLflow run {run.info.run_id} (pid {run.data.tags.get('hgbench.pid')} on {run.data.tags.get('hgbench.host')}); not started twice"
         print(f"hgbench: {why}")
         return RunResult("SKIPPED", {}, {"mlflow_run_id": run.info.run_id}, SkipRun(why)), None, None
-    found = latest_checkpoint(uri, prev.interrupted)
+    found = store.latest_checkpoint(uri, prev.interrupted)
     if found is None:
         return None, None, None
     run, path = found
@@ -160,38 +170,51 @@ def previous_result(cfg: DictConfig) -> tuple[RunResult | None, str | None, dict
     return None, run.info.run_id, torch.load(path, map_location="cpu", weights_only=True)
 
 
+def _fail(exc: BaseException) -> None:
+    print(f"hgbench: error: {exc}", file=sys.stderr)
+    sys.exit(2)
+
+
 @hydra.main(version_base="1.3", config_path="pkg://conf", config_name="config")
 def app(cfg: DictConfig) -> float | None:
     hc = HydraConfig.get()
+    with job_process_state(cfg, hc):
+        return run_job(cfg, hc)
+
+
+def run_job(cfg: DictConfig, hc) -> float | None:
+    """One job: check and build the config once, check the store, reuse or resume an earlier
+    run of the same job, run it, print its summary and leave its result file for the sweep."""
     multirun = hc.mode == RunMode.MULTIRUN
     tags = hydra_tags(hc)
-    configure_threads(cfg, hc)
+    parts, build_error = None, None
     try:
-        signal.signal(signal.SIGTERM, _interrupt)
-    except ValueError:  # not the main thread
-        pass
-    try:
+        parts = build_parts(cfg)  # a typo fails before the store is even touched
+    except HgbenchError as exc:
         if not multirun:
-            validate_config(cfg)  # a typo fails before the store is even touched
+            _fail(exc)
+        build_error = exc  # one bad job must not stop the grid: it is recorded as FAILED
+    try:
         check_store(cfg)
     except StoreError as exc:
-        print(f"hgbench: error: {exc}", file=sys.stderr)
-        sys.exit(2)
-    except USER_ERRORS as exc:
-        print(f"hgbench: error: {exc}", file=sys.stderr)
-        sys.exit(2)
+        _fail(exc)
     earlier, resumed_from, state = previous_result(cfg) if resume_wanted(cfg, multirun) else (None, None, None)
     if earlier is not None:
         result = earlier
     else:
+        result = None
         try:
-            exp = Experiment(cfg)
+            if build_error is not None:
+                raise build_error
+            exp = Experiment(cfg, parts)
         except USER_ERRORS as exc:
             if not multirun and not isinstance(exc, SkipRun):
-                print(f"hgbench: error: {exc}", file=sys.stderr)
-                sys.exit(2)
-            result = record_unbuilt(cfg, exc, tags)  # one bad job must not stop the grid
-        else:
+                _fail(exc)
+            result = record_unbuilt(cfg, exc, tags)
+        except Exception as exc:  # a bug (in a plugin, most likely): recorded, and its traceback shown
+            traceback.print_exc()
+            result = record_unbuilt(cfg, exc, tags)
+        if result is None:
             if state is not None:
                 exp.load_state_dict(state)
             result = exp.run(tags, resumed_from=resumed_from)
@@ -205,9 +228,9 @@ def app(cfg: DictConfig) -> float | None:
         **{k: s.get(k) for k in ("val_loss", "test_loss", "val_acc", "test_acc", "runtime_s", "peak_memory_mb")},
         "mlflow_run_id": result.info.get("mlflow_run_id"),
         "reused": earlier is not None,
-        "recording_failed": bool(recording_errors(result)),
+        "recording_failed": bool(result.recording_errors),
     })
-    if (result.status == "FAILED" or recording_errors(result)) and not multirun:
+    if (result.status == "FAILED" or result.recording_errors) and not multirun:
         sys.exit(1)
     # the objective for sweepers such as Optuna; None marks a failed or skipped trial
     return s.get("val_loss") if result.status == "FINISHED" else None

@@ -20,22 +20,22 @@ def to_dict(node: Any) -> dict[str, Any]:
     return dict(node)
 
 
-def _type_name(tp: Any) -> str:
+def type_name(tp: Any) -> str:
     if typing.get_origin(tp) is Literal:
         return " | ".join(repr(a) for a in typing.get_args(tp))
     if typing.get_origin(tp) in (Union, types.UnionType):
-        return " | ".join(_type_name(a) for a in typing.get_args(tp))
+        return " | ".join(type_name(a) for a in typing.get_args(tp))
     if tp is type(None):
         return "null"
     return getattr(tp, "__name__", str(tp))
 
 
-def _matches(value: Any, tp: Any) -> bool:
+def matches_type(value: Any, tp: Any) -> bool:
     origin = typing.get_origin(tp)
     if tp is Any:
         return True
     if origin in (Union, types.UnionType):
-        return any(_matches(value, a) for a in typing.get_args(tp))
+        return any(matches_type(value, a) for a in typing.get_args(tp))
     if origin is Literal:
         return value in typing.get_args(tp)
     if tp is type(None):
@@ -46,7 +46,7 @@ def _matches(value: Any, tp: Any) -> bool:
         return isinstance(value, int) and not isinstance(value, bool)
     if origin in (list, tuple):
         args = [a for a in typing.get_args(tp) if a is not Ellipsis]
-        return isinstance(value, (list, tuple)) and all(any(_matches(v, a) for a in args) or not args for v in value)
+        return isinstance(value, (list, tuple)) and all(any(matches_type(v, a) for a in args) or not args for v in value)
     if origin is dict:
         return isinstance(value, dict)
     if isinstance(tp, type):
@@ -65,8 +65,8 @@ def check_params(kind: str, cls: type[Plugin], params: dict[str, Any]) -> None:
                 f"{kind}.{key}: unknown parameter of {kind} {cls.name!r} (value {value!r}). Allowed: {allowed}"
             )
         tp = hints.get(key, Any)
-        if not _matches(value, tp):
-            raise ConfigError(f"{kind}.{key}={value!r}: {cls.name!r} expects {_type_name(tp)}")
+        if not matches_type(value, tp):
+            raise ConfigError(f"{kind}.{key}={value!r}: {cls.name!r} expects {type_name(tp)}")
 
 
 def build_plugin(kind: str, node: Any, **overrides: Any) -> Plugin:
@@ -76,11 +76,13 @@ def build_plugin(kind: str, node: Any, **overrides: Any) -> Plugin:
     name = params.pop("name", None)
     if not name:
         raise ConfigError(f"{kind}.name is missing. Available: {', '.join(plugins.available(kind))}")
-    cls = plugins.get(kind, name)
+    found = plugins.entry(kind, name)
+    cls = found.cls
+    params = {**(found.preset or {}), **params}  # an alias's presets, under explicit values
     check_params(kind, cls, params)
     try:
         return cls(**params)
-    except (TypeError, ValueError) as exc:
+    except ValueError as exc:  # a plugin refusing a value (its __post_init__); a TypeError is a bug
         raise ConfigError(f"{kind} {name!r}: {exc}") from exc
 
 
@@ -108,3 +110,15 @@ def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             out[key] = v
     return out
+
+
+def config_tags(cfg: Any) -> dict[str, str]:
+    """The MLflow tags every run carries: its plugins, fingerprint, process, provenance."""
+    import os
+    import platform
+
+    from framework.provenance import provenance_tags
+
+    tags = {f"hgbench.{kind}": str(cfg[kind].name) for kind in plugins.KINDS if kind in cfg}
+    tags.update({"hgbench.fingerprint": fingerprint(cfg), "hgbench.pid": str(os.getpid()), "hgbench.host": platform.node()})
+    return {**tags, **provenance_tags()}

@@ -23,6 +23,10 @@ class ConfigError(HgbenchError, ValueError):
     """A configuration value that is wrong: names the key, the value and what is allowed."""
 
 
+class DataError(HgbenchError, ValueError):
+    """A dataset's files are there but unreadable or inconsistent; names the file."""
+
+
 class SkipRun(HgbenchError):
     """A combination that cannot run (e.g. an exact Hessian too large); carries the reason."""
 
@@ -33,3 +37,7 @@ class DivergenceError(HgbenchError, FloatingPointError):
     def __init__(self, what: str, step: int):
         self.what, self.step = what, step
         super().__init__(f"{what} is not finite at hyper-step {step}")
+
+
+class StoreError(HgbenchError):
+    """The MLflow store cannot be used (wrong URI, no credentials, not writable)."""

@@ -6,19 +6,60 @@ match the specs below. Built-in plugins live under ``plugins/`` and are register
 
 The ``register_*`` hooks each return a list of plugin classes; hgbench chains the lists of all
 plugins together. The ``on_*`` hooks follow one run's life; recording (MLflow) and the progress
-display are themselves plugins implementing them.
+display are themselves plugins implementing them. The types the run hooks exchange
+(``RunContext``, ``RunResult``, ``PluginFailure``) are part of the contract and live here too.
+
+A plugin whose hooks *record* a run's results (the MLflow recorder; a third-party one for another
+tracker) says so with a module or object attribute ``HGBENCH_RECORDER = True``: when one of its
+hooks raises, the run is flagged as not recorded (``RunContext.recording_errors``) — the CLI then
+never reports it as safely stored.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass, field
+from typing import Any
 
 import pluggy
 
-if TYPE_CHECKING:  # pragma: no cover
-    from framework.runner import RunContext
-
 hookspec = pluggy.HookspecMarker("hgbench")
+
+
+@dataclass(frozen=True)
+class PluginFailure:
+    """A plugin that failed (to import, to register, or in a hook), with the error."""
+
+    source: str
+    error: str
+
+
+@dataclass
+class RunContext:
+    """One run, as the lifecycle hooks see it. Recorders may store state in ``extras`` and
+    things to report at the end (e.g. where the run was recorded) in ``info``."""
+
+    config: Any  # the run's resolved DictConfig
+    experiment: Any  # the framework.runner.Experiment; None for a run whose config could not be built
+    tags: dict[str, str]
+    info: dict[str, Any] = field(default_factory=dict)
+    extras: dict[str, Any] = field(default_factory=dict)
+    resumed_from: str | None = None  # the MLflow run id this run continues (from its checkpoint)
+    plugin_errors: list[PluginFailure] = field(default_factory=list)  # hooks that raised
+    recording_errors: list[PluginFailure] = field(default_factory=list)  # ... of HGBENCH_RECORDER plugins
+
+
+@dataclass
+class RunResult:
+    """How a run ended: ``status`` (FINISHED, FAILED, SKIPPED, KILLED), its final figures, what
+    the recorders reported in ``info``, the error that ended it, and recording failures."""
+
+    status: str
+    summary: dict[str, Any]
+    info: dict[str, Any]
+    error: BaseException | None = None
+    plugin_errors: list[PluginFailure] = field(default_factory=list)
+    recording_errors: list[PluginFailure] = field(default_factory=list)
+
 
 # --- registration: each returns a list of classes ---------------------------------------------
 

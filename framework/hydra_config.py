@@ -1,8 +1,11 @@
 """Hydra glue: make every registered plugin selectable as ``<kind>=<name>``.
 
-Built-in plugins ship ``conf/<kind>/<name>.yaml``. A third-party plugin may ship no YAML at all:
-its dataclass defaults are stored in Hydra's ConfigStore under the same group and name, so
-``hypergrad=my_method`` works as soon as the package is installed.
+A plugin's config is its dataclass defaults (the one place they are written), stored in Hydra's
+ConfigStore under the group ``<kind>`` and the plugin's name — for built-in and third-party
+plugins alike, so ``hypergrad=my_method`` works as soon as a package is installed. An alias
+(``Plugin.aliases``) is stored as the plugin's config with its presets applied, under the
+plugin's own ``name``. A ``conf/<kind>/<name>.yaml``, where one exists, takes precedence (a
+plugin package may ship one); hgbench's built-ins ship none.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ def register_plugin_configs() -> list[tuple[str, str]]:
     for kind, entries in plugins.registry().items():
         for name, entry in entries.items():
             if not has_yaml(kind, name):
-                cs.store(group=kind, name=name, node={"name": name, **entry.cls.defaults()}, provider=entry.source)
+                node = {"name": entry.cls.name, **entry.cls.defaults(), **(entry.preset or {})}
+                cs.store(group=kind, name=name, node=node, provider=entry.source)
                 stored.append((kind, name))
     return stored

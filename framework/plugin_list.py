@@ -22,7 +22,7 @@ import typing
 from typing import Any
 
 from framework import hookspecs, plugins
-from framework.config import _type_name
+from framework.config import type_name
 from framework.hydra_config import has_yaml
 
 HOOKS = [n for n, f in vars(hookspecs).items() if callable(f) and hasattr(f, "hgbench_spec")]  # spec order
@@ -41,7 +41,7 @@ def origin(source: str, entry_points: dict[str, importlib.metadata.EntryPoint] |
     eps = _entry_points() if entry_points is None else entry_points
     plugin = plugins.plugin_manager().get_plugin(source)
     module = getattr(plugin, "__name__", None) or type(plugin).__module__
-    if source in plugins.BUILTIN_PLUGINS:
+    if source in plugins.builtin_names():
         return {"origin": "built-in", "module": module, "entry_point": None, "distribution": None, "version": None}
     ep = eps.get(source)
     if ep is not None and not os.environ.get("HGBENCH_DISABLE_ENTRY_POINTS"):
@@ -61,7 +61,7 @@ def parameters(cls: type) -> list[dict[str, Any]]:
     hints = typing.get_type_hints(cls)
     defaults = cls.defaults()
     return [
-        {"name": f.name, "type": _type_name(hints.get(f.name, Any)), "default": defaults[f.name]}
+        {"name": f.name, "type": type_name(hints.get(f.name, Any)), "default": defaults[f.name]}
         for f in dataclasses.fields(cls)
     ]
 

@@ -1,13 +1,16 @@
-"""The plugin manager: built-in plugins from a list, third-party ones from entry points.
+"""The plugin manager: every plugin — built-in or third-party — comes from an entry point.
 
-Built-ins are registered exactly like a third-party package's plugins would be: each module in
-``BUILTIN_PLUGINS`` implements ``register_*`` hooks with ``@hookimpl``. A third-party package
-declares, in its pyproject::
+Built-ins are registered exactly like a third-party package's plugins: hgbench's own
+pyproject.toml declares each built-in module in the ``hgbench`` entry-point group, as a
+third-party package declares its own::
 
     [project.entry-points.hgbench]
     my_plugin = "my_package.plugin_module"
 
-Set ``HGBENCH_DISABLE_ENTRY_POINTS=1`` to load the built-ins only.
+so this module names no plugin (the framework never imports ``plugins/``). hgbench's own entry
+points are registered first (a built-in that fails to import is a bug and raises); then the
+others, each isolated (one that fails is reported and skipped). Set
+``HGBENCH_DISABLE_ENTRY_POINTS=1`` to load the built-ins only.
 """
 
 from __future__ import annotations
@@ -22,42 +25,14 @@ import pluggy
 
 from framework import hookspecs
 from framework.errors import UnknownPluginError
+from framework.hookspecs import PluginFailure, RunContext
 
 hookimpl = pluggy.HookimplMarker("hgbench")
 
 ENTRY_POINT_GROUP = "hgbench"
 
-BUILTIN_PLUGINS = (
-    "plugins.hypergrad.neumann",
-    "plugins.hypergrad.cg",
-    "plugins.hypergrad.identity",
-    "plugins.hypergrad.exact",
-    "plugins.hypergrad.unroll",
-    "plugins.hypergrad.fixed",
-    "plugins.hyperparam.weight_decay",
-    "plugins.hyperparam.weight_decay_per_param",
-    "plugins.hyperparam.dropout_per_unit",
-    "plugins.hyperparam.augment_net",
-    "plugins.hyperparam.distill",
-    "plugins.hyperparam.loss_reweight",
-    "plugins.dataset.synthetic_linear",
-    "plugins.dataset.digits",
-    "plugins.dataset.mnist_5k",
-    "plugins.dataset.mnist_5k_noisy",
-    "plugins.dataset.mnist",
-    "plugins.dataset.fashion_mnist",
-    "plugins.dataset.mnist1d",
-    "plugins.dataset.ptb",
-    "plugins.dataset.cifar10",
-    "plugins.model.linear",
-    "plugins.model.mlp",
-    "plugins.model.cnn",
-    "plugins.model.resnet",
-    "plugins.model.lstm",
-    "plugins.recorder.mlflow_recorder",
-    "plugins.recorder.progress",
-    "plugins.recorder.checkpoint",
-)
+# hgbench's own distribution: its entry points in the ``hgbench`` group are the built-in plugins
+DISTRIBUTION = "hgbench"
 
 # config group / kind -> the hook that registers it
 KINDS = {
@@ -72,12 +47,7 @@ KINDS = {
 class Registered:
     cls: type
     source: str  # the plugin (module or entry point) that registered it
-
-
-@dataclass(frozen=True)
-class PluginFailure:
-    source: str
-    error: str
+    preset: dict | None = None  # for an alias (a name in cls.aliases): the parameters it presets
 
 
 _pm: pluggy.PluginManager | None = None
@@ -91,6 +61,20 @@ def _report(source: str, exc: BaseException, what: str, into: list[PluginFailure
     warnings.warn(f"hgbench: plugin {source!r} failed {what}: {type(exc).__name__}: {exc}", stacklevel=3)
 
 
+def entry_points() -> tuple[list[importlib.metadata.EntryPoint], list[importlib.metadata.EntryPoint]]:
+    """(hgbench's own entry points — the built-ins —, every other distribution's), each in
+    declaration order."""
+    own, others = [], []
+    for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+        is_own = ep.dist is not None and ep.dist.name == DISTRIBUTION
+        (own if is_own else others).append(ep)
+    return own, others
+
+
+def builtin_names() -> set[str]:
+    return {ep.name for ep in entry_points()[0]}
+
+
 def plugin_manager() -> pluggy.PluginManager:
     """The process-wide plugin manager (built on first use)."""
     global _pm
@@ -98,10 +82,15 @@ def plugin_manager() -> pluggy.PluginManager:
         return _pm
     pm = pluggy.PluginManager("hgbench")
     pm.add_hookspecs(hookspecs)
-    for modname in BUILTIN_PLUGINS:
-        pm.register(importlib.import_module(modname), name=modname)
+    own, others = entry_points()
+    if not own:
+        raise RuntimeError("hgbench's built-in plugins are declared as entry points in its package metadata, and none "
+                           "was found: install hgbench (pip install -e . in the checkout) rather than running it from the source tree")
+    for ep in own:
+        if not pm.has_plugin(ep.name):  # an editable install may list its metadata twice
+            pm.register(importlib.import_module(ep.value), name=ep.name)
     if not os.environ.get("HGBENCH_DISABLE_ENTRY_POINTS"):
-        for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+        for ep in others:
             if pm.has_plugin(ep.name):
                 continue
             try:
@@ -123,23 +112,27 @@ def plugin_manager() -> pluggy.PluginManager:
 
 
 class SafeHooks:
-    """Calls the run-lifecycle hooks one implementation at a time: one that raises is reported
-    by plugin name (a warning, and an entry in ``errors``) and the others, and the run, go on.
-    ``KeyboardInterrupt`` still propagates."""
+    """Calls one run's lifecycle hooks one implementation at a time: one that raises is reported
+    by plugin name (a warning, and an entry in ``run.plugin_errors``; for a plugin that declares
+    ``HGBENCH_RECORDER = True`` also in ``run.recording_errors``) and the others, and the run, go
+    on. ``KeyboardInterrupt`` still propagates."""
 
-    def __init__(self, errors: list[PluginFailure] | None = None):
-        self.errors = [] if errors is None else errors
+    def __init__(self, run: RunContext):
+        self.run = run
 
     def __getattr__(self, hook_name: str):
         caller = getattr(plugin_manager().hook, hook_name)
 
         def call(**kwargs):
+            kwargs["run"] = self.run
             for impl in reversed(caller.get_hookimpls()):  # pluggy's calling order
                 try:
                     impl.function(*[kwargs[a] for a in impl.argnames])
                 except Exception as exc:
                     failure = PluginFailure(impl.plugin_name, f"{hook_name}: {type(exc).__name__}: {exc}")
-                    self.errors.append(failure)
+                    self.run.plugin_errors.append(failure)
+                    if getattr(impl.plugin, "HGBENCH_RECORDER", False):
+                        self.run.recording_errors.append(failure)
                     warnings.warn(f"hgbench: plugin {impl.plugin_name!r} failed in {hook_name}(): {type(exc).__name__}: {exc}", stacklevel=2)
 
         return call
@@ -195,6 +188,12 @@ def registry() -> dict[str, dict[str, Registered]]:
                     )
                 else:
                     found[name] = Registered(cls, impl.plugin_name)
+                    for alias, preset in getattr(cls, "aliases", {}).items():
+                        if alias in found and found[alias].cls is not cls:
+                            _report(impl.plugin_name, ValueError(f"{kind} alias {alias!r} is already registered by {found[alias].source}"),
+                                    f"in {hook_name}()", _hook_failures)
+                        else:
+                            found[alias] = Registered(cls, impl.plugin_name, dict(preset))
         out[kind] = found
     _registry = out
     return out
@@ -206,11 +205,17 @@ def available(kind: str) -> list[str]:
     return sorted(registry()[kind])
 
 
-def get(kind: str, name: str) -> type:
-    """The class registered as ``name`` for ``kind``; an unknown name lists the available ones."""
+def entry(kind: str, name: str) -> Registered:
+    """What is registered as ``name`` for ``kind`` (an alias: its class and preset parameters);
+    an unknown name lists the available ones."""
     entries = registry().get(kind)
     if entries is None:
         raise UnknownPluginError("plugin kind", kind, list(KINDS))
     if name not in entries:
         raise UnknownPluginError(kind, name, list(entries))
-    return entries[name].cls
+    return entries[name]
+
+
+def get(kind: str, name: str) -> type:
+    """The class registered as ``name`` (or as an alias) for ``kind``."""
+    return entry(kind, name).cls

@@ -7,30 +7,18 @@ looks inside the family: the family alone decides where λ enters the losses.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from framework.base import Batch, Bilevel, DataSplits, Dataset, HyperparamFamily, Model, Split
+from framework.base import Batch, Bilevel, DataSplits, Dataset, HyperparamFamily, Model, ProblemContext, Split
 from framework.errors import SkipRun
 from framework.flat import FlatSpec
 
-
-@dataclass
-class ProblemContext:
-    """What a hyperparameter family may use: the functional model, the task loss, the data."""
-
-    forward: Callable[..., Tensor]  # forward(w, x, **kwargs) -> outputs
-    data_loss: Callable[..., Tensor]  # data_loss(outputs, y, reduction="mean")
-    module: nn.Module
-    w_spec: FlatSpec
-    data: DataSplits
-    device: torch.device
-    dtype: torch.dtype
+__all__ = ["Problem", "ProblemContext", "Sampler"]
 
 
 def _to(split: Split, task: str, device, dtype) -> Split:
@@ -52,8 +40,9 @@ class Problem:
             input_shape=data.input_shape,
             meta=data.meta,
         )
-        torch.manual_seed(seed)
-        self.module = model.build(self.data.input_shape, self.data.num_outputs).to(self.device, dtype)
+        with torch.random.fork_rng(devices=[]):  # the init is seeded; the caller's RNG is left as it was
+            torch.manual_seed(seed)
+            self.module = model.build(self.data.input_shape, self.data.num_outputs).to(self.device, dtype)
         params = {n: p.detach() for n, p in self.module.named_parameters()}
         self.w_spec = FlatSpec.of(params)
         self.w0 = self.w_spec.flatten(params).clone()

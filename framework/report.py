@@ -60,7 +60,7 @@ def open_store(uri: str, experiments: list[str]):
     """An MlflowClient and {experiment id: name}; ReportError listing what exists if a name does not."""
     from mlflow.tracking import MlflowClient
 
-    from plugins.recorder.mlflow_recorder import sqlite_path
+    from framework.store import sqlite_path
 
     db = sqlite_path(uri)
     if db is not None and not db.exists():  # MlflowClient would create an empty store
@@ -275,7 +275,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def report(args: argparse.Namespace) -> Path:
     from framework import plots
-    from plugins.recorder.mlflow_recorder import resolve_tracking_uri
+    from framework.store import resolve_tracking_uri
 
     uri = resolve_tracking_uri(args.tracking_uri)
     experiments = args.experiment or ["hgbench"]

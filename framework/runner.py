@@ -7,24 +7,33 @@
 
 Recorders (MLflow, progress) are plugins on the ``on_run_*`` hooks; the loop itself never imports
 them. ``Experiment`` is also what the Python API returns, so a notebook runs the same code.
+
+A config is checked and its plugins built once (``build_parts``: no data loaded yet, so a typo
+fails in seconds); ``Experiment(cfg, parts)`` then loads the data and assembles the problem.
+Process-wide state a run needs — torch's global RNG (dropout and augmentation noise draw from
+it) and ``deterministic`` algorithms — is the experiment's own while it works and is put back
+afterwards, so runs sharing a worker process never see each other's.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
 import time
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Callable
 
 import torch
 from omegaconf import DictConfig
 from torch import Tensor
 
 from framework import plugins
-from framework.base import Batch, HypergradientMethod
+from framework.base import Batch, Dataset, HypergradientMethod, HyperparamFamily, Model
 from framework.compiled import InnerLoss
-from framework.config import build_plugin, to_dict
+from framework.config import build_plugin, config_tags, to_dict
 from framework.errors import ConfigError, DivergenceError, SkipRun
+from framework.hookspecs import RunContext, RunResult
 from framework.memory import PeakMemory
 from framework.problem import Problem, Sampler
 from framework.schema import check_run_config, instantiate_checked
@@ -32,7 +41,8 @@ from framework.schema import check_run_config, instantiate_checked
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 # a stop asked for by a signal handler (the CLI's SIGTERM): the run ends as KILLED at the next
-# point where that is safe — between hyper-steps, never in the middle of an MLflow write
+# point where that is safe — between hyper-steps, never in the middle of an MLflow write.
+# ``Experiment.run`` clears it when it returns, so the next run in the process starts clean.
 _stop_requested: list[str] = []
 
 
@@ -60,58 +70,112 @@ def resolve_device(name: str) -> torch.device:
 
 
 @dataclass
-class RunContext:
-    """One run, as the lifecycle hooks see it. Recorders may store state in ``extras`` and
-    things to report at the end (e.g. where the run was recorded) in ``info``."""
+class Parts:
+    """Everything a config names, built and checked — no data loaded yet."""
 
-    config: DictConfig
-    experiment: Experiment | None  # None for a run whose config could not be built
-    tags: dict[str, str]
-    info: dict[str, Any] = field(default_factory=dict)
-    extras: dict[str, Any] = field(default_factory=dict)
-    resumed_from: str | None = None  # the MLflow run id this run continues (from its checkpoint)
+    device: torch.device
+    dataset: Dataset
+    model: Model
+    family: HyperparamFamily
+    method: HypergradientMethod
+    inner_optimizer: Any
+    outer_optimizer: Callable[[list[Tensor]], torch.optim.Optimizer]  # params -> optimiser
 
 
-@dataclass
-class RunResult:
-    status: str
-    summary: dict[str, Any]
-    info: dict[str, Any]
-    error: BaseException | None = None
+def build_parts(cfg: DictConfig) -> Parts:
+    """Check the whole config — the top-level schema, the device, each plugin's typed
+    parameters, both optimisers — and build its pieces. Raises ConfigError /
+    UnknownPluginError naming the key; nothing is loaded, so this takes milliseconds."""
+    check_run_config(cfg)
+    device = resolve_device(str(cfg.device))
+    built = {kind: build_plugin(kind, cfg[kind]) for kind in plugins.KINDS}
+    inner = instantiate_checked(cfg.inner_optimizer, "inner_optimizer")
+    outer = instantiate_checked(cfg.outer_optimizer, "outer_optimizer")
+    try:  # torch.optim checks its settings (e.g. a negative learning rate) only once given parameters
+        outer([torch.zeros(1, requires_grad=True)])
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"outer_optimizer: {exc}") from exc
+    return Parts(device, built["dataset"], built["model"], built["hyperparam"], built["hypergrad"], inner, outer)  # type: ignore[arg-type]
+
+
+def validate_config(cfg: DictConfig) -> Parts:
+    """``build_parts`` under the name callers used before; returns the built parts."""
+    return build_parts(cfg)
 
 
 class Experiment:
     """Problem + hypergradient method + inner/outer optimisers, built from a composed config."""
 
-    def __init__(self, cfg: DictConfig):
+    def __init__(self, cfg: DictConfig, parts: Parts | None = None):
+        """``parts``: the config's pieces from ``build_parts(cfg)`` (built here if not given)."""
         self.cfg = cfg
-        check_run_config(cfg)
-        self.device = resolve_device(str(cfg.device))
-        if cfg.get("deterministic", False):
-            import os
-
-            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-            torch.use_deterministic_algorithms(True)
+        parts = parts or build_parts(cfg)
+        self.device = parts.device
         self.memory = PeakMemory(self.device)
         self.t_start = time.perf_counter()
-        dataset = build_plugin("dataset", cfg.dataset)
-        model = build_plugin("model", cfg.model)
-        family = build_plugin("hyperparam", cfg.hyperparam)
-        self.method: HypergradientMethod = build_plugin("hypergrad", cfg.hypergrad)  # type: ignore[assignment]
-        self.inner_optimizer = instantiate_checked(cfg.inner_optimizer, "inner_optimizer")
-        self.problem = Problem(dataset, model, family, device=self.device, dtype=DTYPES[cfg.dtype], seed=cfg.seed)
+        self.method: HypergradientMethod = parts.method
+        self.inner_optimizer = parts.inner_optimizer
+        self.problem = Problem(parts.dataset, parts.model, parts.family, device=self.device, dtype=DTYPES[cfg.dtype], seed=cfg.seed)
         self.w = self.problem.w0.clone()
         self.lam = self.problem.lam0.clone().requires_grad_(True)
         self.inner_state = self.inner_optimizer.init(self.w)
         # the inner step's L_T, compiled with compile=true (framework/compiled.py)
-        self.inner_loss = InnerLoss(self._inner_loss, compile=bool(cfg.get("compile", False)))
-        self.outer_optimizer = outer_optimizer(cfg, [self.lam])
+        self.inner_loss = InnerLoss(self._inner_loss, compile=bool(cfg.compile))
+        self.outer_optimizer = parts.outer_optimizer([self.lam])
         self.generator = torch.Generator().manual_seed(int(cfg.seed))
         self.train_sampler = Sampler(self.problem.data.train, cfg.train_batch_size, self.generator)
         self.val_sampler = Sampler(self.problem.data.val, cfg.val_batch_size, self.generator)
         self.step = 0  # hyper-steps done; > 0 after load_state_dict (a resumed run)
         self.nonfinite_in_a_row = self.nonfinite_skipped = 0
         self.history: dict[str, Any] = {}  # the latest value of every metric (the run's summary)
+        # torch's global RNG as this experiment left it (swapped in while it works: _own_state)
+        self._rng = {"cpu": torch.Generator().manual_seed(int(cfg.seed) + 1).get_state()}
+        if self.device.type == "cuda":
+            self._rng["cuda"] = torch.Generator(self.device).manual_seed(int(cfg.seed) + 1).get_state()
+        self._owning = 0  # nesting depth of _own_state
+
+    @contextlib.contextmanager
+    def _own_state(self):
+        """Swap in this experiment's process-wide state — torch's global RNG and, with
+        ``deterministic=true``, deterministic algorithms — and put the caller's back after."""
+        if self._owning:
+            self._owning += 1
+            try:
+                yield
+            finally:
+                self._owning -= 1
+            return
+        cuda = self.device.type == "cuda"
+        outer_rng = torch.get_rng_state()
+        outer_cuda = torch.cuda.get_rng_state(self.device) if cuda else None
+        outer_det = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled())
+        set_env = self.cfg.deterministic and "CUBLAS_WORKSPACE_CONFIG" not in os.environ
+        torch.set_rng_state(self._rng["cpu"])
+        if cuda:
+            torch.cuda.set_rng_state(self._rng["cuda"], self.device)
+        if self.cfg.deterministic:
+            if set_env:
+                os.environ["CUBLAS_WORKSPACE_CONFIG"] = ":4096:8"
+            torch.use_deterministic_algorithms(True)
+        self._owning = 1
+        try:
+            yield
+        finally:
+            self._owning = 0
+            self._rng["cpu"] = torch.get_rng_state()
+            torch.set_rng_state(outer_rng)
+            if cuda:
+                self._rng["cuda"] = torch.cuda.get_rng_state(self.device)
+                torch.cuda.set_rng_state(outer_cuda, self.device)
+            torch.use_deterministic_algorithms(outer_det[0], warn_only=outer_det[1])
+            if set_env:
+                os.environ.pop("CUBLAS_WORKSPACE_CONFIG", None)
+
+    def _rng_state(self, kind: str) -> Tensor:
+        """This experiment's RNG state, live if it is working now."""
+        if not self._owning:
+            return self._rng[kind]
+        return torch.get_rng_state() if kind == "cpu" else torch.cuda.get_rng_state(self.device)
 
     # --- checkpoints ------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -127,11 +191,11 @@ class Experiment:
             "generator": self.generator.get_state(),
             "train_sampler": self.train_sampler.state_dict(),
             "val_sampler": self.val_sampler.state_dict(),
-            "torch_rng": torch.get_rng_state(),
+            "torch_rng": self._rng_state("cpu"),
             "history": dict(self.history),
         }
         if self.device.type == "cuda":
-            state["cuda_rng"] = torch.cuda.get_rng_state(self.device)
+            state["cuda_rng"] = self._rng_state("cuda")
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -145,10 +209,14 @@ class Experiment:
         self.generator.set_state(state["generator"])
         self.train_sampler.load_state_dict(state["train_sampler"])
         self.val_sampler.load_state_dict(state["val_sampler"])
-        torch.set_rng_state(state["torch_rng"])
+        self._rng["cpu"] = state["torch_rng"]
         if "cuda_rng" in state and self.device.type == "cuda":
-            torch.cuda.set_rng_state(state["cuda_rng"], self.device)
-        self.history = dict(state.get("history", {}))
+            self._rng["cuda"] = state["cuda_rng"]
+        if self._owning:
+            torch.set_rng_state(self._rng["cpu"])
+            if "cuda" in self._rng:
+                torch.cuda.set_rng_state(self._rng["cuda"], self.device)
+        self.history = dict(state["history"])
 
     # --- the pieces of Algorithm 1 -----------------------------------------------------------
     def _inner_loss(self, w: Tensor, lam: Tensor, x: Tensor, y: Tensor, idx: Tensor | None) -> Tensor:
@@ -158,17 +226,19 @@ class Experiment:
         """``steps`` inner optimiser steps on w with λ fixed; returns the last training loss."""
         lam = self.lam.detach()
         loss = None
-        for _ in range(steps):
-            w = self.w.requires_grad_(True)
-            loss = self.inner_loss(w, lam, *self.train_sampler.next())
-            (g,) = torch.autograd.grad(loss, w)
-            with torch.no_grad():
-                self.w, self.inner_state = self.inner_optimizer.step(self.w.detach(), g, self.inner_state)
+        with self._own_state():
+            for _ in range(steps):
+                w = self.w.requires_grad_(True)
+                loss = self.inner_loss(w, lam, *self.train_sampler.next())
+                (g,) = torch.autograd.grad(loss, w)
+                with torch.no_grad():
+                    self.w, self.inner_state = self.inner_optimizer.step(self.w.detach(), g, self.inner_state)
         return None if loss is None else loss.detach()
 
     def hypergradient_flat(self, method: HypergradientMethod, train_batch: Batch, val_batch: Batch) -> Tensor:
         bl = self.problem.bilevel(train_batch, val_batch, self.w.detach(), self.lam.detach(), self.inner_optimizer, self.inner_state)
-        return method.compute(bl)
+        with self._own_state():
+            return method.compute(bl)
 
     def hypergradient(self, method: str | HypergradientMethod | None = None, train_batch: Batch | None = None, val_batch: Batch | None = None, **params: Any) -> dict[str, Tensor]:
         """dL_V/dλ at the current (w, λ), shaped like λ, by a named method (its config defaults
@@ -205,14 +275,14 @@ class Experiment:
         if not math.isfinite(norm_f):
             # on_nonfinite=skip: drop this hypergradient (λ unchanged), up to max_nonfinite_skips in a row
             self.nonfinite_in_a_row += 1
-            if self.cfg.get("on_nonfinite", "fail") == "fail" or self.nonfinite_in_a_row > self.cfg.get("max_nonfinite_skips", 10):
+            if self.cfg.on_nonfinite == "fail" or self.nonfinite_in_a_row > self.cfg.max_nonfinite_skips:
                 raise DivergenceError("the hypergradient", step)
             self.nonfinite_skipped += 1
             out["hypergrad_norm"] = float("nan")
             out["nonfinite_skipped"] = self.nonfinite_skipped
             return out
         self.nonfinite_in_a_row = 0
-        clip = self.cfg.get("hypergrad_clip")
+        clip = self.cfg.hypergrad_clip
         if clip is not None and norm_f > clip:
             hg = hg * (clip / norm_f)
         self.outer_optimizer.zero_grad(set_to_none=True)
@@ -224,7 +294,7 @@ class Experiment:
         out: dict[str, float] = {}
         for split in ("train", "val", "test"):
             if len(getattr(self.problem.data, split).x):
-                out.update(self.problem.evaluate(self.w, split, self.cfg.get("eval_batch_size", 4096)))
+                out.update(self.problem.evaluate(self.w, split, self.cfg.eval_batch_size))
         with torch.no_grad():
             lam = self.problem.lam_spec.unflatten(self.lam.detach())
             out.update({f"hp/{k}": float(v) for k, v in self.problem.family.metrics(lam).items()})
@@ -262,31 +332,38 @@ class Experiment:
         """Algorithm 1 from start (or from a loaded checkpoint) to end, with the lifecycle hooks;
         never raises for a failed run (the result says FAILED / SKIPPED and why), except
         KeyboardInterrupt (SIGTERM under the CLI), which is recorded as KILLED first."""
+        try:
+            with self._own_state():
+                return self._run(tags, resumed_from)
+        finally:
+            _stop_requested.clear()  # a stop ends this run, never the next one in the process
+
+    def _run(self, tags: dict[str, str] | None, resumed_from: str | None) -> RunResult:
         all_tags = {**config_tags(self.cfg), "hgbench.device": str(self.device), "hgbench.memory_kind": self.memory.kind, **(tags or {})}
         if resumed_from:
             all_tags.update({"hgbench.resumed_from": resumed_from, "hgbench.resumed_at_step": str(self.step)})
         ctx = RunContext(self.cfg, self, all_tags, resumed_from=resumed_from)
-        hook = plugins.SafeHooks(ctx.info.setdefault("plugin_errors", []))
+        hook = plugins.SafeHooks(ctx)
         summary: dict[str, Any] = {"num_weights": self.problem.num_weights, "num_hyperparams": self.problem.num_hyperparams}
-        hook.on_run_start(run=ctx)
+        hook.on_run_start()
         step = self.step
         try:
             _check_stop()
             reason = self.skip_reason()
             if reason:
                 raise SkipRun(reason)
-            if self.cfg.get("warmup", True):
+            if self.cfg.warmup:
                 self.warm_up()
             # runtime and peak memory cover the run itself: after data loading, recorder set-up
             # and the warm-up (a resumed run counts from its restart)
             self.memory.start()
             self.t_start = time.perf_counter() - float(self.history.get("elapsed_s", 0.0))
             if self.step == 0:
-                self.train_inner(self.cfg.get("warmup_steps", 0) or 0)
+                self.train_inner(self.cfg.warmup_steps)
                 metrics = self.evaluate()
                 self.history.update(metrics)
                 self.history["initial"] = dict(metrics)
-                hook.on_hyper_step(run=ctx, step=0, metrics={**metrics, "elapsed_s": 0.0})
+                hook.on_hyper_step(step=0, metrics={**metrics, "elapsed_s": 0.0})
             summary.update(self.history)
             while self.step < self.cfg.hyper_steps:
                 step = self.step + 1
@@ -297,7 +374,7 @@ class Experiment:
                 self.step = step
                 self.history.update(metrics)
                 summary.update(metrics)
-                hook.on_hyper_step(run=ctx, step=step, metrics=metrics)
+                hook.on_hyper_step(step=step, metrics=metrics)
                 _check_stop()
             status, error = "FINISHED", None
         except SkipRun as exc:
@@ -314,42 +391,10 @@ class Experiment:
         if self.inner_loss.status != "off":
             ctx.info["compile"] = self.inner_loss.status
             ctx.info["compile_note"] = self.inner_loss.note
-        hook.on_run_end(run=ctx, status=status, error=error, summary=summary)
+        hook.on_run_end(status=status, error=error, summary=summary)
         if status == "KILLED":
             raise error  # type: ignore[misc]
-        return RunResult(status, summary, ctx.info, error)
-
-
-def validate_config(cfg: DictConfig) -> None:
-    """Every check that needs no data: the top-level schema, the device, each plugin's typed
-    parameters and the inner optimiser. Raises ConfigError / UnknownPluginError."""
-    check_run_config(cfg)
-    resolve_device(str(cfg.device))
-    for kind in plugins.KINDS:
-        build_plugin(kind, cfg[kind])
-    instantiate_checked(cfg.inner_optimizer, "inner_optimizer")
-    outer_optimizer(cfg, [torch.zeros(1, requires_grad=True)])
-
-
-def outer_optimizer(cfg: DictConfig, params: list[Tensor]) -> torch.optim.Optimizer:
-    """The hyper-optimiser on ``params``; torch.optim checks its settings (e.g. a negative
-    learning rate) only once given parameters, so errors are turned into ConfigError here."""
-    try:
-        return instantiate_checked(cfg.outer_optimizer, "outer_optimizer")(params)
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"outer_optimizer: {exc}") from exc
-
-
-def config_tags(cfg: DictConfig) -> dict[str, str]:
-    import os
-    import platform
-
-    from framework.config import fingerprint
-    from framework.provenance import provenance_tags
-
-    tags = {f"hgbench.{kind}": str(cfg[kind].get("name", "")) for kind in plugins.KINDS if cfg.get(kind) is not None}
-    tags.update({"hgbench.fingerprint": fingerprint(cfg), "hgbench.pid": str(os.getpid()), "hgbench.host": platform.node()})
-    return {**tags, **provenance_tags()}
+        return RunResult(status, summary, ctx.info, error, ctx.plugin_errors, ctx.recording_errors)
 
 
 def record_unbuilt(cfg: DictConfig, error: BaseException, tags: dict[str, str] | None = None) -> RunResult:
@@ -357,9 +402,9 @@ def record_unbuilt(cfg: DictConfig, error: BaseException, tags: dict[str, str] |
     incompatible combination), else FAILED — with the reason, so a grid of N jobs leaves N runs.
     The hooks see ``run.experiment = None``."""
     status = "SKIPPED" if isinstance(error, SkipRun) else "FAILED"
-    ctx = RunContext(cfg, None, {**config_tags(cfg), **(tags or {})})  # type: ignore[arg-type]
-    hook = plugins.SafeHooks(ctx.info.setdefault("plugin_errors", []))
+    ctx = RunContext(cfg, None, {**config_tags(cfg), **(tags or {})})
+    hook = plugins.SafeHooks(ctx)
     summary: dict[str, Any] = {"failed_step": 0, "hyper_steps_done": 0}
-    hook.on_run_start(run=ctx)
-    hook.on_run_end(run=ctx, status=status, error=error, summary=summary)
-    return RunResult(status, summary, ctx.info, error)
+    hook.on_run_start()
+    hook.on_run_end(status=status, error=error, summary=summary)
+    return RunResult(status, summary, ctx.info, error, ctx.plugin_errors, ctx.recording_errors)

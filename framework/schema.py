@@ -1,7 +1,9 @@
-"""The typed schema of the top-level config (``conf/config.yaml``), checked before anything
-runs: an unknown key, a value of the wrong type or out of range is one ``ConfigError`` naming
-the key, the value and what is allowed. Plugin groups are checked by their own dataclasses
-(``framework.config.build_plugin``); the optimiser groups by their ``_target_``'s signature.
+"""The types of the top-level config, checked before anything runs: a missing or unknown key, a
+value of the wrong type or out of range is one ``ConfigError`` naming the key, the value and what
+is allowed. The values themselves — every default — live in ``conf/config.yaml`` alone: this
+schema states types and bounds, never a value. Plugin groups are checked by their own dataclasses
+(``framework.config.build_plugin``, where a plugin's defaults live); the optimiser groups by their
+``_target_``'s signature.
 """
 
 from __future__ import annotations
@@ -12,60 +14,58 @@ from typing import Any, Literal, get_type_hints
 
 from omegaconf import DictConfig
 
-from framework.config import _matches, _type_name, to_dict
+from framework.config import matches_type, to_dict, type_name
 from framework.errors import ConfigError
 
 GROUPS = ("dataset", "model", "hyperparam", "hypergrad", "inner_optimizer", "outer_optimizer")
 
 
+def at_least(low: float) -> Any:
+    """A schema field whose value (when not null) must be >= ``low``."""
+    return field(metadata={"min": low})
+
+
 @dataclass
 class MlflowSchema:
-    enabled: bool = True
-    tracking_uri: str | None = None
-    experiment: str = "hgbench"
-    run_name: str | None = None
-    flush_every_s: float = 5.0
+    enabled: bool
+    tracking_uri: str | None
+    experiment: str
+    run_name: str | None
+    flush_every_s: float = at_least(0)
 
 
 @dataclass
 class CheckpointSchema:
-    every: int = 0
-    dir: str | None = None
-    keep: bool = False
-    log_artifact: bool = True
+    every: int = at_least(0)
+    dir: str | None = field()
+    keep: bool = field()
+    log_artifact: bool = field()
 
 
 @dataclass
 class RunSchema:
-    seed: int = 0
-    device: str = "auto"
-    dtype: Literal["float32", "float64"] = "float32"
-    hyper_steps: int = 200
-    inner_steps: int = 10
-    warmup_steps: int = 0
-    warmup: bool = True
-    train_batch_size: int | None = 128
-    val_batch_size: int | None = 128
-    eval_every: int = 20
-    eval_batch_size: int = 4096
-    progress: bool | Literal["auto"] = "auto"
-    num_threads: int | None = None
-    deterministic: bool = False
-    compile: bool = False
-    on_nonfinite: Literal["fail", "skip"] = "fail"
-    max_nonfinite_skips: int = 10
-    hypergrad_clip: float | None = None
-    resume: bool | Literal["auto"] = "auto"
-    resume_stale_after_s: float = 900.0
-    checkpoint: CheckpointSchema = field(default_factory=CheckpointSchema)
-    mlflow: MlflowSchema = field(default_factory=MlflowSchema)
-
-
-# key -> smallest allowed value
-MINIMUM = {"hyper_steps": 1, "inner_steps": 1, "warmup_steps": 0, "train_batch_size": 1, "val_batch_size": 1,
-           "eval_every": 1, "eval_batch_size": 1, "num_threads": 1, "resume_stale_after_s": 0,
-           "checkpoint.every": 0, "mlflow.flush_every_s": 0, "max_nonfinite_skips": 0,
-           "hypergrad_clip": 0}
+    seed: int
+    device: str
+    dtype: Literal["float32", "float64"]
+    hyper_steps: int = at_least(1)
+    inner_steps: int = at_least(1)
+    warmup_steps: int = at_least(0)
+    warmup: bool = field()
+    train_batch_size: int | None = at_least(1)
+    val_batch_size: int | None = at_least(1)
+    eval_every: int = at_least(1)
+    eval_batch_size: int = at_least(1)
+    progress: bool | Literal["auto"] = field()
+    num_threads: int | None = at_least(1)
+    deterministic: bool = field()
+    compile: bool = field()
+    on_nonfinite: Literal["fail", "skip"] = field()
+    max_nonfinite_skips: int = at_least(0)
+    hypergrad_clip: float | None = at_least(0)
+    resume: bool | Literal["auto"] = field()
+    resume_stale_after_s: float = at_least(0)
+    checkpoint: CheckpointSchema = field()
+    mlflow: MlflowSchema = field()
 
 
 def _check_node(values: dict[str, Any], schema: type, prefix: str) -> None:
@@ -78,21 +78,25 @@ def _check_node(values: dict[str, Any], schema: type, prefix: str) -> None:
             continue
         if key not in names:
             raise ConfigError(f"{full}={value!r}: unknown config key. Allowed here: {', '.join(sorted(names | set(allowed_extra)))}")
-        tp = hints[key]
+    for f in fields(schema):
+        full = f"{prefix}{f.name}"
+        if f.name not in values:
+            raise ConfigError(f"{full}: missing (conf/config.yaml sets every top-level key; is this config composed from it?)")
+        value, tp = values[f.name], hints[f.name]
         if isinstance(tp, type) and hasattr(tp, "__dataclass_fields__"):
             if not isinstance(value, dict):
-                raise ConfigError(f"{full}={value!r}: expected a group of keys ({', '.join(f.name for f in fields(tp))})")
+                raise ConfigError(f"{full}={value!r}: expected a group of keys ({', '.join(g.name for g in fields(tp))})")
             _check_node(value, tp, full + ".")
             continue
-        if not _matches(value, tp):
-            raise ConfigError(f"{full}={value!r}: expected {_type_name(tp)}")
-        low = MINIMUM.get(full)
+        if not matches_type(value, tp):
+            raise ConfigError(f"{full}={value!r}: expected {type_name(tp)}")
+        low = f.metadata.get("min")
         if low is not None and value is not None and value < low:
             raise ConfigError(f"{full}={value!r}: must be >= {low}")
 
 
 def check_run_config(cfg: DictConfig | dict) -> None:
-    """Raise ConfigError for the first unknown key / wrong type / out-of-range value."""
+    """Raise ConfigError for the first missing or unknown key, wrong type or out-of-range value."""
     values = to_dict(cfg)
     for group in GROUPS:
         if not isinstance(values.get(group), dict):

@@ -1,4 +1,7 @@
-"""What the MLflow store already knows about a job: for resuming interrupted grids.
+"""The MLflow store: where it is, the experiment, one run's buffered writes, and what the store
+already knows about a job (for resuming interrupted grids). Every MLflow store access of
+hgbench goes through this module (the recorder plugin, the CLI's checks, the sweep callback, the
+report); ``mlflow`` itself is imported lazily (it takes seconds).
 
 A job is identified by its fingerprint (``framework.config.fingerprint``: the resolved config
 and seed, without recording options), recorded as the tag ``hgbench.fingerprint``. Relaunching a
@@ -20,7 +23,117 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from framework.errors import StoreError
+
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
 CHECKPOINT_ARTIFACT_DIR = "checkpoint"
+# hgbench's run status -> MLflow's (a skipped run is "KILLED" there, with tag hgbench.status=skipped)
+MLFLOW_STATUS = {"FINISHED": "FINISHED", "FAILED": "FAILED", "SKIPPED": "KILLED", "KILLED": "KILLED"}
+
+
+def resolve_tracking_uri(configured: str | None = None) -> str:
+    """Config value, else $MLFLOW_TRACKING_URI, else sqlite:///<cwd>/mlflow.db (absolute)."""
+    if configured:
+        return str(configured)
+    env = os.environ.get("MLFLOW_TRACKING_URI")
+    if env:
+        return env
+    return f"sqlite:///{(Path.cwd() / 'mlflow.db').resolve()}"
+
+
+def sqlite_path(uri: str) -> Path | None:
+    return Path(uri[len("sqlite:///") :]) if uri.startswith("sqlite:///") else None
+
+
+def ensure_experiment(uri: str, name: str) -> str:
+    """Create the store's schema and the experiment once (call it before parallel jobs start)."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name(name)
+    if exp is not None:
+        if exp.lifecycle_stage == "deleted":
+            client.restore_experiment(exp.experiment_id)
+        return exp.experiment_id
+    db = sqlite_path(uri)
+    location = (db.parent / "mlartifacts" / name).as_uri() if db else None
+    try:
+        return client.create_experiment(name, artifact_location=location)
+    except MlflowException:  # created meanwhile by a parallel job
+        return client.get_experiment_by_name(name).experiment_id
+
+
+def check_store(uri: str, name: str) -> str:
+    """``ensure_experiment`` with few HTTP retries and a short timeout: a pre-flight check that
+    a wrong address or missing credentials fail in seconds, not after minutes of retries.
+    Raises ``StoreError``."""
+    quick = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+             "MLFLOW_HTTP_REQUEST_TIMEOUT": "15"}
+    saved = {k: os.environ.get(k) for k in quick}
+    os.environ.update({k: v for k, v in quick.items() if saved[k] is None})
+    try:
+        return ensure_experiment(uri, name)
+    except Exception as exc:
+        raise StoreError(f"cannot use the MLflow store at {uri}: {type(exc).__name__}: {str(exc)[:300]}") from exc
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+
+
+class MlflowRun:
+    """One MLflow run: buffered metric logging through ``MlflowClient`` (no global state)."""
+
+    def __init__(self, cfg, tags: dict[str, str], params: dict[str, Any]):
+        from mlflow.tracking import MlflowClient
+
+        self.uri = resolve_tracking_uri(cfg.tracking_uri)
+        self.experiment = str(cfg.experiment)
+        self.flush_every_s = float(cfg.flush_every_s)
+        self.client = MlflowClient(self.uri)
+        self.experiment_id = ensure_experiment(self.uri, self.experiment)
+        run = self.client.create_run(self.experiment_id, tags=tags, run_name=cfg.run_name)
+        self.run_id = run.info.run_id
+        self.log_params(params)
+        self._buffer: list = []
+        self._last_flush = time.monotonic()
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        from mlflow.entities import Param
+
+        items = [Param(k, str(v)[:6000]) for k, v in params.items()]
+        for i in range(0, len(items), 100):
+            self.client.log_batch(self.run_id, params=items[i : i + 100], synchronous=True)
+
+    def log_metrics(self, metrics: dict[str, float], step: int, force: bool = False) -> None:
+        from mlflow.entities import Metric
+
+        ts = int(time.time() * 1000)
+        self._buffer += [Metric(k, float(v), ts, step) for k, v in metrics.items()]
+        if force or time.monotonic() - self._last_flush >= self.flush_every_s:
+            self.flush()
+
+    def flush(self) -> None:
+        for i in range(0, len(self._buffer), 1000):
+            self.client.log_batch(self.run_id, metrics=self._buffer[i : i + 1000], synchronous=True)
+        self._buffer = []
+        self._last_flush = time.monotonic()
+
+
+def copy_history(rec: MlflowRun, old_run_id: str, upto_step: int) -> None:
+    """A run resumed from a checkpoint starts with its predecessor's metrics up to that step,
+    so the new run alone holds the whole history."""
+    from mlflow.entities import Metric
+
+    old = rec.client.get_run(old_run_id)
+    metrics = []
+    for key in old.data.metrics:
+        metrics += [Metric(m.key, m.value, m.timestamp, m.step)
+                    for m in rec.client.get_metric_history(old_run_id, key) if m.step <= upto_step]
+    for i in range(0, len(metrics), 1000):
+        rec.client.log_batch(rec.run_id, metrics=metrics[i : i + 1000], synchronous=True)
 
 
 @dataclass

@@ -57,3 +57,23 @@ def finite_difference_hypergradient(exp, coords, eps: float = 1e-4):
         out.append((vals[0] - vals[1]) / (2 * eps))
     exp.lam.data, exp.w = lam0, w0
     return torch.tensor(out, dtype=lam0.dtype)
+
+
+def run_cli(monkeypatch, cwd, *args):
+    """The ``hgbench`` command run in this process (Hydra and all, no interpreter start-up):
+    returns (exit code, stdout, stderr). For the checks that end before any training."""
+    import contextlib
+    import io
+    import sys
+
+    from framework.cli import main
+
+    monkeypatch.chdir(cwd)
+    monkeypatch.setattr(sys, "argv", ["hgbench", *args])
+    out, err, code = io.StringIO(), io.StringIO(), 0
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            main()
+        except SystemExit as exc:
+            code = exc.code
+    return code, out.getvalue(), err.getvalue()

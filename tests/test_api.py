@@ -48,7 +48,8 @@ def test_api_run_records_like_the_cli(tmp_path):
 def test_compose_config_matches_the_defaults():
     cfg = compose_config()
     assert (cfg.hypergrad.name, cfg.hyperparam.name, cfg.dataset.name, cfg.model.name) == (
-        "neumann", "weight_decay_per_param", "mnist_5k", "mlp")
+        "neumann", "weight_decay", "mnist_5k", "mlp")
+    assert cfg.hyperparam.granularity == "per_param"  # the default is the alias weight_decay_per_param
 
 
 def test_warm_up_changes_no_state():

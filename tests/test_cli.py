@@ -4,6 +4,7 @@ import subprocess
 import sys
 
 import pytest
+from helpers import run_cli
 from mlflow.tracking import MlflowClient
 
 SMALL = ["dataset=digits", "hyper_steps=6", "inner_steps=3", "eval_every=3", "dataset.train_size=200", "dataset.val_size=100"]
@@ -33,7 +34,7 @@ def test_run_records_params_metrics_and_tags(tmp_path):
     p, t = run.data.params, run.data.tags
     assert p["hypergrad.name"] == "neumann" and p["hypergrad.iterations"] == "5" and p["hyper_steps"] == "6"
     assert int(p["num_weights"]) == int(p["num_hyperparams"]) == 64 * 128 + 128 + 128 * 10 + 10
-    assert t["hgbench.hypergrad"] == "neumann" and t["hgbench.hyperparam"] == "weight_decay_per_param"
+    assert t["hgbench.hypergrad"] == "neumann" and t["hgbench.hyperparam"] == "weight_decay" and p["hyperparam.granularity"] == "per_param"
     assert t["hgbench.dataset"] == "digits" and t["hgbench.model"] == "mlp" and t["hgbench.device"] == "cpu"
     assert t["hgbench.status"] == "finished" and "mlflow.source.git.commit" in t
     steps = lambda key: [m.step for m in client.get_metric_history(run.info.run_id, key)]  # noqa: E731
@@ -71,8 +72,6 @@ def test_too_large_for_exact_is_skipped_with_its_reason(tmp_path):
 @pytest.mark.parametrize(
     "args,expected",
     [
-        (["hypergrad=nope"], ["Could not find 'hypergrad/nope'", "neumann", "cg", "exact", "identity", "unroll"]),
-        (["dataset=nope"], ["Could not find 'dataset/nope'", "digits", "synthetic_linear"]),
         (["hyperparam.name=nope"], ["unknown hyperparam 'nope'", "weight_decay", "weight_decay_per_param"]),
         (["+hypergrad.foo=1"], ["hypergrad.foo: unknown parameter", "Allowed: alpha, iterations"]),
         (["hypergrad.iterations=abc"], ["hypergrad.iterations='abc'", "expects int"]),
@@ -87,28 +86,85 @@ def test_too_large_for_exact_is_skipped_with_its_reason(tmp_path):
         (["model.hidden=[0]"], ["hidden widths must be >= 1"]),
     ],
 )
-def test_bad_input_fails_before_training_with_a_clear_error(tmp_path, args, expected):
-    out = hgbench(tmp_path, *args)
-    assert out.returncode != 0
-    text = out.stdout + out.stderr
+def test_bad_input_fails_before_training_with_a_clear_error(tmp_path, monkeypatch, args, expected):
+    code, out, err = run_cli(monkeypatch, tmp_path, *args)
+    assert code == 2
+    assert err.startswith("hgbench: error: ") and out == ""
     for piece in expected:
-        assert piece in text, text
-    assert "Traceback" not in text
+        assert piece in err, err
+    assert "Traceback" not in err
     assert not (tmp_path / "mlflow.db").exists()  # nothing was started
 
 
-@pytest.mark.parametrize("multirun", [False, True])
-def test_an_unreachable_store_stops_the_job_before_any_work(tmp_path, multirun):
-    out = hgbench(tmp_path, *(["-m"] if multirun else []), *SMALL, "mlflow.tracking_uri=http://127.0.0.1:9")
+@pytest.mark.parametrize("args,options", [
+    (["hypergrad=nope"], ["neumann", "cg", "exact", "identity", "unroll"]),
+    (["dataset=nope"], ["digits", "synthetic_linear"]),
+])
+def test_an_unknown_group_option_lists_the_available_ones(tmp_path, monkeypatch, args, options):
+    """Hydra reports these itself (its own message and exit code 1)."""
+    code, out, err = run_cli(monkeypatch, tmp_path, *args)
+    assert code == 1
+    group = args[0].split("=")[0]
+    assert f"Could not find '{group}/nope'" in err
+    for option in options:
+        assert f"\t{option}\n" in err, err
+    assert not (tmp_path / "mlflow.db").exists()
+
+
+@pytest.mark.slow
+def test_bad_input_through_the_real_command(tmp_path):
+    """The same path as above, in a process of its own: exit code 2 and one line, no traceback."""
+    out = hgbench(tmp_path, "hypergrad.iterations=abc")
     assert out.returncode == 2
-    assert "hgbench: error: cannot use the MLflow store at http://127.0.0.1:9" in out.stderr
-    assert "hgbench run" not in out.stdout  # nothing was trained
+    assert out.stderr == "hgbench: error: hypergrad.iterations='abc': 'neumann' expects int\n"
+
+
+def test_a_bug_in_a_plugin_shows_its_traceback_and_is_recorded(tmp_path, monkeypatch):
+    """A config mistake is one line; a plugin's own bug (here a TypeError in its load()) is not
+    hidden as one: its traceback is shown, and the run is recorded as FAILED."""
+    from dataclasses import dataclass
+
+    from framework import Dataset, hookimpl, plugins
+
+    @dataclass
+    class Broken(Dataset):
+        name = "broken_data"
+
+        def load(self):
+            return len(None)  # a bug: TypeError
+
+    class Plugin:
+        @hookimpl
+        def register_datasets(self):
+            return [Broken]
+
+    plugins.register(Plugin(), name="broken_plugin")
+    try:
+        from framework.hydra_config import register_plugin_configs
+
+        register_plugin_configs()
+        code, out, err = run_cli(monkeypatch, tmp_path, "dataset=broken_data", "hyper_steps=2")
+    finally:
+        plugins.unregister("broken_plugin")
+    assert code == 1
+    assert "Traceback" in err and "TypeError: object of type 'NoneType' has no len()" in err
+    assert "hgbench run FAILED before it started" in out
+    _, run = only_run(tmp_path)
+    assert run.info.status == "FAILED" and run.data.tags["hgbench.error"].startswith("TypeError")
+
+
+@pytest.mark.parametrize("multirun", [False, True])
+def test_an_unreachable_store_stops_the_job_before_any_work(tmp_path, monkeypatch, multirun):
+    code, out, err = run_cli(monkeypatch, tmp_path, *(["-m"] if multirun else []), *SMALL, "mlflow.tracking_uri=http://127.0.0.1:9")
+    assert code == 2
+    assert "hgbench: error: cannot use the MLflow store at http://127.0.0.1:9" in err
+    assert "hgbench run" not in out  # nothing was trained
 
 
 def test_a_run_on_a_tracking_server_points_at_the_server_ui():
     from framework.cli import format_summary
-    from framework.runner import RunResult
     from framework import compose_config
+    from framework.hookspecs import RunResult
 
     info = {"mlflow_run_id": "abc", "mlflow_experiment": "e", "mlflow_tracking_uri": "http://127.0.0.1:5000"}
     summary = {"num_weights": 1, "num_hyperparams": 1, "runtime_s": 1.0}

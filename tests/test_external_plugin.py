@@ -136,7 +136,7 @@ def test_hgbench_plugins_json_and_kind_filter(capsys):
     by = {r["name"]: r for r in data["plugins"]["hypergrad"]}
     assert sorted(by) == plugins.available("hypergrad")
     cg = by["cg"]
-    assert cg["origin"] == "built-in" and cg["module"] == "plugins.hypergrad.cg" and cg["config"] == "conf/hypergrad/cg.yaml"
+    assert cg["origin"] == "built-in" and cg["module"] == "plugins.hypergrad.cg" and cg["config"] == "dataclass defaults"
     assert {p["name"]: (p["type"], p["default"]) for p in cg["parameters"]} == {
         "iterations": ("int", 10), "tol": ("float", 0.0), "damping": ("float", 0.0)}
     with pytest.raises(SystemExit):

@@ -5,11 +5,10 @@ import inspect
 from pathlib import Path
 
 import pytest
-import yaml
 
-from framework import UnknownPluginError, hookimpl, hookspecs, plugins
+from framework import UnknownPluginError, compose_config, hookimpl, hookspecs, plugins
 from framework.base import Plugin
-from framework.config import build_plugin
+from framework.config import build_plugin, to_dict
 
 CONF = Path(__file__).resolve().parent.parent / "conf"
 ALL = [(kind, name) for kind in plugins.KINDS for name in plugins.available(kind)]
@@ -24,19 +23,33 @@ def test_builtins_are_registered_and_nothing_failed():
 
 
 @pytest.mark.parametrize("kind,name", ALL)
-def test_each_plugin_has_a_config_file_matching_its_parameters(kind, name):
-    cls = plugins.get(kind, name)
-    assert issubclass(cls, Plugin) and cls.kind == kind and cls.name == name
+def test_each_plugin_is_selectable_with_its_dataclass_defaults(kind, name):
+    """``<kind>=<name>`` composes to the plugin's dataclass defaults (an alias: with its presets)
+    — the one place a plugin's defaults are written — and builds."""
+    entry = plugins.entry(kind, name)
+    cls = entry.cls
+    assert issubclass(cls, Plugin) and cls.kind == kind
+    assert cls.name == name or name in cls.aliases
     assert cls.__doc__ or inspect.getmodule(cls).__doc__, "document the plugin"
-    node = yaml.safe_load((CONF / kind / f"{name}.yaml").read_text())
-    assert node.pop("name") == name
-    assert node == cls.defaults(), "conf file and dataclass defaults disagree"
-    assert isinstance(build_plugin(kind, {"name": name, **node}), cls)
+    node = to_dict(compose_config(**{kind: name})[kind])
+    assert node == {"name": cls.name, **cls.defaults(), **(entry.preset or {})}
+    assert isinstance(build_plugin(kind, node), cls)
+    assert build_plugin(kind, node) == build_plugin(kind, {"name": name})  # the alias name builds alike
 
 
 @pytest.mark.parametrize("kind", list(plugins.KINDS))
-def test_every_config_file_names_a_registered_plugin(kind):
-    assert sorted(p.stem for p in (CONF / kind).glob("*.yaml")) == plugins.available(kind)
+def test_no_plugin_defaults_are_copied_into_yaml(kind):
+    """A YAML per built-in plugin would be a second copy of its defaults."""
+    assert list((CONF / kind).glob("*.yaml")) == []
+
+
+def test_an_alias_is_the_plugin_with_its_presets():
+    wd = plugins.get("hyperparam", "weight_decay")
+    assert plugins.get("hyperparam", "weight_decay_per_param") is wd
+    assert build_plugin("hyperparam", {"name": "weight_decay_per_param"}).granularity == "per_param"
+    # explicit values win over an alias's presets
+    assert build_plugin("hyperparam", {"name": "weight_decay_per_param", "granularity": "per_tensor"}).granularity == "per_tensor"
+    assert build_plugin("hyperparam", {"name": "weight_decay"}).granularity == "global"
 
 
 def test_unknown_name_lists_the_available_ones():

@@ -158,7 +158,7 @@ def test_summary_rows_counts_and_means_match_mlflow(store, report):
     rows = {r["method"]: r for r in table(text)}
     assert set(rows) == {"neumann", "identity", "exact"}
     for r in rows.values():
-        assert (r["family"], r["dataset"], r["model"]) == ("weight_decay_per_param", "digits", "mlp")
+        assert (r["family"], r["dataset"], r["model"]) == ("weight_decay", "digits", "mlp")
     counts = {m: (int(r["finished"]), int(r["failed"]), int(r["skipped"])) for m, r in rows.items()}
     assert counts == {"neumann": (2, 1, 0), "identity": (2, 0, 0), "exact": (0, 0, 1)}
     assert all(v == "—" for k, v in rows["exact"].items() if k in FINAL or k.startswith("hypergrad"))

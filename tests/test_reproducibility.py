@@ -97,7 +97,7 @@ def cli_runs(tmp_path_factory):
     return client, runs
 
 
-CLI_CASES = [(m, f) for f in ("weight_decay_per_param", "dropout_per_unit") for m in ("neumann", "unroll")]
+CLI_CASES = [(m, f) for f in ("weight_decay", "dropout_per_unit") for m in ("neumann", "unroll")]  # weight_decay: per_param
 
 
 @pytest.mark.slow

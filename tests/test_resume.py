@@ -178,9 +178,31 @@ def test_a_plugin_that_raises_in_a_hook_is_reported_and_the_run_goes_on(tmp_path
     finally:
         plugins.unregister("faulty")
     assert result.status == "FINISHED"
-    assert {f.source for f in result.info["plugin_errors"]} == {"faulty"}
+    assert {f.source for f in result.plugin_errors} == {"faulty"}
+    assert result.recording_errors == []  # not a recorder: the run's results are still recorded
     run = MlflowClient(uri).get_run(result.info["mlflow_run_id"])
     assert run.info.status == "FINISHED" and "val_loss" in run.data.metrics  # the MLflow recorder still ran
+
+
+def test_a_failing_recorder_flags_the_run_as_not_recorded():
+    """A plugin declaring HGBENCH_RECORDER = True is a recorder: its failure is a recording failure
+    (found by that flag, not by the plugin's module name), so the CLI never calls the run stored."""
+
+    class FaultyTracker:
+        HGBENCH_RECORDER = True
+
+        @hookimpl
+        def on_run_end(self, run, status, error, summary):
+            raise ConnectionError("tracker down")
+
+    plugins.register(FaultyTracker(), name="faulty_tracker")
+    try:
+        with pytest.warns(UserWarning, match="'faulty_tracker' failed in on_run_end"):
+            result = build_experiment(overrides=["experiment=quick", "hyper_steps=2"]).run()
+    finally:
+        plugins.unregister("faulty_tracker")
+    assert result.status == "FINISHED"
+    assert [(f.source, f.error) for f in result.recording_errors] == [("faulty_tracker", "on_run_end: ConnectionError: tracker down")]
 
 
 def test_a_requested_stop_ends_the_run_between_hyper_steps(monkeypatch):

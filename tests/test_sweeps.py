@@ -93,7 +93,7 @@ def test_every_single_run_experiment_runs(tmp_path):
     assert int(by_family["distill"].data.params["num_hyperparams"]) == 10 * 784
     assert "distilled.png" in [a.path for a in client.list_artifacts(by_family["distill"].info.run_id)]
     assert "augmentations.png" in [a.path for a in client.list_artifacts(by_family["augment_net"].info.run_id)]
-    big = [r for r in runs if r.data.tags["hgbench.hyperparam"] == "weight_decay_per_param"]
+    big = [r for r in runs if r.data.params["hyperparam.name"] == "weight_decay" and r.data.params["hyperparam.granularity"] == "per_param"]
     assert max(int(r.data.params["num_hyperparams"]) for r in big) > 1_000_000
 
 

@@ -18,20 +18,21 @@ import torch
 from torch import Tensor
 
 from framework.base import DataSplits, Split
+from framework.errors import ConfigError
 
 SIZE_KEYS = ("train_size", "val_size", "test_size")
 
 
 def check_sizes(plugin: Any, keys: Sequence[str] = SIZE_KEYS, minimum: dict[str, int] | None = None) -> None:
-    """Raise ValueError unless each size is None or an integer >= its minimum (train/val: 1, test: 0)."""
+    """Raise ConfigError unless each size is None or an integer >= its minimum (train/val: 1, test: 0)."""
     minimum = {"train_size": 1, "val_size": 1, "test_size": 0, **(minimum or {})}
     for k in keys:
         v = getattr(plugin, k)
         lo = minimum.get(k, 0)
         if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < lo):
-            raise ValueError(f"{k} must be null (all) or an integer >= {lo}, got {v!r}")
+            raise ConfigError(f"{k} must be null (all) or an integer >= {lo}, got {v!r}")
     if not 0 <= getattr(plugin, "label_noise", 0.0) <= 1:
-        raise ValueError(f"label_noise must be a fraction in [0, 1], got {plugin.label_noise!r}")
+        raise ConfigError(f"label_noise must be a fraction in [0, 1], got {plugin.label_noise!r}")
 
 
 def draw(x: Tensor, y: Tensor, sizes: dict[str, int | None], generator: torch.Generator, pool: str) -> list[Split]:
@@ -44,11 +45,11 @@ def draw(x: Tensor, y: Tensor, sizes: dict[str, int | None], generator: torch.Ge
     n = len(x)
     free = [k for k, s in sizes.items() if s is None]
     if len(free) > 1:
-        raise ValueError(f"{' and '.join(free)} are both null, but they share the {n:,} examples of {pool}: give one a size")
+        raise ConfigError(f"{' and '.join(free)} are both null, but they share the {n:,} examples of {pool}: give one a size")
     fixed = sum(s for s in sizes.values() if s is not None)
     if fixed > n:
         asked = " + ".join(f"{k}={s}" for k, s in sizes.items() if s is not None)
-        raise ValueError(f"{asked} do not fit in the {n:,} examples of {pool}")
+        raise ConfigError(f"{asked} do not fit in the {n:,} examples of {pool}")
     perm = torch.randperm(n, generator=generator)
     out, start = [], 0
     for s in sizes.values():
@@ -67,7 +68,7 @@ def corrupt_labels(y: Tensor, rate: float, num_classes: int, seed: int) -> tuple
     Deterministic in ``seed``.
     """
     if not 0 <= rate <= 1:
-        raise ValueError(f"label noise rate must be in [0, 1], got {rate!r}")
+        raise ConfigError(f"label noise rate must be in [0, 1], got {rate!r}")
     y = torch.as_tensor(y)
     n = len(y)
     k = int(round(rate * n))
@@ -75,7 +76,7 @@ def corrupt_labels(y: Tensor, rate: float, num_classes: int, seed: int) -> tuple
     if k == 0:
         return y.clone(), mask
     if num_classes < 2:
-        raise ValueError(f"label noise needs at least 2 classes, got num_classes={num_classes}")
+        raise ConfigError(f"label noise needs at least 2 classes, got num_classes={num_classes}")
     g = torch.Generator().manual_seed(seed)
     idx = torch.randperm(n, generator=g)[:k]
     shift = torch.randint(1, num_classes, (k,), generator=g)  # 1 .. C-1: never the same class

@@ -39,7 +39,7 @@ from typing import Any, BinaryIO
 import numpy as np
 import torch
 
-from framework import DataSplits, Dataset, hookimpl
+from framework import DataError, DataSplits, Dataset, hookimpl
 from framework.base import Split
 from plugins.dataset._common import check_sizes, classification_splits, draw
 
@@ -102,7 +102,7 @@ def _safe_global(what: str) -> Any:
     raise ImportError(f"numpy has no {what}")
 
 
-class UnsafePickleError(pickle.UnpicklingError, ValueError):
+class UnsafePickleError(pickle.UnpicklingError, DataError):
     """A pickle refers to a global outside ``SAFE_GLOBALS`` (it is never called)."""
 
 
@@ -137,7 +137,7 @@ def restricted_load(file: BinaryIO, path: str | Path, what: str, hint: str = "",
     except UnsafePickleError:
         raise
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError) as exc:
-        raise ValueError(f"{path} is not a readable pickle of {what}: {type(exc).__name__}: {exc}") from exc
+        raise DataError(f"{path} is not a readable pickle of {what}: {type(exc).__name__}: {exc}") from exc
 
 
 def load_pickle(path: Path) -> Any:
@@ -158,9 +158,9 @@ def read_batch(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
         data = np.asarray(_get(d, "data"), dtype=np.uint8)
         labels = np.asarray(_get(d, "labels"), dtype=np.int64)
     except (KeyError, TypeError) as exc:
-        raise ValueError(f"{path} is not a CIFAR-10 python batch (a dict with b'data' and b'labels')") from exc
+        raise DataError(f"{path} is not a CIFAR-10 python batch (a dict with b'data' and b'labels')") from exc
     if data.ndim != 2 or data.shape[1] != 3072 or len(data) != len(labels):
-        raise ValueError(f"{path}: expected data (N, 3072) and N labels, got {data.shape} and {labels.shape}")
+        raise DataError(f"{path}: expected data (N, 3072) and N labels, got {data.shape} and {labels.shape}")
     return torch.from_numpy(data.reshape(-1, 3, 32, 32).copy()), torch.from_numpy(labels)
 
 
@@ -172,7 +172,7 @@ def read_classes(path: Path) -> list[str]:
     try:
         names = _get(d, "label_names")
     except (KeyError, TypeError) as exc:
-        raise ValueError(f"{meta} is not a CIFAR-10 batches.meta (a dict with b'label_names')") from exc
+        raise DataError(f"{meta} is not a CIFAR-10 batches.meta (a dict with b'label_names')") from exc
     return [n.decode() if isinstance(n, bytes) else str(n) for n in names]
 
 

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from framework import DataSplits, Dataset, hookimpl
+from framework import DataError, DataSplits, Dataset, hookimpl
 from framework.base import Split
 from plugins.dataset._common import check_sizes, classification_splits, draw
 
@@ -52,7 +52,7 @@ def read_idx(path: Path, magic: int, offset: int) -> np.ndarray:
         data = f.read()
     found = int.from_bytes(data[:4], "big")
     if found != magic:
-        raise ValueError(f"{path} is not an IDX file with magic number {magic} (found {found})")
+        raise DataError(f"{path} is not an IDX file with magic number {magic} (found {found})")
     return np.frombuffer(data, np.uint8, offset=offset)
 
 
@@ -64,7 +64,7 @@ def read_part(root: Path, part: str) -> tuple[torch.Tensor, torch.Tensor]:
     x = read_idx(images, 2051, 16).reshape(-1, 28, 28)
     y = read_idx(labels, 2049, 8).astype(np.int64)
     if len(x) != len(y):
-        raise ValueError(f"Fashion-MNIST {part} files in {root} disagree: {len(x)} images, {len(y)} labels")
+        raise DataError(f"Fashion-MNIST {part} files in {root} disagree: {len(x)} images, {len(y)} labels")
     return torch.from_numpy(x.copy()), torch.from_numpy(y)
 
 

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 import torch
 
-from framework import DataSplits, Dataset, hookimpl
+from framework import ConfigError, DataSplits, Dataset, hookimpl
 from framework.base import Split
 from plugins.dataset._common import check_sizes
 
@@ -95,7 +95,7 @@ class PTB(Dataset):
 
     def __post_init__(self):
         if not isinstance(self.bptt, int) or isinstance(self.bptt, bool) or self.bptt < 1:
-            raise ValueError(f"bptt must be an integer >= 1, got {self.bptt!r}")
+            raise ConfigError(f"bptt must be an integer >= 1, got {self.bptt!r}")
         check_sizes(self)
 
     def load(self) -> DataSplits:
@@ -109,7 +109,7 @@ class PTB(Dataset):
                 out.append(Split(s.x.clone(), s.y.clone()))
                 continue
             if size > n:
-                raise ValueError(f"{key}={size} but PTB's {split} split has only {n:,} sequences of bptt={self.bptt} tokens")
+                raise ConfigError(f"{key}={size} but PTB's {split} split has only {n:,} sequences of bptt={self.bptt} tokens")
             idx = torch.randperm(n, generator=g)[:size]
             out.append(Split(s.x[idx], s.y[idx]))
         return DataSplits(*out, task="classification", num_outputs=len(vocab), input_shape=(self.bptt,), meta={"vocab": list(vocab)})

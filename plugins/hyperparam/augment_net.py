@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from framework import HyperparamFamily, hookimpl
+from framework import ConfigError, HyperparamFamily, hookimpl
 from plugins.hyperparam._common import image_grid, l2, uniform_noise
 
 
@@ -61,9 +61,10 @@ class AugmentNet(HyperparamFamily):
     def init_hyperparams(self, ctx):
         shape = ctx.data.input_shape
         if len(shape) != 3:
-            raise ValueError(f"augment_net needs image inputs (C, H, W), got {tuple(shape)}; set dataset.image=true")
-        torch.manual_seed(self.seed)
-        self._net = TinyUNet(shape[0], self.noise_channels, self.width).to(ctx.device, ctx.dtype)
+            raise ConfigError(f"augment_net needs image inputs (C, H, W), got {tuple(shape)}; set dataset.image=true")
+        with torch.random.fork_rng(devices=[]):  # a seeded init that leaves the global RNG alone
+            torch.manual_seed(self.seed)
+            self._net = TinyUNet(shape[0], self.noise_channels, self.width).to(ctx.device, ctx.dtype)
         for p in self._net.parameters():
             p.requires_grad_(False)
         self._sample = ctx.data.train.x[:8]

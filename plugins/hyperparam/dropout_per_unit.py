@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
-from framework import HyperparamFamily, hookimpl
+from framework import ConfigError, HyperparamFamily, hookimpl
 from plugins.hyperparam._common import l2, uniform_noise
 
 
@@ -49,7 +49,7 @@ class DropoutPerUnit(HyperparamFamily):
         chosen = list(available) if self.sites is None else list(self.sites)
         unknown = sorted(set(chosen) - set(available))
         if unknown:
-            raise ValueError(f"hyperparam.sites: unknown dropout site(s) {unknown}; model sites: {sorted(available)}")
+            raise ConfigError(f"hyperparam.sites: unknown dropout site(s) {unknown}; model sites: {sorted(available)}")
         logit = math.log(self.init_rate / (1 - self.init_rate))
         return {site: torch.full((available[site],), logit) for site in chosen}
 

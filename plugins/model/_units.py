@@ -20,6 +20,8 @@ from collections.abc import Mapping
 
 from torch import Tensor, nn
 
+from framework.errors import ConfigError
+
 ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "tanh": nn.Tanh, "gelu": nn.GELU, "elu": nn.ELU}
 
 
@@ -29,7 +31,7 @@ def check_sites(unit_masks: Mapping[str, Tensor] | None, sites: Mapping[str, int
         return {}
     unknown = sorted(set(unit_masks) - set(sites))
     if unknown:
-        raise ValueError(f"unknown dropout site(s) {unknown}; this model's sites: {sorted(sites)}")
+        raise ConfigError(f"unknown dropout site(s) {unknown}; this model's sites: {sorted(sites)}")
     return {k: v for k, v in unit_masks.items() if v is not None}
 
 
@@ -51,7 +53,7 @@ def apply_mask(h: Tensor, mask: Tensor | None, unit_dim: int, site: str = "") ->
     elif mask.dim() == 2 and mask.shape[1] == units and mask.shape[0] in (1, h.shape[0]):
         shape[0], shape[unit_dim] = mask.shape[0], units
     else:
-        raise ValueError(
+        raise ConfigError(
             f"dropout site {site!r}: a mask of shape {tuple(mask.shape)} does not fit activations of shape "
             f"{tuple(h.shape)} ({units} units); expected ({units},), (batch, {units}) or {tuple(h.shape)}"
         )

@@ -23,7 +23,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from framework import Model, hookimpl
+from framework import ConfigError, Model, hookimpl
 from plugins.model._units import ACTIVATIONS, apply_mask, check_sites
 
 
@@ -31,7 +31,7 @@ class ConvNet(nn.Module):
     def __init__(self, input_shape, num_outputs, channels, hidden, kernel_size, activation, pool):
         super().__init__()
         if len(input_shape) != 3:
-            raise ValueError(f"cnn expects inputs shaped (C, H, W), got input_shape={tuple(input_shape)}")
+            raise ConfigError(f"cnn expects inputs shaped (C, H, W), got input_shape={tuple(input_shape)}")
         act = ACTIVATIONS[activation]
         pool_cls = nn.MaxPool2d if pool == "max" else nn.AvgPool2d
         self.convs = nn.ModuleList()
@@ -45,7 +45,7 @@ class ConvNet(nn.Module):
             try:
                 flat = self._features(torch.zeros(1, *input_shape), {}).shape[1]
             except RuntimeError as exc:
-                raise ValueError(
+                raise ConfigError(
                     f"cnn: input_shape={tuple(input_shape)} is too small for {len(channels)} conv-pool "
                     f"stages (each pool halves the height and width): {exc}"
                 ) from exc

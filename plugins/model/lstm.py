@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from framework import Model, hookimpl
+from framework import ConfigError, Model, hookimpl
 from plugins.model._units import apply_mask, check_sites
 
 
@@ -124,7 +124,7 @@ class LSTM(Model):
 
     def build(self, input_shape, num_outputs):
         if len(input_shape) != 1:
-            raise ValueError(f"lstm expects (N, T) token sequences, got input_shape={tuple(input_shape)}")
+            raise ConfigError(f"lstm expects (N, T) token sequences, got input_shape={tuple(input_shape)}")
         return LSTMLanguageModel(num_outputs, self.embedding_dim, self.hidden_size, self.num_layers, self.tie_weights)
 
 

@@ -44,7 +44,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from framework import Model, hookimpl
+from framework import ConfigError, Model, hookimpl
 from plugins.model._units import ACTIVATIONS, apply_mask, check_sites
 
 
@@ -110,7 +110,7 @@ class ResNet(nn.Module):
     def __init__(self, input_shape, num_outputs, blocks, width, norm, groups, activation):
         super().__init__()
         if len(input_shape) != 3:
-            raise ValueError(f"resnet expects inputs shaped (C, H, W), got input_shape={tuple(input_shape)}")
+            raise ConfigError(f"resnet expects inputs shaped (C, H, W), got input_shape={tuple(input_shape)}")
         act = ACTIVATIONS[activation]
         self.fixup = norm == "none"
         self.stem = nn.Conv2d(input_shape[0], width, 3, padding=1, bias=False)

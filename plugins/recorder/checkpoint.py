@@ -19,8 +19,8 @@ from framework.store import CHECKPOINT_ARTIFACT_DIR
 
 
 def _settings(run):
-    c = run.config.get("checkpoint") or {}
-    return int(c.get("every", 0) or 0), c.get("dir"), bool(c.get("keep", False)), bool(c.get("log_artifact", True))
+    c = run.config.checkpoint
+    return int(c.every), c.dir, bool(c.keep), bool(c.log_artifact)
 
 
 @hookimpl(trylast=True)  # after the MLflow recorder has opened its run

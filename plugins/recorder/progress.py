@@ -18,7 +18,7 @@ def _wanted(mode) -> bool:
 
 @hookimpl
 def on_run_start(run):
-    if not _wanted(run.config.get("progress", "auto")):
+    if not _wanted(run.config.progress):
         return
     from tqdm.auto import tqdm
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import csv
 import datetime as _dt
+import functools
 import json
 import math
 import os
@@ -31,7 +32,10 @@ from typing import Any, Callable, Iterable, Sequence
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[2]
+from framework.provenance import git_commit
+from framework.runner import resolve_device  # noqa: F401 - the sections call common.resolve_device
+
+ROOT = Path(__file__).resolve().parents[1]
 
 # the 1M-parameter MLP of the cost section (784-1024-192-10 = 1,002,570 weights) and its quick twin
 MLP_1M = "[1024,192]"
@@ -61,17 +65,6 @@ def _cpu_model() -> str:
     return name
 
 
-def _git_commit() -> str:
-    try:
-        out = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=ROOT, capture_output=True, text=True, timeout=10)
-        commit = out.stdout.strip() or "unknown"
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
-                               capture_output=True, text=True, timeout=10).stdout.strip()
-        return commit + ("+dirty" if dirty else "")
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-
-
 def load_average() -> float:
     try:
         return os.getloadavg()[0]
@@ -79,31 +72,32 @@ def load_average() -> float:
         return float("nan")
 
 
-_MACHINE: dict[str, Any] | None = None
+def _commit() -> str:
+    """The checkout's commit, short, with ``+dirty`` when tracked files have uncommitted changes."""
+    commit, dirty = git_commit()
+    return (commit if commit == "unknown" else commit[:12]) + ("+dirty" if dirty else "")
+
+
+@functools.lru_cache(maxsize=1)
+def _static_machine() -> tuple[tuple[str, Any], ...]:
+    """The facts that do not change during one benchmark process (computed once; the date is
+    when the first of its sections started)."""
+    return (
+        ("cpu", _cpu_model()),
+        ("cores", os.cpu_count()),
+        ("torch", torch.__version__),
+        ("threads", torch.get_num_threads()),
+        ("date", _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")),
+        ("commit", _commit()),
+        ("python", platform.python_version()),
+    )
 
 
 def machine_info(device: torch.device | str = "cpu") -> dict[str, Any]:
     """What every CSV row and the README carry: CPU, cores, torch, threads, date, commit, load."""
-    global _MACHINE
-    if _MACHINE is None:
-        _MACHINE = {
-            "cpu": _cpu_model(),
-            "cores": os.cpu_count(),
-            "torch": torch.__version__,
-            "threads": torch.get_num_threads(),
-            "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-            "commit": _git_commit(),
-            "python": platform.python_version(),
-        }
     dev = torch.device(device)
     gpu = torch.cuda.get_device_name(dev) if dev.type == "cuda" else ""
-    return {**_MACHINE, "device": str(dev), "gpu": gpu, "load1": round(load_average(), 2)}
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    return {**dict(_static_machine()), "device": str(dev), "gpu": gpu, "load1": round(load_average(), 2)}
 
 
 # --- problems -------------------------------------------------------------------------------------
@@ -157,11 +151,14 @@ def timed(fn: Callable[[], Any], device: torch.device, calls: int = 1) -> float:
     return (time.perf_counter() - t0) / calls
 
 
-LOAD_AT_START = [float("nan")]  # set by the CLI before each section
-QUICK = [False]  # set by the CLI: the fragments say when they come from a --quick smoke run
-
-# seconds one timing should last (several back-to-back calls of a fast function); --quick lowers it
+# seconds one timing should last (several back-to-back calls of a fast function); lower with --quick
 TIMING_TARGET_S = 0.03
+QUICK_TIMING_TARGET_S = 0.005
+
+
+def timing_target(quick: bool) -> float:
+    """Seconds one timing should last: ``QUICK_TIMING_TARGET_S`` in a --quick smoke run."""
+    return QUICK_TIMING_TARGET_S if quick else TIMING_TARGET_S
 
 
 def calls_for(seconds: float, target: float | None = None) -> int:
@@ -260,14 +257,27 @@ def read_csv(path: Path) -> list[dict[str, Any]]:
 
 
 def write_fragment(out: Path, section: str, text: str, headline: list[list[Any]] | None = None,
-                   device: torch.device | str = "cpu") -> None:
+                   device: torch.device | str = "cpu", quick: bool = False) -> None:
     """``<out>/fragments/<section>.md`` (this section's part of the README, assembled by the CLI)
-    and ``<section>.json`` (its rows of the headline table and the machine it ran on)."""
+    and ``<section>.json`` (its rows of the headline table, the machine it ran on, and whether it
+    was a --quick smoke run). The CLI adds the load average at the section's start
+    (``add_load_at_start``)."""
     d = out / "fragments"
     d.mkdir(parents=True, exist_ok=True)
     (d / f"{section}.md").write_text(text.rstrip() + "\n")
-    (d / f"{section}.json").write_text(json.dumps({"headline": headline or [], "machine": {**machine_info(device), "load1_start": round(LOAD_AT_START[0], 2)}, "quick": QUICK[0]},
-                                                  indent=1, default=str))
+    _write_json(d / f"{section}.json", {"headline": headline or [], "machine": machine_info(device), "quick": quick})
+
+
+def add_load_at_start(out: Path, section: str, load1: float) -> None:
+    """Record in ``<out>/fragments/<section>.json`` the load average before the section ran."""
+    path = out / "fragments" / f"{section}.json"
+    d = json.loads(path.read_text())
+    d["machine"]["load1_start"] = round(load1, 2)
+    _write_json(path, d)
+
+
+def _write_json(path: Path, d: dict[str, Any]) -> None:
+    path.write_text(json.dumps(d, indent=1, default=str))
 
 
 def md_table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
@@ -302,6 +312,8 @@ def command(section: str, quick: bool, extra: str = "") -> str:
 
 # --- fresh subprocesses ---------------------------------------------------------------------------
 def _status_kb(pid: int, field: str) -> int:
+    """A ``/proc/<pid>/status`` field (kB) of another process, 0 when unreadable
+    (``framework.memory._status_kb`` reads this process's own)."""
     try:
         with open(f"/proc/{pid}/status") as f:
             for line in f:
@@ -325,7 +337,7 @@ def mem_available_gib() -> float:
 
 def run_worker(func: str, spec: dict[str, Any], timeout: float = 600, mem_cap_gib: float | None = None,
                threads: int | None = None, exact_rss: bool = False) -> dict[str, Any]:
-    """Run ``framework.bench.<func>`` (``module:function``) on ``spec`` in a FRESH Python process
+    """Run ``benchmarks.<func>`` (``module:function``) on ``spec`` in a FRESH Python process
     and return the dict it returns, plus ``wall_s``, the child's ``peak_rss_mb`` (its VmHWM) and
     ``status`` (``ok`` | ``error`` | ``memory_cap`` | ``timeout``).
 
@@ -356,7 +368,7 @@ def run_worker(func: str, spec: dict[str, Any], timeout: float = 600, mem_cap_gi
             resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
 
     t0 = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-m", "framework.bench.worker", func, json.dumps(spec), res_path],
+    proc = subprocess.Popen([sys.executable, "-m", "benchmarks.worker", func, json.dumps(spec), res_path],
                             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             preexec_fn=limit)
     output: list[str] = []

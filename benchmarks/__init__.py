@@ -4,7 +4,7 @@ Every figure is a ratio measured side by side in one process (or, for memory, in
 subprocesses started one after another), because the machines it runs on are noisy and shared.
 Sections (one module each): ``cost``, ``memory``, ``joint``, ``scale``, ``peers``, ``overhead``,
 ``compile``;
-``framework.bench.cli`` runs them and writes ``<out>/<section>.csv``, ``<section>.png`` and a
+``benchmarks.cli`` runs them and writes ``<out>/<section>.csv``, ``<section>.png`` and a
 ``README.md`` assembled from every section found in ``<out>``.
 """
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from framework.bench import common
+from benchmarks import common
 
 QUICK_BASE = ["dataset=digits", "model.hidden=[16]", "dataset.train_size=300", "dataset.val_size=200"]
 
@@ -138,7 +138,7 @@ def run(out: Path, quick: bool = False, device: str = "auto", reps: int | None =
         rows.append(row)
     common.write_csv(out, "joint", rows, dev)
     plot(rows, out / "joint.png")
-    common.write_fragment(out, "joint", fragment(rows, quick), headline(rows), dev)
+    common.write_fragment(out, "joint", fragment(rows, quick), headline(rows), dev, quick=quick)
     return rows
 
 

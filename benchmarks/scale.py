@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from framework.bench import common
+from benchmarks import common
 
 SIZES_M = (1, 3, 10, 30, 100, 200, 300, 400, 600, 800)
 TIMED_M = (1, 10)
@@ -105,7 +105,7 @@ def run(out: Path, quick: bool = False, device: str = "auto", reps: int | None =
         r["largest_ok"] = r is largest
     common.write_csv(out, "scale", rows, dev)
     plot(rows, out / "scale.png", cap)
-    common.write_fragment(out, "scale", fragment(rows, quick, cap, largest, failure, avail), headline(rows), dev)
+    common.write_fragment(out, "scale", fragment(rows, quick, cap, largest, failure, avail), headline(rows), dev, quick=quick)
     return rows
 
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from framework.bench import common
+from benchmarks import common
 from framework.compiled import loss_gradient as _grad
 
 MODELS = ("mlp:[128]", "mlp", "cnn")
@@ -40,7 +40,8 @@ def run(out: Path, quick: bool = False, device: str = "auto", reps: int | None =
         compile_s = time.perf_counter() - t0
         diff = comp.inner_loss.rel_diff if comp.inner_loss.rel_diff is not None else float("nan")  # nan: did not compile
         status = comp.inner_loss.status
-        inner = common.compare(lambda: _grad(eager.inner_loss, w, lam, tb), lambda: _grad(comp.inner_loss, w, lam, tb), reps, dev)
+        inner = common.compare(lambda: _grad(eager.inner_loss, w, lam, tb), lambda: _grad(comp.inner_loss, w, lam, tb), reps, dev,
+                               common.timing_target(quick))
         step = common.compare(eager.hyper_step, comp.hyper_step, reps, dev, target=0.0)  # one hyper-step per timing
         row = {"section": "compile", "model": model, "num_weights": eager.problem.num_weights, "batch": len(tb.x),
                "k": int(eager.cfg.inner_steps), "status": status, "note": comp.inner_loss.note,
@@ -55,7 +56,7 @@ def run(out: Path, quick: bool = False, device: str = "auto", reps: int | None =
               f"compiled/eager {inner['ratio']['median']:.2f}; hyper-step {step['ratio']['median']:.2f}", flush=True)
     common.write_csv(out, "compile", rows, dev)
     plot(rows, out / "compile.png")
-    common.write_fragment(out, "compile", fragment(rows, quick), headline(rows), dev)
+    common.write_fragment(out, "compile", fragment(rows, quick), headline(rows), dev, quick=quick)
     return rows
 
 

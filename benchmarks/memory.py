@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from framework.bench import common
+from benchmarks import common
 
 ITERATIONS = (1, 5, 10, 20, 50, 100)
 QUICK_ITERATIONS = (1, 4)
@@ -95,7 +95,7 @@ def run(out: Path, quick: bool = False, device: str = "auto", reps: int | None =
                          "target_met": bool(ok)})
     common.write_csv(out, "memory", rows, dev)
     plot(rows, out / "memory.png")
-    common.write_fragment(out, "memory", fragment(rows, quick), headline(rows), dev)
+    common.write_fragment(out, "memory", fragment(rows, quick), headline(rows), dev, quick=quick)
     return rows
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from framework.bench import common
+from benchmarks import common
 from framework.ift import HessianVectorProduct, ift_hypergradient
 from framework.linalg import neumann_solve
 
@@ -96,7 +96,7 @@ def measure_model(model: str, device: torch.device, quick: bool, reps: int) -> l
     rows = []
 
     def add(what, meth, iters, fn, target=None, note=""):
-        r = common.compare(grad, fn, reps, device)
+        r = common.compare(grad, fn, reps, device, common.timing_target(quick))
         med = r["ratio"]["median"]
         rows.append({**base, "what": what, "method": meth, "iterations": iters,
                      **common.ratio_cols("ratio", r["ratio"]),
@@ -135,7 +135,7 @@ def measure_model(model: str, device: torch.device, quick: bool, reps: int) -> l
     solve = partial(neumann_solve, iterations=i_over, alpha=alpha)
     direct = partial(ift_hypergradient, bl.train_loss, bl.val_loss, bl.w, bl.lam, solve)
     plugin = partial(exp.hypergradient_flat, neu, tb, vb)
-    r = common.compare(direct, plugin, max(reps, 3 if quick else 9), device)
+    r = common.compare(direct, plugin, max(reps, 3 if quick else 9), device, common.timing_target(quick))
     rows.append({**base, "what": "overhead", "method": "neumann", "iterations": i_over,
                  **common.ratio_cols("ratio", r["ratio"]),
                  "time_ms_median": 1e3 * r["fn_s"]["median"], "grad_ms_median": "",
@@ -144,48 +144,13 @@ def measure_model(model: str, device: torch.device, quick: bool, reps: int) -> l
     print(f"  cost {model:4s} overhead plugin/direct {r['ratio']['median']:.3f}", flush=True)
     hand = handwritten_neumann(exp, tb, vb, i_over, alpha)
     diff = common.rel_diff(plugin(), hand())
-    r = common.compare(hand, plugin, max(reps, 3 if quick else 9), device)
+    r = common.compare(hand, plugin, max(reps, 3 if quick else 9), device, common.timing_target(quick))
     rows.append({**base, "what": "overhead_vs_handwritten", "method": "neumann", "iterations": i_over,
                  **common.ratio_cols("ratio", r["ratio"]),
                  "time_ms_median": 1e3 * r["fn_s"]["median"], "grad_ms_median": "",
                  "target_max_ratio": "", "target_met": "", "reps": max(reps, 3 if quick else 9),
                  "note": f"hgbench / hand-written per-tensor PyTorch (max rel. diff {diff:.1e})"})
     print(f"  cost {model:4s} overhead plugin/handwritten {r['ratio']['median']:.3f} (rel diff {diff:.1e})", flush=True)
-    rows += before_after(exp, base, tb, vb, w, lam, device, max(reps, 3 if quick else 9))
-    return rows
-
-
-def before_after(exp, base, tb, vb, w, lam, device, reps) -> list[dict]:
-    """This version's code paths ÷ the ones before the speed changes (``framework.bench.legacy``),
-    side by side: a plain gradient, neumann and cg hypergradients (i = 10), one joint hyper-step."""
-    from framework.bench import legacy
-
-    p = exp.problem
-    targets = {
-        "plain gradient": lambda: torch.autograd.grad(p.train_loss(w, lam, tb), w)[0],
-        "neumann i=10": partial(exp.hypergradient_flat, common.method("neumann", iterations=10), tb, vb),
-        "cg i=10": partial(exp.hypergradient_flat, common.method("cg", iterations=10), tb, vb),
-        "10 inner SGD steps": lambda: exp.train_inner(10),
-    }
-    rows = []
-    for name, fn in targets.items():
-        if name != "10 inner SGD steps":
-            with legacy.before():
-                old_val = fn()
-            diff = common.rel_diff(fn(), old_val)
-        else:
-            diff = float("nan")
-
-        def old(fn=fn):
-            with legacy.before():
-                return fn()
-
-        r = common.compare(old, fn, reps, device)
-        rows.append({**base, "what": "before_after", "method": name, "iterations": "",
-                     **common.ratio_cols("ratio", r["ratio"]), "time_ms_median": 1e3 * r["fn_s"]["median"],
-                     "grad_ms_median": "", "target_max_ratio": "", "target_met": "", "reps": reps,
-                     "note": f"new ÷ before ({1e3 * r['ref_s']['median']:.1f} ms before); max rel. diff {diff:.1e}"})
-        print(f"  cost {base['model']:4s} before/after {name:20s} new/old {r['ratio']['median']:.3f}", flush=True)
     return rows
 
 
@@ -197,7 +162,7 @@ def run(out: Path, quick: bool = False, device: str = "auto", reps: int | None =
         rows += measure_model(model, dev, quick, reps)
     common.write_csv(out, "cost", rows, dev)
     plot(rows, out / "cost.png")
-    common.write_fragment(out, "cost", fragment(rows, quick), headline(rows), dev)
+    common.write_fragment(out, "cost", fragment(rows, quick), headline(rows), dev, quick=quick)
     return rows
 
 
@@ -260,7 +225,7 @@ def fragment(rows, quick: bool) -> str:
         parts.append("")
         table = []
         for r in rs:
-            if r["what"].startswith("overhead") or r["what"] == "before_after":
+            if r["what"].startswith("overhead"):
                 continue
             tgt = f"≤ {r['target_max_ratio']:.1f}: {common.verdict(r['target_met'])}" if r["target_max_ratio"] != "" else ""
             table.append([r["what"], r["method"], r["iterations"], common.fr(_f(r)), f"{r['time_ms_median']:.1f}", tgt])
@@ -276,13 +241,6 @@ def fragment(rows, quick: bool) -> str:
                 parts.append(f"- hgbench's neumann i=5 ÷ a hand-written per-tensor implementation in plain PyTorch "
                              f"(the paper's code style, `nn.Module` parameters, no flat vectors): "
                              f"**{r['ratio_median']:.3f}** (IQR {r['ratio_q1']:.3f}–{r['ratio_q3']:.3f}); {r['note']}")
-        ba = [r for r in rs if r["what"] == "before_after"]
-        if ba:
-            parts += ["", f"Speed changes made with this benchmark (`framework/flat.py`: `unflatten` by one `torch.split`; "
-                      f"`framework/linalg.py`: fused CG updates), {model}, this version ÷ before (the old code kept in "
-                      "`framework/bench/legacy.py`, timed side by side):", "",
-                      common.md_table(["what", "new ÷ before (IQR)", "ms now", "note"],
-                                      [[r["method"], common.fr(_f(r), 3), f"{r['time_ms_median']:.1f}", r["note"]] for r in ba])]
         parts.append("")
     return "\n".join(parts)
 

@@ -24,7 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from framework.bench import common
+from benchmarks import common
 
 QUICK_BASE = ["dataset=digits", "model.hidden=[16]", "dataset.train_size=200", "dataset.val_size=100", "eval_every=5"]
 
@@ -47,7 +47,7 @@ def calibrate(spec: dict) -> dict:
     """Seconds per hyper-step of the config (warm), to size a run to a target duration."""
     import time as _t
 
-    from framework.api import build_experiment
+    from framework import build_experiment
 
     exp = build_experiment(overrides=spec["overrides"])
     exp.warm_up()
@@ -163,7 +163,7 @@ def run(out: Path, quick: bool = False, device: str = "auto", reps: int | None =
         shutil.rmtree(tmp, ignore_errors=True)
     common.write_csv(out, "overhead", rows, dev)
     plot(rows, out / "overhead.png")
-    common.write_fragment(out, "overhead", fragment(rows, quick), headline(rows), dev)
+    common.write_fragment(out, "overhead", fragment(rows, quick), headline(rows), dev, quick=quick)
     return rows
 
 

@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from framework.base import Batch
-from framework.bench import common
+from benchmarks import common
 
 ITERATIONS = (5, 20)
 QUICK_ITERATIONS = (3,)
@@ -170,7 +170,7 @@ def run(out: Path, quick: bool = False, device: str = "auto", reps: int | None =
                 with warnings.catch_warnings():  # TorchOpt 0.7.3 calls the deprecated functorch.vjp
                     warnings.simplefilter("ignore", FutureWarning)
                     diff = common.rel_diff(fn(), ref[meth])
-                    r = common.compare(fn, ours[meth], reps, dev)  # ratio = hgbench / peer
+                    r = common.compare(fn, ours[meth], reps, dev, common.timing_target(quick))  # ratio = hgbench / peer
             except Exception as exc:  # noqa: BLE001 - reported, the other peers still run
                 notes[f"{lib} {how}"] = f"failed: {type(exc).__name__}: {str(exc)[:300]}"
                 print(f"  peers {lib} {how}: FAILED {type(exc).__name__}: {exc}", flush=True)
@@ -191,7 +191,7 @@ def run(out: Path, quick: bool = False, device: str = "auto", reps: int | None =
     common.write_csv(out, "peers", rows, dev)
     if rows:
         plot(rows, out / "peers.png")
-    common.write_fragment(out, "peers", fragment(rows, quick, notes), headline(rows), dev)
+    common.write_fragment(out, "peers", fragment(rows, quick, notes), headline(rows), dev, quick=quick)
     return rows
 
 
