@@ -56,7 +56,6 @@ def mem_point(spec: dict) -> dict:
     experiment was built (data, weights, λ, optimiser states and working memory; not the Python
     and torch runtime). ``peak_mb``: ``PeakMemory`` (CPU: growth of peak RSS during the steps
     only; CUDA: max_memory_allocated, which already counts every tensor)."""
-    import torch
 
     from framework.memory import PeakMemory, _status_kb
 

@@ -135,30 +135,32 @@ def run(out: Path, quick: bool = False, device: str = "auto", reps: int | None =
                      "ratio_median": c_run["median"] / b_run["median"],
                      "target": "overhead ≤ 5% of the run", "target_met": bool(in_run <= 0.05)})
 
-        # 2. a 4-job grid: joblib with 2 workers vs sequential
-        seeds = "seed=0,1" if quick else "seed=0,1,2,3"
-        # ++resume=false: a grid job that already FINISHED in the store would otherwise be reused, not run
-        grid = [*base, f"hyper_steps={max(5, steps // 6)}", seeds, "++resume=false", f"mlflow.tracking_uri={uri}",
-                "progress=false", "mlflow.experiment=grid"]
-        walls = {"sequential": [], "joblib": []}
-        for r in range(reps):
-            for kind in (("sequential", "joblib") if r % 2 == 0 else ("joblib", "sequential")):
-                extra = ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"] if kind == "joblib" else []
-                wall, res = cli(["-m", *extra, *grid, f"hydra.sweep.dir={tmp / f'{kind}{r}'}"], tmp, env)
-                if res.returncode != 0:
-                    raise RuntimeError(f"grid ({kind}) failed: {res.stdout[-500:]} {res.stderr[-800:]}")
-                walls[kind].append(wall)
-                print(f"  overhead grid {kind:10s}: {wall:6.2f} s", flush=True)
-        s_seq, s_par = common.stats(walls["sequential"]), common.stats(walls["joblib"])
-        speedup = s_seq["median"] / s_par["median"]
-        rows.append({**common_row, "what": "grid", "jobs": len(seeds.split(",")), "config": " ".join(grid[:-3]),
-                     "hyper_steps": int(grid[len(base)].split("=")[1]),
-                     "sequential_wall_s": s_seq["median"], "joblib_wall_s": s_par["median"],
-                     "sequential_wall_s_min": s_seq["min"], "sequential_wall_s_max": s_seq["max"],
-                     "joblib_wall_s_min": s_par["min"], "joblib_wall_s_max": s_par["max"],
-                     "ratio_median": speedup, "speedup": speedup,
-                     "target": "joblib n_jobs=2 ≥ 1.8× faster", "target_met": bool(speedup >= 1.8)})
-        print(f"  overhead grid speed-up {speedup:.2f}×", flush=True)
+        # 2. a 4-job grid: joblib with 2 workers vs sequential (not in --quick: three more processes
+        # of start-up for a figure a smoke run cannot give; test_concurrency.py runs joblib grids)
+        seeds = "seed=0,1,2,3"
+        if not quick:
+            # ++resume=false: a grid job that already FINISHED in the store would otherwise be reused, not run
+            grid = [*base, f"hyper_steps={max(5, steps // 6)}", seeds, "++resume=false", f"mlflow.tracking_uri={uri}",
+                    "progress=false", "mlflow.experiment=grid"]
+            walls = {"sequential": [], "joblib": []}
+            for r in range(reps):
+                for kind in (("sequential", "joblib") if r % 2 == 0 else ("joblib", "sequential")):
+                    extra = ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"] if kind == "joblib" else []
+                    wall, res = cli(["-m", *extra, *grid, f"hydra.sweep.dir={tmp / f'{kind}{r}'}"], tmp, env)
+                    if res.returncode != 0:
+                        raise RuntimeError(f"grid ({kind}) failed: {res.stdout[-500:]} {res.stderr[-800:]}")
+                    walls[kind].append(wall)
+                    print(f"  overhead grid {kind:10s}: {wall:6.2f} s", flush=True)
+            s_seq, s_par = common.stats(walls["sequential"]), common.stats(walls["joblib"])
+            speedup = s_seq["median"] / s_par["median"]
+            rows.append({**common_row, "what": "grid", "jobs": len(seeds.split(",")), "config": " ".join(grid[:-3]),
+                         "hyper_steps": int(grid[len(base)].split("=")[1]),
+                         "sequential_wall_s": s_seq["median"], "joblib_wall_s": s_par["median"],
+                         "sequential_wall_s_min": s_seq["min"], "sequential_wall_s_max": s_seq["max"],
+                         "joblib_wall_s_min": s_par["min"], "joblib_wall_s_max": s_par["max"],
+                         "ratio_median": speedup, "speedup": speedup,
+                         "target": "joblib n_jobs=2 ≥ 1.8× faster", "target_met": bool(speedup >= 1.8)})
+            print(f"  overhead grid speed-up {speedup:.2f}×", flush=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     common.write_csv(out, "overhead", rows, dev)
@@ -170,7 +172,7 @@ def run(out: Path, quick: bool = False, device: str = "auto", reps: int | None =
 def plot(rows, path: Path) -> None:
     plt = common.pyplot()
     one = next(r for r in rows if r["what"] == "single_run")
-    grid = next(r for r in rows if r["what"] == "grid")
+    grid = next((r for r in rows if r["what"] == "grid"), None)  # None with --quick
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(12, 4.2))
     labels = ["bare runner\n(Experiment.run, no MLflow)", "hgbench CLI\n(Hydra + MLflow)"]
     loop = [one["bare_runtime_s"], one["cli_runtime_s"]]
@@ -184,6 +186,13 @@ def plot(rows, path: Path) -> None:
     a1.set_title(f"One run: in-run overhead {100 * one['overhead_in_run']:+.1f} %, "
                  f"whole process {100 * one['overhead_whole_process']:+.1f} % of the run", fontsize=9)
     a1.legend(fontsize=8, loc="lower right")
+    if grid is None:
+        a2.axis("off")
+        a2.text(0.5, 0.5, "grid: not measured with --quick", ha="center", va="center")
+        fig.tight_layout()
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        return
     a2.bar(["sequential\n(basic launcher)", "joblib n_jobs=2"], [grid["sequential_wall_s"], grid["joblib_wall_s"]],
            color=["tab:gray", "tab:green"])
     for k, v in enumerate([grid["sequential_wall_s"], grid["joblib_wall_s"]]):
@@ -199,7 +208,7 @@ def plot(rows, path: Path) -> None:
 
 def fragment(rows, quick: bool) -> str:
     one = next(r for r in rows if r["what"] == "single_run")
-    grid = next(r for r in rows if r["what"] == "grid")
+    grid = next((r for r in rows if r["what"] == "grid"), None)
     t = common.md_table(
         ["", "bare runner", "hgbench CLI (Hydra + MLflow)", "overhead", "target ≤ 5 %"],
         [["runtime_s (the run)", f"{one['bare_runtime_s']:.2f} s ({one['bare_runtime_s_min']:.2f}–{one['bare_runtime_s_max']:.2f})",
@@ -207,7 +216,7 @@ def fragment(rows, quick: bool) -> str:
           f"{100 * one['overhead_in_run']:+.1f} %", common.verdict(one["target_met"])],
          ["whole process wall", f"{one['bare_wall_s']:.2f} s", f"{one['cli_wall_s']:.2f} s",
           f"{100 * one['overhead_whole_process']:+.1f} % of the run (CLI − bare)", "—"]])
-    g = common.md_table(
+    g = "The grid (joblib n_jobs=2 vs sequential) is not measured with --quick." if grid is None else common.md_table(
         [f"grid ({grid['jobs']} jobs)", "sequential", "joblib n_jobs=2", "speed-up", "target ≥ 1.8×"],
         [[f"hyper_steps={grid['hyper_steps']} each", f"{grid['sequential_wall_s']:.1f} s ({grid['sequential_wall_s_min']:.1f}–{grid['sequential_wall_s_max']:.1f})",
           f"{grid['joblib_wall_s']:.1f} s ({grid['joblib_wall_s_min']:.1f}–{grid['joblib_wall_s_max']:.1f})",
@@ -227,10 +236,12 @@ def fragment(rows, quick: bool) -> str:
 
 def headline(rows) -> list[list]:
     one = next(r for r in rows if r["what"] == "single_run")
-    grid = next(r for r in rows if r["what"] == "grid")
-    return [["overhead", f"Hydra + MLflow vs bare runner, in-run (runtime_s, ~{one['bare_runtime_s']:.0f} s run)",
+    grid = next((r for r in rows if r["what"] == "grid"), None)
+    out = [["overhead", f"Hydra + MLflow vs bare runner, in-run (runtime_s, ~{one['bare_runtime_s']:.0f} s run)",
              f"{100 * one['overhead_in_run']:+.1f} %", "≤ 5 %", common.verdict(one["target_met"])],
             ["overhead", "Hydra + MLflow vs bare runner, whole process (start-up included)",
-             f"{100 * one['overhead_whole_process']:+.1f} % of the run", "—", ""],
-            ["overhead", f"{grid['jobs']}-job grid: joblib n_jobs=2 vs sequential", f"{grid['speedup']:.2f}× faster", "≥ 1.8×",
-             common.verdict(grid["target_met"])]]
+             f"{100 * one['overhead_whole_process']:+.1f} % of the run", "—", ""]]
+    if grid is not None:
+        out.append(["overhead", f"{grid['jobs']}-job grid: joblib n_jobs=2 vs sequential", f"{grid['speedup']:.2f}× faster", "≥ 1.8×",
+                    common.verdict(grid["target_met"])])
+    return out

@@ -64,8 +64,13 @@ def format_sweep_summary(results: list[dict[str, Any]], expected: int | None = N
 
 
 class SweepCallback(Callback):
+    def __init__(self) -> None:
+        self._set_sweep_id = False
+
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        os.environ.setdefault(SWEEP_ENV, new_sweep_id())
+        if SWEEP_ENV not in os.environ:  # a relaunch under a given id keeps it
+            os.environ[SWEEP_ENV] = new_sweep_id()
+            self._set_sweep_id = True
         mlflow_cfg = config.mlflow
         if mlflow_cfg.enabled:
             from framework.store import StoreError, check_store, resolve_tracking_uri
@@ -73,11 +78,15 @@ class SweepCallback(Callback):
             try:
                 check_store(resolve_tracking_uri(mlflow_cfg.tracking_uri), str(mlflow_cfg.experiment))
             except StoreError as exc:  # stop before launching jobs that could record nothing
+                if self._set_sweep_id:
+                    os.environ.pop(SWEEP_ENV, None)
                 print(f"hgbench: error: {exc}", file=sys.stderr)
                 sys.exit(2)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         results = read_job_results(config.hydra.sweep.dir)
         print(format_sweep_summary(results), flush=True)
+        if self._set_sweep_id:  # the id was this sweep's: the next sweep in the process gets its own
+            os.environ.pop(SWEEP_ENV, None)
         if any(r["status"] == "FAILED" or r.get("recording_failed") for r in results):
             sys.exit(1)

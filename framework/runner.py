@@ -98,11 +98,6 @@ def build_parts(cfg: DictConfig) -> Parts:
     return Parts(device, built["dataset"], built["model"], built["hyperparam"], built["hypergrad"], inner, outer)  # type: ignore[arg-type]
 
 
-def validate_config(cfg: DictConfig) -> Parts:
-    """``build_parts`` under the name callers used before; returns the built parts."""
-    return build_parts(cfg)
-
-
 class Experiment:
     """Problem + hypergradient method + inner/outer optimisers, built from a composed config."""
 

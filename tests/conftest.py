@@ -5,12 +5,17 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("MPLCONFIGDIR", tempfile.mkdtemp(prefix="hgbench-mpl-"))
 os.environ.setdefault("HGBENCH_DISABLE_ENTRY_POINTS", "1")  # results must not depend on what is installed
 os.environ.pop("MLFLOW_TRACKING_URI", None)
+# one torch thread per process (this one and every hgbench it starts): the suite runs two test
+# workers on two cores, and torch's default threads crawl on contended cores
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
 from framework import build_experiment  # noqa: E402
 from helpers import polish  # noqa: E402
+
+torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 
 @pytest.fixture

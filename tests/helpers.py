@@ -77,3 +77,16 @@ def run_cli(monkeypatch, cwd, *args):
         except SystemExit as exc:
             code = exc.code
     return code, out.getvalue(), err.getvalue()
+
+
+def hgbench_in_process(cwd, *args):
+    """``hgbench`` in this process, as a CompletedProcess-like result (returncode, stdout, stderr):
+    the same ``main()`` as the command — Hydra, launcher, callbacks, recording — without the
+    seconds an interpreter takes to import torch and MLflow."""
+    from types import SimpleNamespace
+
+    import pytest
+
+    with pytest.MonkeyPatch.context() as mp:
+        code, out, err = run_cli(mp, cwd, *args)
+    return SimpleNamespace(returncode=code, stdout=out, stderr=err)

@@ -20,7 +20,7 @@ COLUMNS = {
     "joint": {"config", "k", "time_ratio_median", "time_ratio_q1", "time_ratio_q3", "memory_footprint_ratio", "time_target_met"},
     "scale": {"target_size", "status", "num_hyperparams", "peak_mb", "first_hypergradient_s", "mem_cap_gib"},
     "peers": {"peer", "peer_call", "method", "iterations", "hgbench_ms", "peer_ms", "speedup_median", "max_rel_diff"},
-    "overhead": {"what", "ratio_median", "cli_runtime_s", "bare_runtime_s", "sequential_wall_s", "joblib_wall_s"},
+    "overhead": {"what", "ratio_median", "cli_runtime_s", "bare_runtime_s"},  # the grid rows: not with --quick
     "compile": {"model", "status", "max_rel_diff", "compile_s", "inner_ratio_median", "step_ratio_median", "helps"},
 }
 RATIOS = {

@@ -4,7 +4,7 @@ import subprocess
 import sys
 
 import pytest
-from helpers import run_cli
+from helpers import hgbench_in_process, run_cli
 from mlflow.tracking import MlflowClient
 
 SMALL = ["dataset=digits", "hyper_steps=6", "inner_steps=3", "eval_every=3", "dataset.train_size=200", "dataset.val_size=100"]
@@ -50,7 +50,7 @@ def test_run_records_params_metrics_and_tags(tmp_path):
 
 @pytest.mark.slow
 def test_diverging_hypergradient_ends_the_run_as_failed(tmp_path):
-    out = hgbench(tmp_path, *SMALL, "hypergrad.alpha=1e6", "hypergrad.iterations=20")
+    out = hgbench_in_process(tmp_path, *SMALL, "hypergrad.alpha=1e6", "hypergrad.iterations=20")
     assert out.returncode == 1
     assert "not finite at hyper-step 1" in out.stdout
     client, run = only_run(tmp_path)
@@ -62,7 +62,7 @@ def test_diverging_hypergradient_ends_the_run_as_failed(tmp_path):
 
 @pytest.mark.slow
 def test_too_large_for_exact_is_skipped_with_its_reason(tmp_path):
-    out = hgbench(tmp_path, *SMALL, "hypergrad=exact", "hypergrad.max_weights=1000")
+    out = hgbench_in_process(tmp_path, *SMALL, "hypergrad=exact", "hypergrad.max_weights=1000")
     assert out.returncode == 0 and "SKIPPED" in out.stdout
     _, run = only_run(tmp_path)
     assert run.info.status == "KILLED" and run.data.tags["hgbench.status"] == "skipped"
@@ -173,13 +173,10 @@ def test_a_run_on_a_tracking_server_points_at_the_server_ui():
 
 
 @pytest.mark.slow
-def test_mlflow_tracking_uri_in_the_environment_is_respected(tmp_path):
-    import os
-
+def test_mlflow_tracking_uri_in_the_environment_is_respected(tmp_path, monkeypatch):
     elsewhere = tmp_path / "elsewhere.db"
-    env = dict(os.environ, MLFLOW_TRACKING_URI=f"sqlite:///{elsewhere}")
-    out = subprocess.run([sys.executable, "-m", "framework.cli", *SMALL], cwd=tmp_path, env=env,
-                         capture_output=True, text=True, timeout=300)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{elsewhere}")
+    out = hgbench_in_process(tmp_path, *SMALL)
     assert out.returncode == 0, out.stderr[-2000:]
     assert elsewhere.exists() and not (tmp_path / "mlflow.db").exists()
     assert f"at sqlite:///{elsewhere}" in out.stdout

@@ -26,7 +26,6 @@ TINY = ["dataset=digits", "model.hidden=[8]", f"hyper_steps={HYPER_STEPS}", "inn
         "dataset.train_size=100", "dataset.val_size=100"]
 GRID = ["hypergrad=neumann,cg", "seed=0,1,2"]  # 6 jobs
 EXPECTED = {(m, s) for m in ("neumann", "cg") for s in ("0", "1", "2")}
-N = len(EXPECTED)
 
 # every step of the run (1..HYPER_STEPS), or step 0 too for what is also logged before the first
 # hyper-step; eval metrics at every eval step (eval_every=1: all of them); the end-of-run ones once
@@ -51,8 +50,9 @@ def hgbench(cwd: Path, *args: str, timeout: int = 240) -> subprocess.CompletedPr
                           capture_output=True, text=True, timeout=timeout)
 
 
-def check_grid(out: subprocess.CompletedProcess, uri: str, launcher: str) -> tuple[MlflowClient, list]:
+def check_grid(out: subprocess.CompletedProcess, uri: str, launcher: str, expected=EXPECTED) -> tuple[MlflowClient, list]:
     """Exactly N runs, all FINISHED, each with every metric at every step, its params and tags."""
+    N = len(expected)
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
     assert f"{N} jobs — {N} finished" in out.stdout, out.stdout[-3000:]
     assert "database is locked" not in out.stderr and "Traceback" not in out.stderr, out.stderr[-3000:]
@@ -61,7 +61,7 @@ def check_grid(out: subprocess.CompletedProcess, uri: str, launcher: str) -> tup
     runs = client.search_runs([exp.experiment_id], max_results=1000)
     assert len(runs) == N, f"{len(runs)} runs recorded for {N} jobs"
     assert {r.info.status for r in runs} == {"FINISHED"}
-    assert {(r.data.params["hypergrad.name"], r.data.params["seed"]) for r in runs} == EXPECTED
+    assert {(r.data.params["hypergrad.name"], r.data.params["seed"]) for r in runs} == expected
     assert len({r.data.tags["hgbench.sweep_id"] for r in runs}) == 1
     assert sorted(int(r.data.tags["hgbench.job_num"]) for r in runs) == list(range(N))
     assert {r.data.tags["hgbench.launcher"] for r in runs} == {launcher}
@@ -85,14 +85,15 @@ def check_grid(out: subprocess.CompletedProcess, uri: str, launcher: str) -> tup
     return client, runs
 
 
-@pytest.mark.parametrize("launcher,args", [
-    ("joblib", ["hydra/launcher=joblib", "hydra.launcher.n_jobs=4"]),
-    ("submitit_local", ["hydra/launcher=submitit_local"]),  # all 6 jobs start at once
+@pytest.mark.parametrize("launcher,args,seeds", [
+    ("joblib", ["hydra/launcher=joblib", "hydra.launcher.n_jobs=3"], ("0", "1", "2")),
+    # every job a fresh process, all 4 started at once (the SLURM launcher's code path)
+    ("submitit_local", ["hydra/launcher=submitit_local"], ("0", "1")),
 ])
-def test_parallel_jobs_on_one_fresh_sqlite_store(tmp_path, launcher, args):
+def test_parallel_jobs_on_one_fresh_sqlite_store(tmp_path, launcher, args, seeds):
     assert not (tmp_path / "mlflow.db").exists()
-    out = hgbench(tmp_path, "-m", *args, *GRID, *TINY)
-    check_grid(out, f"sqlite:///{tmp_path / 'mlflow.db'}", launcher)
+    out = hgbench(tmp_path, "-m", *args, "hypergrad=neumann,cg", f"seed={','.join(seeds)}", *TINY)
+    check_grid(out, f"sqlite:///{tmp_path / 'mlflow.db'}", launcher, {(m, s) for m in ("neumann", "cg") for s in seeds})
 
 
 # --- a real tracking server -------------------------------------------------------------------
@@ -164,7 +165,7 @@ def mlflow_server(tmp_path_factory):
 
 def test_parallel_jobs_against_a_tracking_server(tmp_path, mlflow_server):
     uri = mlflow_server["uri"]
-    out = hgbench(tmp_path, "-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=4", *GRID, *TINY,
+    out = hgbench(tmp_path, "-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", *GRID, *TINY,
                   f"mlflow.tracking_uri={uri}")
     client, runs = check_grid(out, uri, "joblib")
     assert not (tmp_path / "mlflow.db").exists(), "nothing was written to a local sqlite file"

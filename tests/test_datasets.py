@@ -8,8 +8,6 @@ module (module-scoped fixtures).
 import gzip
 import pickle
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -392,14 +390,11 @@ def test_cli_runs_finish_on_mnist1d_and_ptb(tmp_path):
         "ptb": ["dataset=ptb", "model=lstm", "hyperparam=weight_decay", "dataset.bptt=6", "dataset.train_size=10",
                 "model.embedding_dim=8", "model.hidden_size=8", "model.num_layers=1"],
     }
-    procs = {}
-    for name, args in runs.items():  # the two runs in parallel (2 cores)
+    from helpers import hgbench_in_process
+
+    for name, args in runs.items():
         (tmp_path / name).mkdir()
-        procs[name] = subprocess.Popen(
-            [sys.executable, "-m", "framework.cli", *args, *common], cwd=tmp_path / name,
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        )
-    for name, p in procs.items():
-        out, err = p.communicate(timeout=300)
-        assert p.returncode == 0, err
+        res = hgbench_in_process(tmp_path / name, *args, *common)
+        out = res.stdout
+        assert res.returncode == 0, res.stderr
         assert "hgbench run FINISHED" in out and f"· {name} ·" in out, out

@@ -205,13 +205,13 @@ def mlflow_runs(cwd: Path):
 
 @pytest.mark.slow
 def test_the_installed_plugin_runs_in_a_grid_with_no_yaml(site, tmp_path):
-    out = hgbench(tmp_path, env_with(site), "-m", "hypergrad=damped_neumann,neumann", "seed=0,1", *TINY)
+    out = hgbench(tmp_path, env_with(site), "-m", "hypergrad=damped_neumann,neumann", *TINY)
     assert out.returncode == 0, out.stderr[-3000:]
-    assert "4 jobs — 4 finished" in out.stdout
+    assert "2 jobs — 2 finished" in out.stdout
     runs = mlflow_runs(tmp_path)
-    assert len(runs) == 4 and {r.info.status for r in runs} == {"FINISHED"}
+    assert len(runs) == 2 and {r.info.status for r in runs} == {"FINISHED"}
     damped = [r for r in runs if r.data.tags["hgbench.hypergrad"] == "damped_neumann"]
-    assert len(damped) == 2 and {r.data.params["seed"] for r in damped} == {"0", "1"}
+    assert len(damped) == 1
     for r in damped:  # the config came from the dataclass defaults (ConfigStore), not a file
         assert r.data.params["hypergrad.damping"] == "0.01" and r.data.params["hypergrad.iterations"] == "5"
         assert r.data.metrics["hypergrad_norm"] > 0

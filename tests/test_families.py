@@ -12,6 +12,7 @@ TINY = ["dtype=float64", "dataset=digits", "dataset.train_size=40", "dataset.val
 
 CASES = {
     "weight_decay": ["hyperparam=weight_decay", "hyperparam.init_decay=0.01"],
+    "weight_decay_per_tensor": ["hyperparam=weight_decay", "hyperparam.granularity=per_tensor", "hyperparam.init_decay=0.01"],
     "weight_decay_per_param": ["hyperparam=weight_decay_per_param", "hyperparam.init_decay=0.01"],
     "loss_reweight_example": ["hyperparam=loss_reweight", "hyperparam.l2=0.01"],
     "loss_reweight_class": ["hyperparam=loss_reweight", "hyperparam.per=class", "hyperparam.l2=0.01", "hyperparam.normalize=false"],
@@ -43,6 +44,7 @@ def test_ift_hypergradient_matches_finite_differences(case):
 
 @pytest.mark.parametrize("case,count", [
     ("weight_decay", 1),
+    ("weight_decay_per_tensor", 4),  # two weight matrices, two biases
     ("weight_decay_per_param", 64 * 2 + 2 + 2 * 10 + 10),
     ("loss_reweight_example", 40),
     ("loss_reweight_class", 10),
@@ -112,3 +114,21 @@ def test_decays_are_capped_so_the_inner_step_stays_stable():
     torch.testing.assert_close(d.detach(), torch.tensor([torch.exp(torch.tensor(-20.0)).item(), 1.0, 1.9937, 2.0, 2.0], dtype=torch.float64), rtol=1e-4, atol=0)
     (g,) = torch.autograd.grad(d.sum(), lam)
     assert g[3] == g[4] == 0 and g[1] == 1.0  # no push beyond the cap
+
+
+def test_weight_decay_granularities_are_one_penalty_at_three_resolutions():
+    """per_tensor and per_param with every decay equal to the global one give the global loss;
+    per_tensor's penalty is Σ_t d_t·‖w_t‖² over the model's named tensors."""
+    exps = {g: build_experiment(overrides=TINY + ["hyperparam=weight_decay", f"hyperparam.granularity={g}"])
+            for g in ("global", "per_tensor", "per_param")}
+    w, batch = exps["global"].w, exps["global"].problem.full_batch("train")
+    losses = {g: e.problem.train_loss(w, e.lam.detach(), batch) for g, e in exps.items()}
+    torch.testing.assert_close(losses["per_tensor"], losses["global"], rtol=1e-12, atol=0)
+    torch.testing.assert_close(losses["per_param"], losses["global"], rtol=1e-12, atol=0)
+    e = exps["per_tensor"]
+    lam = torch.log(torch.tensor([0.1, 0.2, 0.3, 0.4], dtype=torch.float64))
+    tensors = e.problem.w_spec.unflatten(w)
+    data = e.problem.data_loss(e.problem.forward(w, batch.x), batch.y)
+    expected = data + 0.5 * sum(d * (t * t).sum() for d, t in zip(lam.exp(), tensors.values()))
+    torch.testing.assert_close(e.problem.train_loss(w, lam, batch), expected, rtol=1e-12, atol=0)
+    assert set(e.problem.family.metrics({"log_decay": lam})) >= {f"decay/{n}" for n in tensors}

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from helpers import hgbench_in_process
 from mlflow.tracking import MlflowClient
 
 from framework.report import aggregate, fmt, main, select_optuna
@@ -86,7 +87,7 @@ def test_optuna_sweeps_enter_as_their_best_finished_trial():
 # --- the whole command on a real store ----------------------------------------------------------
 
 def hgbench(cwd, *args):
-    return subprocess.run([sys.executable, "-m", "framework.cli", *args], cwd=cwd, capture_output=True, text=True, timeout=300)
+    return hgbench_in_process(cwd, *args)
 
 
 def run_main(*args):

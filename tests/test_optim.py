@@ -1,0 +1,48 @@
+"""framework/optim.py's functional SGD and Adam against torch.optim on the same gradients."""
+
+import pytest
+import torch
+
+from framework.optim import SGD, Adam
+
+
+def trajectories(ours, theirs_cls, theirs_kw, steps=25):
+    """Both optimisers on f(w) = Σ a·w⁴ − b·w (a non-quadratic loss, so gradients differ per step)."""
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.rand(6, generator=g, dtype=torch.float64) + 0.5, torch.randn(6, generator=g, dtype=torch.float64)
+    loss = lambda w: (a * w**4 - b * w).sum()  # noqa: E731
+    w0 = torch.randn(6, generator=g, dtype=torch.float64)
+    w, state = w0.clone(), ours.init(w0)
+    p = torch.nn.Parameter(w0.clone())
+    opt = theirs_cls([p], **theirs_kw)
+    for _ in range(steps):
+        wg = w.clone().requires_grad_(True)
+        (grad,) = torch.autograd.grad(loss(wg), wg)
+        w, state = ours.step(w, grad, state)
+        opt.zero_grad()
+        loss(p).backward()
+        opt.step()
+        yield w, p.detach()
+
+
+@pytest.mark.parametrize("momentum,nesterov", [(0.0, False), (0.9, False), (0.9, True)])
+def test_sgd_matches_torch_optim_sgd(momentum, nesterov):
+    ours = SGD(lr=0.01, momentum=momentum, nesterov=nesterov)
+    for mine, theirs in trajectories(ours, torch.optim.SGD, {"lr": 0.01, "momentum": momentum, "nesterov": nesterov}):
+        torch.testing.assert_close(mine, theirs, rtol=1e-12, atol=1e-14)
+
+
+def test_adam_matches_torch_optim_adam():
+    """Adam with eps_root = 0 is torch's Adam exactly; the default eps_root = 1e-16 (which keeps
+    it differentiable at v = 0) moves it by far less than eps."""
+    for eps_root, tol in ((0.0, 1e-12), (1e-16, 1e-9)):
+        ours = Adam(lr=0.01, betas=(0.9, 0.99), eps=1e-8, eps_root=eps_root)
+        for mine, theirs in trajectories(ours, torch.optim.Adam, {"lr": 0.01, "betas": (0.9, 0.99), "eps": 1e-8}):
+            torch.testing.assert_close(mine, theirs, rtol=tol, atol=tol)
+
+
+def test_the_check_can_fail():
+    """A different learning rate is caught (the comparison is not vacuous)."""
+    ours = SGD(lr=0.011)
+    mine, theirs = list(trajectories(ours, torch.optim.SGD, {"lr": 0.01}))[-1]
+    assert not torch.allclose(mine, theirs, rtol=1e-6)
