@@ -62,8 +62,8 @@ def _report(source: str, exc: BaseException, what: str, into: list[PluginFailure
 
 
 def entry_points() -> tuple[list[importlib.metadata.EntryPoint], list[importlib.metadata.EntryPoint]]:
-    """(hgbench's own entry points — the built-ins —, every other distribution's), each in
-    declaration order."""
+    """(hgbench's own entry points — the built-ins —, every other distribution's), each in the
+    order the installed metadata lists them."""
     own, others = [], []
     for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
         is_own = ep.dist is not None and ep.dist.name == DISTRIBUTION

@@ -45,3 +45,14 @@ def tiny_mlp():
     exp.train_inner(2000)
     polish(exp)
     return exp
+
+
+# The suite runs on two xdist workers, a file's tests on one worker (--dist loadfile). Files are
+# handed out in collection order, so the longest ones go first: the rest then fill the gaps.
+LONGEST_FIRST = ["test_bench.py", "test_concurrency.py", "test_models.py", "test_resume.py", "test_external_plugin.py",
+                 "test_sweeps.py", "test_reproducibility.py", "test_cli.py", "test_report.py", "test_datasets.py"]
+
+
+def pytest_collection_modifyitems(items):
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: a file's own order is kept

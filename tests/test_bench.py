@@ -84,7 +84,7 @@ def test_quick_sections_check_what_they_measure(quick_run):
         if r["peer_call"] in ("solve_inv(ns=True)", "solve_cg", "Config(type='neumann')"):
             assert float(r["max_rel_diff"]) < 1e-3, r  # same algorithm, same answer
     over = {r["what"]: r for r in rows(quick_run / "overhead.csv")}
-    assert set(over) == {"single_run", "grid"}
+    assert set(over) == {"single_run"}  # the grid comparison is not run with --quick
     (comp,) = rows(quick_run / "compile.csv")
     assert comp["status"] == "on" and float(comp["max_rel_diff"]) < 1e-4, comp  # the MLP compiles correctly
 
