@@ -194,6 +194,9 @@ def run_job(cfg: DictConfig, hc) -> float | None:
         if not multirun:
             _fail(exc)
         build_error = exc  # one bad job must not stop the grid: it is recorded as FAILED
+    except Exception as exc:  # a bug in a plugin's own checks: shown, and recorded below
+        traceback.print_exc()
+        build_error = exc
     try:
         check_store(cfg)
     except StoreError as exc:
@@ -202,18 +205,17 @@ def run_job(cfg: DictConfig, hc) -> float | None:
     if earlier is not None:
         result = earlier
     else:
-        result = None
-        try:
-            if build_error is not None:
-                raise build_error
-            exp = Experiment(cfg, parts)
-        except USER_ERRORS as exc:
-            if not multirun and not isinstance(exc, SkipRun):
-                _fail(exc)
-            result = record_unbuilt(cfg, exc, tags)
-        except Exception as exc:  # a bug (in a plugin, most likely): recorded, and its traceback shown
-            traceback.print_exc()
-            result = record_unbuilt(cfg, exc, tags)
+        result = None if build_error is None else record_unbuilt(cfg, build_error, tags)
+        if result is None:
+            try:
+                exp = Experiment(cfg, parts)
+            except USER_ERRORS as exc:
+                if not multirun and not isinstance(exc, SkipRun):
+                    _fail(exc)
+                result = record_unbuilt(cfg, exc, tags)
+            except Exception as exc:  # a bug (in a plugin, most likely): recorded, and its traceback shown
+                traceback.print_exc()
+                result = record_unbuilt(cfg, exc, tags)
         if result is None:
             if state is not None:
                 exp.load_state_dict(state)

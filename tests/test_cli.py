@@ -153,6 +153,40 @@ def test_a_bug_in_a_plugin_shows_its_traceback_and_is_recorded(tmp_path, monkeyp
     assert run.info.status == "FAILED" and run.data.tags["hgbench.error"].startswith("TypeError")
 
 
+def test_a_bug_in_a_plugins_own_checks_does_not_stop_the_grid(tmp_path, monkeypatch):
+    """A TypeError raised while the config is built (a plugin's __post_init__) in a grid: its
+    traceback is shown, the job is recorded FAILED, and the other jobs run."""
+    from dataclasses import dataclass
+
+    from framework import hookimpl, plugins
+
+    identity = plugins.get("hypergrad", "identity")
+
+    @dataclass
+    class BrokenCheck(identity):
+        name = "broken_check"
+
+        def __post_init__(self):
+            raise TypeError("a bug in the plugin's check")
+
+    class Plugin:
+        @hookimpl
+        def register_hypergradients(self):
+            return [BrokenCheck]
+
+    plugins.register(Plugin(), name="broken_check_plugin")
+    try:
+        code, out, err = run_cli(monkeypatch, tmp_path, "-m", "hypergrad=broken_check,identity", *SMALL)
+    finally:
+        plugins.unregister("broken_check_plugin")
+    assert code == 1  # a grid with a failed job exits non-zero, after every job ran
+    assert "TypeError: a bug in the plugin's check" in err and "Traceback" in err
+    assert "2 jobs — 1 failed, 1 finished" in out
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("hgbench").experiment_id])
+    assert sorted(r.info.status for r in runs) == ["FAILED", "FINISHED"]
+
+
 @pytest.mark.parametrize("multirun", [False, True])
 def test_an_unreachable_store_stops_the_job_before_any_work(tmp_path, monkeypatch, multirun):
     code, out, err = run_cli(monkeypatch, tmp_path, *(["-m"] if multirun else []), *SMALL, "mlflow.tracking_uri=http://127.0.0.1:9")
