@@ -33,14 +33,20 @@ def spans_decades(values, factor: float = 10.0) -> bool:
 
 
 def series_labels(runs: pd.DataFrame) -> tuple[pd.Series, pd.Series]:
-    """(series, tick): the series is the method (+ family where families differ); the tick label
-    adds dataset / model where those differ too."""
+    """(series, tick): the series is one configuration — the method (+ family where families
+    differ, + every parameter that differs within them: ``report.config_columns``); the tick
+    label adds dataset / model where those differ too."""
+    from framework.rowkey import config_columns
+
     series, tick = runs["method"].astype(str), runs["method"].astype(str)
     for c in ("family", "dataset", "model"):
         if runs[c].nunique(dropna=False) > 1:
             tick = tick + " · " + runs[c].astype(str)
             if c == "family":
                 series = series + " · " + runs[c].astype(str)
+    for c in config_columns(runs):
+        part = f"{c[len('params.'):].split('.')[-1]}=" + runs[c].astype(object).where(runs[c].notna(), "—").astype(str)
+        series, tick = series + " · " + part, tick + " · " + part
     return series, tick
 
 

@@ -22,9 +22,10 @@ from pathlib import Path
 
 import pandas as pd
 
+from framework.rowkey import GROUP, config_columns
+
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
-GROUP = ["method", "family", "dataset", "model"]
 STATUSES = ["finished", "failed", "skipped"]
 # summary columns: run column -> header (the per-step hypergradient time is in milliseconds)
 FINAL = {"val_loss": "val loss", "test_loss": "test loss", "val_acc": "val acc", "test_acc": "test acc",
@@ -146,20 +147,40 @@ def per_step_mean(metrics: pd.DataFrame, key: str) -> pd.Series:
     return metrics.loc[metrics["key"] == key].groupby("run_id")["value"].mean()
 
 
-def aggregate(runs: pd.DataFrame) -> pd.DataFrame:
-    """Per method × family × dataset × model: run counts ``n_<status>``, and over the FINISHED runs
-    ``<m>_mean``, ``<m>_std`` (sample std; NaN for one run) and ``<m>_n`` for every column of FINAL."""
+def row_keys(runs: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
+    """``runs`` with its row-key columns as strings ("—" where a run has no such parameter), and
+    those columns: GROUP, then the differing parameters (named without ``params.``)."""
     runs = runs.copy()
     for c in GROUP:
         runs[c] = runs[c].fillna("?").astype(str)
-    counts = pd.crosstab([runs[c] for c in GROUP], runs["status"])
+    extra = []
+    for c in config_columns(runs):
+        name = c[len("params."):]
+        runs[name] = runs[c].astype(object).where(runs[c].notna(), "—").astype(str)
+        extra.append(name)
+    return runs, GROUP + extra
+
+
+def aggregate(runs: pd.DataFrame) -> pd.DataFrame:
+    """One row per configuration (``row_keys``): run counts ``n_<status>``, and over the FINISHED
+    runs — one per seed: a seed run twice with the same configuration is counted in
+    ``n_duplicates`` and only its latest run is used — ``<m>_mean``, ``<m>_std`` (sample std over
+    seeds; NaN for one) and ``<m>_n`` for every column of FINAL."""
+    runs, key = row_keys(runs)
+    counts = pd.crosstab([runs[c] for c in key], runs["status"])
     order = STATUSES + sorted(set(counts) - set(STATUSES))  # e.g. running, killed
     counts = counts.reindex(columns=order, fill_value=0).add_prefix("n_")
     done = runs[runs["status"] == "finished"]
+    if "start_time" in done:
+        done = done.sort_values("start_time", kind="stable")
+    seed = done["seed"].astype(str) if "seed" in done else pd.Series("", index=done.index)
+    repeated = done.assign(_seed=seed).duplicated(subset=[*key, "_seed"], keep="last")
+    counts["n_duplicates"] = repeated.groupby([done[c] for c in key]).sum().reindex(counts.index, fill_value=0).astype(int)
+    done = done[~repeated]
     stats = {}
     for m in FINAL:
         if m in done:
-            g = done.groupby(GROUP)[m]
+            g = done.groupby(key)[m]
             stats.update({f"{m}_mean": g.mean(), f"{m}_std": g.std(), f"{m}_n": g.count()})
     out = counts.join(pd.DataFrame(stats), how="left") if stats else counts
     out = out.reset_index()
@@ -200,9 +221,10 @@ def markdown_table(header: list[str], rows: list[list]) -> str:
 
 def summary_table(agg: pd.DataFrame) -> str:
     metrics = [m for m in FINAL if f"{m}_mean" in agg and agg[f"{m}_mean"].notna().any()]
-    counts = [c for c in agg.columns if c.startswith("n_")]
-    header = GROUP + [c[2:] for c in counts] + [FINAL[m] for m in metrics]
-    rows = [[r[c] for c in GROUP] + [int(r[c]) for c in counts] + [fmt(r[f"{m}_mean"], r[f"{m}_std"]) for m in metrics]
+    counts = [c for c in agg.columns if c.startswith("n_") and (c != "n_duplicates" or agg[c].any())]
+    key = [c for c in agg.columns if not c.startswith("n_") and not c.endswith(("_mean", "_std", "_n"))]
+    header = key + [c[2:] for c in counts] + [FINAL[m] for m in metrics]
+    rows = [[r[c] for c in key] + [int(r[c]) for c in counts] + [fmt(r[f"{m}_mean"], r[f"{m}_std"]) for m in metrics]
             for _, r in agg.iterrows()]
     return markdown_table(header, rows)
 
@@ -221,8 +243,12 @@ def write_summary(path: Path, *, name, uri, experiments, sweep_id, filter_string
         + (f"; {len(runs) - len(shown)} other Optuna trials left out" if len(runs) > len(shown) else ""),
         f"- generated: {datetime.now():%Y-%m-%d %H:%M:%S}",
         f"- regenerate (from {code(str(Path.cwd()))}): {code(command)}", "",
-        "Each cell: mean ± sample std over seeds of the run's final value, FINISHED runs only (a "
-        "single run shows no ±). Failed and skipped runs are counted, never aggregated. "
+        "A row is one configuration: besides method, family, dataset and model, every resolved "
+        "parameter that differs among runs of those (e.g. `hypergrad.iterations`, `hyper_steps`) is a "
+        "column. Each cell: mean ± sample std over seeds of the run's final value, FINISHED runs only "
+        "(a single run shows no ±); a seed run more than once with the same configuration counts once "
+        "(its latest run) and the rest show under `duplicates`. Failed and skipped runs are counted, "
+        "never aggregated. "
         "`hypergrad / step`: the run's mean `hypergrad_time_s` over its hyper-steps, in ms. "
         "`peak memory`: on CPU the growth of the process's peak RSS during the run, on CUDA "
         "`max_memory_allocated`.", "",

@@ -15,7 +15,7 @@ import pytest
 from helpers import hgbench_in_process
 from mlflow.tracking import MlflowClient
 
-from framework.report import aggregate, fmt, main, select_optuna
+from framework.report import aggregate, fmt, main, select_optuna, summary_table
 
 SMALL = ["dataset=digits", "hyper_steps=6", "inner_steps=2", "eval_every=3", "dataset.train_size=200", "dataset.val_size=100"]
 PLOTS = ("val_loss_vs_time.png", "peak_memory.png", "hypergrad_time.png")
@@ -156,12 +156,18 @@ def test_summary_rows_counts_and_means_match_mlflow(store, report):
     assert f"wrote {out_dir}/" in printed and "6 runs (4 finished, 1 failed, 1 skipped)" in printed
     text = (out_dir / "summary.md").read_text()
     assert f"- store: `{uri}`" in text and "- experiments: `hgbench`" in text and "- filter: none" in text
-    rows = {r["method"]: r for r in table(text)}
-    assert set(rows) == {"neumann", "identity", "exact"}
+    # a row is one configuration: the diverging neumann run (another model and learning rate) is not
+    # pooled with the grid's neumann runs
+    table_rows = table(text)
+    assert {"model.hidden", "inner_optimizer.lr"} <= set(table_rows[0])
+    failed = [r for r in table_rows if r["method"] == "neumann" and r["inner_optimizer.lr"] == "1000000.0"]
+    assert len(failed) == 1 and (int(failed[0]["finished"]), int(failed[0]["failed"])) == (0, 1)
+    rows = {r["method"]: r for r in table_rows if r["inner_optimizer.lr"] != "1000000.0" or r["method"] == "exact"}
+    assert set(rows) == {"neumann", "identity", "exact"} and len(table_rows) == 4
     for r in rows.values():
         assert (r["family"], r["dataset"], r["model"]) == ("weight_decay", "digits", "mlp")
     counts = {m: (int(r["finished"]), int(r["failed"]), int(r["skipped"])) for m, r in rows.items()}
-    assert counts == {"neumann": (2, 1, 0), "identity": (2, 0, 0), "exact": (0, 0, 1)}
+    assert counts == {"neumann": (2, 0, 0), "identity": (2, 0, 0), "exact": (0, 0, 1)}
     assert all(v == "—" for k, v in rows["exact"].items() if k in FINAL or k.startswith("hypergrad"))
 
     # recompute every cell from MlflowClient: finished runs only, final = value at the last step
@@ -350,3 +356,54 @@ def test_run_times_decades_apart_get_a_log_time_axis_that_keeps_time_zero(monkey
     plots.plot_val_loss_vs_time(pd.DataFrame(rows), pd.DataFrame(metrics), {"neumann": "C0", "exact": "C1"}, tmp_path / "v.png")
     (ax,) = figs[0].axes
     assert ax.get_xscale() == "symlog" and ax.get_xlim()[0] == 0 and "log scale" in ax.get_xlabel()
+
+
+# --- a row is one configuration -----------------------------------------------------------------
+
+def configured_runs(rows, params):
+    """Runs of one method/family/task from (seed, start_time, val_loss, {param: value}) tuples."""
+    recs = []
+    for i, (seed, start, val, extra) in enumerate(rows):
+        recs.append({"run_id": f"r{i}", "method": "neumann", "family": "weight_decay", "dataset": "digits", "model": "mlp",
+                     "status": "finished", "seed": seed, "start_time": start, "val_loss": val,
+                     "params.mlflow.experiment": "hgbench", "params.progress": "auto", "params.num_weights": "2410",
+                     **{f"params.{k}": v for k, v in {**params, **extra}.items()}})
+    return pd.DataFrame(recs)
+
+
+def test_a_long_run_and_short_runs_are_different_rows_and_a_repeated_seed_is_flagged():
+    """The issue's case: the quick start (3,000 hyper-steps, seed 0) and a grid with hyper_steps=100
+    over seeds 0 and 1 — two rows, the long run never pooled with the short ones, seed 0 of the
+    short runs counted once (its latest run) and flagged as a duplicate, not averaged as a seed."""
+    runs = configured_runs([(0, 1, 0.03, {"hyper_steps": "3000"}),
+                            (0, 2, 0.60, {"hyper_steps": "100"}), (1, 3, 0.50, {"hyper_steps": "100"}),
+                            (0, 4, 0.40, {"hyper_steps": "100"})],  # seed 0 again, same config
+                           {"hypergrad.iterations": "5"})
+    agg = aggregate(runs).set_index("hyper_steps")
+    assert sorted(agg.index) == ["100", "3000"]
+    assert agg.loc["3000", "val_loss_mean"] == pytest.approx(0.03) and agg.loc["3000", "n_duplicates"] == 0
+    short = agg.loc["100"]
+    assert short["n_finished"] == 3 and short["n_duplicates"] == 1 and short["val_loss_n"] == 2
+    assert short["val_loss_mean"] == pytest.approx(0.45)  # seeds 0 (its latest run: 0.40) and 1 (0.50)
+    assert "hypergrad.iterations" not in agg  # the same everywhere: no column
+    text = summary_table(aggregate(runs))
+    header = [h.strip() for h in text.split("\n")[0].strip("|").split("|")]
+    assert header[:5] == ["method", "family", "dataset", "model", "hyper_steps"] and "duplicates" in header
+
+
+def test_the_neumann_iterations_grid_is_one_row_per_i():
+    """The issue's other case: experiment=neumann_iterations (i ∈ {0, 1, 5, 20} × 3 seeds) is four
+    rows, one per i, each over its 3 seeds."""
+    rows = [(seed, 10 * i + seed, 0.5 + 0.01 * i, {"hypergrad.iterations": str(i)}) for i in (0, 1, 5, 20) for seed in (0, 1, 2)]
+    agg = aggregate(configured_runs(rows, {"hyper_steps": "300"})).set_index("hypergrad.iterations")
+    assert sorted(agg.index, key=int) == ["0", "1", "5", "20"]
+    assert (agg["n_finished"] == 3).all() and (agg["val_loss_n"] == 3).all() and (agg["n_duplicates"] == 0).all()
+    assert agg.loc["20", "val_loss_mean"] == pytest.approx(0.7)
+
+
+def test_parameters_that_differ_only_between_methods_are_no_extra_column():
+    """``iterations`` exists for neumann and not for identity: the method already separates them."""
+    a = configured_runs([(0, 1, 0.5, {})], {"hypergrad.iterations": "5"})
+    b = configured_runs([(0, 2, 0.6, {})], {}).assign(method="identity")
+    agg = aggregate(pd.concat([a, b], ignore_index=True))
+    assert "hypergrad.iterations" not in agg and len(agg) == 2
