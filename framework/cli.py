@@ -17,6 +17,7 @@ from omegaconf import DictConfig  # noqa: E402
 
 from framework import store  # noqa: E402
 from framework.callbacks import SWEEP_ENV, write_job_result  # noqa: E402
+from framework.cli_checks import check_overrides  # noqa: E402
 from framework.errors import HgbenchError, SkipRun, StoreError  # noqa: E402
 from framework.hookspecs import RunResult  # noqa: E402
 from framework.hydra_config import register_plugin_configs  # noqa: E402
@@ -240,6 +241,10 @@ def run_job(cfg: DictConfig, hc) -> float | None:
 
 def main() -> None:
     register_plugin_configs()
+    problem = check_overrides(sys.argv[1:])  # Hydra's own composition errors, as one line each
+    if problem:
+        print(f"hgbench: error: {problem}", file=sys.stderr)
+        sys.exit(2)
     app()
 
 
