@@ -66,6 +66,7 @@ def format_sweep_summary(results: list[dict[str, Any]], expected: int | None = N
 class SweepCallback(Callback):
     def __init__(self) -> None:
         self._set_sweep_id = False
+        self._browse: list[str] = []
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         if SWEEP_ENV not in os.environ:  # a relaunch under a given id keeps it
@@ -73,10 +74,11 @@ class SweepCallback(Callback):
             self._set_sweep_id = True
         mlflow_cfg = config.mlflow
         if mlflow_cfg.enabled:
-            from framework.store import StoreError, check_store, resolve_tracking_uri
+            from framework.store import StoreError, browse_lines, check_store, resolve_tracking_uri
 
             try:
-                check_store(resolve_tracking_uri(mlflow_cfg.tracking_uri), str(mlflow_cfg.experiment))
+                uri = resolve_tracking_uri(mlflow_cfg.tracking_uri)
+                self._browse = browse_lines(uri, check_store(uri, str(mlflow_cfg.experiment)))
             except StoreError as exc:  # stop before launching jobs that could record nothing
                 if self._set_sweep_id:
                     os.environ.pop(SWEEP_ENV, None)
@@ -85,7 +87,7 @@ class SweepCallback(Callback):
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         results = read_job_results(config.hydra.sweep.dir)
-        print(format_sweep_summary(results), flush=True)
+        print("\n".join([format_sweep_summary(results), *(f"  {line}" for line in self._browse)]), flush=True)
         if self._set_sweep_id:  # the id was this sweep's: the next sweep in the process gets its own
             os.environ.pop(SWEEP_ENV, None)
         if any(r["status"] == "FAILED" or r.get("recording_failed") for r in results):

@@ -61,10 +61,7 @@ def format_summary(cfg: DictConfig, result: RunResult) -> str:
     if "mlflow_run_id" in info:
         uri = info["mlflow_tracking_uri"]
         lines.append(f"  MLflow run {info['mlflow_run_id']} in experiment '{info['mlflow_experiment']}' at {uri}")
-        if uri.startswith(("http://", "https://")):
-            lines.append(f"  browse it: open {uri} (the tracking server is its own UI)")
-        else:
-            lines.append(f"  browse it: mlflow ui --backend-store-uri {uri} --host 127.0.0.1")
+        lines += [f"  {line}" for line in store.browse_lines(uri, info.get("mlflow_experiment_id"))]
     if result.recording_errors:
         e = result.recording_errors[0]
         lines.append(f"  WARNING: recording failed ({e.source}: {e.error}); this run's results are only in this output")
@@ -155,7 +152,8 @@ def previous_result(cfg: DictConfig) -> tuple[RunResult | None, str | None, dict
     if prev.finished:
         run = prev.finished[0]
         summary = {k: v for k, v in run.data.metrics.items()}
-        info = {"mlflow_run_id": run.info.run_id, "mlflow_tracking_uri": uri, "mlflow_experiment": str(cfg.mlflow.experiment)}
+        info = {"mlflow_run_id": run.info.run_id, "mlflow_tracking_uri": uri, "mlflow_experiment": str(cfg.mlflow.experiment),
+                "mlflow_experiment_id": run.info.experiment_id}
         print(f"hgbench: this job already FINISHED as MLflow run {run.info.run_id}; not run again (resume=false to rerun)")
         return RunResult("FINISHED", summary, info, None), None, None
     if prev.running:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import sys
 import time
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -57,6 +58,25 @@ def stop_requested() -> bool:
 def _check_stop() -> None:
     if _stop_requested:
         raise KeyboardInterrupt(_stop_requested[0])
+
+
+def load_average() -> float:
+    """The 1-minute load average (NaN where the OS has none)."""
+    try:
+        return os.getloadavg()[0]
+    except OSError:
+        return float("nan")
+
+
+def oversubscription_warning(load: float, threads: int, cores: int | None) -> str | None:
+    """A warning when other work already keeps every core busy and this run adds several torch
+    threads: on contended cores they crawl (a hyper-step measured 16x slower at a load of 5 on 2
+    cores), and run times stop meaning much."""
+    cores = cores or 1
+    if math.isfinite(load) and load >= cores and threads > 1:
+        return (f"hgbench: warning: load average {load:.1f} on {cores} cores and this run uses {threads} torch threads: "
+                f"timings will be slow and noisy; set num_threads=1 (or run fewer jobs at once)")
+    return None
 
 
 def resolve_device(name: str) -> torch.device:
@@ -121,6 +141,8 @@ class Experiment:
         self.train_sampler = Sampler(self.problem.data.train, cfg.train_batch_size, self.generator)
         self.val_sampler = Sampler(self.problem.data.val, cfg.val_batch_size, self.generator)
         self.step = 0  # hyper-steps done; > 0 after load_state_dict (a resumed run)
+        # eval_every: null = about 30 evaluations per run, whatever its length
+        self.eval_every = cfg.eval_every or max(1, cfg.hyper_steps // 30)
         self.nonfinite_in_a_row = self.nonfinite_skipped = 0
         self.history: dict[str, Any] = {}  # the latest value of every metric (the run's summary)
         # torch's global RNG as this experiment left it (swapped in while it works: _own_state)
@@ -342,6 +364,10 @@ class Experiment:
         summary: dict[str, Any] = {"num_weights": self.problem.num_weights, "num_hyperparams": self.problem.num_hyperparams}
         hook.on_run_start()
         step = self.step
+        summary["load_avg_start"] = load_average()  # recorded: timings can be judged later
+        warning = oversubscription_warning(summary["load_avg_start"], torch.get_num_threads(), os.cpu_count())
+        if warning and self.device.type == "cpu":
+            print(warning, file=sys.stderr, flush=True)
         try:
             _check_stop()
             reason = self.skip_reason()
@@ -363,7 +389,7 @@ class Experiment:
             while self.step < self.cfg.hyper_steps:
                 step = self.step + 1
                 metrics = self.hyper_step(step)
-                if step % self.cfg.eval_every == 0 or step == self.cfg.hyper_steps:
+                if step % self.eval_every == 0 or step == self.cfg.hyper_steps:
                     metrics.update(self.evaluate())
                 metrics["elapsed_s"] = time.perf_counter() - self.t_start
                 self.step = step
@@ -380,6 +406,7 @@ class Experiment:
             status, error = "FAILED", exc
             summary["failed_step"] = getattr(exc, "step", step)
         summary["runtime_s"] = time.perf_counter() - self.t_start
+        summary["load_avg_end"] = load_average()
         summary["peak_memory_mb"] = self.memory.peak_mb()
         summary["memory_kind"] = self.memory.kind
         summary["hyper_steps_done"] = self.step

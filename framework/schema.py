@@ -53,7 +53,7 @@ class RunSchema:
     warmup: bool = field()
     train_batch_size: int | None = at_least(1)
     val_batch_size: int | None = at_least(1)
-    eval_every: int = at_least(1)
+    eval_every: int | None = at_least(1)
     eval_batch_size: int = at_least(1)
     progress: bool | Literal["auto"] = field()
     num_threads: int | None = at_least(1)

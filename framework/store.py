@@ -42,6 +42,26 @@ def resolve_tracking_uri(configured: str | None = None) -> str:
     return f"sqlite:///{(Path.cwd() / 'mlflow.db').resolve()}"
 
 
+UI_PORT = 5000  # mlflow ui's default port
+
+
+def browse_lines(uri: str, experiment_id: str | None) -> list[str]:
+    """How to look at an experiment's runs, as commands that work in a fresh shell: the UI (for a
+    sqlite store, ``mlflow ui`` from this environment, bound to 127.0.0.1) and the link that opens
+    the runs table itself — MLflow 3 otherwise opens an experiment in its GenAI view."""
+    if uri.startswith(("http://", "https://")):
+        base, start = uri.rstrip("/"), []
+    else:
+        import sys
+
+        exe = Path(sys.executable).with_name("mlflow")
+        mlflow_cmd = str(exe) if exe.exists() else "mlflow"
+        base = f"http://127.0.0.1:{UI_PORT}"
+        start = [f"browse it: {mlflow_cmd} ui --backend-store-uri {uri} --host 127.0.0.1 --port {UI_PORT}"]
+    link = base if experiment_id is None else f"{base}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+    return start + [f"{'then open' if start else 'browse it: open'} {link}"]
+
+
 def sqlite_path(uri: str) -> Path | None:
     return Path(uri[len("sqlite:///") :]) if uri.startswith("sqlite:///") else None
 
@@ -86,7 +106,7 @@ def check_store(uri: str, name: str) -> str:
 class MlflowRun:
     """One MLflow run: buffered metric logging through ``MlflowClient`` (no global state)."""
 
-    def __init__(self, cfg, tags: dict[str, str], params: dict[str, Any]):
+    def __init__(self, cfg, tags: dict[str, str], params: dict[str, Any], default_name: str | None = None):
         from mlflow.tracking import MlflowClient
 
         self.uri = resolve_tracking_uri(cfg.tracking_uri)
@@ -94,7 +114,7 @@ class MlflowRun:
         self.flush_every_s = float(cfg.flush_every_s)
         self.client = MlflowClient(self.uri)
         self.experiment_id = ensure_experiment(self.uri, self.experiment)
-        run = self.client.create_run(self.experiment_id, tags=tags, run_name=cfg.run_name)
+        run = self.client.create_run(self.experiment_id, tags=tags, run_name=cfg.run_name or default_name)
         self.run_id = run.info.run_id
         self.log_params(params)
         self._buffer: list = []

@@ -56,3 +56,16 @@ LONGEST_FIRST = ["test_bench.py", "test_concurrency.py", "test_models.py", "test
 def pytest_collection_modifyitems(items):
     rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: a file's own order is kept
+
+
+@pytest.fixture(scope="session", autouse=True)
+def the_checkout_stays_clean():
+    """No test writes MLflow stores, artifacts or Hydra folders into the checkout."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    names = ("mlruns", "mlartifacts", "mlflow.db", "outputs", "multirun")
+    before = {n for n in names if (root / n).exists()}
+    yield
+    left = sorted(n for n in names if (root / n).exists() and n not in before)
+    assert not left, f"the tests left {left} in {root}"

@@ -100,6 +100,19 @@ def test_peak_memory_is_measured_alike_for_runs_sharing_a_process():
 def test_progress_bar_shows_hyper_steps_and_val_loss_only_when_asked(capsys):
     build_experiment(progress=True, overrides=["experiment=quick", "hyper_steps=4", "eval_every=2"]).run()
     err = capsys.readouterr().err
-    assert "4/4" in err and "hyper-step" in err and "val_loss=" in err
+    assert "4/4" in err and "hyper-step" in err and "val_loss" in err
+    assert "at step 4" in err  # the shown loss names the evaluation it comes from
     build_experiment(overrides=["experiment=quick", "hyper_steps=4", "eval_every=2"]).run()  # progress=false
     assert "hyper-step" not in capsys.readouterr().err
+
+
+def test_eval_every_null_gives_about_thirty_points_per_run():
+    """eval_every: null (the default) scales with hyper_steps: a 90-step run is evaluated every 3
+    steps, not twice (as a fixed 100 would)."""
+    from framework import compose_config
+
+    assert compose_config().eval_every is None
+    exp = build_experiment(overrides=["experiment=quick", "hyper_steps=90", "eval_every=null", "inner_steps=1"])
+    assert exp.eval_every == 3
+    assert build_experiment(overrides=["experiment=quick", "hyper_steps=10", "eval_every=null"]).eval_every == 1
+    assert build_experiment(overrides=["experiment=quick", "eval_every=7"]).eval_every == 7

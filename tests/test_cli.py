@@ -2,6 +2,7 @@
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from helpers import hgbench_in_process, run_cli
@@ -30,6 +31,11 @@ def test_run_records_params_metrics_and_tags(tmp_path):
     assert out.returncode == 0, out.stderr
     assert "FINISHED" in out.stdout and "mlflow ui --backend-store-uri sqlite:///" in out.stdout
     client, run = only_run(tmp_path)
+    # the printed commands run in a fresh shell (the venv's mlflow by its path) and the link opens
+    # the experiment's runs table, not MLflow's GenAI overview
+    assert f"browse it: {Path(sys.executable).with_name('mlflow')} ui --backend-store-uri sqlite:///" in out.stdout
+    assert f"then open http://127.0.0.1:5000/#/experiments/{run.info.experiment_id}/runs?workflowType=machine_learning" in out.stdout
+    assert list(tmp_path.rglob("*.log")) == []  # Hydra's per-job log file stayed empty: not written at all
     assert run.info.status == "FINISHED"
     p, t = run.data.params, run.data.tags
     assert p["hypergrad.name"] == "neumann" and p["hypergrad.iterations"] == "5" and p["hyper_steps"] == "6"
@@ -223,7 +229,10 @@ def test_a_run_on_a_tracking_server_points_at_the_server_ui():
     info = {"mlflow_run_id": "abc", "mlflow_experiment": "e", "mlflow_tracking_uri": "http://127.0.0.1:5000"}
     summary = {"num_weights": 1, "num_hyperparams": 1, "runtime_s": 1.0}
     text = format_summary(compose_config(), RunResult("FINISHED", summary, info))
-    assert "open http://127.0.0.1:5000" in text and "mlflow ui" not in text
+    assert "browse it: open http://127.0.0.1:5000" in text and "mlflow ui" not in text
+    info["mlflow_experiment_id"] = "7"
+    text = format_summary(compose_config(), RunResult("FINISHED", summary, info))
+    assert "browse it: open http://127.0.0.1:5000/#/experiments/7/runs?workflowType=machine_learning" in text
 
 
 @pytest.mark.slow
@@ -234,3 +243,16 @@ def test_mlflow_tracking_uri_in_the_environment_is_respected(tmp_path, monkeypat
     assert out.returncode == 0, out.stderr[-2000:]
     assert elsewhere.exists() and not (tmp_path / "mlflow.db").exists()
     assert f"at sqlite:///{elsewhere}" in out.stdout
+
+
+def test_runs_are_named_after_their_configuration():
+    """MLflow run names say what each run is (not a random 'awesome-cow-15'): plugins, seed and the
+    values a grid job sets; recording-only settings stay out."""
+    from framework import compose_config
+    from plugins.recorder.mlflow_recorder import run_name
+
+    cfg = compose_config(["experiment=quick", "seed=1", "hypergrad.iterations=5"])
+    tags = {"hgbench.overrides": "experiment=quick seed=1 hypergrad.iterations=5 inner_optimizer.lr=0.2 resume=false "
+                                 "mlflow.experiment=x hydra.launcher.n_jobs=2 hyper_steps=50"}
+    assert run_name(cfg, tags) == "neumann·weight_decay·digits·mlp·s1·iterations=5·inner_lr=0.2·hyper_steps=50"
+    assert run_name(cfg, {}) == "neumann·weight_decay·digits·mlp·s1"

@@ -84,3 +84,24 @@ def test_an_in_process_sweep_leaves_no_sweep_id_behind(tmp_path, monkeypatch):
         ids.append(out.split("hgbench sweep ", 1)[1].split(":", 1)[0])
         assert read_job_results(tmp_path / "multirun" / name)[0]["status"] == "FINISHED"
     assert ids[0] != ids[1] and all(ids)
+
+
+def test_an_oversubscribed_cpu_is_said_once_with_the_remedy_and_the_load_is_recorded(monkeypatch, capsys):
+    """Under a load above the core count, a run with several torch threads warns once (with
+    num_threads=1 as the remedy); every run records the load average at its start and end."""
+    import os
+
+    monkeypatch.setattr(os, "getloadavg", lambda: (5.0, 5.0, 5.0))
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        result = build_experiment(overrides=QUICK).run()
+    finally:
+        torch.set_num_threads(threads)
+    err = capsys.readouterr().err
+    assert err.count("hgbench: warning: load average 5.0 on 2 cores and this run uses 2 torch threads") == 1
+    assert "set num_threads=1" in err
+    assert result.summary["load_avg_start"] == result.summary["load_avg_end"] == 5.0
+    assert runner.oversubscription_warning(5.0, 1, 2) is None  # one thread: nothing to change
+    assert runner.oversubscription_warning(0.5, 2, 2) is None  # a quiet machine

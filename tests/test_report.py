@@ -301,7 +301,7 @@ def curve(val_losses, seconds, hypergrad_s, memory):
 def test_an_optuna_sweep_enters_as_its_best_trial(tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = MlflowClient(uri)
-    exp = client.create_experiment("cmp")
+    exp = client.create_experiment("cmp", artifact_location=(tmp_path / "mlartifacts").as_uri())
     task = {"dataset": "digits", "model": "mlp"}
     grid = {**task, "hypergrad": "neumann", "hyperparam": "weight_decay_per_param", "sweeper": "basic", "sweep_id": "g"}
     for seed, (v, mem) in enumerate([(0.30, 10.0), (0.50, 30.0)]):

@@ -125,7 +125,7 @@ def test_a_job_running_elsewhere_is_not_started_twice_and_a_dead_one_is_rerun(tm
     cfg = compose_config(["experiment=quick", "hyper_steps=3", "mlflow.experiment=alive"])
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = MlflowClient(uri)
-    exp_id = client.create_experiment("alive")
+    exp_id = client.create_experiment("alive", artifact_location=(tmp_path / "mlartifacts").as_uri())
     sleeper = subprocess.Popen(["sleep", "60"])
     tags = {**config_tags(cfg), "hgbench.pid": str(sleeper.pid)}
     ghost = client.create_run(exp_id, tags=tags)

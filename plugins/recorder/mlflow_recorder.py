@@ -21,7 +21,8 @@ import traceback
 from omegaconf import OmegaConf
 
 from framework import hookimpl
-from framework.config import flatten
+from framework.config import NOT_IN_FINGERPRINT, flatten
+from framework.plugins import KINDS
 from framework.store import MLFLOW_STATUS, MlflowRun, copy_history
 
 # this plugin records results: a failure in its hooks flags the run as not recorded
@@ -40,6 +41,25 @@ def _log_figures(rec: MlflowRun, exp) -> None:
         plt.close(fig)
 
 
+def run_name(cfg, tags: dict[str, str]) -> str:
+    """The run's name in MLflow when ``mlflow.run_name`` is null: its plugins and seed, plus the
+    values a grid job sets (``neumann·weight_decay·digits·mlp·s0·iterations=5``), so the UI's
+    table, charts and compare views say what each run is."""
+    named = ("seed", "experiment", "sweep", "hydra", *KINDS, "inner_optimizer", "outer_optimizer", *NOT_IN_FINGERPRINT)
+    parts = [str(cfg[k].name) for k in ("hypergrad", "hyperparam", "dataset", "model")] + [f"s{cfg.seed}"]
+    for item in tags.get("hgbench.overrides", "").split():
+        key, _, value = item.partition("=")
+        key = key.lstrip("+~")
+        root, leaf = key.split(".")[0], key.rsplit(".", 1)[-1]
+        if not value or "/" in key or leaf in ("name", "_target_"):
+            continue
+        if root in ("inner_optimizer", "outer_optimizer") and "." in key:
+            parts.append(f"{root.split('_')[0]}_{leaf}={value}")  # inner_lr=0.2
+        elif root in KINDS and "." in key or root not in named:
+            parts.append(f"{leaf}={value}")
+    return "·".join(parts)[:250]
+
+
 def _enabled(run) -> bool:
     return bool(run.config.mlflow.enabled)
 
@@ -53,7 +73,7 @@ def on_run_start(run):
     params.pop("mlflow.tracking_uri", None)
     if exp is not None:
         params.update(num_weights=exp.problem.num_weights, num_hyperparams=exp.problem.num_hyperparams)
-    rec = MlflowRun(run.config.mlflow, run.tags, params)
+    rec = MlflowRun(run.config.mlflow, run.tags, params, default_name=run_name(run.config, run.tags))
     rec.client.log_text(rec.run_id, OmegaConf.to_yaml(run.config), "config.yaml")
     if run.resumed_from and exp is not None:
         copy_history(rec, run.resumed_from, exp.step)
@@ -76,7 +96,7 @@ def on_run_end(run, status, error, summary):
     rec = run.extras.get("mlflow")
     if rec is None:
         return
-    final = {k: summary[k] for k in ("runtime_s", "peak_memory_mb") if k in summary}
+    final = {k: summary[k] for k in ("runtime_s", "peak_memory_mb", "load_avg_start", "load_avg_end") if k in summary}
     rec.log_metrics(final, summary.get("hyper_steps_done", 0), force=True)
     tags = {"hgbench.status": "interrupted" if status == "KILLED" else status.lower()}
     if status == "SKIPPED":

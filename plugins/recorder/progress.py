@@ -34,8 +34,8 @@ def on_hyper_step(run, step, metrics):
     bar = run.extras.get("progress")
     if bar is None:
         return
-    if "val_loss" in metrics:
-        bar.set_postfix(val_loss=f"{metrics['val_loss']:.4f}", refresh=False)
+    if "val_loss" in metrics:  # said with its step: it stays until the next evaluation
+        bar.set_postfix_str(f"val_loss {metrics['val_loss']:.4f} at step {step}", refresh=False)
     if step > 0:
         bar.update(1)
 
