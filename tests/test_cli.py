@@ -1,5 +1,6 @@
 """End-to-end: the ``hgbench`` Hydra app recording to MLflow, and its errors."""
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -36,6 +37,9 @@ def test_run_records_params_metrics_and_tags(tmp_path):
     assert f"browse it: {Path(sys.executable).with_name('mlflow')} ui --backend-store-uri sqlite:///" in out.stdout
     assert f"then open http://127.0.0.1:5000/#/experiments/{run.info.experiment_id}/runs?workflowType=machine_learning" in out.stdout
     assert list(tmp_path.rglob("*.log")) == []  # Hydra's per-job log file stayed empty: not written at all
+    (ds,) = client.get_run(run.info.run_id).inputs.dataset_inputs  # the UI's Dataset column
+    assert ds.dataset.name == "digits" and ds.dataset.source_type == "hgbench" and '"train_size": 200' in ds.dataset.source
+    assert json.loads(ds.dataset.profile) == {"train": 200, "val": 100, "test": 1797 - 300}
     assert run.info.status == "FINISHED"
     p, t = run.data.params, run.data.tags
     assert p["hypergrad.name"] == "neumann" and p["hypergrad.iterations"] == "5" and p["hyper_steps"] == "6"

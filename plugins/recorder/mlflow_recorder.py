@@ -60,6 +60,23 @@ def run_name(cfg, tags: dict[str, str]) -> str:
     return "·".join(parts)[:250]
 
 
+def _log_dataset(rec: MlflowRun, run) -> None:
+    """The dataset as an MLflow dataset input (the UI's Dataset column): its name, a digest of its
+    settings (sizes, split seed, …) and their JSON as the source, with the split sizes as profile."""
+    import hashlib
+    import json
+
+    from mlflow.entities import Dataset, DatasetInput, InputTag
+
+    settings = OmegaConf.to_container(run.config.dataset, resolve=True)
+    source = json.dumps(settings, sort_keys=True, default=str)
+    data = run.experiment.problem.data
+    profile = json.dumps({split: len(getattr(data, split).x) for split in ("train", "val", "test")})
+    ds = Dataset(name=str(settings["name"]), digest=hashlib.sha256(source.encode()).hexdigest()[:8],
+                 source_type="hgbench", source=source, profile=profile)
+    rec.client.log_inputs(rec.run_id, [DatasetInput(ds, tags=[InputTag("mlflow.data.context", "training")])])
+
+
 def _enabled(run) -> bool:
     return bool(run.config.mlflow.enabled)
 
@@ -75,6 +92,8 @@ def on_run_start(run):
         params.update(num_weights=exp.problem.num_weights, num_hyperparams=exp.problem.num_hyperparams)
     rec = MlflowRun(run.config.mlflow, run.tags, params, default_name=run_name(run.config, run.tags))
     rec.client.log_text(rec.run_id, OmegaConf.to_yaml(run.config), "config.yaml")
+    if exp is not None:
+        _log_dataset(rec, run)
     if run.resumed_from and exp is not None:
         copy_history(rec, run.resumed_from, exp.step)
     run.extras["mlflow"] = rec
