@@ -20,7 +20,6 @@ from framework.callbacks import SWEEP_ENV, write_job_result  # noqa: E402
 from framework.cli_checks import check_overrides  # noqa: E402
 from framework.errors import HgbenchError, SkipRun, StoreError  # noqa: E402
 from framework.hookspecs import RunResult  # noqa: E402
-from framework.hydra_config import register_plugin_configs  # noqa: E402
 from framework.runner import Experiment, build_parts, record_unbuilt, request_stop, stop_requested  # noqa: E402
 
 # errors in building a run that are the user's to fix: a config mistake (hgbench's own errors),
@@ -238,8 +237,7 @@ def run_job(cfg: DictConfig, hc) -> float | None:
 
 
 def main() -> None:
-    register_plugin_configs()
-    problem = check_overrides(sys.argv[1:])  # Hydra's own composition errors, as one line each
+    problem = check_overrides(sys.argv[1:])  # registers the plugins' configs; Hydra's composition errors, one line each
     if problem:
         print(f"hgbench: error: {problem}", file=sys.stderr)
         sys.exit(2)
