@@ -43,12 +43,17 @@ def read_job_results(sweep_dir: str | Path) -> list[dict[str, Any]]:
     return sorted(out, key=lambda r: (r.get("job_num") is None, r.get("job_num", 0)))
 
 
+def _shown(r: dict[str, Any]) -> str:
+    """A job's status as the summary shows it: never FINISHED for one whose recording failed."""
+    return "UNRECORDED" if r.get("recording_failed") else r["status"]
+
+
 def format_sweep_summary(results: list[dict[str, Any]], expected: int | None = None) -> str:
     counts: dict[str, int] = {}
     for r in results:
-        counts[r["status"]] = counts.get(r["status"], 0) + 1
+        counts[_shown(r)] = counts.get(_shown(r), 0) + 1
     lines = [f"hgbench sweep {os.environ.get(SWEEP_ENV, '')}: {len(results)} jobs — "
-             + ", ".join(f"{n} {s.lower()}" for s, n in sorted(counts.items()))]
+             + ", ".join(f"{n} {s.lower().replace('_', ' ')}" for s, n in sorted(counts.items()))]
     if expected is not None and expected > len(results):
         lines.append(f"  {expected - len(results)} job(s) left no result (killed?)")
     for r in results:
@@ -58,9 +63,21 @@ def format_sweep_summary(results: list[dict[str, Any]], expected: int | None = N
         if r.get("reused"):
             why += "  (finished earlier: not run again)"
         if r.get("recording_failed"):
-            why += "  (NOT RECORDED in MLflow)"
-        lines.append(f"  #{r.get('job_num', '?'):<3} {r['status']:<9} {r.get('overrides', '')}  {vals}{why}")
+            why += "  (NOT RECORDED in MLflow: its results are only in its output above)"
+        lines.append(f"  #{r.get('job_num', '?'):<3} {_shown(r):<11} {r.get('overrides', '')}  {vals}{why}")
     return "\n".join(lines)
+
+
+def _check_output_dir(folder: str, key: str) -> None:
+    """Hydra creates the job's output folder next: an unwritable one is one line and exit 2, not
+    Hydra's traceback."""
+    from framework.store import StoreError, probe_dir
+
+    try:
+        probe_dir(Path(folder), "the output folder", hint=f"launch from a writable folder, or set {key}")
+    except StoreError as exc:
+        print(f"hgbench: error: {exc}", file=sys.stderr)
+        sys.exit(2)
 
 
 class SweepCallback(Callback):
@@ -68,7 +85,11 @@ class SweepCallback(Callback):
         self._set_sweep_id = False
         self._browse: list[str] = []
 
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        _check_output_dir(config.hydra.run.dir, "hydra.run.dir")
+
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        _check_output_dir(config.hydra.sweep.dir, "hydra.sweep.dir")
         if SWEEP_ENV not in os.environ:  # a relaunch under a given id keeps it
             os.environ[SWEEP_ENV] = new_sweep_id()
             self._set_sweep_id = True

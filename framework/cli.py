@@ -20,7 +20,16 @@ from framework.callbacks import SWEEP_ENV, write_job_result  # noqa: E402
 from framework.cli_checks import check_overrides  # noqa: E402
 from framework.errors import HgbenchError, SkipRun, StoreError  # noqa: E402
 from framework.hookspecs import RunResult  # noqa: E402
-from framework.runner import Experiment, build_parts, record_unbuilt, request_stop, stop_requested  # noqa: E402
+from framework.runner import (  # noqa: E402
+    Experiment,
+    build_parts,
+    clear_grid_stop,
+    grid_stop_reason,
+    record_unbuilt,
+    request_grid_stop,
+    request_stop,
+    stop_requested,
+)
 
 # errors in building a run that are the user's to fix: a config mistake (hgbench's own errors),
 # data files or an optional package that are not installed (their messages say how to install
@@ -36,8 +45,10 @@ def format_summary(cfg: DictConfig, result: RunResult) -> str:
         if "mlflow_run_id" in info:
             lines.append(f"  MLflow run {info['mlflow_run_id']} in experiment '{info['mlflow_experiment']}' at {info['mlflow_tracking_uri']}")
         return "\n".join(lines)
+    # a run whose recording failed is never announced as FINISHED: its results are only here
+    status = result.status if not result.recording_errors else f"{result.status.lower()} but NOT RECORDED"
     lines = [
-        f"hgbench run {result.status} in {s.get('runtime_s', 0):.1f} s — {names} "
+        f"hgbench run {status} in {s.get('runtime_s', 0):.1f} s — {names} "
         f"({s['num_weights']:,} weights, {s['num_hyperparams']:,} hyperparameter{'s' if s['num_hyperparams'] != 1 else ''}, "
         f"{s.get('hyper_steps_done', 0)}/{cfg.hyper_steps} hyper-steps)",
     ]
@@ -64,6 +75,9 @@ def format_summary(cfg: DictConfig, result: RunResult) -> str:
     if result.recording_errors:
         e = result.recording_errors[0]
         lines.append(f"  WARNING: recording failed ({e.source}: {e.error}); this run's results are only in this output")
+    for e in result.plugin_errors:
+        if e not in result.recording_errors:
+            lines.append(f"  WARNING: plugin {e.source!r} failed ({e.error})")
     return "\n".join(lines)
 
 
@@ -106,24 +120,101 @@ def configure_threads(cfg: DictConfig, hc) -> None:
         torch.set_num_threads(int(n))
 
 
+# the pid of the process that launched the grid: its launcher's worker processes see it too
+GRID_PID_ENV = "HGBENCH_GRID_PID"
+
+
+def _signal_name(signum: int) -> str:
+    return signal.Signals(signum).name
+
+
+def exit_code(reason: str) -> int:
+    """The shell's convention for a process ended by a signal: 128 + its number."""
+    return 128 + (signal.SIGINT if "SIGINT" in reason else signal.SIGTERM)
+
+
 def _interrupt(signum, frame):
-    """SIGTERM (a cluster's scancel, a killed grid) ends the run as KILLED after the current
-    hyper-step, so no MLflow write is cut in half; a second SIGTERM interrupts at once."""
-    reason = f"received signal {signal.Signals(signum).name}"
+    """SIGTERM during a job (a cluster's scancel, a killed grid) ends the run as KILLED after the
+    current hyper-step, so no MLflow write is cut in half, and no further job of the grid starts in
+    this process; a second SIGTERM interrupts at once."""
+    reason = f"received signal {_signal_name(signum)}"
+    request_grid_stop(reason)
     if stop_requested():
         raise KeyboardInterrupt(reason)
     request_stop(reason)
 
 
+def _grid_workers() -> list[int]:
+    """The pids of the joblib (loky) worker processes this process started, if any."""
+    if "joblib" not in sys.modules:
+        return []
+    try:
+        from joblib.externals.loky import reusable_executor
+
+        executor = reusable_executor._executor
+        return [] if executor is None else list(executor._processes)
+    except Exception:  # noqa: BLE001 - loky's internals moved: nothing to forward to
+        return []
+
+
+def _stop_grid(signum, frame):
+    """SIGTERM outside a job — in the process that launched a grid, or a grid worker between
+    jobs: the grid stops. Running jobs (in worker processes, which get the signal forwarded) end
+    KILLED after their current hyper-step, the others are not started, and the grid ends with its
+    summary; a second SIGTERM stops at once."""
+    reason = f"received signal {_signal_name(signum)}"
+    if grid_stop_reason():
+        raise KeyboardInterrupt(reason)
+    request_grid_stop(reason)
+    workers = _grid_workers()
+    for pid in workers:
+        with contextlib.suppress(OSError):
+            os.kill(pid, signum)
+    if os.environ.get(GRID_PID_ENV) == str(os.getpid()):
+        print(f"hgbench: {reason}: stopping — running jobs end after their current hyper-step, "
+              "the others are not started", file=sys.stderr, flush=True)
+
+
+@contextlib.contextmanager
+def grid_signals():
+    """The launching process's SIGTERM handler (``_stop_grid``) while Hydra runs, put back after."""
+    os.environ[GRID_PID_ENV] = str(os.getpid())
+    try:
+        previous = signal.signal(signal.SIGTERM, _stop_grid)
+    except ValueError:  # not the main thread
+        previous = None
+    try:
+        yield
+    finally:
+        os.environ.pop(GRID_PID_ENV, None)
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _shutdown_workers() -> None:
+    """joblib keeps its worker processes for reuse; a finished (or stopped) grid leaves none."""
+    if "joblib" not in sys.modules:
+        return
+    with contextlib.suppress(Exception):
+        from joblib.externals.loky import reusable_executor
+
+        if reusable_executor._executor is not None:
+            reusable_executor._executor.shutdown(wait=True, kill_workers=True)
+
+
 @contextlib.contextmanager
 def job_process_state(cfg: DictConfig, hc):
     """The process-wide settings of one job — torch's thread count and the SIGTERM handler —
-    set for the job and put back after it (a joblib worker runs many jobs)."""
+    set for the job and put back after it (a joblib worker runs many jobs). A grid's worker
+    process keeps ``_stop_grid`` between jobs, so a SIGTERM while it waits for the next job stops
+    the grid instead of killing the worker."""
     import torch
 
     threads = torch.get_num_threads()
     configure_threads(cfg, hc)
     try:
+        if os.environ.get(GRID_PID_ENV, str(os.getpid())) != str(os.getpid()) and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
+            signal.signal(signal.SIGTERM, _stop_grid)
         previous = signal.signal(signal.SIGTERM, _interrupt)
     except ValueError:  # not the main thread
         previous = None
@@ -140,32 +231,50 @@ def resume_wanted(cfg: DictConfig, multirun: bool) -> bool:
     return bool(cfg.mlflow.enabled) and (mode is True or (mode == "auto" and multirun))
 
 
+def _code_note(run) -> str:
+    tags = run.data.tags
+    commit = tags.get("mlflow.source.git.commit", "unknown")[:10]
+    dirty = " with local changes" if tags.get("hgbench.git_dirty") == "true" else ""
+    return f"hgbench {tags.get('hgbench.version', '?')}, commit {commit}{dirty}"
+
+
 def previous_result(cfg: DictConfig) -> tuple[RunResult | None, str | None, dict | None]:
     """(a result to report instead of running, the run to resume, its checkpoint state)."""
-    import torch
-
-    from framework.config import fingerprint
+    from framework.config import config_fingerprint, fingerprint
 
     uri = store.resolve_tracking_uri(cfg.mlflow.tracking_uri)
-    prev = store.previous_runs(uri, str(cfg.mlflow.experiment), fingerprint(cfg), float(cfg.resume_stale_after_s))
+    experiment = str(cfg.mlflow.experiment)
+    prev = store.previous_runs(uri, experiment, fingerprint(cfg), float(cfg.resume_stale_after_s))
     if prev.finished:
         run = prev.finished[0]
         summary = {k: v for k, v in run.data.metrics.items()}
-        info = {"mlflow_run_id": run.info.run_id, "mlflow_tracking_uri": uri, "mlflow_experiment": str(cfg.mlflow.experiment),
+        info = {"mlflow_run_id": run.info.run_id, "mlflow_tracking_uri": uri, "mlflow_experiment": experiment,
                 "mlflow_experiment_id": run.info.experiment_id}
-        print(f"hgbench: this job already FINISHED as MLflow run {run.info.run_id}; not run again (resume=false to rerun)")
+        print(f"hgbench: this job already FINISHED as MLflow run {run.info.run_id} with the same code "
+              f"({_code_note(run)}); not run again (resume=false to rerun)")
         return RunResult("FINISHED", summary, info, None), None, None
     if prev.running:
         run = prev.running[0]
         why = f"this job is running now as MLflow run {run.info.run_id} (pid {run.data.tags.get('hgbench.pid')} on {run.data.tags.get('hgbench.host')}); not started twice"
         print(f"hgbench: {why}")
         return RunResult("SKIPPED", {}, {"mlflow_run_id": run.info.run_id}, SkipRun(why)), None, None
-    found = store.latest_checkpoint(uri, prev.interrupted)
+    older = store.finished_with_other_code(uri, experiment, config_fingerprint(cfg))
+    if older is not None:
+        print(f"hgbench: MLflow run {older.info.run_id} finished this configuration with other code ({_code_note(older)}, "
+              "or other plugin versions or thread count); running it again with the current code")
+    refused: list[str] = []
+
+    def warn(line: str) -> None:
+        refused.append(line)
+        print(line, file=sys.stderr)
+
+    found = store.latest_checkpoint(uri, prev.interrupted, warn=warn)
     if found is None:
+        if refused:
+            print("hgbench: warning: no usable checkpoint: the job starts from scratch", file=sys.stderr)
         return None, None, None
-    run, path = found
-    print(f"hgbench: resuming interrupted MLflow run {run.info.run_id} from its checkpoint at hyper-step {run.data.tags.get('hgbench.checkpoint_step')}")
-    return None, run.info.run_id, torch.load(path, map_location="cpu", weights_only=True)
+    print(f"hgbench: resuming interrupted MLflow run {found.run.info.run_id} from its checkpoint at hyper-step {found.step} ({found.where})")
+    return None, found.run.info.run_id, found.state
 
 
 def _fail(exc: BaseException) -> None:
@@ -184,6 +293,11 @@ def run_job(cfg: DictConfig, hc) -> float | None:
     """One job: check and build the config once, check the store, reuse or resume an earlier
     run of the same job, run it, print its summary and leave its result file for the sweep."""
     multirun = hc.mode == RunMode.MULTIRUN
+    if grid_stop_reason():  # a signal stopped the grid before this job began: it is not started
+        write_job_result(hc.runtime.output_dir, {
+            "job_num": hc.job.num if multirun else None, "overrides": " ".join(hc.overrides.task),
+            "status": "NOT_STARTED", "error": f"not started: the grid was stopped — {grid_stop_reason()}"})
+        return None
     tags = hydra_tags(hc)
     parts, build_error = None, None
     try:
@@ -214,22 +328,32 @@ def run_job(cfg: DictConfig, hc) -> float | None:
             except Exception as exc:  # a bug (in a plugin, most likely): recorded, and its traceback shown
                 traceback.print_exc()
                 result = record_unbuilt(cfg, exc, tags)
-        if result is None:
-            if state is not None:
+        if result is None and state is not None:
+            try:
                 exp.load_state_dict(state)
-            result = exp.run(tags, resumed_from=resumed_from)
+            except Exception as exc:  # a checkpoint of another shape (the code changed): start afresh
+                print(f"hgbench: warning: the checkpoint of run {resumed_from} does not fit this job "
+                      f"({type(exc).__name__}: {str(exc)[:200]}); the job starts from scratch", file=sys.stderr)
+                exp, resumed_from = Experiment(cfg, parts), None
+        if result is None:
+            try:
+                result = exp.run(tags, resumed_from=resumed_from)
+            except KeyboardInterrupt as exc:  # SIGTERM / Ctrl-C: recorded as KILLED by the run itself
+                result = getattr(exp, "last_result", None) or RunResult("KILLED", {}, {}, exc)
         print(format_summary(cfg, result), flush=True)
     s = result.summary
     write_job_result(hc.runtime.output_dir, {
         "job_num": hc.job.num if multirun else None,
         "overrides": " ".join(hc.overrides.task),
         "status": result.status,
-        "error": None if result.error is None else f"{type(result.error).__name__}: {result.error}",
+        "error": None if result.error is None else str(result.error) if result.status == "KILLED" else f"{type(result.error).__name__}: {result.error}",
         **{k: s.get(k) for k in ("val_loss", "test_loss", "val_acc", "test_acc", "runtime_s", "peak_memory_mb")},
         "mlflow_run_id": result.info.get("mlflow_run_id"),
         "reused": earlier is not None,
         "recording_failed": bool(result.recording_errors),
     })
+    if result.status == "KILLED" and not multirun:
+        sys.exit(exit_code(str(result.error)))
     if (result.status == "FAILED" or result.recording_errors) and not multirun:
         sys.exit(1)
     # the objective for sweepers such as Optuna; None marks a failed or skipped trial
@@ -241,7 +365,23 @@ def main() -> None:
     if problem:
         print(f"hgbench: error: {problem}", file=sys.stderr)
         sys.exit(2)
-    app()
+    clear_grid_stop()
+    code = 0
+    try:
+        with grid_signals():
+            app()
+    except SystemExit as exc:
+        code = exc.code
+    except KeyboardInterrupt as exc:  # Ctrl-C, or a second SIGTERM: at once, in one line
+        reason = str(exc) or "received signal SIGINT"
+        print(f"hgbench: stopped at once ({reason}); an unfinished run is marked interrupted by the next launch", file=sys.stderr)
+        request_grid_stop(reason)
+    finally:
+        _shutdown_workers()
+    if grid_stop_reason():
+        code = exit_code(grid_stop_reason())
+    clear_grid_stop()
+    sys.exit(code)
 
 
 if __name__ == "__main__":

@@ -87,17 +87,54 @@ def build_plugin(kind: str, node: Any, **overrides: Any) -> Plugin:
 
 
 # config keys that change how a run is recorded or shown, never its results
+# (num_threads is not here: the thread count a run uses is part of its fingerprint, see below)
 NOT_IN_FINGERPRINT = ("mlflow", "progress", "num_threads", "warmup", "checkpoint", "resume", "resume_stale_after_s")
 
 
-def fingerprint(cfg: Any) -> str:
-    """A short hash of everything that determines a run's results (seed included): two jobs
-    with the same fingerprint compute the same thing, so a finished one need not run again."""
+def _config_part(cfg: Any) -> dict[str, Any]:
+    return {k: v for k, v in to_dict(cfg).items() if k not in NOT_IN_FINGERPRINT}
+
+
+def _digest(d: Any) -> str:
     import hashlib
     import json
 
-    d = {k: v for k, v in to_dict(cfg).items() if k not in NOT_IN_FINGERPRINT}
     return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def code_versions(cfg: Any) -> dict[str, str]:
+    """The code a run's results come from: torch's version, hgbench's version and a digest of its
+    framework sources, and for each plugin used its distribution's version and a digest of its
+    package's sources (so editing a plugin in place, without a version bump, counts too)."""
+    import torch
+
+    from framework.provenance import distribution_version, package_digest
+
+    out = {"torch": torch.__version__, "hgbench": f"{distribution_version('framework')} {package_digest('framework')}"}
+    for kind in plugins.KINDS:
+        name = cfg[kind].get("name") if kind in cfg and cfg[kind] is not None else None
+        try:
+            cls = plugins.get(kind, str(name))
+        except Exception:  # noqa: BLE001 - an unknown plugin: the run fails before computing anything
+            continue
+        top = cls.__module__.split(".")[0]
+        out[kind] = f"{distribution_version(top)} {package_digest(top)}"
+    return out
+
+
+def config_fingerprint(cfg: Any) -> str:
+    """A short hash of the resolved config and seed alone (without recording options)."""
+    return _digest(_config_part(cfg))
+
+
+def fingerprint(cfg: Any) -> str:
+    """A short hash of everything that determines a run's results: the config and seed, the code
+    (``code_versions``) and the number of CPU threads torch uses (which changes floating-point
+    sums). Two jobs with the same fingerprint compute the same thing, so a finished one need not
+    run again; a job whose code changed runs again."""
+    import torch
+
+    return _digest({"config": _config_part(cfg), "code": code_versions(cfg), "torch_threads": torch.get_num_threads()})
 
 
 def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -120,5 +157,5 @@ def config_tags(cfg: Any) -> dict[str, str]:
     from framework.provenance import provenance_tags
 
     tags = {f"hgbench.{kind}": str(cfg[kind].name) for kind in plugins.KINDS if kind in cfg}
-    tags.update({"hgbench.fingerprint": fingerprint(cfg), "hgbench.pid": str(os.getpid()), "hgbench.host": platform.node()})
+    tags.update({"hgbench.fingerprint": fingerprint(cfg), "hgbench.config_fingerprint": config_fingerprint(cfg), "hgbench.pid": str(os.getpid()), "hgbench.host": platform.node()})
     return {**tags, **provenance_tags()}

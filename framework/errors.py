@@ -41,3 +41,8 @@ class DivergenceError(HgbenchError, FloatingPointError):
 
 class StoreError(HgbenchError):
     """The MLflow store cannot be used (wrong URI, no credentials, not writable)."""
+
+
+class RecordingError(HgbenchError):
+    """The run's results could not be recorded (a recorder failed, the disk is full): the run is
+    stopped rather than computing what nothing would keep."""

@@ -111,14 +111,33 @@ def plugin_manager() -> pluggy.PluginManager:
     return pm
 
 
+def is_disk_full(exc: BaseException) -> bool:
+    """A full disk, as the OS (ENOSPC, EDQUOT) or sqlite ("database or disk is full") says it,
+    however deeply wrapped (SQLAlchemy, MLflow)."""
+    import errno
+
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if "disk is full" in str(exc) or "No space left on device" in str(exc):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
 class SafeHooks:
     """Calls one run's lifecycle hooks one implementation at a time: one that raises is reported
-    by plugin name (a warning, and an entry in ``run.plugin_errors``; for a plugin that declares
-    ``HGBENCH_RECORDER = True`` also in ``run.recording_errors``) and the others, and the run, go
-    on. ``KeyboardInterrupt`` still propagates."""
+    by plugin name (a warning, and an entry in ``run.plugin_errors``) and the others, and the run,
+    go on. A failure of a plugin that declares ``HGBENCH_RECORDER = True``, and a full disk in any
+    plugin, is also a recording failure (``run.recording_errors``): the runner then stops the run.
+    The same plugin failing again in the same hook is counted, not warned again (bounded output).
+    ``KeyboardInterrupt`` still propagates."""
 
     def __init__(self, run: RunContext):
         self.run = run
+        self.repeats: dict[tuple[str, str], int] = {}  # (plugin, hook) -> failures after the first
 
     def __getattr__(self, hook_name: str):
         caller = getattr(plugin_manager().hook, hook_name)
@@ -129,11 +148,16 @@ class SafeHooks:
                 try:
                     impl.function(*[kwargs[a] for a in impl.argnames])
                 except Exception as exc:
-                    failure = PluginFailure(impl.plugin_name, f"{hook_name}: {type(exc).__name__}: {exc}")
+                    key = (impl.plugin_name, hook_name)
+                    if key in self.repeats:
+                        self.repeats[key] += 1
+                        continue
+                    self.repeats[key] = 0
+                    failure = PluginFailure(impl.plugin_name, f"{hook_name}: {type(exc).__name__}: {str(exc)[:500]}")
                     self.run.plugin_errors.append(failure)
-                    if getattr(impl.plugin, "HGBENCH_RECORDER", False):
+                    if getattr(impl.plugin, "HGBENCH_RECORDER", False) or is_disk_full(exc):
                         self.run.recording_errors.append(failure)
-                    warnings.warn(f"hgbench: plugin {impl.plugin_name!r} failed in {hook_name}(): {type(exc).__name__}: {exc}", stacklevel=2)
+                    warnings.warn(f"hgbench: plugin {impl.plugin_name!r} failed in {hook_name}(): {type(exc).__name__}: {str(exc)[:500]}", stacklevel=2)
 
         return call
 

@@ -25,6 +25,49 @@ def git_commit() -> tuple[str, bool]:
         return "unknown", False
 
 
+@functools.lru_cache(maxsize=None)
+def package_digest(package: str) -> str:
+    """A short digest of the Python sources of an importable top-level package (or module)."""
+    import hashlib
+    import importlib.util
+
+    spec = importlib.util.find_spec(package)
+    if spec is None:
+        return "unknown"
+    h = hashlib.sha256()
+    if spec.submodule_search_locations:
+        for root in spec.submodule_search_locations:
+            base = Path(root)
+            for f in sorted(base.rglob("*.py")):
+                h.update(str(f.relative_to(base)).encode() + b"\0" + f.read_bytes() + b"\0")
+    elif spec.origin and Path(spec.origin).is_file():
+        h.update(Path(spec.origin).read_bytes())
+    return h.hexdigest()[:12]
+
+
+@functools.lru_cache(maxsize=None)
+def distribution_version(package: str) -> str:
+    """'name==version' of the installed distribution that provides a top-level package: found
+    among the distributions declaring ``hgbench`` plugins (fast), else by a full scan."""
+    from importlib.metadata import PackageNotFoundError, entry_points, packages_distributions, version
+
+    if package == __name__.split(".")[0]:  # framework/ is hgbench's own
+        try:
+            return f"hgbench=={version('hgbench')}"
+        except PackageNotFoundError:
+            return "hgbench (not installed)"
+    for ep in entry_points(group="hgbench"):
+        if ep.dist is not None and ep.value.split(".")[0].split(":")[0] == package:
+            return f"{ep.dist.name}=={ep.dist.version}"
+    dists = packages_distributions().get(package, [])
+    if not dists:
+        return "unknown"
+    try:
+        return f"{dists[0]}=={version(dists[0])}"
+    except Exception:  # noqa: BLE001
+        return dists[0]
+
+
 def provenance_tags() -> dict[str, str]:
     from importlib.metadata import PackageNotFoundError, version
 

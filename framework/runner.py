@@ -33,7 +33,7 @@ from framework import plugins
 from framework.base import Batch, Dataset, HypergradientMethod, HyperparamFamily, Model
 from framework.compiled import InnerLoss
 from framework.config import build_plugin, config_tags, to_dict
-from framework.errors import ConfigError, DivergenceError, SkipRun
+from framework.errors import ConfigError, DivergenceError, RecordingError, SkipRun
 from framework.hookspecs import RunContext, RunResult
 from framework.memory import PeakMemory
 from framework.problem import Problem, Sampler
@@ -47,8 +47,27 @@ DTYPES = {"float32": torch.float32, "float64": torch.float64}
 _stop_requested: list[str] = []
 
 
+# a stop of the whole process's work (a grid, or a grid worker): jobs that have not started yet
+# are not started. It lives here, in an imported module, not in the CLI's: under ``python -m
+# framework.cli`` the CLI is ``__main__``, and a joblib worker gets a fresh copy of its globals
+# with every job.
+_grid_stop: list[str] = []
+
+
 def request_stop(reason: str) -> None:
     _stop_requested.append(reason)
+
+
+def request_grid_stop(reason: str) -> None:
+    _grid_stop.append(reason)
+
+
+def grid_stop_reason() -> str | None:
+    return _grid_stop[0] if _grid_stop else None
+
+
+def clear_grid_stop() -> None:
+    _grid_stop.clear()
 
 
 def stop_requested() -> bool:
@@ -58,6 +77,14 @@ def stop_requested() -> bool:
 def _check_stop() -> None:
     if _stop_requested:
         raise KeyboardInterrupt(_stop_requested[0])
+
+
+def _check_recording(ctx: RunContext, step: int) -> None:
+    """A run whose results cannot be recorded (a recorder failed, the disk is full) stops now:
+    going on would compute what nothing keeps, and end as if it had been stored."""
+    if ctx.recording_errors:
+        e = ctx.recording_errors[0]
+        raise RecordingError(f"recording failed at hyper-step {step} ({e.source}: {e.error}); the run was stopped")
 
 
 def load_average() -> float:
@@ -369,6 +396,7 @@ class Experiment:
         if warning and self.device.type == "cpu":
             print(warning, file=sys.stderr, flush=True)
         try:
+            _check_recording(ctx, step)
             _check_stop()
             reason = self.skip_reason()
             if reason:
@@ -385,6 +413,7 @@ class Experiment:
                 self.history.update(metrics)
                 self.history["initial"] = dict(metrics)
                 hook.on_hyper_step(step=0, metrics={**metrics, "elapsed_s": 0.0})
+                _check_recording(ctx, 0)
             summary.update(self.history)
             while self.step < self.cfg.hyper_steps:
                 step = self.step + 1
@@ -396,6 +425,7 @@ class Experiment:
                 self.history.update(metrics)
                 summary.update(metrics)
                 hook.on_hyper_step(step=step, metrics=metrics)
+                _check_recording(ctx, step)
                 _check_stop()
             status, error = "FINISHED", None
         except SkipRun as exc:
@@ -414,9 +444,10 @@ class Experiment:
             ctx.info["compile"] = self.inner_loss.status
             ctx.info["compile_note"] = self.inner_loss.note
         hook.on_run_end(status=status, error=error, summary=summary)
+        self.last_result = RunResult(status, summary, ctx.info, error, ctx.plugin_errors, ctx.recording_errors)
         if status == "KILLED":
             raise error  # type: ignore[misc]
-        return RunResult(status, summary, ctx.info, error, ctx.plugin_errors, ctx.recording_errors)
+        return self.last_result
 
 
 def record_unbuilt(cfg: DictConfig, error: BaseException, tags: dict[str, str] | None = None) -> RunResult:

@@ -85,22 +85,62 @@ def ensure_experiment(uri: str, name: str) -> str:
         return client.get_experiment_by_name(name).experiment_id
 
 
+def probe_dir(folder: Path, what: str, hint: str = "launch from a writable folder, or set mlflow.tracking_uri / $MLFLOW_TRACKING_URI") -> None:
+    """Prove that files can be created in ``folder`` (or, if it does not exist yet, in its nearest
+    existing parent) by creating and removing one; raises ``StoreError`` naming the folder."""
+    probe = folder
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    try:
+        with tempfile.NamedTemporaryFile(dir=probe, prefix=".hgbench-write-check-"):
+            pass
+    except OSError as exc:
+        raise StoreError(f"cannot write {what} {folder.absolute()}: {exc.strerror or exc} ({hint})") from exc
+
+
 def check_store(uri: str, name: str) -> str:
-    """``ensure_experiment`` with few HTTP retries and a short timeout: a pre-flight check that
-    a wrong address or missing credentials fail in seconds, not after minutes of retries.
-    Raises ``StoreError``."""
+    """``ensure_experiment`` plus one throw-away *write* (an experiment tag, in the store's own
+    transaction; for a local artifact folder a file created and removed), with few HTTP retries
+    and a short timeout: a pre-flight check that a wrong address, missing credentials or a
+    read-only store fail in seconds, before any work, not at the end of a run. A sqlite file
+    whose folder is not writable is refused before MLflow tries (and retries for minutes) to
+    create it. Raises ``StoreError``; returns the experiment id."""
+    from datetime import datetime, timezone
+
+    db = sqlite_path(uri)
+    if db is not None and not str(db).startswith("file:") and not db.exists():
+        probe_dir(db.parent, "the MLflow store's folder")
     quick = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
              "MLFLOW_HTTP_REQUEST_TIMEOUT": "15"}
     saved = {k: os.environ.get(k) for k in quick}
     os.environ.update({k: v for k, v in quick.items() if saved[k] is None})
+    import logging
+
+    db_log = logging.getLogger("mlflow.store.db.utils")  # logs a failed write with its traceback
+    db_level = db_log.level
+    db_log.setLevel(logging.CRITICAL)
     try:
-        return ensure_experiment(uri, name)
+        from mlflow.tracking import MlflowClient
+
+        exp_id = ensure_experiment(uri, name)
+        client = MlflowClient(uri)
+        client.set_experiment_tag(exp_id, "hgbench.write_check", datetime.now(timezone.utc).isoformat(timespec="seconds"))
+        location = client.get_experiment(exp_id).artifact_location or ""
     except Exception as exc:
-        raise StoreError(f"cannot use the MLflow store at {uri}: {type(exc).__name__}: {str(exc)[:300]}") from exc
+        first = (str(exc).strip().splitlines() or [""])[0]
+        raise StoreError(f"cannot use the MLflow store at {uri}: {type(exc).__name__}: {first[:300]}") from exc
     finally:
+        db_log.setLevel(db_level)
         for k, v in saved.items():
             if v is None:
                 os.environ.pop(k, None)
+    if location.startswith("file:") or location.startswith("/"):
+        from urllib.parse import urlparse
+        from urllib.request import url2pathname
+
+        folder = Path(url2pathname(urlparse(location).path)) if location.startswith("file:") else Path(location)
+        probe_dir(folder, "the MLflow artifact folder")
+    return exp_id
 
 
 class MlflowRun:
@@ -142,6 +182,13 @@ class MlflowRun:
         self._last_flush = time.monotonic()
 
 
+# logged once, when a run ends: a resumed run logs its own
+END_OF_RUN_METRICS = ("runtime_s", "peak_memory_mb", "load_avg_start", "load_avg_end")
+# logged at every hyper-step (step 0 included), last in each step's batch: the store holds a
+# step's metrics once it holds this one
+STEP_MARKER = "elapsed_s"
+
+
 def copy_history(rec: MlflowRun, old_run_id: str, upto_step: int) -> None:
     """A run resumed from a checkpoint starts with its predecessor's metrics up to that step,
     so the new run alone holds the whole history."""
@@ -150,6 +197,8 @@ def copy_history(rec: MlflowRun, old_run_id: str, upto_step: int) -> None:
     old = rec.client.get_run(old_run_id)
     metrics = []
     for key in old.data.metrics:
+        if key in END_OF_RUN_METRICS:
+            continue
         metrics += [Metric(m.key, m.value, m.timestamp, m.step)
                     for m in rec.client.get_metric_history(old_run_id, key) if m.step <= upto_step]
     for i in range(0, len(metrics), 1000):
@@ -205,25 +254,89 @@ def previous_runs(uri: str, experiment: str, fp: str, stale_after_s: float = 900
     return prev
 
 
+def finished_with_other_code(uri: str, experiment: str, config_fp: str) -> Any | None:
+    """The newest run that FINISHED the same configuration (``hgbench.config_fingerprint``) —
+    called when none finished with the same code, so this one ran other code."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        return None
+    runs = client.search_runs([exp.experiment_id], f"tags.`hgbench.config_fingerprint` = '{config_fp}' and attributes.status = 'FINISHED'",
+                              max_results=1, order_by=["attributes.start_time DESC"])
+    return runs[0] if runs else None
+
+
 def mark_interrupted(client, run, why: str) -> None:
     client.set_tag(run.info.run_id, "hgbench.status", "interrupted")
     client.set_tag(run.info.run_id, "hgbench.error", f"interrupted: {why}")
     client.set_terminated(run.info.run_id, "KILLED")
 
 
-def latest_checkpoint(uri: str, runs: list[Any]) -> tuple[Any, Path] | None:
-    """The newest interrupted run with a readable checkpoint (local file, else its artifact)."""
+def recorded_step(client, run_id: str) -> int:
+    """The last hyper-step whose metrics the store holds for a run (-1: none)."""
+    return max((m.step for m in client.get_metric_history(run_id, STEP_MARKER)), default=-1)
+
+
+@dataclass
+class Checkpoint:
+    run: Any  # the interrupted MLflow run it belongs to
+    state: dict[str, Any]  # Experiment.state_dict(), read back
+    where: str  # the file, or "the MLflow artifact <path>"
+
+    @property
+    def step(self) -> int:
+        return int(self.state["step"])
+
+
+def read_checkpoint(path: Path) -> dict[str, Any]:
+    """A checkpoint file read back safely (tensors and plain containers only); raises
+    ``ValueError`` naming the file for anything unreadable or not a checkpoint."""
+    import torch
+
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # truncated, corrupted, not a torch file, refused by weights_only
+        raise ValueError(f"{path} is unreadable ({type(exc).__name__}: {str(exc)[:200]})") from exc
+    if not isinstance(state, dict) or not isinstance(state.get("step"), int) or "w" not in state:
+        raise ValueError(f"{path} is not an hgbench checkpoint")
+    return state
+
+
+def latest_checkpoint(uri: str, runs: list[Any], warn=print) -> Checkpoint | None:
+    """The newest usable checkpoint of the interrupted ``runs`` (newest first): for each run its
+    local file, else the copy in its artifacts. Usable = readable, and vouched for by the store:
+    its step's metrics are recorded (a checkpoint ahead of the store would leave a gap in the
+    resumed run's history). Each one refused is reported through ``warn``, naming the file."""
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(uri)
     for run in runs:
-        path = run.data.tags.get("hgbench.checkpoint")
-        if path and Path(path).is_file():
-            return run, Path(path)
-        if path:
+        tag = run.data.tags.get("hgbench.checkpoint")
+        if not tag:
+            continue
+        recorded = recorded_step(client, run.info.run_id)
+        candidates = [Path(tag)] if Path(tag).is_file() else []
+        candidates.append(None)  # the artifact copy
+        for path in candidates:
+            if path is None:
+                artifact = f"{CHECKPOINT_ARTIFACT_DIR}/{Path(tag).name}"
+                try:
+                    path = Path(client.download_artifacts(run.info.run_id, artifact, tempfile.mkdtemp()))
+                except Exception:
+                    continue
+                where = f"the MLflow artifact {artifact} of run {run.info.run_id}"
+            else:
+                where = str(path)
             try:
-                dst = client.download_artifacts(run.info.run_id, f"{CHECKPOINT_ARTIFACT_DIR}/{Path(path).name}", tempfile.mkdtemp())
-                return run, Path(dst)
-            except Exception:
+                state = read_checkpoint(path)
+            except ValueError as exc:
+                warn(f"hgbench: warning: checkpoint {exc}; not used")
                 continue
+            if state["step"] > recorded:
+                warn(f"hgbench: warning: checkpoint {where} is at hyper-step {state['step']} but the store holds run "
+                     f"{run.info.run_id}'s metrics only up to hyper-step {recorded}; not used (the resumed run would miss steps)")
+                continue
+            return Checkpoint(run, state, where)
     return None

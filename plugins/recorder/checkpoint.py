@@ -1,9 +1,16 @@
 """Checkpoints every ``checkpoint.every`` hyper-steps: weights, λ, optimiser states, sampler and
 RNG states (``Experiment.state_dict``), saved atomically to ``checkpoint.dir`` (default
-``./checkpoints``) and referenced from the MLflow run (tag ``hgbench.checkpoint``, and the
-artifact ``checkpoint/<file>`` when ``checkpoint.log_artifact``). A relaunched grid continues an
+``./checkpoints``) and referenced from the MLflow run: tag ``hgbench.checkpoint`` (the file, set
+when the run starts), ``hgbench.checkpoint_step``, and the artifact ``checkpoint/<file>`` when
+``checkpoint.log_artifact``. A relaunched grid continues an
 interrupted run from it (``framework.store``); it is read back with ``torch.load(...,
 weights_only=True)``, which loads tensors and plain containers only, never arbitrary objects.
+
+Crash-consistent order, so a kill at any moment loses nothing: (1) this step's metrics are
+flushed to the store, (2) the checkpoint is written to a temporary file, synced, and renamed over
+the previous one, (3) the tag ``hgbench.checkpoint_step`` and the artifact follow. A checkpoint is thus never ahead of the metrics the
+store holds; a resume also checks that (``framework.store.latest_checkpoint``). A failed write
+(a full disk) leaves no temporary file behind.
 """
 
 from __future__ import annotations
@@ -33,6 +40,8 @@ def on_run_start(run):
     path = Path(folder or Path.cwd() / "checkpoints").expanduser().resolve() / f"{name}.pt"
     path.parent.mkdir(parents=True, exist_ok=True)
     run.extras["checkpoint"] = path
+    if rec is not None:  # where it will be, before the first is written: a kill right after it is found
+        rec.client.set_tag(rec.run_id, "hgbench.checkpoint", str(path))
 
 
 @hookimpl(trylast=True)  # after the MLflow recorder has buffered this step's metrics
@@ -41,13 +50,20 @@ def on_hyper_step(run, step, metrics):
     every, _, _, log_artifact = _settings(run)
     if path is None or step <= 0 or step % every or step >= run.config.hyper_steps:
         return
-    tmp = path.with_suffix(".tmp")
-    torch.save(run.experiment.state_dict(), tmp)
-    os.replace(tmp, path)  # a kill mid-write never leaves a torn checkpoint
     rec = run.extras.get("mlflow")
     if rec is not None:
-        rec.flush()  # the metrics up to this step are in the store before the checkpoint is
-        rec.client.set_tag(rec.run_id, "hgbench.checkpoint", str(path))
+        rec.flush()  # the metrics up to this step are in the store before a checkpoint claims them
+    tmp = path.with_suffix(".tmp")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(run.experiment.state_dict(), f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)  # a kill mid-write never leaves a torn checkpoint
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    if rec is not None:
         rec.client.set_tag(rec.run_id, "hgbench.checkpoint_step", str(step))
         if log_artifact:
             rec.client.log_artifact(rec.run_id, str(path), CHECKPOINT_ARTIFACT_DIR)
