@@ -53,7 +53,7 @@ def format_summary(cfg: DictConfig, result: RunResult) -> str:
         f"{s.get('hyper_steps_done', 0)}/{cfg.hyper_steps} hyper-steps)",
     ]
     if result.error is not None:
-        lines.append(f"  reason: {result.error}")
+        lines.append(f"  reason: {str(result.error) or type(result.error).__name__ + ' (Ctrl-C)'}")
     start = s.get("initial", {})
     rows = [sp for sp in ("train", "val", "test") if f"{sp}_loss" in s]
     if rows:
@@ -129,8 +129,9 @@ def _signal_name(signum: int) -> str:
 
 
 def exit_code(reason: str) -> int:
-    """The shell's convention for a process ended by a signal: 128 + its number."""
-    return 128 + (signal.SIGINT if "SIGINT" in reason else signal.SIGTERM)
+    """The shell's convention for a process ended by a signal: 128 + its number (SIGTERM: 143;
+    Ctrl-C, whose KeyboardInterrupt carries no message: 130)."""
+    return 128 + (signal.SIGTERM if "SIGTERM" in reason else signal.SIGINT)
 
 
 def _interrupt(signum, frame):
@@ -340,6 +341,7 @@ def run_job(cfg: DictConfig, hc) -> float | None:
                 result = exp.run(tags, resumed_from=resumed_from)
             except KeyboardInterrupt as exc:  # SIGTERM / Ctrl-C: recorded as KILLED by the run itself
                 result = getattr(exp, "last_result", None) or RunResult("KILLED", {}, {}, exc)
+                request_grid_stop(str(exc) or "interrupted (SIGINT)")  # Ctrl-C stops a grid too
         print(format_summary(cfg, result), flush=True)
     s = result.summary
     write_job_result(hc.runtime.output_dir, {
@@ -373,7 +375,7 @@ def main() -> None:
     except SystemExit as exc:
         code = exc.code
     except KeyboardInterrupt as exc:  # Ctrl-C, or a second SIGTERM: at once, in one line
-        reason = str(exc) or "received signal SIGINT"
+        reason = str(exc) or "interrupted (SIGINT)"
         print(f"hgbench: stopped at once ({reason}); an unfinished run is marked interrupted by the next launch", file=sys.stderr)
         request_grid_stop(reason)
     finally:

@@ -1,7 +1,6 @@
 """Interrupted grids resume, checkpoints restore a run exactly, signals and faulty plugins are
 survived — each tried for real."""
 
-import os
 import signal
 import subprocess
 import sys
