@@ -111,6 +111,24 @@ class Bilevel:
     lam: Tensor
     inner_optimizer: Any = None
     inner_state: dict[str, Tensor] | None = None
+    # (w, λ) -> v ↦ G v, the Gauss–Newton matrix of L_T (``framework.ift.GaussNewtonProduct``);
+    # None when the family's training loss is not a task loss plus a penalty
+    ggn: Callable[[Tensor, Tensor], Callable[[Tensor], Tensor]] | None = None
+
+    def curvature(self, kind: str) -> Callable[[Tensor, Tensor], Callable[[Tensor], Tensor]] | None:
+        """The curvature a method solves with: None for the Hessian (the IFT's own), the
+        Gauss–Newton product factory for ``"ggn"``."""
+        if kind == "hessian":
+            return None
+        if kind == "ggn":
+            if self.ggn is None:
+                raise ValueError(GGN_UNAVAILABLE)
+            return self.ggn
+        raise ValueError(f"curvature must be 'hessian' or 'ggn', got {kind!r}")
+
+
+GGN_UNAVAILABLE = ("curvature='ggn' needs a hyperparameter family whose training loss is the task loss plus a penalty on "
+                   "the weights (it implements penalty(), as weight_decay does); use curvature='hessian'")
 
 
 @dataclass
@@ -118,6 +136,9 @@ class HypergradientMethod(Plugin):
     """Approximates dL_V/dλ at (w, λ). ``compute`` returns a flat tensor shaped like ``lam``."""
 
     kind: ClassVar[str] = "hypergrad"
+    # the parameter that sets the method's cost (Neumann's iterations, unroll's steps), which the
+    # accuracy–cost frontier (``hgbench-bench frontier``) varies; None: a method of one cost
+    budget: ClassVar[str | None] = None
 
     def compute(self, problem: Bilevel) -> Tensor:
         raise NotImplementedError
@@ -144,6 +165,14 @@ class HyperparamFamily(Plugin):
     def validation_loss(self, w: Tensor, lam: dict[str, Tensor], batch: Batch, ctx: ProblemContext) -> Tensor:
         """L_V; the default is the plain data loss (no direct dependence on λ)."""
         return ctx.data_loss(ctx.forward(w, batch.x), batch.y)
+
+    def penalty(self, w: Tensor, lam: dict[str, Tensor], ctx: ProblemContext) -> Tensor:
+        """For a family whose training loss is the plain task loss of the training batch plus a
+        penalty on the weights — ``L_T = ctx.data_loss(ctx.forward(w, x), y) + P(w, λ)`` — return
+        P. Implementing it makes the Gauss–Newton curvature (``curvature=ggn``) available to the
+        methods; families that change the forward pass or the data term (dropout, augmentation,
+        reweighting) do not implement it."""
+        raise NotImplementedError
 
     def metrics(self, lam: dict[str, Tensor]) -> dict[str, float]:
         """Scalars worth plotting over hyper-steps (e.g. the mean decay); logged on eval steps."""

@@ -68,6 +68,11 @@ def format_summary(cfg: DictConfig, result: RunResult) -> str:
     lines.append(f"  {what.get(s.get('memory_kind'), 'peak memory')}: {s.get('peak_memory_mb', 0):.1f} MB")
     if "compile" in info:
         lines.append(f"  compile: {info['compile']} — {info['compile_note']}")
+    if "hessian_indefinite" in info:
+        lines.append(f"  WARNING: {info['hessian_indefinite']}")
+    if "hg_cosine" in s:
+        lines.append(f"  accuracy at the last check vs the reference ({cfg.reference.method.name}): cosine {s['hg_cosine']:.4f}, "
+                     f"relative error {s['hg_rel_err']:.3g}, ‖∂L_T/∂w‖ {s['inner_grad_norm']:.3g}")
     if "mlflow_run_id" in info:
         uri = info["mlflow_tracking_uri"]
         lines.append(f"  MLflow run {info['mlflow_run_id']} in experiment '{info['mlflow_experiment']}' at {uri}")

@@ -19,6 +19,19 @@ Loss = Callable[[Tensor, Tensor], Tensor]
 Solve = Callable[[Callable[[Tensor], Tensor], Tensor], Tensor]
 
 
+MatVec = Callable[[Tensor], Tensor]
+# a curvature other than the Hessian: (w, λ) -> v ↦ C v (w requires grad; see GaussNewtonProduct)
+Curvature = Callable[[Tensor, Tensor], MatVec]
+
+_products = [0]  # curvature-vector products computed in this process (HVPs and GGN products)
+
+
+def products_done() -> int:
+    """How many curvature-vector products (Hessian- or Gauss–Newton-vector) this process has
+    computed so far: the runner reads the difference around a hypergradient as ``hvp_calls``."""
+    return _products[0]
+
+
 class HessianVectorProduct:
     """v ↦ (∂²L_T/∂w∂wᵀ) v, reusing the graph of one create_graph gradient ``grad_w``."""
 
@@ -28,26 +41,70 @@ class HessianVectorProduct:
 
     def __call__(self, v: Tensor) -> Tensor:
         self.calls += 1
+        _products[0] += 1
         return torch.autograd.grad(self.grad_w, self.w, v, retain_graph=True)[0]
 
     def batched(self, vs: Tensor) -> Tensor:
         """Rows of ``vs`` are vectors; returns their HVPs as rows (one vmapped backward)."""
         self.calls += len(vs)
+        _products[0] += len(vs)
         return torch.autograd.grad(self.grad_w, self.w, vs, retain_graph=True, is_grads_batched=True)[0]
+
+
+class GaussNewtonProduct:
+    """v ↦ (Jᵀ H_ℓ J + ∇²_w P) v: the generalised Gauss–Newton matrix of a training loss
+    L_T(w) = ℓ(f(w)) + P(w) — the network's outputs z = f(w), a loss ℓ(z) convex in z
+    (cross-entropy, squared error) and a penalty P (e.g. weight decay). It is the Hessian with the
+    network linearised (the term Σ ∂ℓ/∂z · ∇²f dropped), positive semi-definite when ℓ is convex
+    and P's Hessian is, so CG, Neumann and exact solves are well posed where H is indefinite.
+
+    Jv comes from the double-backward trick (Jᵀu is linear in u), H_ℓ Jv from the loss's graph in
+    z, Jᵀ(·) from one more backward: about three backward passes per product, graphs built once.
+    """
+
+    def __init__(self, outputs: Callable[[Tensor], Tensor], output_loss: Callable[[Tensor], Tensor],
+                 penalty: Callable[[Tensor], Tensor] | None, w: Tensor):
+        self.w, self.calls = w, 0
+        self.z = outputs(w)
+        self.u = torch.zeros_like(self.z, requires_grad=True)
+        (self.jt_u,) = torch.autograd.grad(self.z, w, self.u, create_graph=True)  # Jᵀu
+        self.z_leaf = self.z.detach().requires_grad_(True)
+        (self.g_z,) = torch.autograd.grad(output_loss(self.z_leaf), self.z_leaf, create_graph=True)
+        self.g_p = None
+        if penalty is not None:
+            p = penalty(w)
+            if p.requires_grad:
+                (self.g_p,) = torch.autograd.grad(p, w, create_graph=True)
+
+    def __call__(self, v: Tensor) -> Tensor:
+        self.calls += 1
+        _products[0] += 1
+        (jv,) = torch.autograd.grad(self.jt_u, self.u, v, retain_graph=True)
+        (hjv,) = torch.autograd.grad(self.g_z, self.z_leaf, jv, retain_graph=True)
+        (out,) = torch.autograd.grad(self.z, self.w, hjv, retain_graph=True)
+        if self.g_p is not None:
+            (hp,) = torch.autograd.grad(self.g_p, self.w, v, retain_graph=True, allow_unused=True)
+            if hp is not None:
+                out = out + hp
+        return out
 
 
 def _or_zeros(g: Tensor | None, like: Tensor) -> Tensor:
     return torch.zeros_like(like) if g is None else g
 
 
-def ift_hypergradient(train_loss: Loss, val_loss: Loss, w: Tensor, lam: Tensor, solve: Solve) -> Tensor:
-    """Algorithm 2: ∂L_V/∂λ − (∂²L_T/∂λ∂w) v, with v = solve(H·, ∂L_V/∂w) ≈ H⁻¹ ∂L_V/∂w."""
+def ift_hypergradient(train_loss: Loss, val_loss: Loss, w: Tensor, lam: Tensor, solve: Solve,
+                      curvature: Curvature | None = None) -> Tensor:
+    """Algorithm 2: ∂L_V/∂λ − (∂²L_T/∂λ∂w) v, with v = solve(H·, ∂L_V/∂w) ≈ H⁻¹ ∂L_V/∂w.
+    ``curvature`` replaces H in the solve (e.g. the Gauss–Newton matrix); the mixed term stays
+    the exact ∂²L_T/∂λ∂w."""
     w = w.detach().requires_grad_(True)
     lam = lam.detach().requires_grad_(True)
     gv_w, gv_lam = torch.autograd.grad(val_loss(w, lam), (w, lam), allow_unused=True)
     gv_w = _or_zeros(gv_w, w)
     (gt_w,) = torch.autograd.grad(train_loss(w, lam), w, create_graph=True)
-    v = solve(HessianVectorProduct(gt_w, w), gv_w)
+    matvec = HessianVectorProduct(gt_w, w) if curvature is None else curvature(w, lam.detach())
+    v = solve(matvec, gv_w)
     # the mixed term v3 = grad(∂L_T/∂w, λ, grad_outputs=v) (corrected Algorithm 2)
     (mixed,) = torch.autograd.grad(gt_w, lam, v.detach(), allow_unused=True)
     return _or_zeros(gv_lam, lam) - _or_zeros(mixed, lam)

@@ -78,3 +78,82 @@ def dense_solve(matvec: MatVec, b: Tensor, damping: float = 0.0, chunk: int = 25
     if damping:
         h.diagonal().add_(damping)
     return torch.linalg.solve(h, b)
+
+
+def minres_solve(matvec: MatVec, b: Tensor, iterations: int, tol: float = 0.0, damping: float = 0.0) -> Tensor:
+    """MINRES (Paige & Saunders, 1975) on (H + damping·I) x = b, from x = 0: for symmetric H that
+    may be indefinite, where CG can break down. Each step minimises ‖b − (H + damping·I)x‖ over
+    the Krylov space, so the residual never grows. Runs ``iterations`` steps, or stops once the
+    residual estimate ≤ tol·‖b‖ (``tol > 0``), or when the Krylov space is exhausted (then x is
+    exact). Reads a few numbers per step from the device.
+    """
+    x = torch.zeros_like(b)
+    beta1 = torch.linalg.vector_norm(b).item()
+    if beta1 == 0:
+        return x
+    eps = torch.finfo(b.dtype).eps
+    r1 = b.clone()
+    r2 = b.clone()
+    y = b.clone()
+    w = torch.zeros_like(b)
+    w2 = torch.zeros_like(b)
+    oldb, beta, dbar, epsln, phibar, cs, sn = 0.0, beta1, 0.0, 0.0, beta1, -1.0, 0.0
+    for itn in range(iterations):
+        v = y / beta
+        y = matvec(v)
+        if damping:
+            y = y.add(v, alpha=damping)
+        if itn >= 1:
+            y = y - (beta / oldb) * r1
+        alfa = (v @ y).item()
+        y = y - (alfa / beta) * r2
+        r1, r2 = r2, y
+        oldb, beta = beta, torch.linalg.vector_norm(y).item()
+        # the previous plane rotation, then a new one that zeroes beta
+        oldeps = epsln
+        delta = cs * dbar + sn * alfa
+        gbar = sn * dbar - cs * alfa
+        epsln = sn * beta
+        dbar = -cs * beta
+        gamma = max((gbar * gbar + beta * beta) ** 0.5, eps)
+        cs, sn = gbar / gamma, beta / gamma
+        phi, phibar = cs * phibar, sn * phibar
+        w1, w2 = w2, w
+        w = (v - oldeps * w1 - delta * w2) / gamma
+        x = x + phi * w
+        if beta <= eps * beta1 or (tol > 0 and abs(phibar) <= tol * beta1):
+            break  # the Krylov space is exhausted (x exact), or the residual is small enough
+    return x
+
+
+def lanczos_extremes(matvec: MatVec, n: int, steps: int, like: Tensor, seed: int = 0) -> tuple[float, float]:
+    """The largest and smallest Ritz values of a symmetric operator after ``steps`` Lanczos steps
+    (full reorthogonalisation) from a seeded random start: estimates of H's extreme eigenvalues
+    that converge from the inside — λ_min ≤ ritz_min ≤ ritz_max ≤ λ_max — so a negative
+    ``ritz_min`` proves that H is indefinite. Exact after n steps. Memory: ``steps`` vectors.
+    """
+    steps = max(1, min(steps, n))
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    q = torch.randn(n, generator=gen, dtype=torch.float64).to(like.device, like.dtype)
+    q = q / torch.linalg.vector_norm(q)
+    basis = [q]
+    alphas: list[float] = []
+    betas: list[float] = []
+    for j in range(steps):
+        z = matvec(basis[j])
+        alphas.append((basis[j] @ z).item())
+        q_mat = torch.stack(basis)
+        z = z - q_mat.T @ (q_mat @ z)  # full reorthogonalisation (twice is enough)
+        z = z - q_mat.T @ (q_mat @ z)
+        b = torch.linalg.vector_norm(z).item()
+        if j == steps - 1 or b <= 1e-12 * max(1.0, abs(alphas[-1])):
+            break
+        betas.append(b)
+        basis.append(z / b)
+    k = len(alphas)
+    t = torch.diag(torch.tensor(alphas, dtype=torch.float64))
+    if k > 1:
+        off = torch.tensor(betas[: k - 1], dtype=torch.float64)
+        t += torch.diag(off, 1) + torch.diag(off, -1)
+    ritz = torch.linalg.eigvalsh(t)
+    return ritz[-1].item(), ritz[0].item()

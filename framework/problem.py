@@ -7,7 +7,7 @@ looks inside the family: the family alone decides where λ enters the losses.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
@@ -17,6 +17,7 @@ from torch.func import functional_call
 from framework.base import Batch, Bilevel, DataSplits, Dataset, HyperparamFamily, Model, ProblemContext, Split
 from framework.errors import SkipRun
 from framework.flat import FlatSpec
+from framework.ift import GaussNewtonProduct
 
 __all__ = ["Problem", "ProblemContext", "Sampler"]
 
@@ -74,6 +75,19 @@ class Problem:
     def val_loss(self, w: Tensor, lam: Tensor, batch: Batch) -> Tensor:
         return self.family.validation_loss(w, self.lam_spec.unflatten(lam), batch, self.ctx)
 
+    @property
+    def supports_ggn(self) -> bool:
+        """Whether the family's training loss is a task loss plus a penalty (``penalty()``)."""
+        return type(self.family).penalty is not HyperparamFamily.penalty
+
+    def ggn_product(self, batch: Batch) -> Callable[[Tensor, Tensor], GaussNewtonProduct]:
+        """(w, λ) ↦ the Gauss–Newton product of L_T on ``batch``: the model's outputs, the task
+        loss on them, and the family's penalty."""
+        def make(w: Tensor, lam: Tensor) -> GaussNewtonProduct:
+            penalty = lambda w_: self.family.penalty(w_, self.lam_spec.unflatten(lam), self.ctx)  # noqa: E731
+            return GaussNewtonProduct(lambda w_: self.forward(w_, batch.x), lambda z: self.data_loss(z, batch.y), penalty, w)
+        return make
+
     def bilevel(self, train_batch: Batch, val_batch: Batch, w: Tensor, lam: Tensor, optimizer=None, state=None) -> Bilevel:
         return Bilevel(
             train_loss=lambda w_, l_: self.train_loss(w_, l_, train_batch),
@@ -82,6 +96,7 @@ class Problem:
             lam=lam,
             inner_optimizer=optimizer,
             inner_state=state,
+            ggn=self.ggn_product(train_batch) if self.supports_ggn else None,
         )
 
     # --- sizes and evaluation ----------------------------------------------------------------

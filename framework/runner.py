@@ -33,8 +33,10 @@ from framework import plugins
 from framework.base import Batch, Dataset, HypergradientMethod, HyperparamFamily, Model
 from framework.compiled import InnerLoss
 from framework.config import build_plugin, config_tags, to_dict
-from framework.errors import ConfigError, DivergenceError, RecordingError, SkipRun
+from framework.errors import ConfigError, DivergenceError, HgbenchError, RecordingError, SkipRun
 from framework.hookspecs import RunContext, RunResult
+from framework.ift import HessianVectorProduct, products_done
+from framework.linalg import lanczos_extremes
 from framework.memory import PeakMemory
 from framework.problem import Problem, Sampler
 from framework.schema import check_run_config, instantiate_checked
@@ -127,6 +129,7 @@ class Parts:
     method: HypergradientMethod
     inner_optimizer: Any
     outer_optimizer: Callable[[list[Tensor]], torch.optim.Optimizer]  # params -> optimiser
+    reference: HypergradientMethod | None = None  # the accuracy metrics' reference (reference.every > 0)
 
 
 def build_parts(cfg: DictConfig) -> Parts:
@@ -142,7 +145,13 @@ def build_parts(cfg: DictConfig) -> Parts:
         outer([torch.zeros(1, requires_grad=True)])
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"outer_optimizer: {exc}") from exc
-    return Parts(device, built["dataset"], built["model"], built["hyperparam"], built["hypergrad"], inner, outer)  # type: ignore[arg-type]
+    reference = None
+    if cfg.reference.every > 0:
+        try:
+            reference = build_plugin("hypergrad", cfg.reference.method)
+        except HgbenchError as exc:
+            raise ConfigError(f"reference.method: {exc} (presets: reference=ggn_cg | minres | exact_damped)") from exc
+    return Parts(device, built["dataset"], built["model"], built["hyperparam"], built["hypergrad"], inner, outer, reference)  # type: ignore[arg-type]
 
 
 class Experiment:
@@ -156,8 +165,14 @@ class Experiment:
         self.memory = PeakMemory(self.device)
         self.t_start = time.perf_counter()
         self.method: HypergradientMethod = parts.method
+        self.reference: HypergradientMethod | None = parts.reference
         self.inner_optimizer = parts.inner_optimizer
         self.problem = Problem(parts.dataset, parts.model, parts.family, device=self.device, dtype=DTYPES[cfg.dtype], seed=cfg.seed)
+        if self.reference is not None:
+            why = self.reference.skip(self.problem)
+            if why:
+                raise ConfigError(f"reference.method {self.reference.name!r} cannot run on this problem: {why} "
+                                  "(presets: reference=ggn_cg | minres | exact_damped)")
         self.w = self.problem.w0.clone()
         self.lam = self.problem.lam0.clone().requires_grad_(True)
         self.inner_state = self.inner_optimizer.init(self.w)
@@ -307,7 +322,11 @@ class Experiment:
         if cuda:
             torch.cuda.synchronize(self.device)
         t1 = time.perf_counter()
-        hg = self.hypergradient_flat(self.method, self.train_sampler.next(), self.val_sampler.next())
+        tb, vb = self.train_sampler.next(), self.val_sampler.next()
+        check = self.reference is not None and step > 0 and step % self.cfg.reference.every == 0
+        rng = self._rng_snapshot() if check else None
+        products = products_done()
+        hg = self.hypergradient_flat(self.method, tb, vb)
         norm = torch.linalg.vector_norm(hg)
         if cuda:
             torch.cuda.synchronize(self.device)
@@ -315,7 +334,12 @@ class Experiment:
         norm_f, loss_f = torch.stack([norm.detach().double(), last_loss.double()]).tolist()
         if not math.isfinite(loss_f):
             raise DivergenceError("the training loss", step)
-        out = {"inner_time_s": t1 - t0, "hypergrad_time_s": t2 - t1, "hypergrad_norm": norm_f, "inner_loss": loss_f}
+        out = {"inner_time_s": t1 - t0, "hypergrad_time_s": t2 - t1, "hypergrad_norm": norm_f, "inner_loss": loss_f,
+               "hvp_calls": products_done() - products}
+        if check:  # at the same (w, λ), batches and noise as the method's; not timed
+            out.update(self.accuracy(hg, tb, vb, rng))
+            out["reference_time_s"] = time.perf_counter() - t2
+            self.t_start += out["reference_time_s"]  # elapsed_s leaves the checks out
         if not math.isfinite(norm_f):
             # on_nonfinite=skip: drop this hypergradient (λ unchanged), up to max_nonfinite_skips in a row
             self.nonfinite_in_a_row += 1
@@ -333,6 +357,46 @@ class Experiment:
         self.lam.grad = hg.to(self.lam.dtype)
         self.outer_optimizer.step()
         return out
+
+    def _rng_snapshot(self) -> dict[str, Tensor]:
+        snap = {"cpu": torch.get_rng_state()}
+        if self.device.type == "cuda":
+            snap["cuda"] = torch.cuda.get_rng_state(self.device)
+        return snap
+
+    def _rng_restore(self, snap: dict[str, Tensor]) -> None:
+        torch.set_rng_state(snap["cpu"])
+        if "cuda" in snap:
+            torch.cuda.set_rng_state(snap["cuda"], self.device)
+
+    def accuracy(self, hg: Tensor, train_batch: Batch, val_batch: Batch, rng: dict[str, Tensor]) -> dict[str, float]:
+        """How far the method's hypergradient ``hg`` is from the reference method's at the same
+        (w, λ), batches and noise (torch's RNG replayed from ``rng``, where the method started),
+        how far w is from the optimum the IFT assumes, and the training Hessian's extreme
+        eigenvalues (Lanczos Ritz values). Changes no state: the RNG is put back where the method
+        left it, so a run's trajectory is the same with or without the checks."""
+        after = self._rng_snapshot()
+        try:
+            self._rng_restore(rng)
+            ref = self.hypergradient_flat(self.reference, train_batch, val_batch).double()  # type: ignore[arg-type]
+            g = hg.detach().double()
+            ref_norm, g_norm = torch.linalg.vector_norm(ref).item(), torch.linalg.vector_norm(g).item()
+            out = {
+                "hg_ref_norm": ref_norm,
+                "hg_cosine": (g @ ref).item() / (g_norm * ref_norm) if g_norm * ref_norm > 0 else float("nan"),
+                "hg_rel_err": torch.linalg.vector_norm(g - ref).item() / ref_norm if ref_norm > 0 else float("nan"),
+            }
+            self._rng_restore(rng)
+            w = self.w.detach().requires_grad_(True)
+            (gw,) = torch.autograd.grad(self.problem.train_loss(w, self.lam.detach(), train_batch), w, create_graph=True)
+            out["inner_grad_norm"] = torch.linalg.vector_norm(gw.detach()).item()
+            steps = int(self.cfg.reference.lanczos_steps)
+            if steps:
+                hvp = HessianVectorProduct(gw, w)
+                out["hess_eig_max"], out["hess_eig_min"] = lanczos_extremes(lambda v: hvp(v).detach(), w.numel(), steps, like=w.detach())
+            return out
+        finally:
+            self._rng_restore(after)
 
     def evaluate(self) -> dict[str, float]:
         out: dict[str, float] = {}
@@ -424,6 +488,10 @@ class Experiment:
                 self.step = step
                 self.history.update(metrics)
                 summary.update(metrics)
+                if metrics.get("hess_eig_min", 0.0) < 0 and "hessian_indefinite" not in ctx.info:
+                    ctx.info["hessian_indefinite"] = (
+                        f"the training Hessian is indefinite (smallest eigenvalue estimate {metrics['hess_eig_min']:.3g} "
+                        f"at hyper-step {step}): every IFT method assumes H ≻ 0 there")
                 hook.on_hyper_step(step=step, metrics=metrics)
                 _check_recording(ctx, step)
                 _check_stop()

@@ -43,6 +43,13 @@ class CheckpointSchema:
 
 
 @dataclass
+class ReferenceSchema:
+    every: int = at_least(0)
+    lanczos_steps: int = at_least(0)
+    method: dict = field()  # a hypergrad plugin's name and parameters (conf/reference/)
+
+
+@dataclass
 class RunSchema:
     seed: int
     device: str
@@ -62,6 +69,7 @@ class RunSchema:
     on_nonfinite: Literal["fail", "skip"] = field()
     max_nonfinite_skips: int = at_least(0)
     hypergrad_clip: float | None = at_least(0)
+    reference: ReferenceSchema = field()
     resume: bool | Literal["auto"] = field()
     resume_stale_after_s: float = at_least(0)
     checkpoint: CheckpointSchema = field()

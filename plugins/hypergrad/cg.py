@@ -1,12 +1,19 @@
 """``cg``: IFT with H⁻¹∂L_V/∂w from conjugate gradient (``iterations`` steps, optional relative
-tolerance ``tol`` and ``damping`` added to the Hessian's diagonal)."""
+tolerance ``tol`` and ``damping`` added to the Hessian's diagonal).
+
+CG assumes H + damping·I ≻ 0. Where H has negative eigenvalues its step sizes rs/(pᵀHp) can be
+negative or blow up (pᵀHp ≈ 0): the result is then not H⁻¹b in any useful sense. Remedies:
+``damping`` large enough to shift the spectrum, ``curvature=ggn`` (the Gauss–Newton matrix,
+positive semi-definite), or the ``minres`` method (symmetric indefinite systems)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar, Literal
 from functools import partial
 
 from framework import HypergradientMethod, hookimpl
+from framework.base import GGN_UNAVAILABLE
 from framework.ift import ift_hypergradient
 from framework.linalg import cg_solve
 
@@ -14,9 +21,14 @@ from framework.linalg import cg_solve
 @dataclass
 class CG(HypergradientMethod):
     name = "cg"
+    budget: ClassVar[str] = "iterations"
     iterations: int = 10
     tol: float = 0.0  # stop when ‖r‖ ≤ tol·‖b‖; 0 = always run all iterations (no device sync)
     damping: float = 0.0
+    curvature: Literal["hessian", "ggn"] = "hessian"  # the matrix inverted: H, or the Gauss–Newton G ⪰ 0
+
+    def skip(self, problem):
+        return GGN_UNAVAILABLE if self.curvature == "ggn" and not problem.supports_ggn else None
 
     def __post_init__(self):
         if self.iterations < 0:
@@ -26,7 +38,7 @@ class CG(HypergradientMethod):
 
     def compute(self, problem):
         solve = partial(cg_solve, iterations=self.iterations, tol=self.tol, damping=self.damping)
-        return ift_hypergradient(problem.train_loss, problem.val_loss, problem.w, problem.lam, solve)
+        return ift_hypergradient(problem.train_loss, problem.val_loss, problem.w, problem.lam, solve, problem.curvature(self.curvature))
 
 
 @hookimpl

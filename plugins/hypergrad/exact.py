@@ -1,12 +1,19 @@
 """``exact``: IFT with the full Hessian built from HVPs and solved exactly (plus optional
-``damping``). Refuses problems with more than ``max_weights`` weights: the n×n Hessian would not fit."""
+``damping``). Refuses problems with more than ``max_weights`` weights: the n×n Hessian would not fit.
+
+"Exact" means the IFT formula evaluated exactly, not the true hypergradient: where H is indefinite
+or nearly singular (the normal case for a network away from a strict minimum) H⁻¹ amplifies the
+directions of tiny or negative curvature and the result can be orders of magnitude off. Use
+``damping`` or ``curvature=ggn`` for a well-posed reference, and check ``hess_eig_min``."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 from functools import partial
 
 from framework import HypergradientMethod, hookimpl
+from framework.base import GGN_UNAVAILABLE
 from framework.ift import ift_hypergradient
 from framework.linalg import dense_solve
 
@@ -16,8 +23,11 @@ class Exact(HypergradientMethod):
     name = "exact"
     max_weights: int = 5000
     damping: float = 0.0
+    curvature: Literal["hessian", "ggn"] = "hessian"  # the matrix inverted: H, or the Gauss–Newton G ⪰ 0
 
     def skip(self, problem):
+        if self.curvature == "ggn" and not problem.supports_ggn:
+            return GGN_UNAVAILABLE
         n = problem.num_weights
         if n > self.max_weights:
             gib = n * n * problem.dtype.itemsize / 2**30
@@ -32,7 +42,7 @@ class Exact(HypergradientMethod):
         if n > self.max_weights:
             raise ValueError(f"exact: {n:,} weights > max_weights={self.max_weights:,}; use cg or neumann")
         solve = partial(dense_solve, damping=self.damping)
-        return ift_hypergradient(problem.train_loss, problem.val_loss, problem.w, problem.lam, solve)
+        return ift_hypergradient(problem.train_loss, problem.val_loss, problem.w, problem.lam, solve, problem.curvature(self.curvature))
 
 
 @hookimpl

@@ -4,6 +4,7 @@ from the current weights (on the same training batch). Memory grows linearly wit
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 from framework import HypergradientMethod, hookimpl
 from framework.ift import unrolled_hypergradient
@@ -12,6 +13,7 @@ from framework.ift import unrolled_hypergradient
 @dataclass
 class Unroll(HypergradientMethod):
     name = "unroll"
+    budget: ClassVar[str] = "steps"
     steps: int = 5
 
     def __post_init__(self):

@@ -56,14 +56,17 @@ class WeightDecay(HyperparamFamily):
         return {"log_decay": torch.full((n,), math.log(self.init_decay))}
 
     def training_loss(self, w, lam, batch, ctx):
-        data = ctx.data_loss(ctx.forward(w, batch.x), batch.y)
+        return ctx.data_loss(ctx.forward(w, batch.x), batch.y) + self.penalty(w, lam, ctx)
+
+    def penalty(self, w, lam, ctx):
+        """½ Σ_j d_{g(j)} w_j² (the task loss plus this is L_T: ``curvature=ggn`` is available)."""
         d = self.decay(lam["log_decay"])
         if self.granularity == "global":
-            return data + 0.5 * d.squeeze() * (w * w).sum()
+            return 0.5 * d.squeeze() * (w * w).sum()
         if self.granularity == "per_tensor":  # Σ_t d_t ‖w_t‖², one split of w (as FlatSpec.unflatten)
             sq = torch.stack([(p * p).sum() for p in torch.split(w, self._tensor_sizes)])
-            return data + 0.5 * (d * sq).sum()
-        return data + 0.5 * (d * w * w).sum()
+            return 0.5 * (d * sq).sum()
+        return 0.5 * (d * w * w).sum()
 
     def metrics(self, lam):
         d = lam["log_decay"]

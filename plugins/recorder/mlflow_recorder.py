@@ -125,6 +125,8 @@ def on_run_end(run, status, error, summary):
         tags["hgbench.failed_step"] = str(summary.get("failed_step", ""))
         tb = "".join(traceback.format_exception(type(error), error, error.__traceback__))
         rec.client.log_text(rec.run_id, tb, "error.txt")
+    if "hessian_indefinite" in run.info:
+        tags["hgbench.hessian_indefinite"] = run.info["hessian_indefinite"][:5000]
     if "compile" in run.info:  # compile=true: on | unverified | fallback, and why
         tags.update({"hgbench.compile": run.info["compile"], "hgbench.compile_note": run.info["compile_note"][:5000]})
     exp = run.experiment

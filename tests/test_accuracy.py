@@ -1,0 +1,169 @@
+"""Hypergradient accuracy as a measured quantity: MINRES, Lanczos and the Gauss–Newton curvature
+against dense float64 computations, and the per-run accuracy checks (``reference.every``)."""
+
+import pytest
+import torch
+from helpers import hgbench_in_process
+from mlflow.tracking import MlflowClient
+
+from framework import build_experiment
+from framework.ift import GaussNewtonProduct, HessianVectorProduct, ift_hypergradient
+from framework.linalg import lanczos_extremes, minres_solve
+
+F64 = torch.float64
+
+
+def indefinite(n=40, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    q, _ = torch.linalg.qr(torch.randn(n, n, generator=g, dtype=F64))
+    ev = torch.linspace(-2.0, 6.0, n, dtype=F64)
+    ev[ev.abs() < 0.2] = 0.7  # nonsingular
+    return q @ torch.diag(ev) @ q.T, ev, torch.randn(n, generator=g, dtype=F64)
+
+
+@pytest.mark.parametrize("damping", [0.0, 0.5])
+def test_minres_solves_symmetric_indefinite_systems_like_a_dense_solve(damping):
+    a, _, b = indefinite()
+    want = torch.linalg.solve(a + damping * torch.eye(len(b), dtype=F64), b)
+    got = minres_solve(lambda v: a @ v, b, iterations=200, damping=damping)
+    torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+    # the residual never grows with more iterations (CG's can, on an indefinite matrix)
+    res = [torch.linalg.vector_norm(a @ minres_solve(lambda v: a @ v, b, iterations=k) - b).item() for k in range(1, 30)]
+    assert all(r2 <= r1 * (1 + 1e-10) for r1, r2 in zip(res, res[1:]))
+    # and a tolerance stops it early, with the residual it promises
+    x = minres_solve(lambda v: a @ v, b, iterations=200, tol=1e-6)
+    assert torch.linalg.vector_norm(a @ x - b) <= 1e-6 * torch.linalg.vector_norm(b) * 1.01
+
+
+def test_lanczos_ritz_values_bound_the_spectrum_from_inside_and_reach_it():
+    a, ev, b = indefinite()
+    hi, lo = lanczos_extremes(lambda v: a @ v, len(b), steps=len(b), like=b)
+    assert hi == pytest.approx(ev.max().item(), rel=1e-10) and lo == pytest.approx(ev.min().item(), rel=1e-10)
+    hi5, lo5 = lanczos_extremes(lambda v: a @ v, len(b), steps=8, like=b)
+    assert ev.min().item() - 1e-12 <= lo5 <= hi5 <= ev.max().item() + 1e-12
+    assert lo5 < 0  # already proves the matrix indefinite
+
+
+def dense_ggn(exp, batch):
+    """Jᵀ H_ℓ J + ∇²P built from full Jacobians and Hessians (torch.autograd.functional)."""
+    p, lam = exp.problem, exp.problem.lam_spec.unflatten(exp.lam.detach())
+    w = exp.w.detach()
+    f = lambda w_: p.forward(w_, batch.x).reshape(-1)  # noqa: E731
+    z = f(w)
+    jac = torch.autograd.functional.jacobian(f, w)
+    h_l = torch.autograd.functional.hessian(lambda z_: p.data_loss(z_.reshape(p.forward(w, batch.x).shape), batch.y), z)
+    h_p = torch.autograd.functional.hessian(lambda w_: p.family.penalty(w_, lam, p.ctx), w)
+    return jac.T @ h_l @ jac + h_p
+
+
+@pytest.mark.parametrize("task", ["regression", "classification"])
+def test_the_gauss_newton_product_is_the_dense_ggn(tiny_mlp, task):
+    exp = tiny_mlp if task == "regression" else build_experiment(
+        dataset="digits", overrides=["model.hidden=[3]", "dtype=float64", "dataset.train_size=20", "dataset.val_size=10",
+                                     "hyperparam=weight_decay_per_param", "hyperparam.init_decay=0.01"])
+    batch = exp.problem.full_batch("train")
+    g = dense_ggn(exp, batch)
+    w = exp.w.detach().requires_grad_(True)
+    prod = exp.problem.ggn_product(batch)(w, exp.lam.detach())
+    cols = torch.stack([prod(e) for e in torch.eye(len(w), dtype=F64)])
+    torch.testing.assert_close(cols, g, rtol=1e-10, atol=1e-12)
+    assert torch.linalg.eigvalsh(0.5 * (g + g.T)).min() > 0  # PD (decay > 0), where H need not be
+
+
+def test_for_a_linear_model_the_ggn_is_the_hessian_and_every_method_matches_the_ridge_closed_form(ridge):
+    from test_hypergradients import at_ridge_optimum
+
+    hyper, _ = at_ridge_optimum(ridge)
+    for method, params in [("exact", {}), ("cg", {"iterations": 100, "tol": 1e-13}), ("minres", {"iterations": 100, "tol": 1e-13}),
+                           ("minres", {"iterations": 100, "tol": 1e-13, "curvature": "hessian"})]:
+        kw = {"curvature": "ggn", **params}
+        got = ridge.hypergradient(method, **kw)["log_decay"]
+        torch.testing.assert_close(got, hyper, rtol=1e-8, atol=1e-12, msg=f"{method} {kw}")
+
+
+def test_methods_on_the_ggn_compute_the_ift_formula_with_the_dense_ggn(tiny_mlp):
+    exp = tiny_mlp
+    exp.train_inner(3)  # off the optimum, where the Hessian and the GGN differ most
+    tb, vb = exp.problem.full_batch("train"), exp.problem.full_batch("val")
+    g = dense_ggn(exp, tb)
+    w, lam = exp.w.detach().requires_grad_(True), exp.lam.detach().requires_grad_(True)
+    gv_w, gv_lam = torch.autograd.grad(exp.problem.val_loss(w, lam, vb), (w, lam), allow_unused=True)
+    gv_lam = torch.zeros_like(lam) if gv_lam is None else gv_lam
+    (gt_w,) = torch.autograd.grad(exp.problem.train_loss(w, lam, tb), w, create_graph=True)
+    mixed = torch.stack([torch.autograd.grad(gt_w[i], lam, retain_graph=True)[0] for i in range(len(w))])  # ∂²L_T/∂w∂λ
+    want = gv_lam - mixed.T @ torch.linalg.solve(g, gv_w)
+    for method, params in [("exact", {}), ("cg", {"iterations": 300, "tol": 1e-13}), ("minres", {"iterations": 300, "tol": 1e-13})]:
+        got = torch.cat([v.reshape(-1) for v in exp.hypergradient(method, tb, vb, curvature="ggn", **params).values()])
+        torch.testing.assert_close(got, want, rtol=1e-7, atol=1e-12, msg=method)
+
+
+def test_minres_computes_the_formula_where_the_hessian_is_indefinite(tiny_mlp):
+    exp = tiny_mlp
+    exp.lam.data -= 6.0  # tiny decays: the Hessian at these weights is indefinite
+    exp.train_inner(1)
+    tb = exp.problem.full_batch("train")
+    w = exp.w.detach().requires_grad_(True)
+    (gt_w,) = torch.autograd.grad(exp.problem.train_loss(w, exp.lam.detach(), tb), w, create_graph=True)
+    hvp = HessianVectorProduct(gt_w, w)
+    h = torch.stack([hvp(e) for e in torch.eye(len(w), dtype=F64)])
+    assert torch.linalg.eigvalsh(0.5 * (h + h.T)).min() < 0
+    exact = exp.hypergradient("exact")["log_decay"]
+    got = exp.hypergradient("minres", iterations=500, tol=1e-14)["log_decay"]
+    torch.testing.assert_close(got, exact, rtol=1e-6, atol=1e-10)
+
+
+def test_ggn_is_refused_for_a_family_without_a_penalty():
+    exp = build_experiment(overrides=["experiment=quick", "hyperparam=dropout_per_unit", "hypergrad=cg", "hypergrad.curvature=ggn",
+                                      "hyper_steps=2"])
+    result = exp.run()
+    assert result.status == "SKIPPED" and "curvature='ggn' needs a hyperparameter family" in str(result.error)
+
+
+@pytest.mark.parametrize("method,params,calls", [("cg", ["hypergrad.iterations=7"], 7), ("neumann", ["hypergrad.iterations=3"], 3),
+                                                 ("minres", ["hypergrad.iterations=4"], 4), ("identity", [], 0)])
+def test_hvp_calls_counts_the_curvature_products_of_each_hypergradient(method, params, calls):
+    result = build_experiment(overrides=["experiment=quick", f"hypergrad={method}", *params, "hyper_steps=2"]).run()
+    assert result.summary["hvp_calls"] == calls
+
+
+REF = ["experiment=quick", "dtype=float64", "hyper_steps=6", "eval_every=3", "model.hidden=[8]"]
+
+
+def test_accuracy_checks_measure_the_method_against_the_reference_and_change_nothing_else():
+    # the method IS the reference: its error is zero
+    same = build_experiment(overrides=[*REF, "hypergrad=exact", "reference=minres", "reference.method.name=exact", "~reference.method.iterations",
+                                       "~reference.method.tol", "reference.every=2"]).run()
+    assert same.summary["hg_rel_err"] < 1e-10 and same.summary["hg_cosine"] == pytest.approx(1.0, abs=1e-10)
+    # a noisy family (dropout draws from torch's RNG inside L_T): same trajectory with and without checks
+    noisy = [*REF, "hyperparam=dropout_per_unit", "hypergrad=neumann"]
+    off = build_experiment(overrides=noisy).run()
+    on = build_experiment(overrides=[*noisy, "reference=minres", "reference.every=2", "reference.lanczos_steps=10"]).run()
+    for key in ("val_loss", "train_loss", "hypergrad_norm", "inner_loss"):
+        assert on.summary[key] == off.summary[key], key
+    assert 0 < on.summary["hg_rel_err"] and -1 <= on.summary["hg_cosine"] <= 1
+    assert on.summary["hess_eig_min"] <= on.summary["hess_eig_max"] and on.summary["inner_grad_norm"] > 0
+    if on.summary["hess_eig_min"] < 0:  # the last check's estimate; the note names the first negative one
+        assert "the training Hessian is indefinite" in on.info["hessian_indefinite"]
+
+
+def test_accuracy_metrics_are_recorded_at_their_steps_through_the_cli(tmp_path):
+    out = hgbench_in_process(tmp_path, *REF, "reference=exact_damped", "reference.every=2", "mlflow.experiment=acc")
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "accuracy at the last check vs the reference (exact)" in out.stdout
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    (run,) = client.search_runs([client.get_experiment_by_name("acc").experiment_id])
+    for key in ("hg_cosine", "hg_rel_err", "hg_ref_norm", "inner_grad_norm", "hess_eig_max", "hess_eig_min", "reference_time_s"):
+        assert [m.step for m in client.get_metric_history(run.info.run_id, key)] == [2, 4, 6], key
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "hvp_calls")] == list(range(1, 7))
+    if run.data.metrics["hess_eig_min"] < 0:
+        assert "indefinite" in run.data.tags["hgbench.hessian_indefinite"]
+
+
+@pytest.mark.parametrize("args,line", [
+    (["reference=minre"], "reference=minre: reference has no option 'minre' — did you mean minres?"),
+    (["reference.every=2", "reference.method.name=neuman"], "reference.method: unknown hypergrad 'neuman'"),
+    (["reference.every=-1"], "reference.every=-1: must be >= 0"),
+])
+def test_bad_reference_settings_are_one_line(tmp_path, args, line):
+    out = hgbench_in_process(tmp_path, "experiment=quick", *args)
+    assert out.returncode == 2 and out.stderr.startswith(f"hgbench: error: {line}"), out.stderr
