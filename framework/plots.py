@@ -5,6 +5,8 @@
   eval step) bold; one panel per dataset × model; log axes where values span decades;
 - ``peak_memory.png``: peak memory per method, mean over seeds (bar, value on top), min–max
   error bars, each seed as a dot;
+- ``hg_cosine.png``: cosine of each method's hypergradient to the reference's against the
+  hyper-step (runs with accuracy checks, ``reference.every > 0``);
 - ``hypergrad_time.png``: per-hyper-step ``hypergrad_time_s`` per method (box plot of all steps
   of all seeds).
 
@@ -172,6 +174,28 @@ def plot_hypergrad_time(runs: pd.DataFrame, metrics: pd.DataFrame, colors: dict,
     return _save(fig, path)
 
 
+def plot_hg_cosine(runs: pd.DataFrame, metrics: pd.DataFrame, colors: dict, path: Path) -> Path | None:
+    """Cosine between each method's hypergradient and the reference's, against the hyper-step
+    (runs with ``reference.every > 0``): thin lines = seeds, thick = their mean."""
+    d = metrics[metrics["key"] == "hg_cosine"].merge(runs[["run_id", "series"]], on="run_id")
+    if d.empty:
+        return None
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for series, s in d.groupby("series", sort=True):
+        for _, one in s.groupby("run_id"):
+            ax.plot(one["step"], one["value"], lw=0.8, alpha=0.4, color=colors[series])
+        mean = s.groupby("step")["value"].mean()
+        ax.plot(mean.index, mean.values, lw=2, color=colors[series], label=series, marker="o", ms=3)
+    ax.axhline(1.0, color="k", lw=0.6, ls=":")
+    ax.set(xlabel="hyper-step", ylabel="cosine(hypergradient, reference)", ylim=(min(-0.05, d["value"].min() - 0.05), 1.05),
+           title="hypergradient accuracy: cosine to the reference at each check\n(thin: seeds; thick: mean)")
+    ax.legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
 def make_plots(runs: pd.DataFrame, metrics: pd.DataFrame, out: Path) -> list[Path]:
     """The PNGs for the FINISHED runs of the report (``runs["in_report"]``); returns the paths written."""
     runs = runs.copy()
@@ -186,5 +210,6 @@ def make_plots(runs: pd.DataFrame, metrics: pd.DataFrame, out: Path) -> list[Pat
     m = metrics[metrics["run_id"].isin(done["run_id"])]
     written = [plot_val_loss_vs_time(done, m, colors, out / "val_loss_vs_time.png"),
                plot_peak_memory(done, colors, out / "peak_memory.png"),
-               plot_hypergrad_time(done, m, colors, out / "hypergrad_time.png")]
+               plot_hypergrad_time(done, m, colors, out / "hypergrad_time.png"),
+               plot_hg_cosine(done, m, colors, out / "hg_cosine.png")]
     return [p for p in written if p is not None]

@@ -4,7 +4,9 @@
     hgbench-report --sweep-id 20260101-120000-1a2b3c --filter "params.dataset.name = 'digits'"
 
 Writes ``<out-dir>/<name>/``: ``summary.md`` (one row per method × family × dataset × model,
-mean ± std over seeds of the final values of FINISHED runs; failed and skipped runs are counted),
+mean ± std over seeds of the final values of FINISHED runs; failed and skipped runs are counted;
+for runs with accuracy checks, ``reference.every > 0``, the median cosine and relative error of
+the hypergradient against the reference over a run's checks),
 ``runs.csv`` (one row per run), ``metrics.csv`` (one row per logged (run, key, step)) and PNG
 plots (``framework.plots``). Trials of an Optuna sweep (tag ``hgbench.sweeper`` = optuna) enter as
 one run per sweep: the trial with the lowest final val_loss, labelled ``optuna(<hypergrad>)``.
@@ -29,7 +31,10 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 STATUSES = ["finished", "failed", "skipped"]
 # summary columns: run column -> header (the per-step hypergradient time is in milliseconds)
 FINAL = {"val_loss": "val loss", "test_loss": "test loss", "val_acc": "val acc", "test_acc": "test acc",
-         "runtime_s": "runtime (s)", "peak_memory_mb": "peak memory (MB)", "hypergrad_ms": "hypergrad / step (ms)"}
+         "runtime_s": "runtime (s)", "peak_memory_mb": "peak memory (MB)", "hypergrad_ms": "hypergrad / step (ms)",
+         # accuracy against the reference (runs with reference.every > 0): the median over a run's checks
+         "hg_cosine_median": "hg cosine (median)", "hg_rel_err_median": "hg rel. error (median)",
+         "hvp_calls_mean": "HVPs / step"}
 TAGS = {"hypergrad": "hypergrad", "family": "hyperparam", "dataset": "dataset", "model": "model",
         "device": "device", "memory_kind": "memory_kind", "sweep_id": "sweep_id", "sweeper": "sweeper",
         "launcher": "launcher", "error": "error", "skip_reason": "skip_reason", "failed_step": "failed_step"}
@@ -145,6 +150,11 @@ def fetch_history(client, runs: pd.DataFrame, keys_by_run: dict[str, list[str]])
 def per_step_mean(metrics: pd.DataFrame, key: str) -> pd.Series:
     """Mean over the hyper-steps of a per-step metric, per run_id."""
     return metrics.loc[metrics["key"] == key].groupby("run_id")["value"].mean()
+
+
+def per_step_median(metrics: pd.DataFrame, key: str) -> pd.Series:
+    """Median over the steps where a metric was logged, per run_id."""
+    return metrics.loc[metrics["key"] == key].groupby("run_id")["value"].median()
 
 
 def row_keys(runs: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
@@ -321,6 +331,9 @@ def report(args: argparse.Namespace) -> Path:
     keys = {r["run_id"]: [c[len("metrics."):] for c in df if c.startswith("metrics.") and pd.notna(r[c])] for _, r in df.iterrows()}
     metrics = fetch_history(client, runs[runs["in_report"]], keys)
     runs["hypergrad_ms"] = runs["run_id"].map(per_step_mean(metrics, "hypergrad_time_s")) * 1000
+    runs["hvp_calls_mean"] = runs["run_id"].map(per_step_mean(metrics, "hvp_calls"))
+    for key in ("hg_cosine", "hg_rel_err"):
+        runs[f"{key}_median"] = runs["run_id"].map(per_step_median(metrics, key))
     agg = aggregate(runs[runs["in_report"]])
 
     out = Path(args.out_dir) / name

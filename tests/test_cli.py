@@ -83,7 +83,7 @@ def test_too_large_for_exact_is_skipped_with_its_reason(tmp_path):
     "args,expected",
     [
         (["hyperparam.name=nope"], ["unknown hyperparam 'nope'", "weight_decay", "weight_decay_per_param"]),
-        (["+hypergrad.foo=1"], ["hypergrad.foo: unknown parameter", "Allowed: alpha, iterations"]),
+        (["+hypergrad.foo=1"], ["hypergrad.foo: unknown parameter", "Allowed: alpha, curvature, iterations"]),
         (["hypergrad.iterations=abc"], ["hypergrad.iterations='abc'", "expects int"]),
         (["hypergrad.iterations=-2"], ["iterations must be >= 0, got -2"]),
         (["inner_steps=0"], ["inner_steps=0: must be >= 1"]),
@@ -108,12 +108,12 @@ def test_bad_input_fails_before_training_with_a_clear_error(tmp_path, monkeypatc
 
 @pytest.mark.parametrize("args,line", [
     (["hypergrad=neuman"], "hypergrad=neuman: hypergrad has no option 'neuman' — did you mean neumann? "
-                           "Available: cg, exact, fixed, identity, neumann, unroll"),
+                           "Available: cg, exact, fixed, identity, minres, neumann, unroll"),
     (["dataset=nope"], "dataset=nope: dataset has no option 'nope'. Available: cifar10, digits, fashion_mnist, mnist, "
                        "mnist1d, mnist_5k, mnist_5k_noisy, ptb, synthetic_linear"),
     (["hyper_step=100"], "hyper_step=100: unknown key 'hyper_step' in the config — did you mean hyper_steps? Allowed: "),
     (["hypergrad=cg", "hypergrad.iteration=20"], "hypergrad.iteration=20: unknown key 'iteration' of hypergrad 'cg' — "
-                                                 "did you mean hypergrad.iterations? Allowed in hypergrad: damping, iterations, name, tol"),
+                                                 "did you mean hypergrad.iterations? Allowed in hypergrad: curvature, damping, iterations, name, tol"),
     (["-m", "hypergrad=neumann,neuman", "seed=0,1"], "hypergrad=neuman: hypergrad has no option 'neuman' — did you mean neumann?"),
     (["-m", "seed=0,1", "hyper_step=100"], "hyper_step=100: unknown key 'hyper_step' in the config — did you mean hyper_steps?"),
     (["hydra/launcher=jobib"], "hydra/launcher=jobib: hydra/launcher has no option 'jobib' — did you mean joblib?"),

@@ -407,3 +407,27 @@ def test_parameters_that_differ_only_between_methods_are_no_extra_column():
     b = configured_runs([(0, 2, 0.6, {})], {}).assign(method="identity")
     agg = aggregate(pd.concat([a, b], ignore_index=True))
     assert "hypergrad.iterations" not in agg and len(agg) == 2
+
+
+def test_accuracy_columns_are_the_median_of_each_runs_checks_and_get_a_cosine_plot(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    exp = client.create_experiment("acc", artifact_location=(tmp_path / "mlartifacts").as_uri())
+    task = {"dataset": "digits", "model": "mlp", "hyperparam": "weight_decay_per_param", "sweeper": "basic", "status": "finished"}
+    checks = {"neumann": [(0.2, 0.9, 3), (0.4, 0.8, 3)], "cg": [(0.95, 0.1, 10), (0.97, 0.05, 10)]}  # (cos, err, hvps) per run
+    for method, per_seed in checks.items():
+        for seed, (cos, err, hvps) in enumerate(per_seed):
+            acc = [("hg_cosine", s, cos + 0.01 * s) for s in (2, 4, 6)] + [("hg_rel_err", s, err * s / 4) for s in (2, 4, 6)]
+            acc += [("hvp_calls", s, hvps) for s in range(1, 5)]
+            log_run(client, exp, {**task, "hypergrad": method}, "FINISHED", curve([2.3, 1.0, 0.5], 0.5, 0.004, 1.0) + acc, {"seed": seed})
+    none = {**task, "hypergrad": "identity"}
+    log_run(client, exp, none, "FINISHED", curve([2.3, 1.0, 0.6], 0.5, 0.001, 1.0), {"seed": 0})  # no checks: "—"
+
+    rc, _, err = run_main("--tracking-uri", uri, "--experiment", "acc", "--out-dir", str(tmp_path / "res"))
+    assert rc == 0, err
+    rows = {r["method"]: r for r in table((tmp_path / "res" / "acc" / "summary.md").read_text())}
+    # per run the median over its checks (cos + 0.04; err × 1), then mean ± std over the seeds
+    assert parse(rows["neumann"]["hg cosine (median)"]) == pytest.approx((0.34, 0.14), abs=0.002)
+    assert parse(rows["cg"]["hg rel. error (median)"]) == pytest.approx((0.075, 0.035), abs=0.001)
+    assert rows["cg"]["HVPs / step"] == "10.00 ± 0" and rows["identity"]["hg cosine (median)"] == "—"
+    assert png_size(tmp_path / "res" / "acc" / "hg_cosine.png")[1] > 10_000
