@@ -3,6 +3,7 @@
     hgbench-bench all --out results/perf            # every section (~20 min on 2 CPU cores)
     hgbench-bench cost memory --out results/perf    # some sections; the README keeps the others
     hgbench-bench all --quick --out /tmp/perf       # a smoke run in seconds (tests use it)
+    hgbench-bench frontier --out results/frontier   # accuracy vs cost of every method (~30 min)
 
 Sections: cost, memory, joint, scale, peers, overhead, compile (see ``benchmarks/<section>.py``).
 Before the first section (not with --quick) it waits, up to ``--max-wait-min``, until the
@@ -23,7 +24,7 @@ from pathlib import Path
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
-from benchmarks import SECTIONS  # noqa: E402
+from benchmarks import SECTIONS, STUDIES  # noqa: E402
 
 TITLE = "hgbench performance benchmarks"
 
@@ -110,8 +111,9 @@ def assemble_readme(out: Path) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="hgbench-bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("sections", nargs="+", choices=[*SECTIONS, "all"], metavar="SECTION",
-                    help=f"one or more of: {', '.join(SECTIONS)}, all")
+    ap.add_argument("sections", nargs="+", choices=[*SECTIONS, *STUDIES, "all"], metavar="SECTION",
+                    help=f"one or more of: {', '.join(SECTIONS)}, all (= those); or the study {', '.join(STUDIES)} "
+                         "(on its own, with its own --out)")
     ap.add_argument("--out", type=Path, default=Path("results/perf"), help="output folder (default results/perf)")
     ap.add_argument("--quick", action="store_true", help="a seconds-long smoke version (tiny problems, few repetitions)")
     ap.add_argument("--device", default="auto", help="auto (CUDA when available) | cpu | cuda")
@@ -120,6 +122,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-wait-min", type=float, default=30, help="wait at most this long for a quiet machine")
     args = ap.parse_args(argv)
     sections = list(SECTIONS) if "all" in args.sections else list(dict.fromkeys(args.sections))
+    studies = [s for s in args.sections if s in STUDIES]
+    if studies and (len(studies) > 1 or len(args.sections) > 1):
+        ap.error(f"{studies[0]} runs on its own (it writes its own README into --out): hgbench-bench {studies[0]} --out results/{studies[0]}")
     from benchmarks import common
 
     failed = []
@@ -133,12 +138,13 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         try:
             importlib.import_module(f"benchmarks.{s}").run(args.out, quick=args.quick, device=args.device, reps=args.reps)
-            common.add_load_at_start(args.out, s, load)
+            if s not in STUDIES:
+                common.add_load_at_start(args.out, s, load)
         except Exception:  # noqa: BLE001 - one section failing does not stop the others
             traceback.print_exc()
             failed.append(s)
         print(f"hgbench-bench: {s} done in {time.perf_counter() - t0:.0f} s", flush=True)
-    readme = assemble_readme(args.out)
+    readme = args.out / "README.md" if studies else assemble_readme(args.out)
     print(f"hgbench-bench: wrote {readme}" + (f"; FAILED: {', '.join(failed)}" if failed else ""))
     return 1 if failed else 0
 

@@ -88,6 +88,20 @@ class GaussNewtonProduct:
                 out = out + hp
         return out
 
+    def batched(self, vs: Tensor) -> Tensor:
+        """Rows of ``vs`` are vectors; returns their products as rows (vmapped backwards)."""
+        self.calls += len(vs)
+        _products[0] += len(vs)
+        kw = {"retain_graph": True, "is_grads_batched": True}
+        (jv,) = torch.autograd.grad(self.jt_u, self.u, vs, **kw)
+        (hjv,) = torch.autograd.grad(self.g_z, self.z_leaf, jv, **kw)
+        (out,) = torch.autograd.grad(self.z, self.w, hjv, **kw)
+        if self.g_p is not None:
+            (hp,) = torch.autograd.grad(self.g_p, self.w, vs, allow_unused=True, **kw)
+            if hp is not None:
+                out = out + hp
+        return out
+
 
 def _or_zeros(g: Tensor | None, like: Tensor) -> Tensor:
     return torch.zeros_like(like) if g is None else g

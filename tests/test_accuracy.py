@@ -167,3 +167,56 @@ def test_accuracy_metrics_are_recorded_at_their_steps_through_the_cli(tmp_path):
 def test_bad_reference_settings_are_one_line(tmp_path, args, line):
     out = hgbench_in_process(tmp_path, "experiment=quick", *args)
     assert out.returncode == 2 and out.stderr.startswith(f"hgbench: error: {line}"), out.stderr
+
+
+# --- the accuracy–cost frontier (hgbench-bench frontier) --------------------------------------------
+
+def test_the_frontier_measures_every_registered_method_against_the_ridge_closed_form(tmp_path, monkeypatch):
+    import csv
+
+    from benchmarks import frontier
+
+    monkeypatch.setattr(frontier, "QUICK_BUDGETS", (1, 2))
+    rows = frontier.run(tmp_path, quick=True, problems=("ridge",))
+    got = {(r["series"], r["budget"]): r for r in rows}
+    assert got[("exact", "")]["rel_err"] < 1e-10 and got[("cg", 2)]["rel_err"] < got[("cg", 1)]["rel_err"] < 1
+    # the paper's theorem at the exact optimum: Neumann with i terms = unrolling i + 1 SGD steps (α = lr)
+    assert got[("neumann", 1)]["rel_err"] == pytest.approx(got[("unroll", 2)]["rel_err"], rel=1e-9)
+    assert got[("unroll", 1)]["hvp_calls"] == 0 and got[("cg", 2)]["hvp_calls"] == 2 and got[("minres (ggn)", 2)]["hvp_calls"] == 2
+    with open(tmp_path / "frontier.csv", newline="") as f:
+        table = list(csv.DictReader(f))
+    assert {"problem", "series", "budget", "rel_err", "cosine", "time_grads_median", "peak_mb", "hvp_calls", "reference"} <= set(table[0])
+    assert all(float(r["time_grads_median"]) > 0 for r in table if r["status"] == "ok")
+    assert (tmp_path / "frontier_ridge.png").stat().st_size > 10_000
+    readme = (tmp_path / "README.md").read_text()
+    assert "## ridge (30 weights, 30 hyperparameters)" in readme and "closed form" in readme and "QUICK SMOKE RUN" in readme
+
+
+def test_a_method_registered_later_joins_the_frontier_at_its_declared_budgets():
+    from dataclasses import dataclass
+    from typing import ClassVar
+
+    from benchmarks import frontier
+    from framework import HypergradientMethod, hookimpl, plugins
+
+    @dataclass
+    class Sketch(HypergradientMethod):
+        name = "sketch_test"
+        budget: ClassVar[str] = "rank"
+        rank: int = 4
+
+        def compute(self, problem):
+            return problem.lam * 0
+
+    class Plugin:
+        @hookimpl
+        def register_hypergradients(self):
+            return [Sketch]
+
+    plugins.register(Plugin(), name="sketch_test")
+    try:
+        exp, _, _ = frontier.build("ridge", quick=True)
+        nodes = [node for label, node in frontier.points(exp, quick=False) if label == "sketch_test"]
+    finally:
+        plugins.unregister("sketch_test")
+    assert nodes == [{"name": "sketch_test", "rank": b} for b in frontier.BUDGETS]
