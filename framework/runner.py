@@ -316,6 +316,10 @@ class Experiment:
 
     def hyper_step(self, step: int = 0) -> dict[str, float]:
         """One iteration of Algorithm 1; returns its metrics."""
+        with self._own_state():  # the accuracy checks replay this experiment's RNG, not the caller's
+            return self._hyper_step(step)
+
+    def _hyper_step(self, step: int) -> dict[str, float]:
         cuda = self.device.type == "cuda"
         t0 = time.perf_counter()
         last_loss = self.train_inner(self.cfg.inner_steps)
