@@ -285,19 +285,44 @@ def reading(rows: list[dict[str, Any]], quick: bool) -> str:
         skipped = [r for r in rows if r["problem"] == problem and r["status"] == "skipped"]
         if skipped:
             parts += ["Not run here: " + "; ".join(sorted({f"{r['series']} ({r['note'][:90]})" for r in skipped})), ""]
-    parts += ["## Reading", "",
-              "- The reference matters as much as the method. On the convex ridge problem every IFT solver converges to the "
-              "closed form, CG and MINRES within about as many iterations as the Hessian has distinct eigenvalues, Neumann "
-              "geometrically at a rate set by α·λ_min. On networks the Hessian is indefinite: solvers of H itself (CG, "
-              "MINRES, exact, long Neumann series) then approach the exact-Hessian IFT formula, which differs from the "
-              "Gauss–Newton reference — their error need not fall with budget, and a small Neumann budget (the paper's "
-              "regime) is partly accurate *because* it stops early. The `(ggn)` variants converge to the reference.",
-              "- `identity` and `neumann` with 0 iterations cost one gradient and give the direction of ∂L_V/∂w scaled; "
-              "`unroll` pays a gradient per step and its memory grows with its steps; `exact` is out of reach past a few "
-              "thousand weights.",
-              "- Pick by budget from the tables above; check `hess_eig_min` (recorded per run with `reference.every`) "
-              "before trusting any IFT hypergradient on a network.", ""]
+    parts += ["## Reading", ""]
+    for problem in dict.fromkeys(r["problem"] for r in rows):
+        last = {}
+        for r in rows:
+            if r["problem"] == problem and r["status"] == "ok" and r["budget_param"]:
+                if r["series"] not in last or r["budget"] > last[r["series"]]["budget"]:
+                    last[r["series"]] = r
+        h = [f"{s} {r['rel_err']:.2g}" for s, r in sorted(last.items()) if "(ggn)" not in s]
+        g = [f"{s} {r['rel_err']:.2g}" for s, r in sorted(last.items()) if "(ggn)" in s]
+        exact = {r["series"]: r for r in rows if r["problem"] == problem and r["method"] == "exact" and r["status"] == "ok"}
+        ex = "; exact: " + ", ".join(f"{s} {r['rel_err']:.2g}" for s, r in sorted(exact.items())) if exact else ""
+        parts.append(f"- **{problem}**, relative error at the largest budget — on H: {', '.join(h) or '—'}; "
+                     f"on the Gauss–Newton matrix: {', '.join(g) or '—'}{ex}.")
+    parts += ["",
+              "- The reference decides what \"accurate\" means. Where H ≻ 0 (ridge) every IFT solver converges to the same "
+              "closed form and the choice is speed: CG and MINRES in about as many iterations as H has distinct "
+              "eigenvalues, Neumann geometrically at a rate set by α·λ_min(H). Where H is indefinite (the networks here), "
+              "solvers of H itself approach the exact-Hessian IFT formula, a different vector from the Gauss–Newton "
+              "reference, and their error need not fall with budget — compare each method with its `(ggn)` row.",
+              "- `identity` and `neumann` with 0 iterations cost about one gradient and give ∂L_V/∂w's direction scaled; "
+              "`unroll` pays a gradient per step and its memory grows with its steps (right-hand plot); `exact` is out of "
+              "reach past a few thousand weights.",
+              "- For a budget, take the most accurate method from the problem's table; before trusting any IFT hypergradient "
+              "on a network, check `hess_eig_min` (recorded per run with `reference.every`).", ""]
     return "\n".join(parts)
+
+
+def rewrite(out: Path) -> None:
+    """Plots and README again from ``<out>/frontier.csv`` (after a change to how they are drawn)."""
+    rows = common.read_csv(out / "frontier.csv")
+    for r in rows:  # "nan" and blanks come back as text
+        for k in ("rel_err", "cosine", "time_grads_median", "peak_mb", "reference_residual", "hess_eig_min", "hess_eig_max",
+                  "inner_grad_norm", "ref_norm"):
+            if isinstance(r.get(k), str):
+                r[k] = float(r[k]) if r[k] else (None if k == "reference_residual" else float("nan"))
+    for problem in dict.fromkeys(r["problem"] for r in rows):
+        plot(rows, problem, out)
+    (out / "README.md").write_text(reading(rows, quick=False))
 
 
 def run(out: Path, quick: bool = False, device: str = "auto", reps: int | None = None,
