@@ -220,16 +220,19 @@ def measure(problem: str, quick: bool, device: torch.device, reps: int) -> list[
 # --- output ---------------------------------------------------------------------------------------
 def plot(rows: list[dict[str, Any]], problem: str, out: Path) -> Path:
     plt = common.pyplot()
-    ok = [r for r in rows if r["problem"] == problem and r["status"] == "ok" and math.isfinite(r["rel_err"])]
+    # drawn: every answer except a zero one (fixed) and the reference's own (error exactly 0)
+    ok = [r for r in rows if r["problem"] == problem and r["status"] == "ok" and math.isfinite(r["rel_err"])
+          and math.isfinite(r["cosine"]) and r["rel_err"] > 0]
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.8))
     series = sorted({r["series"] for r in ok})
+    cmap = plt.get_cmap("tab20")
     for i, s in enumerate(series):
         pts = sorted((r for r in ok if r["series"] == s), key=lambda r: (r["budget"] if r["budget"] != "" else 0))
         for ax, x in zip(axes, ("time_grads_median", "peak_mb")):
-            xs = [max(r[x], 1e-3) for r in pts]
-            ys = [max(r["rel_err"], 1e-16) for r in pts]
-            ax.plot(xs, ys, marker="o" if len(pts) > 1 else "s", ms=4, lw=1.2, color=f"C{i % 10}",
-                    ls="-" if i < 10 else "--", label=s)
+            xs = [max(r[x], 1e-2) for r in pts]
+            ys = [r["rel_err"] for r in pts]
+            ax.plot(xs, ys, marker="o" if len(pts) > 1 else "s", ms=4, lw=1.2, color=cmap(i % 20),
+                    ls="--" if "(ggn)" in s else "-", label=s)
             if len(pts) > 1:
                 ax.annotate(str(pts[-1]["budget"]), (xs[-1], ys[-1]), fontsize=6, xytext=(3, 0), textcoords="offset points")
     first = next((r for r in rows if r["problem"] == problem), {})
@@ -239,7 +242,8 @@ def plot(rows: list[dict[str, Any]], problem: str, out: Path) -> Path:
         ax.grid(True, which="major", alpha=0.3)
     axes[0].legend(fontsize=7, ncol=2)
     fig.suptitle(f"{problem}: {first.get('num_weights', '?'):,} weights · reference: {first.get('reference', '?')}\n"
-                 f"(budget = iterations / steps; the last point of each line is labelled with its budget)", fontsize=9)
+                 f"(budget = iterations / steps, the last point of each line labelled; dashed: curvature=ggn; not drawn: "
+                 f"fixed, and the reference's own method)", fontsize=9)
     fig.tight_layout()
     path = out / f"frontier_{problem}.png"
     fig.savefig(path, dpi=130)
@@ -284,7 +288,7 @@ def reading(rows: list[dict[str, Any]], quick: bool) -> str:
                   common.md_table(["budget (gradients)", "method", "rel. error", "cosine", "time (gradients)", "peak MB"], table), ""]
         skipped = [r for r in rows if r["problem"] == problem and r["status"] == "skipped"]
         if skipped:
-            parts += ["Not run here: " + "; ".join(sorted({f"{r['series']} ({r['note'][:90]})" for r in skipped})), ""]
+            parts += ["Not run here: " + "; ".join(sorted({f"{r['series']} ({r['note'].split(';')[0][:110]})" for r in skipped})), ""]
     parts += ["## Reading", ""]
     for problem in dict.fromkeys(r["problem"] for r in rows):
         last = {}
