@@ -157,21 +157,27 @@ def _key(node: dict[str, Any]) -> str:
 
 
 # --- the measurements -----------------------------------------------------------------------------
-def measure(problem: str, quick: bool, device: torch.device, reps: int) -> list[dict[str, Any]]:
-    from framework.ift import HessianVectorProduct, products_done
+def curvature_facts(exp, tb, steps: int) -> dict[str, float]:
+    """‖∂L_T/∂w‖ and the Hessian's extreme Ritz values (Lanczos) at the problem's point."""
+    from framework.ift import HessianVectorProduct
     from framework.linalg import lanczos_extremes
+
+    w = exp.w.detach().requires_grad_(True)
+    (gw,) = torch.autograd.grad(exp.problem.train_loss(w, exp.lam.detach(), tb), w, create_graph=True)
+    hvp = HessianVectorProduct(gw, w)
+    eig_max, eig_min = lanczos_extremes(lambda v: hvp(v).detach(), w.numel(), steps, like=w.detach())
+    return {"inner_grad_norm": torch.linalg.vector_norm(gw.detach()).item(), "hess_eig_max": eig_max, "hess_eig_min": eig_min}
+
+
+def measure(problem: str, quick: bool, device: torch.device, reps: int) -> list[dict[str, Any]]:
+    from framework.ift import products_done
 
     exp, tb, vb = build(problem, quick, str(device))
     ref, residual = reference(problem, exp, tb, vb, quick)
     ref = ref.double()
-    w = exp.w.detach().requires_grad_(True)
-    (gw,) = torch.autograd.grad(exp.problem.train_loss(w, exp.lam.detach(), tb), w, create_graph=True)
-    hvp = HessianVectorProduct(gw, w)
-    eig_max, eig_min = lanczos_extremes(lambda v: hvp(v).detach(), w.numel(), 20 if quick else 100, like=w.detach())
     facts = {"problem": problem, "num_weights": exp.problem.num_weights, "num_hyperparams": exp.problem.num_hyperparams,
              "reference": REFERENCE[problem], "reference_residual": residual, "ref_norm": torch.linalg.vector_norm(ref).item(),
-             "inner_grad_norm": torch.linalg.vector_norm(gw.detach()).item(), "hess_eig_max": eig_max, "hess_eig_min": eig_min}
-    del gw, hvp
+             **curvature_facts(exp, tb, 20 if quick else 100)}
 
     def plain_gradient():
         w_ = exp.w.detach().requires_grad_(True)

@@ -7,7 +7,7 @@ from helpers import hgbench_in_process
 from mlflow.tracking import MlflowClient
 
 from framework import build_experiment
-from framework.ift import GaussNewtonProduct, HessianVectorProduct, ift_hypergradient
+from framework.ift import HessianVectorProduct
 from framework.linalg import lanczos_extremes, minres_solve
 
 F64 = torch.float64

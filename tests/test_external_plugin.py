@@ -138,7 +138,7 @@ def test_hgbench_plugins_json_and_kind_filter(capsys):
     cg = by["cg"]
     assert cg["origin"] == "built-in" and cg["module"] == "plugins.hypergrad.cg" and cg["config"] == "dataclass defaults"
     assert {p["name"]: (p["type"], p["default"]) for p in cg["parameters"]} == {
-        "iterations": ("int", 10), "tol": ("float", 0.0), "damping": ("float", 0.0)}
+        "iterations": ("int", 10), "tol": ("float", 0.0), "damping": ("float", 0.0), "curvature": ("'hessian' | 'ggn'", "hessian")}
     with pytest.raises(SystemExit):
         main(["--kind", "nope"])
 
