@@ -113,6 +113,9 @@ def run(out: Path, quick: bool = False, device: str = "auto", reps: int | None =
                     if res.returncode != 0:
                         raise RuntimeError(f"hgbench CLI failed: {res.stderr[-800:]}")
                     runtime = json.loads((d / RESULT_FILE).read_text())["runtime_s"]
+                elif quick:  # a smoke run: the bare side in this process (no interpreter start-up to compare)
+                    res = bare({"overrides": ov})
+                    wall, runtime = res["in_process_s"], res["runtime_s"]
                 else:
                     res = common.run_worker("overhead:bare", {"overrides": ov}, timeout=900)
                     if res["status"] != "ok":
@@ -224,8 +227,9 @@ def fragment(rows, quick: bool) -> str:
     return "\n".join([
         "## 6. overhead — Hydra + MLflow around a run, and the joblib launcher", "",
         f"Reproduce: `{common.command('overhead', quick)}` (CSV: `overhead.csv`, plot: `overhead.png`). Config: "
-        f"`{one['config']}` (the default run, hyper_steps calibrated to ~{'3' if quick else '60'} s here). Each side in a "
-        f"fresh process, {one['reps']} each in ABBA order (median, min–max); a first CLI run that creates the MLflow "
+        f"`{one['config']}` (the default run, hyper_steps calibrated to ~{'3' if quick else '60'} s here). "
+        f"{'With --quick the bare side runs in the bench process (a smoke run)' if quick else 'Each side in a fresh process'}, "
+        f"{one['reps']} each in ABBA order (median, min–max); a first CLI run that creates the MLflow "
         "schema is not counted. The in-run overhead is MLflow's per-step metric logging (batched) and the recorder hooks; "
         "the whole-process figure adds Hydra's config composition, importing MLflow and opening the store.", "",
         t, "", g, "",
