@@ -140,6 +140,12 @@ class HypergradientMethod(Plugin):
     # accuracy–cost frontier (``hgbench-bench frontier``) varies; None: a method of one cost
     budget: ClassVar[str | None] = None
 
+    def skip(self, problem: Any) -> str | None:
+        """A method with a ``curvature`` option cannot use ``ggn`` on a family without a penalty."""
+        if getattr(self, "curvature", "hessian") == "ggn" and not problem.supports_ggn:
+            return GGN_UNAVAILABLE
+        return None
+
     def compute(self, problem: Bilevel) -> Tensor:
         raise NotImplementedError
 

@@ -150,17 +150,40 @@ def _interrupt(signum, frame):
     request_stop(reason)
 
 
-def _grid_workers() -> list[int]:
-    """The pids of the joblib (loky) worker processes this process started, if any."""
+def _loky_executor():
+    """joblib's reusable (loky) executor if this process started one, else None."""
     if "joblib" not in sys.modules:
-        return []
+        return None
     try:
         from joblib.externals.loky import reusable_executor
 
-        executor = reusable_executor._executor
+        return reusable_executor._executor
+    except Exception:  # noqa: BLE001 - loky's internals moved
+        return None
+
+
+def _grid_workers() -> list[int]:
+    """The pids of the joblib (loky) worker processes this process started, if any."""
+    executor = _loky_executor()
+    try:
         return [] if executor is None else list(executor._processes)
     except Exception:  # noqa: BLE001 - loky's internals moved: nothing to forward to
         return []
+
+
+@contextlib.contextmanager
+def _sigterm_handler(handler):
+    """``handler`` for SIGTERM while the block runs, the previous one put back after (nothing
+    outside the main thread, where signals cannot be handled)."""
+    try:
+        previous = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread
+        previous = None
+    try:
+        yield
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 def _stop_grid(signum, frame):
@@ -186,26 +209,18 @@ def grid_signals():
     """The launching process's SIGTERM handler (``_stop_grid``) while Hydra runs, put back after."""
     os.environ[GRID_PID_ENV] = str(os.getpid())
     try:
-        previous = signal.signal(signal.SIGTERM, _stop_grid)
-    except ValueError:  # not the main thread
-        previous = None
-    try:
-        yield
+        with _sigterm_handler(_stop_grid):
+            yield
     finally:
         os.environ.pop(GRID_PID_ENV, None)
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
 
 
 def _shutdown_workers() -> None:
     """joblib keeps its worker processes for reuse; a finished (or stopped) grid leaves none."""
-    if "joblib" not in sys.modules:
-        return
-    with contextlib.suppress(Exception):
-        from joblib.externals.loky import reusable_executor
-
-        if reusable_executor._executor is not None:
-            reusable_executor._executor.shutdown(wait=True, kill_workers=True)
+    executor = _loky_executor()
+    if executor is not None:
+        with contextlib.suppress(Exception):
+            executor.shutdown(wait=True, kill_workers=True)
 
 
 @contextlib.contextmanager
@@ -218,18 +233,15 @@ def job_process_state(cfg: DictConfig, hc):
 
     threads = torch.get_num_threads()
     configure_threads(cfg, hc)
-    try:
-        if os.environ.get(GRID_PID_ENV, str(os.getpid())) != str(os.getpid()) and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
+    in_worker = os.environ.get(GRID_PID_ENV, str(os.getpid())) != str(os.getpid())
+    if in_worker and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:  # a grid worker's first job
+        with contextlib.suppress(ValueError):  # not the main thread: no handlers there
             signal.signal(signal.SIGTERM, _stop_grid)
-        previous = signal.signal(signal.SIGTERM, _interrupt)
-    except ValueError:  # not the main thread
-        previous = None
     try:
-        yield
+        with _sigterm_handler(_interrupt):
+            yield
     finally:
         torch.set_num_threads(threads)
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
 
 
 def resume_wanted(cfg: DictConfig, multirun: bool) -> bool:

@@ -132,12 +132,12 @@ class SafeHooks:
     by plugin name (a warning, and an entry in ``run.plugin_errors``) and the others, and the run,
     go on. A failure of a plugin that declares ``HGBENCH_RECORDER = True``, and a full disk in any
     plugin, is also a recording failure (``run.recording_errors``): the runner then stops the run.
-    The same plugin failing again in the same hook is counted, not warned again (bounded output).
+    The same plugin failing again in the same hook is not reported again (bounded output).
     ``KeyboardInterrupt`` still propagates."""
 
     def __init__(self, run: RunContext):
         self.run = run
-        self.repeats: dict[tuple[str, str], int] = {}  # (plugin, hook) -> failures after the first
+        self.warned: set[tuple[str, str]] = set()  # (plugin, hook) pairs that failed once already
 
     def __getattr__(self, hook_name: str):
         caller = getattr(plugin_manager().hook, hook_name)
@@ -149,10 +149,9 @@ class SafeHooks:
                     impl.function(*[kwargs[a] for a in impl.argnames])
                 except Exception as exc:
                     key = (impl.plugin_name, hook_name)
-                    if key in self.repeats:
-                        self.repeats[key] += 1
+                    if key in self.warned:
                         continue
-                    self.repeats[key] = 0
+                    self.warned.add(key)
                     failure = PluginFailure(impl.plugin_name, f"{hook_name}: {type(exc).__name__}: {str(exc)[:500]}")
                     self.run.plugin_errors.append(failure)
                     if getattr(impl.plugin, "HGBENCH_RECORDER", False) or is_disk_full(exc):

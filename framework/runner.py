@@ -422,14 +422,12 @@ class Experiment:
             return Batch(s.x[:k], s.y[:k], torch.arange(k, device=self.device))
 
         tb, vb = head("train", self.cfg.train_batch_size), head("val", self.cfg.val_batch_size)
-        rng = torch.get_rng_state()  # noisy families draw from it: put it back afterwards
-        cuda_rng = torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None
+        rng = self._rng_snapshot()  # noisy families draw from it: put it back afterwards
         w = self.w.detach().requires_grad_(True)
         torch.autograd.grad(self.inner_loss(w, self.lam.detach(), *tb), w)  # compiles here with compile=true
         self.hypergradient_flat(self.method, tb, vb)
-        torch.set_rng_state(rng)
-        if cuda_rng is not None:
-            torch.cuda.set_rng_state(cuda_rng, self.device)
+        self._rng_restore(rng)
+        if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
 
     def skip_reason(self) -> str | None:

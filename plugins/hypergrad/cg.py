@@ -13,7 +13,6 @@ from typing import ClassVar, Literal
 from functools import partial
 
 from framework import HypergradientMethod, hookimpl
-from framework.base import GGN_UNAVAILABLE
 from framework.ift import ift_hypergradient
 from framework.linalg import cg_solve
 
@@ -26,9 +25,6 @@ class CG(HypergradientMethod):
     tol: float = 0.0  # stop when ‖r‖ ≤ tol·‖b‖; 0 = always run all iterations (no device sync)
     damping: float = 0.0
     curvature: Literal["hessian", "ggn"] = "hessian"  # the matrix inverted: H, or the Gauss–Newton G ⪰ 0
-
-    def skip(self, problem):
-        return GGN_UNAVAILABLE if self.curvature == "ggn" and not problem.supports_ggn else None
 
     def __post_init__(self):
         if self.iterations < 0:

@@ -13,7 +13,6 @@ from typing import Literal
 from functools import partial
 
 from framework import HypergradientMethod, hookimpl
-from framework.base import GGN_UNAVAILABLE
 from framework.ift import ift_hypergradient
 from framework.linalg import dense_solve
 
@@ -26,8 +25,9 @@ class Exact(HypergradientMethod):
     curvature: Literal["hessian", "ggn"] = "hessian"  # the matrix inverted: H, or the Gauss–Newton G ⪰ 0
 
     def skip(self, problem):
-        if self.curvature == "ggn" and not problem.supports_ggn:
-            return GGN_UNAVAILABLE
+        reason = super().skip(problem)
+        if reason:
+            return reason
         n = problem.num_weights
         if n > self.max_weights:
             gib = n * n * problem.dtype.itemsize / 2**30

@@ -15,7 +15,6 @@ from functools import partial
 from typing import ClassVar, Literal
 
 from framework import HypergradientMethod, hookimpl
-from framework.base import GGN_UNAVAILABLE
 from framework.ift import ift_hypergradient
 from framework.linalg import minres_solve
 
@@ -34,9 +33,6 @@ class Minres(HypergradientMethod):
             raise ValueError(f"iterations must be >= 0, got {self.iterations}")
         if self.tol < 0 or self.damping < 0:
             raise ValueError(f"tol and damping must be >= 0, got tol={self.tol}, damping={self.damping}")
-
-    def skip(self, problem):
-        return GGN_UNAVAILABLE if self.curvature == "ggn" and not problem.supports_ggn else None
 
     def compute(self, problem):
         solve = partial(minres_solve, iterations=self.iterations, tol=self.tol, damping=self.damping)

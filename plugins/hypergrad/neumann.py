@@ -13,7 +13,6 @@ from typing import ClassVar, Literal
 from functools import partial
 
 from framework import HypergradientMethod, hookimpl
-from framework.base import GGN_UNAVAILABLE
 from framework.ift import ift_hypergradient
 from framework.linalg import neumann_solve
 
@@ -31,9 +30,6 @@ class Neumann(HypergradientMethod):
             raise ValueError(f"iterations must be >= 0, got {self.iterations}")
         if self.alpha is not None and self.alpha <= 0:
             raise ValueError(f"alpha must be > 0, got {self.alpha}")
-
-    def skip(self, problem):
-        return GGN_UNAVAILABLE if self.curvature == "ggn" and not problem.supports_ggn else None
 
     def step_size(self, problem) -> float:
         if self.alpha is not None:
