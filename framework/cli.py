@@ -18,7 +18,7 @@ from omegaconf import DictConfig  # noqa: E402
 from framework import store  # noqa: E402
 from framework.callbacks import SWEEP_ENV, write_job_result  # noqa: E402
 from framework.cli_checks import check_overrides  # noqa: E402
-from framework.errors import HgbenchError, SkipRun, StoreError  # noqa: E402
+from framework.errors import HgbenchError, SkipRun, StoreError, describe  # noqa: E402
 from framework.hookspecs import RunResult  # noqa: E402
 from framework.runner import (  # noqa: E402
     Experiment,
@@ -41,7 +41,7 @@ def format_summary(cfg: DictConfig, result: RunResult) -> str:
     s, info = result.summary, result.info
     names = f"{cfg.hypergrad.name} · {cfg.hyperparam.name} · {cfg.dataset.name} · {cfg.model.name}"
     if "num_weights" not in s:  # the run could not be built
-        lines = [f"hgbench run {result.status} before it started — {names}", f"  reason: {result.error}"]
+        lines = [f"hgbench run {result.status} before it started — {names}", f"  reason: {describe(result.error)}"]
         if "mlflow_run_id" in info:
             lines.append(f"  MLflow run {info['mlflow_run_id']} in experiment '{info['mlflow_experiment']}' at {info['mlflow_tracking_uri']}")
         return "\n".join(lines)
@@ -53,7 +53,7 @@ def format_summary(cfg: DictConfig, result: RunResult) -> str:
         f"{s.get('hyper_steps_done', 0)}/{cfg.hyper_steps} hyper-steps)",
     ]
     if result.error is not None:
-        lines.append(f"  reason: {str(result.error) or type(result.error).__name__ + ' (Ctrl-C)'}")
+        lines.append(f"  reason: {describe(result.error) if str(result.error) else type(result.error).__name__ + ' (Ctrl-C)'}")
     start = s.get("initial", {})
     rows = [sp for sp in ("train", "val", "test") if f"{sp}_loss" in s]
     if rows:
@@ -296,7 +296,7 @@ def previous_result(cfg: DictConfig) -> tuple[RunResult | None, str | None, dict
 
 
 def _fail(exc: BaseException) -> None:
-    print(f"hgbench: error: {exc}", file=sys.stderr)
+    print(f"hgbench: error: {describe(exc)}", file=sys.stderr)
     sys.exit(2)
 
 

@@ -46,3 +46,12 @@ class StoreError(HgbenchError):
 class RecordingError(HgbenchError):
     """The run's results could not be recorded (a recorder failed, the disk is full): the run is
     stopped rather than computing what nothing would keep."""
+
+
+def describe(exc: BaseException) -> str:
+    """An error as the console shows it: by its message, and a plugin's failure (``load()``,
+    ``compute()``) with the plugin's name and the error's type."""
+    plugin = getattr(exc, "hgbench_plugin", None)
+    if plugin:
+        return f"{plugin} raised {type(exc).__name__}: {exc}"
+    return str(exc)
