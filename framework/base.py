@@ -114,17 +114,33 @@ class Bilevel:
     # (w, λ) -> v ↦ G v, the Gauss–Newton matrix of L_T (``framework.ift.GaussNewtonProduct``);
     # None when the family's training loss is not a task loss plus a penalty
     ggn: Callable[[Tensor, Tensor], Callable[[Tensor], Tensor]] | None = None
+    # n -> a fresh minibatch of n training examples (drawn with torch's global RNG, which the run
+    # owns), and batch -> the Bilevel on it: for curvature on its own batch (``hessian_batch_size``)
+    sample_train: Callable[[int], Batch] | None = None
+    on_train_batch: Callable[[Batch], "Bilevel"] | None = None
 
-    def curvature(self, kind: str) -> Callable[[Tensor, Tensor], Callable[[Tensor], Tensor]] | None:
+    def curvature(self, kind: str, batch_size: int | None = None) -> Callable[[Tensor, Tensor], Callable[[Tensor], Tensor]] | None:
         """The curvature a method solves with: None for the Hessian (the IFT's own), the
-        Gauss–Newton product factory for ``"ggn"``."""
-        if kind == "hessian":
-            return None
+        Gauss–Newton product factory for ``"ggn"``. With ``batch_size`` the products are on a
+        minibatch of that many training examples of their own, drawn now — not the batch of
+        ∂L_T/∂w and of the mixed term (stochastic curvature: cheaper products, more variance)."""
+        if kind not in ("hessian", "ggn"):
+            raise ValueError(f"curvature must be 'hessian' or 'ggn', got {kind!r}")
+        if kind == "ggn" and self.ggn is None:
+            raise ValueError(GGN_UNAVAILABLE)
+        if batch_size is None:
+            return None if kind == "hessian" else self.ggn
+        if self.sample_train is None or self.on_train_batch is None:
+            raise ValueError("hessian_batch_size needs a problem that can draw training batches (Bilevel.sample_train)")
+        other = self.on_train_batch(self.sample_train(batch_size))
         if kind == "ggn":
-            if self.ggn is None:
-                raise ValueError(GGN_UNAVAILABLE)
-            return self.ggn
-        raise ValueError(f"curvature must be 'hessian' or 'ggn', got {kind!r}")
+            return other.ggn
+        from framework.ift import HessianVectorProduct
+
+        def hessian(w: Tensor, lam: Tensor) -> Callable[[Tensor], Tensor]:
+            (g,) = torch.autograd.grad(other.train_loss(w, lam), w, create_graph=True)
+            return HessianVectorProduct(g, w)
+        return hessian
 
 
 GGN_UNAVAILABLE = ("curvature='ggn' needs a hyperparameter family whose training loss is the task loss plus a penalty on "
@@ -139,6 +155,41 @@ class HypergradientMethod(Plugin):
     # the parameter that sets the method's cost (Neumann's iterations, unroll's steps), which the
     # accuracy–cost frontier (``hgbench-bench frontier``) varies; None: a method of one cost
     budget: ClassVar[str | None] = None
+
+    @property
+    def state(self) -> dict[str, Tensor]:
+        """Tensors the method carries from one hyper-step to the next (a warm start's last
+        solution): saved in checkpoints (``state_dict``), put back after the untimed warm-up."""
+        st = self.__dict__.get("_state")
+        if st is None:
+            st = self.__dict__["_state"] = {}
+        return st
+
+    def state_dict(self) -> dict[str, Tensor]:
+        return dict(self.state)
+
+    def load_state_dict(self, state: dict[str, Tensor]) -> None:
+        self.state.clear()
+        self.state.update(state)
+
+    def metrics(self) -> dict[str, float]:
+        """Scalars of the last ``compute`` worth recording (e.g. the step size a method chose);
+        the runner logs them every hyper-step as ``hypergrad/<key>``."""
+        return {}
+
+    def warm_solve(self, solve: Callable[..., Tensor], key: str = "x0") -> Callable[[Callable[[Tensor], Tensor], Tensor], Tensor]:
+        """``solve(matvec, b, x0=...)`` started from this method's previous solution when its
+        ``warm_start`` option is on (and the sizes agree), and that solution kept for the next."""
+        if not getattr(self, "warm_start", False):
+            return solve
+
+        def warm(matvec: Callable[[Tensor], Tensor], b: Tensor) -> Tensor:
+            prev = self.state.get(key)
+            x0 = prev.to(b.device, b.dtype) if prev is not None and prev.shape == b.shape else None
+            x = solve(matvec, b, x0=x0)
+            self.state[key] = x.detach()
+            return x
+        return warm
 
     def skip(self, problem: Any) -> str | None:
         """A method with a ``curvature`` option cannot use ``ggn`` on a family without a penalty."""

@@ -124,6 +124,89 @@ def ift_hypergradient(train_loss: Loss, val_loss: Loss, w: Tensor, lam: Tensor, 
     return _or_zeros(gv_lam, lam) - _or_zeros(mixed, lam)
 
 
+def _detached_state(optimizer: Any, state: dict[str, Any] | None, w: Tensor) -> dict[str, Any]:
+    return {k: (v.detach() if isinstance(v, Tensor) else v) for k, v in (state or optimizer.init(w)).items()}
+
+
+def fixed_point_hypergradient(
+    train_loss: Loss,
+    val_loss: Loss,
+    w: Tensor,
+    lam: Tensor,
+    optimizer: Any,
+    state: dict[str, Any] | None,
+    iterations: int,
+    v0: Tensor | None = None,
+) -> tuple[Tensor, Tensor]:
+    """AID-FP (Grazzi et al., ICML 2020; hypertorch's ``fixed_point``) on the inner optimiser's own
+    update map Φ(w, λ) = step(w, ∂L_T/∂w(w, λ), state), the state held fixed:
+
+        v ← (∂Φ/∂w)ᵀ v + ∂L_V/∂w,     dL_V/dλ ≈ ∂L_V/∂λ + (∂Φ/∂λ)ᵀ v.
+
+    From v = 0 the first update is ∂L_V/∂w itself (no product), then ``iterations`` vector–Jacobian
+    products of Φ (each one Hessian-vector product and the optimiser's arithmetic) — so for plain
+    SGD with learning rate α, where ∂Φ/∂w = I − αH and ∂Φ/∂λ = −α ∂²L_T/∂w∂λ, it is exactly
+    Neumann with ``iterations`` steps of size α. hypertorch's K counts the free first update too:
+    K = iterations + 1. From a guess ``v0`` (a warm start) every update costs a product:
+    iterations + 1 of them. Returns (hypergradient, the last v).
+    """
+    w = w.detach().requires_grad_(True)
+    lam = lam.detach().requires_grad_(True)
+    gv_w, gv_lam = torch.autograd.grad(val_loss(w, lam), (w, lam), allow_unused=True)
+    gv_w = _or_zeros(gv_w, w)
+    (g,) = torch.autograd.grad(train_loss(w, lam), w, create_graph=True)
+    w_next, _ = optimizer.step(w, g, _detached_state(optimizer, state, w))
+
+    def vjp(v: Tensor) -> Tensor:
+        _products[0] += 1
+        return torch.autograd.grad(w_next, w, v, retain_graph=True)[0]
+
+    v = gv_w.clone() if v0 is None else vjp(v0) + gv_w
+    for _ in range(iterations):
+        v = vjp(v) + gv_w
+    (mixed,) = torch.autograd.grad(w_next, lam, v, allow_unused=True)
+    return _or_zeros(gv_lam, lam) + _or_zeros(mixed, lam), v.detach()
+
+
+class FiniteDifferenceHVP:
+    """v ↦ (∇_w L_T(w + εv̂) − ∇_w L_T(w − εv̂)) / 2ε · ‖v‖ with v̂ = v/‖v‖: a Hessian-vector
+    product from two plain gradients (no second-order autograd), error O(ε²)."""
+
+    def __init__(self, train_loss: Loss, w: Tensor, lam: Tensor, epsilon: float):
+        self.loss, self.w, self.lam, self.eps = train_loss, w.detach(), lam.detach(), epsilon
+        self.calls = 0
+
+    def _grad(self, w: Tensor) -> Tensor:
+        w = w.requires_grad_(True)
+        return torch.autograd.grad(self.loss(w, self.lam), w)[0]
+
+    def __call__(self, v: Tensor) -> Tensor:
+        self.calls += 1
+        _products[0] += 1
+        norm = torch.linalg.vector_norm(v)
+        if norm == 0:
+            return torch.zeros_like(v)
+        r = self.eps / norm
+        return (self._grad(self.w + r * v) - self._grad(self.w - r * v)) / (2 * r)
+
+
+def finite_difference_mixed(train_loss: Loss, w: Tensor, lam: Tensor, v: Tensor, epsilon: float) -> Tensor:
+    """(∂²L_T/∂λ∂wᵀ) v by central differences of ∂L_T/∂λ along v (DARTS, Liu et al. 2019): the
+    step is ε/‖v‖, two first-order gradients, error O(ε²)."""
+    w, v = w.detach(), v.detach()
+    norm = torch.linalg.vector_norm(v)
+    if norm == 0:
+        return torch.zeros_like(lam)
+    r = epsilon / norm
+
+    def grad_lam(w_: Tensor) -> Tensor:
+        lam_ = lam.detach().requires_grad_(True)
+        (g,) = torch.autograd.grad(train_loss(w_, lam_), lam_, allow_unused=True)
+        return _or_zeros(g, lam_)
+
+    return (grad_lam(w + r * v) - grad_lam(w - r * v)) / (2 * r)
+
+
 def unrolled_hypergradient(
     train_loss: Loss,
     val_loss: Loss,
@@ -140,7 +223,7 @@ def unrolled_hypergradient(
     """
     lam = lam.detach().requires_grad_(True)
     wt = w.detach().requires_grad_(True)
-    st = {k: (v.detach() if isinstance(v, Tensor) else v) for k, v in (state or optimizer.init(w)).items()}
+    st = _detached_state(optimizer, state, w)
     for _ in range(steps):
         (g,) = torch.autograd.grad(train_loss(wt, lam), wt, create_graph=True)
         wt, st = optimizer.step(wt, g, st)

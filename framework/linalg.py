@@ -20,12 +20,16 @@ def identity_solve(matvec: MatVec, b: Tensor, scale: float = 1.0) -> Tensor:
     return b * scale
 
 
-def neumann_solve(matvec: MatVec, b: Tensor, iterations: int, alpha: float) -> Tensor:
+def neumann_solve(matvec: MatVec, b: Tensor, iterations: int, alpha: float, x0: Tensor | None = None) -> Tensor:
     """Truncated Neumann series, the paper's Algorithm 3 (as in the authors' code).
 
     H⁻¹ = α Σ_{j≥0} (I − αH)^j, truncated after ``iterations`` steps, i.e. i + 1 terms:
     v ← v − α H v; p ← p + v; return α p. Converges when 0 < α < 2 / λ_max(H) and H ≻ 0.
+    From an initial guess ``x0`` (a warm start) the series runs on the residual r = b − H x0 and
+    x0 + α Σ (I − αH)^j r is returned: one more Hessian-vector product.
     """
+    if x0 is not None:
+        return x0 + neumann_solve(matvec, b - matvec(x0), iterations, alpha)
     v = b.clone()
     p = b.clone()
     for _ in range(iterations):
@@ -34,14 +38,39 @@ def neumann_solve(matvec: MatVec, b: Tensor, iterations: int, alpha: float) -> T
     return alpha * p
 
 
-def cg_solve(matvec: MatVec, b: Tensor, iterations: int, tol: float = 0.0, damping: float = 0.0) -> Tensor:
-    """Conjugate gradient on (H + damping·I) x = b, from x = 0.
+def power_iteration(matvec: MatVec, like: Tensor, steps: int, v0: Tensor | None = None, seed: int = 0) -> tuple[float, Tensor]:
+    """The dominant eigenvalue of a symmetric operator by ``steps`` power iterations: (the
+    Rayleigh quotient vᵀHv of the last unit vector — it approaches the eigenvalue of largest
+    magnitude from inside —, that vector). Starts from ``v0`` (e.g. the previous estimate's
+    vector) or a seeded random vector; ``steps`` products."""
+    if v0 is None:
+        gen = torch.Generator(device="cpu").manual_seed(seed)
+        v0 = torch.randn(like.numel(), generator=gen, dtype=torch.float64).to(like.device, like.dtype)
+    v = v0 / torch.linalg.vector_norm(v0).clamp_min(torch.finfo(v0.dtype).tiny)
+    rayleigh = torch.zeros((), dtype=like.dtype, device=like.device)
+    for _ in range(max(1, steps)):
+        hv = matvec(v)
+        rayleigh = v @ hv
+        v = hv / torch.linalg.vector_norm(hv).clamp_min(torch.finfo(hv.dtype).tiny)
+    return rayleigh.item(), v
+
+
+def cg_solve(matvec: MatVec, b: Tensor, iterations: int, tol: float = 0.0, damping: float = 0.0,
+             x0: Tensor | None = None) -> Tensor:
+    """Conjugate gradient on (H + damping·I) x = b, from x = 0 or from the guess ``x0`` (a warm
+    start: the residual b − (H + damping·I) x0 costs one more Hessian-vector product).
 
     Runs ``iterations`` steps, or stops earlier once ‖r‖ ≤ tol·‖b‖ when ``tol > 0`` (that check
     reads one number per step from the device). Assumes H + damping·I is positive definite.
     """
-    x = torch.zeros_like(b)
-    r = b.clone()
+    if x0 is None:
+        x = torch.zeros_like(b)
+        r = b.clone()
+    else:
+        x = x0.clone()
+        r = b - matvec(x0)
+        if damping:
+            r = r.sub(x0, alpha=damping)
     p = r.clone()
     rs = r @ r
     stop = (tol * torch.linalg.vector_norm(b)).item() if tol > 0 else None
@@ -78,6 +107,39 @@ def dense_solve(matvec: MatVec, b: Tensor, damping: float = 0.0, chunk: int = 25
     if damping:
         h.diagonal().add_(damping)
     return torch.linalg.solve(h, b)
+
+
+def nystrom_solve(matvec: MatVec, b: Tensor, rank: int, rho: float) -> Tensor:
+    """(H_k + ρI)⁻¹ b with H_k = C W⁺ Cᵀ the rank-``rank`` Nyström approximation of H (Hataya &
+    Yamada, AISTATS 2023): C = H[:, S], the Hessian's columns at ``rank`` coordinates S drawn at
+    random (torch's global RNG: seeded by the run), W = H[S, S]. One batched product for the k
+    columns (k HVPs), then Woodbury's identity on a k×k system:
+
+        (ρI + C W⁻¹ Cᵀ)⁻¹ b = (b − C (ρW + CᵀC)⁻¹ Cᵀ b) / ρ.
+
+    With rank = n it is (H + ρI)⁻¹ b exactly. Memory: the n×k matrix C. Directions outside C's
+    columns are scaled by 1/ρ, so ρ sets the answer's size there: it is a damping, not a detail.
+    """
+    if rho <= 0:
+        raise ValueError(f"rho must be > 0, got {rho}")
+    n = b.numel()
+    k = min(rank, n)
+    if k == 0:
+        return b / rho
+    idx = torch.randperm(n)[:k].to(b.device)
+    rows = torch.zeros(k, n, dtype=b.dtype, device=b.device)
+    rows[torch.arange(k, device=b.device), idx] = 1
+    batched = getattr(matvec, "batched", None)
+    ct = batched(rows) if batched is not None else torch.stack([matvec(e) for e in rows])  # k×n: rows are Cᵀ
+    w = ct[:, idx]
+    m = rho * 0.5 * (w + w.T) + ct @ ct.T
+    m = 0.5 * (m + m.T)
+    rhs = ct @ b
+    try:
+        y = torch.linalg.solve(m, rhs)
+    except RuntimeError:  # singular (e.g. repeated or zero columns): least squares
+        y = torch.linalg.lstsq(m, rhs.unsqueeze(1)).solution.squeeze(1)
+    return (b - ct.T @ y) / rho
 
 
 def minres_solve(matvec: MatVec, b: Tensor, iterations: int, tol: float = 0.0, damping: float = 0.0) -> Tensor:

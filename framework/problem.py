@@ -15,7 +15,7 @@ from torch import Tensor
 from torch.func import functional_call
 
 from framework.base import Batch, Bilevel, DataSplits, Dataset, HyperparamFamily, Model, ProblemContext, Split
-from framework.errors import SkipRun
+from framework.errors import HgbenchError, SkipRun
 from framework.flat import FlatSpec
 from framework.ift import GaussNewtonProduct
 
@@ -32,8 +32,15 @@ def _to(split: Split, task: str, device, dtype) -> Split:
 class Problem:
     def __init__(self, dataset: Dataset, model: Model, family: HyperparamFamily, *, device="cpu", dtype=torch.float32, seed: int = 0):
         self.dataset, self.model, self.family = dataset, model, family
+        self.inner_optimizer: Any = None  # the run's inner update rule (set by the Experiment): for plugins' skip()
         self.device, self.dtype = torch.device(device), dtype
-        data = dataset.load()
+        try:
+            data = dataset.load()
+        except HgbenchError:
+            raise
+        except Exception as exc:  # the console names the plugin and the error's type (errors.describe)
+            exc.hgbench_plugin = f"dataset {dataset.name!r} load()"  # type: ignore[attr-defined]
+            raise
         self.data = DataSplits(
             *(_to(s, data.task, self.device, dtype) for s in (data.train, data.val, data.test)),
             task=data.task,
@@ -97,7 +104,16 @@ class Problem:
             inner_optimizer=optimizer,
             inner_state=state,
             ggn=self.ggn_product(train_batch) if self.supports_ggn else None,
+            sample_train=self.sample_train,
+            on_train_batch=lambda b: self.bilevel(b, val_batch, w, lam, optimizer, state),
         )
+
+    def sample_train(self, n: int) -> Batch:
+        """A minibatch of ``n`` training examples drawn without replacement with torch's global
+        RNG (the run's own while it works: seeded, checkpointed, replayed by accuracy checks)."""
+        size = len(self.data.train.x)
+        idx = torch.randperm(size)[: min(n, size)].to(self.device)
+        return Batch(self.data.train.x[idx], self.data.train.y[idx], idx)
 
     # --- sizes and evaluation ----------------------------------------------------------------
     @property

@@ -168,6 +168,7 @@ class Experiment:
         self.reference: HypergradientMethod | None = parts.reference
         self.inner_optimizer = parts.inner_optimizer
         self.problem = Problem(parts.dataset, parts.model, parts.family, device=self.device, dtype=DTYPES[cfg.dtype], seed=cfg.seed)
+        self.problem.inner_optimizer = self.inner_optimizer
         if self.reference is not None:
             why = self.reference.skip(self.problem)
             if why:
@@ -252,6 +253,7 @@ class Experiment:
             "val_sampler": self.val_sampler.state_dict(),
             "torch_rng": self._rng_state("cpu"),
             "history": dict(self.history),
+            "method_state": {k: cpu(v) for k, v in self.method.state_dict().items()},  # e.g. a warm start's last solution
         }
         if self.device.type == "cuda":
             state["cuda_rng"] = self._rng_state("cuda")
@@ -276,6 +278,7 @@ class Experiment:
             if "cuda" in self._rng:
                 torch.cuda.set_rng_state(self._rng["cuda"], self.device)
         self.history = dict(state["history"])
+        self.method.load_state_dict({k: dev(v) for k, v in state.get("method_state", {}).items()})
 
     # --- the pieces of Algorithm 1 -----------------------------------------------------------
     def _inner_loss(self, w: Tensor, lam: Tensor, x: Tensor, y: Tensor, idx: Tensor | None) -> Tensor:
@@ -297,7 +300,13 @@ class Experiment:
     def hypergradient_flat(self, method: HypergradientMethod, train_batch: Batch, val_batch: Batch) -> Tensor:
         bl = self.problem.bilevel(train_batch, val_batch, self.w.detach(), self.lam.detach(), self.inner_optimizer, self.inner_state)
         with self._own_state():
-            return method.compute(bl)
+            try:
+                return method.compute(bl)
+            except (HgbenchError, KeyboardInterrupt):
+                raise
+            except Exception as exc:  # a plugin's own failure: the console names the plugin and the error's type
+                exc.hgbench_plugin = f"hypergrad {method.name!r} compute()"  # type: ignore[attr-defined]
+                raise
 
     def hypergradient(self, method: str | HypergradientMethod | None = None, train_batch: Batch | None = None, val_batch: Batch | None = None, **params: Any) -> dict[str, Tensor]:
         """dL_V/dλ at the current (w, λ), shaped like λ, by a named method (its config defaults
@@ -331,6 +340,7 @@ class Experiment:
         rng = self._rng_snapshot() if check else None
         products = products_done()
         hg = self.hypergradient_flat(self.method, tb, vb)
+        method_metrics = self.method.metrics()
         norm = torch.linalg.vector_norm(hg)
         if cuda:
             torch.cuda.synchronize(self.device)
@@ -339,7 +349,7 @@ class Experiment:
         if not math.isfinite(loss_f):
             raise DivergenceError("the training loss", step)
         out = {"inner_time_s": t1 - t0, "hypergrad_time_s": t2 - t1, "hypergrad_norm": norm_f, "inner_loss": loss_f,
-               "hvp_calls": products_done() - products}
+               "hvp_calls": products_done() - products, **{f"hypergrad/{k}": float(v) for k, v in method_metrics.items()}}
         if check:  # at the same (w, λ), batches and noise as the method's; not timed
             out.update(self.accuracy(hg, tb, vb, rng))
             out["reference_time_s"] = time.perf_counter() - t2
@@ -423,9 +433,11 @@ class Experiment:
 
         tb, vb = head("train", self.cfg.train_batch_size), head("val", self.cfg.val_batch_size)
         rng = self._rng_snapshot()  # noisy families draw from it: put it back afterwards
+        method_state = self.method.state_dict()  # a warm start must not start from the warm-up's solve
         w = self.w.detach().requires_grad_(True)
         torch.autograd.grad(self.inner_loss(w, self.lam.detach(), *tb), w)  # compiles here with compile=true
         self.hypergradient_flat(self.method, tb, vb)
+        self.method.load_state_dict(method_state)
         self._rng_restore(rng)
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)

@@ -1,5 +1,6 @@
 """``minres``: IFT with H⁻¹∂L_V/∂w from MINRES (``iterations`` steps, optional relative tolerance
-``tol``, ``damping`` added to the diagonal, ``curvature`` hessian | ggn).
+``tol``, ``damping`` added to the diagonal, ``curvature`` hessian | ggn, ``hessian_batch_size``: HVPs
+on a training minibatch of their own).
 
 MINRES solves symmetric systems that may be indefinite: each step minimises the residual over the
 Krylov space, so it neither breaks down nor diverges where CG does. It computes the IFT formula
@@ -27,16 +28,20 @@ class Minres(HypergradientMethod):
     tol: float = 0.0  # stop when the residual estimate ≤ tol·‖b‖; 0 = run all iterations
     damping: float = 0.0
     curvature: Literal["hessian", "ggn"] = "hessian"
+    hessian_batch_size: int | None = None  # HVPs on their own training minibatch of this size; None: the hypergradient's batch
 
     def __post_init__(self):
         if self.iterations < 0:
             raise ValueError(f"iterations must be >= 0, got {self.iterations}")
         if self.tol < 0 or self.damping < 0:
             raise ValueError(f"tol and damping must be >= 0, got tol={self.tol}, damping={self.damping}")
+        if self.hessian_batch_size is not None and self.hessian_batch_size < 1:
+            raise ValueError(f"hessian_batch_size must be >= 1 or null, got {self.hessian_batch_size}")
 
     def compute(self, problem):
         solve = partial(minres_solve, iterations=self.iterations, tol=self.tol, damping=self.damping)
-        return ift_hypergradient(problem.train_loss, problem.val_loss, problem.w, problem.lam, solve, problem.curvature(self.curvature))
+        curvature = problem.curvature(self.curvature, self.hessian_batch_size)
+        return ift_hypergradient(problem.train_loss, problem.val_loss, problem.w, problem.lam, solve, curvature)
 
 
 @hookimpl

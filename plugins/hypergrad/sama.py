@@ -1,0 +1,67 @@
+"""``sama``: SAMA-style first-order hypergradient (Choe et al., "Making Scalable Meta Learning
+Practical", NeurIPS 2023; Betty's ``sama``): the inverse Hessian replaced by the inner optimiser's
+own diagonal update Jacobian D = ∂u/∂g ("algorithmic adaptation"), the mixed term by central finite
+differences (``epsilon`` / ‖v‖, as ``darts_fd``):
+
+    dL_V/dλ ≈ ∂L_V/∂λ − (∂²L_T/∂λ∂wᵀ) · D · ∂L_V/∂w.
+
+Well defined for hgbench's ``SGD`` — D = lr·I (heavy-ball momentum too), lr·(1 + μ)·I (Nesterov):
+there it is ``darts_fd`` with scale = lr — and ``Adam``: D = lr·(1 − β₁)/(1 − β₁ᵗ) / (√v̂ₜ + ε)
+with the next step's second moment v̂ₜ (this batch's gradient folded in) held fixed, which is what
+makes it cheap. Any other inner optimiser: skipped, with the reason. Cost: two gradients of L_T
+(the finite difference) and one more with Adam (its second moment); no second-order autograd."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from framework import HypergradientMethod, hookimpl
+from framework.ift import finite_difference_mixed
+from framework.optim import SGD, Adam
+
+
+@dataclass
+class Sama(HypergradientMethod):
+    name = "sama"
+    epsilon: float = 0.01  # finite-difference radius (relative to ‖v‖)
+
+    def __post_init__(self):
+        if self.epsilon <= 0:
+            raise ValueError(f"epsilon must be > 0, got {self.epsilon}")
+
+    def skip(self, problem):
+        opt = getattr(problem, "inner_optimizer", None)
+        if opt is not None and not isinstance(opt, (SGD, Adam)):
+            return (f"sama needs the inner optimiser's update Jacobian, defined here for framework.optim.SGD and Adam; "
+                    f"this run's is {type(opt).__name__} (use darts_fd or identity)")
+        return None
+
+    def diagonal(self, problem, w: torch.Tensor, lam: torch.Tensor) -> torch.Tensor | float:
+        opt = problem.inner_optimizer
+        if isinstance(opt, SGD):
+            return opt.lr * (1 + opt.momentum) if opt.nesterov else opt.lr
+        if isinstance(opt, Adam):
+            b1, b2 = opt.betas
+            state = problem.inner_state or opt.init(w)
+            t = int(state["step"]) + 1
+            wg = w.detach().requires_grad_(True)
+            (g,) = torch.autograd.grad(problem.train_loss(wg, lam.detach()), wg)
+            vhat = (b2 * state["v"] + (1 - b2) * g * g) / (1 - b2**t)
+            return opt.lr * (1 - b1) / (1 - b1**t) / (torch.sqrt(vhat + opt.eps_root) + opt.eps)
+        raise ValueError(self.skip(problem) or "sama needs the inner optimiser (Bilevel.inner_optimizer)")
+
+    def compute(self, problem):
+        w = problem.w.detach().requires_grad_(True)
+        lam = problem.lam.detach().requires_grad_(True)
+        gv_w, gv_lam = torch.autograd.grad(problem.val_loss(w, lam), (w, lam), allow_unused=True)
+        gv_w = torch.zeros_like(w) if gv_w is None else gv_w
+        gv_lam = torch.zeros_like(lam) if gv_lam is None else gv_lam
+        v = self.diagonal(problem, problem.w, problem.lam) * gv_w
+        return gv_lam - finite_difference_mixed(problem.train_loss, problem.w, problem.lam, v, self.epsilon)
+
+
+@hookimpl
+def register_hypergradients():
+    return [Sama]
