@@ -162,3 +162,38 @@ def test_hessian_batch_size_uses_a_minibatch_of_its_own(ridge):
     torch.manual_seed(0)
     draws = torch.stack([ridge.hypergradient("cg", iterations=50, hessian_batch_size=8)["log_decay"] for _ in range(3)])
     assert torch.isfinite(draws).all() and (draws[0] - draws[1]).abs().max() > 0  # another batch each time: variance
+
+
+@pytest.mark.filterwarnings("ignore:hgbench. plugin")
+def test_a_plugins_own_failure_is_shown_with_its_name_and_the_errors_type(tmp_path):
+    from dataclasses import dataclass
+    from types import SimpleNamespace
+
+    from framework import Dataset, HypergradientMethod, hookimpl, plugins
+    from helpers import hgbench_in_process
+
+    @dataclass
+    class Boom(HypergradientMethod):
+        name = "boom_method"
+
+        def compute(self, problem):
+            raise RuntimeError("boom in compute")
+
+    @dataclass
+    class BadData(Dataset):
+        name = "boom_data"
+
+        def load(self):
+            raise OSError("cannot read boom.csv")
+
+    holder = SimpleNamespace(register_hypergradients=hookimpl(lambda: [Boom]), register_datasets=hookimpl(lambda: [BadData]))
+    plugins.register(holder, name="boom_plugins")
+    try:
+        base = ["mlflow.enabled=false", "hyper_steps=1", "inner_steps=1", "dataset=synthetic_linear", "model=linear",
+                "hyperparam=weight_decay", "progress=false"]
+        r = hgbench_in_process(tmp_path, *base, "hypergrad=boom_method")
+        assert r.returncode == 1 and "reason: hypergrad 'boom_method' compute() raised RuntimeError: boom in compute" in r.stdout
+        r = hgbench_in_process(tmp_path, *base[:3], "dataset=boom_data", *base[4:], "hypergrad=identity")
+        assert "dataset 'boom_data' load() raised OSError: cannot read boom.csv" in r.stdout + r.stderr, r.stdout + r.stderr
+    finally:
+        plugins.unregister("boom_plugins")
