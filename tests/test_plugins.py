@@ -5,10 +5,10 @@ import inspect
 from pathlib import Path
 
 import pytest
+import torch
 
-from framework import UnknownPluginError, compose_config, hookimpl, hookspecs, plugins
-from framework.base import Plugin
-from framework.config import build_plugin, to_dict
+from framework import UnknownPluginError, hookimpl, hookspecs, plugins, testing
+from framework.config import build_plugin
 
 CONF = Path(__file__).resolve().parent.parent / "conf"
 ALL = [(kind, name) for kind in plugins.KINDS for name in plugins.available(kind)]
@@ -25,16 +25,50 @@ def test_builtins_are_registered_and_nothing_failed():
 @pytest.mark.parametrize("kind,name", ALL)
 def test_each_plugin_is_selectable_with_its_dataclass_defaults(kind, name):
     """``<kind>=<name>`` composes to the plugin's dataclass defaults (an alias: with its presets)
-    — the one place a plugin's defaults are written — and builds."""
-    entry = plugins.entry(kind, name)
-    cls = entry.cls
-    assert issubclass(cls, Plugin) and cls.kind == kind
-    assert cls.name == name or name in cls.aliases
-    assert cls.__doc__ or inspect.getmodule(cls).__doc__, "document the plugin"
-    node = to_dict(compose_config(**{kind: name})[kind])
-    assert node == {"name": cls.name, **cls.defaults(), **(entry.preset or {})}
-    assert isinstance(build_plugin(kind, node), cls)
-    assert build_plugin(kind, node) == build_plugin(kind, {"name": name})  # the alias name builds alike
+    — the one place a plugin's defaults are written — and builds; the class is a documented
+    dataclass whose defaults match their types (framework.testing.check_registration)."""
+    testing.check_registration(kind, name)
+
+
+# --- each kind's behaviour: the same checks a third-party plugin runs (framework.testing) ----------
+
+
+@pytest.mark.parametrize("name", plugins.available("hypergrad"))
+def test_every_method_meets_the_contract(name):
+    """On a tiny problem: a finite tensor shaped like λ, in float32 and float64, on CUDA too when
+    present; a method's skip() reason skips a case (the test, if it refuses every case)."""
+    testing.check_method(name)
+
+
+FAMILY_SETUPS = {}  # family -> check_family options, where the default (digits images + MLP) does not fit
+
+
+@pytest.mark.parametrize("name", plugins.available("hyperparam"))
+def test_every_family_meets_the_contract(name):
+    testing.check_family(name, **FAMILY_SETUPS.get(name, {}))
+
+
+MODEL_SETUPS = {  # small instances (a model not listed: its defaults on 1×8×8 inputs)
+    "mlp": {"hidden": [5]},
+    "cnn": {"channels": [2, 3], "hidden": [4], "kernel_size": 3},
+    "resnet": {"blocks": [1, 1], "width": 2, "input_shape": (3, 8, 8)},
+    "lstm": {"embedding_dim": 4, "hidden_size": 5, "num_layers": 2, "input_shape": (6,), "num_outputs": 7,
+             "x": torch.randint(0, 7, (3, 6), generator=torch.Generator().manual_seed(0))},
+}
+
+
+@pytest.mark.parametrize("name", plugins.available("model"))
+def test_every_model_meets_the_contract(name):
+    testing.check_model(name, **MODEL_SETUPS.get(name, {}))
+
+
+# loading the file-backed datasets takes seconds each: test_datasets.py checks those with their files
+CHEAP_DATASETS = {"synthetic_linear": {"num_features": 6}, "digits": {"train_size": 50, "val_size": 30, "test_size": 20}}
+
+
+@pytest.mark.parametrize("name", list(CHEAP_DATASETS))
+def test_generated_and_bundled_datasets_meet_the_contract(name):
+    testing.check_dataset(name, **CHEAP_DATASETS[name])
 
 
 @pytest.mark.parametrize("kind", list(plugins.KINDS))
@@ -93,10 +127,11 @@ def test_a_plugin_that_raises_in_its_hook_is_reported_and_the_rest_still_load():
         def register_models(self):
             raise RuntimeError("boom")
 
-    with pytest.warns(UserWarning, match="broken.*boom"):
-        plugins.register(Broken(), name="broken")
-        try:
-            assert "mlp" in plugins.available("model")
-            assert any(f.source == "broken" and "boom" in f.error for f in plugins.failures())
-        finally:
-            plugins.unregister("broken")
+    plugins.register(Broken(), name="broken")
+    try:
+        with pytest.warns(UserWarning, match="broken.*boom"):
+            models = plugins.available("model")  # the registry is rebuilt, calling every hook
+        assert "mlp" in models
+        assert any(f.source == "broken" and "boom" in f.error for f in plugins.failures())
+    finally:
+        plugins.unregister("broken")
