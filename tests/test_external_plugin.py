@@ -15,7 +15,7 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from framework import ConfigError, hookspecs, plugins
+from framework import ConfigError, hookspecs, plugins, testing
 from framework.config import build_plugin
 from framework.linalg import neumann_solve
 from framework.plugin_list import collect, main, render
@@ -95,8 +95,7 @@ def test_the_example_declares_its_entry_point_and_ships_no_yaml():
 
 
 def test_registered_at_run_time_it_is_listed_configured_and_checked(dn):
-    plugins.register(dn, name="damped_neumann")
-    try:
+    with testing.registered(dn, name="damped_neumann"):  # the kit of docs/PLUGINS.md
         assert plugins.get("hypergrad", "damped_neumann") is dn.DampedNeumann
         (row,) = [r for r in collect("hypergrad")["plugins"]["hypergrad"] if r["name"] == "damped_neumann"]
         assert row["origin"] == "run time" and row["config"] == "dataclass defaults"
@@ -106,10 +105,10 @@ def test_registered_at_run_time_it_is_listed_configured_and_checked(dn):
             {"name": "damping", "type": "float", "default": 0.01},
         ]
         assert build_plugin("hypergrad", {"name": "damped_neumann", "damping": 0.1}).damping == 0.1
-        with pytest.raises(ConfigError, match="damping must be >= 0, got -1"):
+        with pytest.raises(ConfigError, match="hypergrad 'damped_neumann': damping must be >= 0, got -1"):
             build_plugin("hypergrad", {"name": "damped_neumann", "damping": -1})
-    finally:
-        plugins.unregister("damped_neumann")
+        testing.check_registration("hypergrad", "damped_neumann")  # the contract checks of the built-ins
+        testing.check_method("damped_neumann")
     assert "damped_neumann" not in plugins.available("hypergrad")
 
 
@@ -163,7 +162,7 @@ def site(tmp_path_factory):
     out = subprocess.run(
         [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation", "--no-index",
          "--target", str(tmp / "site"), str(src)],
-        capture_output=True, text=True, timeout=300,
+        check=False, capture_output=True, text=True, timeout=300,
     )
     assert out.returncode == 0, out.stdout + out.stderr
     assert (tmp / "site" / "hgbench_example_plugin-0.1.0.dist-info" / "entry_points.txt").is_file()
@@ -195,7 +194,7 @@ def env_with(*paths: Path) -> dict[str, str]:
 
 
 def hgbench(cwd: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "framework.cli", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+    return subprocess.run([sys.executable, "-m", "framework.cli", *args], cwd=cwd, env=env, check=False, capture_output=True, text=True, timeout=300)
 
 
 def mlflow_runs(cwd: Path):
@@ -232,7 +231,7 @@ def test_plugins_that_fail_to_load_are_reported_and_the_others_still_run(site, t
     assert run.data.params["hypergrad.damping"] == "0.1"
 
     script = Path(sys.executable).with_name("hgbench-plugins")  # the console script of pyproject
-    listing = subprocess.run([str(script)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    listing = subprocess.run([str(script)], cwd=tmp_path, env=env, check=False, capture_output=True, text=True, timeout=120)
     assert listing.returncode == 0, listing.stderr
     assert "entry point 'damped_neumann' (hgbench-example-plugin 0.1.0)" in listing.stdout
     assert "failed to load (2)\n" in listing.stdout
@@ -242,7 +241,7 @@ def test_plugins_that_fail_to_load_are_reported_and_the_others_still_run(site, t
             "PluginValidationError: unknown hook register_hypergradient") in listing.stdout
     assert "broken_example" in listing.stderr  # and the warning
 
-    js = subprocess.run([str(script), "--json"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    js = subprocess.run([str(script), "--json"], cwd=tmp_path, env=env, check=False, capture_output=True, text=True, timeout=120)
     data = json.loads(js.stdout)
     (row,) = [r for r in data["plugins"]["hypergrad"] if r["name"] == "damped_neumann"]
     assert (row["origin"], row["entry_point"], row["distribution"], row["version"]) == (
@@ -253,6 +252,19 @@ def test_plugins_that_fail_to_load_are_reported_and_the_others_still_run(site, t
         ("broken_example", "hgbench-broken-example", "RuntimeError: this plugin is broken on purpose"),
         ("typo_example", "hgbench-typo-example", "PluginValidationError: unknown hook register_hypergradient")]
     assert "neumann" in {r["name"] for r in data["plugins"]["hypergrad"]}
+
+
+@pytest.mark.slow
+def test_the_examples_own_tests_pass_against_the_installed_package(site):
+    """examples/hgbench-example-plugin/tests, as its author runs them: ``pytest`` in the package's
+    folder with the package installed and entry points on — the test kit's fixture must not
+    clash with the registration of the installed entry point (plugins.register would)."""
+    src = site.parent / "src"  # the copy the site fixture built from, tests/ included
+    script = Path(sys.executable).with_name("pytest")
+    out = subprocess.run([str(script), "-q", "-p", "no:cacheprovider"], cwd=src, env=env_with(site),
+                         check=False, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert "4 passed" in out.stdout
 
 
 # --- the guide cannot drift from the hookspecs ---------------------------------------------------

@@ -18,9 +18,9 @@ Parameters: ``iterations`` (i), ``alpha`` (α; ``null`` = the inner optimiser's 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
-from typing import Callable
 
 from torch import Tensor
 
