@@ -5,9 +5,12 @@ Woodbury's identity solves (H_k + ρI) v = ∂L_V/∂w through a rank×rank syst
 
 Cost: ``rank`` HVPs in one batched backward (no sequential iterations), memory: n × rank numbers.
 Exact when rank = n — it is then (H + ρI)⁻¹ — and ρ (``rho``) acts as a damping: directions the
-sampled columns miss are scaled by 1/ρ. On an indefinite H the small matrix ρW + CᵀC can be
-singular; a least-squares solve is used then (the answer has no guarantee there: prefer
-``curvature=ggn``)."""
+sampled columns miss are scaled by 1/ρ. The default ρ = 1 keeps those at the ``identity`` method's
+scale (a bounded error at any rank); a small ρ is accurate only once the columns span H's range —
+on the frontier's ridge (30 weights, H of full rank) ρ = 0.01 gives relative errors
+of 20–90 below full rank and 0.014 at it, ρ = 1 gives 0.2–0.6 throughout. On an indefinite H the
+small matrix ρW + CᵀC can be singular; a least-squares solve is used then (the answer has no
+guarantee there: prefer ``curvature=ggn``)."""
 
 from __future__ import annotations
 
@@ -25,7 +28,7 @@ class Nystrom(HypergradientMethod):
     name = "nystrom"
     budget: ClassVar[str] = "rank"
     rank: int = 10  # Hessian columns sampled (HVPs)
-    rho: float = 0.01  # damping ρ > 0 of the Woodbury solve
+    rho: float = 1.0  # damping ρ > 0 of the Woodbury solve: missed directions are scaled by 1/ρ
     curvature: Literal["hessian", "ggn"] = "hessian"
     hessian_batch_size: int | None = None  # HVPs on their own training minibatch of this size
 
