@@ -441,7 +441,8 @@ def check_family(family: Any, *, dataset: Any = "digits", model: Any = "mlp", da
         w = problem.w0.clone().requires_grad_(True)
         lam = problem.lam0.clone().requires_grad_(True)
         tb, vb = problem.full_batch("train"), problem.full_batch("val")
-        with torch.random.fork_rng(devices=[] if device == "cpu" else [torch.device(device)]):
+        dev = torch.device(device)
+        with torch.random.fork_rng(devices=[] if dev.type != "cuda" else [dev.index if dev.index is not None else torch.cuda.current_device()]):
             torch.manual_seed(0)
             lt = _finite_scalar(label, f"training_loss on {case}", problem.train_loss(w, lam, tb))
             _finite_scalar(label, f"validation_loss on {case}", problem.val_loss(w, lam, vb))

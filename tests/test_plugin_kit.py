@@ -136,6 +136,17 @@ def test_check_method_reports_skips_and_skips_the_test_when_nothing_ran():
         testing.check_method(never)
 
 
+def test_check_method_runs_on_a_problem_of_your_own():
+    made = []
+
+    def experiment(device, dtype):
+        made.append((device, dtype))
+        return testing.ridge_experiment(num_features=4, dtype=dtype, device=device)
+
+    assert testing.check_method("exact", dtypes=[torch.float64], on=["cpu"], experiment=experiment).passed == ["cpu float64"]
+    assert made == [("cpu", torch.float64)]
+
+
 def test_check_class_wants_a_dataclass_with_defaults_of_their_types():
     class NotADataclass(Halved):
         damping: float = 0.1
