@@ -17,12 +17,19 @@ same question:
 
 Every registered hypergrad method is measured — at budgets {0, 1, 2, 5, 10, 20, 50} of the
 parameter it declares as its cost (``HypergradientMethod.budget``: Neumann's and CG's
-iterations, unroll's steps), once if it declares none, and also with ``curvature=ggn`` where it
-has that option — so a method registered later is picked up without edits. Per point: relative
+iterations, unroll's steps, Nyström's rank), once if it declares none, and also with
+``curvature=ggn`` where it has that option — so a method registered later is picked up without
+edits; ``cg`` and ``neumann`` also with the Hessian on its own quarter of the batch
+(``hessian_batch_size``) at budgets {2, 10, 50}, ``DRAWS`` draws each (median error, min–max). Per point: relative
 error ‖g − g_ref‖/‖g_ref‖ and cosine to the reference; time as a ratio to one plain gradient of
 L_T on the same batch (median of side-by-side repetitions); peak memory (growth of the peak RSS
 in a fresh process per problem with glibc's mmap threshold fixed, so freed tensors leave RSS; on
 CUDA ``max_memory_allocated``); the number of curvature-vector products.
+
+Then warm starts along a run (``along_a_run``): the ``mlp`` problem followed for ``RUN_STEPS``
+hyper-steps, each method cold and with ``warm_start=true`` at every step against the exact
+Gauss–Newton reference there; and the ordering Grazzi et al. prove for contractive problems (CG ≤
+fixed point ≤ unrolling in error at equal iterations), read off the rows budget by budget.
 """
 
 from __future__ import annotations
@@ -38,6 +45,11 @@ from benchmarks import common
 
 BUDGETS = (0, 1, 2, 5, 10, 20, 50)
 QUICK_BUDGETS = (0, 2)
+# curvature on its own minibatch (hessian_batch_size = ¼ of the batch): these methods, these
+# budgets, DRAWS independent draws each (the error's spread is the variance it adds)
+STOCHASTIC = ("cg", "neumann")
+STOCHASTIC_BUDGETS = (2, 10, 50)
+DRAWS = 5
 PROBLEMS = ("ridge", "mlp", "cnn")
 REFERENCE = {
     "ridge": "closed form (dense solve of the positive-definite Hessian)",
@@ -98,9 +110,10 @@ def reference(problem: str, exp, tb, vb, quick: bool) -> tuple[torch.Tensor, flo
     return hg, residual[0]
 
 
-def points(exp, quick: bool) -> list[tuple[str, dict[str, Any]]]:
-    """(series label, method node) for every registered hypergrad method: its budgets, and its
-    ``curvature=ggn`` variant where it has one and the problem allows it."""
+def points(exp, quick: bool, batch: int = 0) -> list[tuple[str, dict[str, Any]]]:
+    """(series label, method node) for every registered hypergrad method: its budgets, its
+    ``curvature=ggn`` variant where it has one and the problem allows it, and for the methods in
+    ``STOCHASTIC`` the Hessian on a quarter of the ``batch`` (``hessian_batch_size``)."""
     from framework import plugins
 
     out = []
@@ -110,15 +123,16 @@ def points(exp, quick: bool) -> list[tuple[str, dict[str, Any]]]:
             continue
         cls = entry.cls
         fields = {f.name for f in dataclasses.fields(cls)}
-        variants = [{}]
+        variants = [({}, "", None)]
         if "curvature" in fields and exp.problem.supports_ggn:
-            variants.append({"curvature": "ggn"})
-        for extra in variants:
-            label = name + (" (ggn)" if extra else "")
-            budgets = QUICK_BUDGETS if quick else BUDGETS
+            variants.append(({"curvature": "ggn"}, " (ggn)", None))
+        if "hessian_batch_size" in fields and name in STOCHASTIC and batch > 4:
+            variants.append(({"hessian_batch_size": batch // 4}, " (H on ¼ batch)", STOCHASTIC_BUDGETS))
+        for extra, suffix, only in variants:
+            budgets = QUICK_BUDGETS if quick else (only or BUDGETS)
             for b in (budgets if cls.budget else [None]):
                 node = {"name": name, **extra, **({cls.budget: b} if cls.budget else {})}
-                out.append((label, node))
+                out.append((name + suffix, node))
     return out
 
 
@@ -141,7 +155,7 @@ def worker_memory(spec: dict[str, Any]) -> dict[str, Any]:
 
     exp, tb, vb = build(spec["problem"], spec["quick"], spec["device"])
     out = {}
-    for label, node in points(exp, spec["quick"]):
+    for label, node in points(exp, spec["quick"], len(tb.x)):
         method, why = _build_method(node)
         if method is None or method.skip(exp.problem):
             continue
@@ -189,9 +203,9 @@ def measure(problem: str, quick: bool, device: torch.device, reps: int) -> list[
                                 timeout=3600, exact_rss=True)
         memory = res.get("peak_mb", {}) if res["status"] == "ok" else {}
     rows = []
-    for label, node in points(exp, quick):
+    for label, node in points(exp, quick, len(tb.x)):
         method, why = _build_method(node)
-        budget_param = next((k for k in node if k not in ("name", "curvature")), "")
+        budget_param = next((k for k in node if k not in ("name", "curvature", "hessian_batch_size")), "")
         row = {**facts, "series": label, "method": node["name"], "curvature": node.get("curvature", "hessian"),
                "budget_param": budget_param, "budget": node.get(budget_param, ""), "status": "ok", "note": ""}
         why = why or (method.skip(exp.problem) if method is not None else None)
@@ -204,6 +218,12 @@ def measure(problem: str, quick: bool, device: torch.device, reps: int) -> list[
         g_norm, r_norm = torch.linalg.vector_norm(hg).item(), facts["ref_norm"]
         row["rel_err"] = torch.linalg.vector_norm(hg - ref).item() / r_norm
         row["cosine"] = (hg @ ref).item() / (g_norm * r_norm) if g_norm > 0 else float("nan")
+        if "hessian_batch_size" in node:  # a fresh minibatch per draw: the error's spread is the variance added
+            row["hessian_batch_size"] = node["hessian_batch_size"]
+            errs = [row["rel_err"]] + [torch.linalg.vector_norm(exp.hypergradient_flat(method, tb, vb).double() - ref).item() / r_norm
+                                       for _ in range(1 if quick else DRAWS - 1)]
+            row["rel_err"] = float(torch.tensor(errs).median())
+            row["rel_err_min"], row["rel_err_max"], row["draws"] = min(errs), max(errs), len(errs)
         t = common.compare(plain_gradient, lambda m=method: exp.hypergradient_flat(m, tb, vb), reps, device,
                            common.timing_target(quick))
         row.update(common.ratio_cols("time_grads", t["ratio"]))
@@ -223,6 +243,140 @@ def measure(problem: str, quick: bool, device: torch.device, reps: int) -> list[
     return rows
 
 
+# --- warm starts along a run -----------------------------------------------------------------------
+RUN_STEPS = 10
+RUN_INNER_STEPS = 20
+RUN_BUDGETS = (1, 2, 5, 10, 20)
+RUN_METHODS = (("cg", {"curvature": "ggn"}, "cg (ggn)"), ("neumann", {"curvature": "ggn"}, "neumann (ggn)"),
+               ("fixed_point", {}, "fixed_point"))
+
+
+def along_a_run(quick: bool, device: torch.device) -> list[dict[str, Any]]:
+    """Warm starts where they pay: the ``mlp`` problem followed for ``RUN_STEPS`` hyper-steps
+    (the reference's hypergradient drives λ, ``RUN_INNER_STEPS`` SGD steps between), and at every
+    hyper-step each method, cold and ``warm_start=true`` (its own previous solution), at each
+    budget, against the reference there (exact solve on the Gauss–Newton matrix)."""
+    from framework.ift import products_done
+
+    exp, tb, vb = build("mlp", quick, str(device))
+    ref_method = common.method("exact", curvature="ggn")
+    budgets = QUICK_BUDGETS[1:] if quick else RUN_BUDGETS
+    variants = {(label, warm, b): common.method(name, **extra, iterations=b, warm_start=warm)
+                for name, extra, label in RUN_METHODS for warm in (False, True) for b in budgets}
+    rows = []
+    for step in range(2 if quick else RUN_STEPS):
+        ref = exp.hypergradient_flat(ref_method, tb, vb).double()
+        r_norm = torch.linalg.vector_norm(ref).item()
+        for (label, warm, b), m in variants.items():
+            calls = products_done()
+            hg = exp.hypergradient_flat(m, tb, vb).double()
+            rows.append({"problem": "mlp", "step": step, "series": label, "warm_start": warm, "budget": b,
+                         "hvp_calls": products_done() - calls, "rel_err": torch.linalg.vector_norm(hg - ref).item() / r_norm})
+        exp.outer_optimizer.zero_grad(set_to_none=True)
+        exp.lam.grad = ref.to(exp.lam.dtype)
+        exp.outer_optimizer.step()
+        exp.train_inner(RUN_INNER_STEPS)
+    print(f"  frontier along a run: {len(rows)} hypergradients over {step + 1} hyper-steps", flush=True)
+    return rows
+
+
+def run_summary(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per (series, warm, budget): median error and HVPs over the hyper-steps after the first (at
+    the first a warm start has nothing to start from)."""
+    groups: dict[tuple, list[dict[str, Any]]] = {}
+    for r in rows:
+        if r["step"] > 0:
+            groups.setdefault((r["series"], r["warm_start"], r["budget"]), []).append(r)
+    out = []
+    for (series, warm, b), rs in groups.items():
+        out.append({"series": series, "warm_start": warm, "budget": b,
+                    "rel_err": float(torch.tensor([r["rel_err"] for r in rs]).median()),
+                    "hvp_calls": float(torch.tensor([float(r["hvp_calls"]) for r in rs]).median())})
+    return out
+
+
+def plot_run(rows: list[dict[str, Any]], out: Path) -> Path:
+    plt = common.pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.6))
+    summary = run_summary(rows)
+    cmap = plt.get_cmap("tab10")
+    for i, (_, _, label) in enumerate(RUN_METHODS):
+        for warm in (False, True):
+            pts = sorted((r for r in summary if r["series"] == label and r["warm_start"] == warm), key=lambda r: r["hvp_calls"])
+            if pts:
+                ax.plot([r["hvp_calls"] for r in pts], [r["rel_err"] for r in pts], marker="o", ms=4, color=cmap(i),
+                        ls="--" if warm else "-", label=f"{label}{' warm' if warm else ''}")
+    ax.set(xscale="log", yscale="log", xlabel="curvature-vector products per hyper-step (median)",
+           ylabel="relative error to the reference (median over hyper-steps)")
+    ax.grid(True, which="major", alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title("warm starts along a run (mlp, reference: exact on the Gauss–Newton matrix)\nsolid: cold; dashed: warm_start=true",
+                 fontsize=9)
+    fig.tight_layout()
+    path = out / "frontier_warm.png"
+    fig.savefig(path, dpi=130)
+    plt.close(fig)
+    return path
+
+
+def run_reading(rows: list[dict[str, Any]]) -> list[str]:
+    summary = run_summary(rows)
+    steps = max(r["step"] for r in rows) + 1 if rows else 0
+    table = []
+    for _, _, label in RUN_METHODS:
+        for b in sorted({r["budget"] for r in summary}):
+            cold = next((r for r in summary if r["series"] == label and not r["warm_start"] and r["budget"] == b), None)
+            warm = next((r for r in summary if r["series"] == label and r["warm_start"] and r["budget"] == b), None)
+            if cold and warm:
+                table.append([label, b, f"{cold['hvp_calls']:.0f}", f"{cold['rel_err']:.2g}", f"{warm['hvp_calls']:.0f}",
+                              f"{warm['rel_err']:.2g}"])
+    lines = ["## Warm starts along a run", "",
+             f"The `mlp` problem followed for {steps} hyper-steps (λ moved by the reference's hypergradient, {RUN_INNER_STEPS} "
+             "SGD steps between); at each, every method cold and with `warm_start=true` (the previous hyper-step's solution as "
+             "its initial guess: one more product). Medians over the hyper-steps after the first. CSV: `frontier_run.csv`.", "",
+             "![warm starts](frontier_warm.png)", "",
+             common.md_table(["method", "iterations", "cold: products", "cold: rel. error", "warm: products", "warm: rel. error"], table), ""]
+    verdicts = []
+    for _, _, label in RUN_METHODS:
+        cold_best = min((r for r in summary if r["series"] == label and not r["warm_start"]), key=lambda r: r["rel_err"], default=None)
+        if cold_best is None:
+            continue
+        warm_ok = [r for r in summary if r["series"] == label and r["warm_start"] and r["rel_err"] <= cold_best["rel_err"]]
+        if warm_ok:
+            w = min(warm_ok, key=lambda r: r["hvp_calls"])
+            verdicts.append(f"- **{label}**: cold reaches {cold_best['rel_err']:.2g} with {cold_best['hvp_calls']:.0f} products; "
+                            f"warm reaches that with {w['hvp_calls']:.0f} ({cold_best['hvp_calls'] / max(w['hvp_calls'], 1):.1f}× fewer).")
+        else:
+            verdicts.append(f"- **{label}**: warm starts never reach cold's best error ({cold_best['rel_err']:.2g}) here.")
+    return lines + verdicts + [""]
+
+
+def grazzi_reading(rows: list[dict[str, Any]]) -> list[str]:
+    """Grazzi et al. (ICML 2020) prove, on a contractive problem, AID-CG ahead of AID-FP ahead of
+    ITD at equal iterations: here ``cg`` ≤ ``fixed_point`` ≤ ``unroll`` in error, budget by budget."""
+    out = []
+    for problem in dict.fromkeys(r["problem"] for r in rows):
+        def err(series: str, b: Any, problem: str = problem) -> float | None:
+            r = next((r for r in rows if r["problem"] == problem and r["series"] == series and r["budget"] == b
+                      and r["status"] == "ok"), None)
+            return r["rel_err"] if r is not None and math.isfinite(r["rel_err"]) else None
+
+        held, total, broke = 0, 0, []
+        for b in BUDGETS:
+            e = [err(s, b) for s in ("cg", "fixed_point", "unroll")]
+            if None in e:
+                continue
+            total += 1
+            if e[0] <= e[1] * (1 + 1e-9) and e[1] <= e[2] * (1 + 1e-9):
+                held += 1
+            else:
+                broke.append(f"{b} (cg {e[0]:.2g}, fixed_point {e[1]:.2g}, unroll {e[2]:.2g})")
+        if total:
+            out.append(f"- **{problem}**: cg ≤ fixed_point ≤ unroll held at {held} of {total} budgets"
+                       + (f"; not at {'; '.join(broke)}" if broke else "") + ".")
+    return out
+
+
 # --- output ---------------------------------------------------------------------------------------
 def plot(rows: list[dict[str, Any]], problem: str, out: Path) -> Path:
     plt = common.pyplot()
@@ -238,7 +392,11 @@ def plot(rows: list[dict[str, Any]], problem: str, out: Path) -> Path:
             xs = [max(r[x], 1e-2) for r in pts]
             ys = [r["rel_err"] for r in pts]
             ax.plot(xs, ys, marker="o" if len(pts) > 1 else "s", ms=4, lw=1.2, color=cmap(i % 20),
-                    ls="--" if "(ggn)" in s else "-", label=s)
+                    ls="--" if "(ggn)" in s else ":" if "batch" in s else "-", label=s)
+            spread = [(x, r["rel_err_min"], r["rel_err_max"]) for x, r in zip(xs, pts) if isinstance(r.get("rel_err_min"), float)
+                      and math.isfinite(r["rel_err_min"])]
+            if spread:  # the draws of a stochastic curvature: min–max of the error
+                ax.vlines([a for a, _, _ in spread], [b for _, b, _ in spread], [c for _, _, c in spread], color=cmap(i % 20), lw=2.5, alpha=0.5)
             if len(pts) > 1:
                 ax.annotate(str(pts[-1]["budget"]), (xs[-1], ys[-1]), fontsize=6, xytext=(3, 0), textcoords="offset points")
     first = next((r for r in rows if r["problem"] == problem), {})
@@ -248,8 +406,9 @@ def plot(rows: list[dict[str, Any]], problem: str, out: Path) -> Path:
         ax.grid(True, which="major", alpha=0.3)
     axes[0].legend(fontsize=7, ncol=2)
     fig.suptitle(f"{problem}: {first.get('num_weights', '?'):,} weights · reference: {first.get('reference', '?')}\n"
-                 f"(budget = iterations / steps, the last point of each line labelled; dashed: curvature=ggn; not drawn: "
-                 f"fixed, and the reference's own method)", fontsize=9)
+                 f"(budget = iterations / steps / rank, the last point of each line labelled; dashed: curvature=ggn; dotted with "
+                 f"bars: Hessian on its own ¼ batch, min–max of {DRAWS} draws; not drawn: fixed, and the reference's own method)",
+                 fontsize=9)
     fig.tight_layout()
     path = out / f"frontier_{problem}.png"
     fig.savefig(path, dpi=130)
@@ -295,6 +454,13 @@ def reading(rows: list[dict[str, Any]], quick: bool) -> str:
         skipped = [r for r in rows if r["problem"] == problem and r["status"] == "skipped"]
         if skipped:
             parts += ["Not run here: " + "; ".join(sorted({f"{r['series']} ({r['note'].split(';')[0][:110]})" for r in skipped})), ""]
+    parts += ["## The ordering of Grazzi et al. (ICML 2020)", "",
+              "On a contractive problem they prove AID with CG ahead of AID with fixed-point iterations (`fixed_point`) ahead "
+              "of iterative differentiation (`unroll`) at equal iterations. Relative error, budget by budget (iterations = "
+              "steps), on the Hessian: " + ("" if rows else "—"), "", *grazzi_reading(rows),
+              "", "Only ridge is contractive here (H ≻ 0, SGD's map I − αH a contraction); on the networks H is "
+              "indefinite and the reference is on the Gauss–Newton matrix, so the theorem does not apply there and the "
+              "ordering is reported, not expected.", ""]
     parts += ["## Reading", ""]
     for problem in dict.fromkeys(r["problem"] for r in rows):
         last = {}
@@ -332,7 +498,12 @@ def rewrite(out: Path) -> None:
                 r[k] = float(r[k]) if r[k] else (None if k == "reference_residual" else float("nan"))
     for problem in dict.fromkeys(r["problem"] for r in rows):
         plot(rows, problem, out)
-    (out / "README.md").write_text(reading(rows, quick=False))
+    text = reading(rows, quick=False)
+    if (out / "frontier_run.csv").exists():
+        run_rows = common.read_csv(out / "frontier_run.csv")
+        plot_run(run_rows, out)
+        text += "\n" + "\n".join(run_reading(run_rows))
+    (out / "README.md").write_text(text)
 
 
 def run(out: Path, quick: bool = False, device: str = "auto", reps: int | None = None,
@@ -346,5 +517,9 @@ def run(out: Path, quick: bool = False, device: str = "auto", reps: int | None =
     common.write_csv(out, "frontier", rows, dev)
     for problem in problems:
         plot(rows, problem, out)
-    (out / "README.md").write_text(reading(rows, quick))
+    run_rows = along_a_run(quick, dev) if "mlp" in problems else []
+    if run_rows:
+        common.write_csv(out, "frontier_run", run_rows, dev)
+        plot_run(run_rows, out)
+    (out / "README.md").write_text(reading(rows, quick) + ("\n" + "\n".join(run_reading(run_rows)) if run_rows else ""))
     return rows

@@ -20,6 +20,7 @@ no longer approaches H⁻¹ (the paper's convergence needs H ≻ 0 and α < 2/λ
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import ClassVar, Literal
 
@@ -69,7 +70,7 @@ class Neumann(HypergradientMethod):
             if alpha is None:
                 prev = self.state.get("eigvec")
                 eig, vec = power_iteration(matvec, b, self.power_iterations, v0=prev if prev is not None and prev.shape == b.shape else None)
-                if not eig or eig != eig:
+                if not eig or not math.isfinite(eig):
                     raise ValueError(f"alpha=auto: the power iteration's eigenvalue estimate is {eig}; set hypergrad.alpha")
                 self.state["eigvec"] = vec.detach()
                 alpha = self.alpha_scale / abs(eig)
