@@ -124,8 +124,8 @@ def registered(plugin: Any, name: str | None = None) -> Iterator[str]:
     very object is already registered — typically your module, loaded through its installed
     entry point — nothing is registered or removed (its name is yielded). If ``name`` is taken by
     another plugin, or one of its classes has a name another plugin registered already, this
-    raises ``ValueError`` saying which. The registry (``plugins.available``…) and Hydra's
-    config store see the plugin inside the block and not after it.
+    raises ``ValueError`` saying which, and nothing is left registered. The registry
+    (``plugins.available``, ``build_experiment``…) sees the plugin inside the block only.
     """
     pm = plugins.plugin_manager()
     if _is_classes(plugin):
