@@ -197,3 +197,14 @@ def test_a_plugins_own_failure_is_shown_with_its_name_and_the_errors_type(tmp_pa
         assert "dataset 'boom_data' load() raised OSError: cannot read boom.csv" in r.stdout + r.stderr, r.stdout + r.stderr
     finally:
         plugins.unregister("boom_plugins")
+
+
+def test_the_alpha_a_run_used_is_recorded_every_hyper_step():
+    from framework import build_experiment
+
+    exp = build_experiment(dataset="synthetic_linear", model="linear", hyperparam="weight_decay_per_param", hypergrad="neumann",
+                           overrides=["hypergrad.alpha=auto", "hypergrad.power_iterations=3", "dtype=float64", "inner_steps=2"])
+    m1, m2 = exp.hyper_step(1), exp.hyper_step(2)
+    assert m1["hypergrad/alpha"] > 0 and m1["hypergrad/alpha"] == pytest.approx(1 / m1["hypergrad/eig_max"])
+    assert m1["hvp_calls"] == 3 + 5  # the power iterations are counted with the series' products
+    assert "eigvec" in exp.state_dict()["method_state"] and m2["hypergrad/alpha"] > 0
