@@ -137,7 +137,8 @@ def test_hgbench_plugins_json_and_kind_filter(capsys):
     cg = by["cg"]
     assert cg["origin"] == "built-in" and cg["module"] == "plugins.hypergrad.cg" and cg["config"] == "dataclass defaults"
     assert {p["name"]: (p["type"], p["default"]) for p in cg["parameters"]} == {
-        "iterations": ("int", 10), "tol": ("float", 0.0), "damping": ("float", 0.0), "curvature": ("'hessian' | 'ggn'", "hessian")}
+        "iterations": ("int", 10), "tol": ("float", 0.0), "damping": ("float", 0.0), "curvature": ("'hessian' | 'ggn'", "hessian"),
+        "warm_start": ("bool", False), "hessian_batch_size": ("int | null", None)}
     with pytest.raises(SystemExit):
         main(["--kind", "nope"])
 
