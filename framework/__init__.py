@@ -5,32 +5,35 @@ Plugins import ``hookimpl`` and their base class from here::
     from framework import HypergradientMethod, hookimpl
 
 The Python API (``build_experiment``) builds a problem from the same config names as the CLI.
+Every name is imported on first use (PEP 562): importing the package alone — as pytest does
+for hgbench's pytest plugin (``framework.pytest_plugin``) in every test session — loads
+neither torch nor Hydra.
 """
 
-from framework.base import (
-    Batch,
-    Bilevel,
-    DataSplits,
-    Dataset,
-    HyperparamFamily,
-    HypergradientMethod,
-    Model,
-    Plugin,
-    Split,
-)
-from framework.errors import ConfigError, DataError, DivergenceError, HgbenchError, SkipRun, UnknownPluginError
-from framework.plugins import hookimpl
+from __future__ import annotations
 
-__all__ = [
-    "Batch", "Bilevel", "ConfigError", "DataError", "DataSplits", "Dataset", "DivergenceError", "HgbenchError",
-    "HyperparamFamily", "HypergradientMethod", "Model", "Plugin", "SkipRun", "Split",
-    "UnknownPluginError", "build_experiment", "compose_config", "hookimpl",
-]
+import importlib
+
+_WHERE = {
+    **dict.fromkeys(("Batch", "Bilevel", "DataSplits", "Dataset", "HyperparamFamily", "HypergradientMethod", "Model",
+                     "Plugin", "Split"), "framework.base"),
+    **dict.fromkeys(("ConfigError", "DataError", "DivergenceError", "HgbenchError", "SkipRun", "UnknownPluginError"),
+                    "framework.errors"),
+    "hookimpl": "framework.plugins",
+    "build_experiment": "framework.api",
+    "compose_config": "framework.api",
+}
+
+__all__ = sorted(_WHERE)
 
 
-def __getattr__(name):  # the API pulls in Hydra; import it on first use only
-    if name in ("build_experiment", "compose_config"):
-        from framework import api
+def __getattr__(name: str):
+    if name in _WHERE:
+        value = getattr(importlib.import_module(_WHERE[name]), name)
+        globals()[name] = value  # once
+        return value
+    raise AttributeError(f"module 'framework' has no attribute {name!r}")
 
-        return getattr(api, name)
-    raise AttributeError(name)
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
