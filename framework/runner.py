@@ -181,8 +181,16 @@ class Experiment:
         self.inner_loss = InnerLoss(self._inner_loss, compile=bool(cfg.compile))
         self.outer_optimizer = parts.outer_optimizer([self.lam])
         self.generator = torch.Generator().manual_seed(int(cfg.seed))
-        self.train_sampler = Sampler(self.problem.data.train, cfg.train_batch_size, self.generator)
-        self.val_sampler = Sampler(self.problem.data.val, cfg.val_batch_size, self.generator)
+        # truncated BPTT: a dataset laid out as parallel token streams (meta["streams"]) and a model
+        # that carries its recurrent state (module.carries_state) walk the windows in order
+        self.streams = int(self.problem.data.meta.get("streams") or 0) if getattr(self.problem.module, "carries_state", False) else 0
+        if self.streams:
+            check_stream_config(cfg, self.streams)
+            self.train_sampler: Sampler | StreamSampler = StreamSampler(self.problem.data.train, self.streams)
+            self.val_sampler: Sampler | StreamSampler = StreamSampler(self.problem.data.val, self.streams)
+        else:
+            self.train_sampler = Sampler(self.problem.data.train, cfg.train_batch_size, self.generator)
+            self.val_sampler = Sampler(self.problem.data.val, cfg.val_batch_size, self.generator)
         self.step = 0  # hyper-steps done; > 0 after load_state_dict (a resumed run)
         # eval_every: null = about 30 evaluations per run, whatever its length
         self.eval_every = cfg.eval_every or max(1, cfg.hyper_steps // 30)
@@ -414,9 +422,15 @@ class Experiment:
 
     def evaluate(self) -> dict[str, float]:
         out: dict[str, float] = {}
+        tokens = self.problem.data.task == "classification" and self.problem.data.train.y.dim() > 1
         for split in ("train", "val", "test"):
             if len(getattr(self.problem.data, split).x):
-                out.update(self.problem.evaluate(self.w, split, self.cfg.eval_batch_size))
+                if self.streams:
+                    out.update(evaluate_streams(self.problem, self.w, split, self.streams))
+                else:
+                    out.update(self.problem.evaluate(self.w, split, self.cfg.eval_batch_size))
+                if tokens:  # sequence models: perplexity = exp(mean cross-entropy per token)
+                    out[f"{split}_ppl"] = math.exp(min(out[f"{split}_loss"], 700.0))
         with torch.no_grad():
             lam = self.problem.lam_spec.unflatten(self.lam.detach())
             out.update({f"hp/{k}": float(v) for k, v in self.problem.family.metrics(lam).items()})
@@ -530,6 +544,85 @@ class Experiment:
         if status == "KILLED":
             raise error  # type: ignore[misc]
         return self.last_result
+
+
+class Carry:
+    """The recurrent state a batch of token windows starts from (``initial``; None = zeros) and,
+    once a model that carries state has run on it, the state it ended in (``final``, detached from
+    the graph). A ``StreamSampler`` hangs one on each batch's input tensor as ``x.carry``; a model
+    with ``carries_state = True`` reads ``initial`` and writes ``final`` there. Being part of the
+    batch, the state is a constant of L_T(w, λ; batch): every hypergradient method sees a plain
+    function of w and λ."""
+
+    __slots__ = ("initial", "final")
+
+    def __init__(self, initial: Any = None):
+        self.initial, self.final = initial, None
+
+
+class StreamSampler:
+    """Truncated BPTT over a split laid out as ``streams`` parallel token streams (example
+    k·B + b is window k of stream b, ``DataSplits.meta["streams"]`` = B): batch k is window k of
+    every stream (rows [kB, (k+1)B)), k = 0, 1, … in order; its ``x.carry.initial`` is the final
+    state the model reached on batch k − 1 (detached: gradients stop at the window boundary).
+    After the last window the walk starts again at window 0 from zero states (an epoch)."""
+
+    def __init__(self, split, streams: int):
+        self.split, self.streams = split, streams
+        self.windows = len(split.x) // streams
+        self._k, self._prev = 0, None
+
+    def next(self) -> Batch:
+        if self._k >= self.windows:  # epoch boundary: the streams start over, from zero states
+            self._k, self._prev = 0, None
+        lo, hi = self._k * self.streams, (self._k + 1) * self.streams
+        x = self.split.x[lo:hi]
+        x.carry = Carry(None if self._prev is None else self._prev.final)  # type: ignore[attr-defined]
+        self._prev = x.carry  # type: ignore[attr-defined]
+        self._k += 1
+        return Batch(x, self.split.y[lo:hi], torch.arange(lo, hi, device=x.device))
+
+    def state_dict(self) -> dict:
+        final = None if self._prev is None else self._prev.final
+        return {"k": self._k, "state": None if final is None else [[t.detach().cpu() for t in layer] for layer in final]}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._k = int(state["k"])
+        self._prev = None
+        if state.get("state") is not None:
+            self._prev = Carry()
+            self._prev.final = [tuple(t.to(self.split.x.device) for t in layer) for layer in state["state"]]
+
+
+def check_stream_config(cfg: DictConfig, streams: int) -> None:
+    """In truncated-BPTT mode a batch is one window of every stream."""
+    for key in ("train_batch_size", "val_batch_size"):
+        if cfg[key] is not None and cfg[key] != streams:
+            raise ConfigError(f"{key}={cfg[key]}: the dataset is laid out as {streams} streams for truncated BPTT, "
+                              f"so a batch is one window of each stream; set {key}=null (or {streams})")
+    if cfg.compile:
+        raise ConfigError("compile=true cannot carry the recurrent state between batches (truncated BPTT); set compile=false")
+
+
+@torch.no_grad()
+def evaluate_streams(problem: Problem, w: Tensor, split: str, streams: int) -> dict[str, float]:
+    """Mean loss (and accuracy) per token of a split laid out as parallel streams, every window
+    starting from the state the previous window of its stream ended in (zeros at the start)."""
+    s = getattr(problem.data, split)
+    sampler = StreamSampler(s, streams)
+    total = torch.zeros((), device=problem.device, dtype=torch.float64)
+    correct = torch.zeros((), device=problem.device, dtype=torch.float64)
+    problem.module.eval()
+    try:
+        for _ in range(sampler.windows):
+            b = sampler.next()
+            out = problem.forward(w, b.x)
+            total += problem.data_loss(out, b.y, reduction="sum").double()
+            correct += (out.argmax(-1) == b.y).sum()
+    finally:
+        problem.module.train()
+    n = max(sampler.windows * streams * (s.y[:1].numel()), 1)
+    return {f"{split}_loss": total.item() / n, f"{split}_acc": correct.item() / n}
 
 
 def record_unbuilt(cfg: DictConfig, error: BaseException, tags: dict[str, str] | None = None) -> RunResult:

@@ -16,10 +16,23 @@ words by id.
 
 Each split's token stream is cut into non-overlapping sequences of ``bptt`` tokens (truncated
 BPTT): sequence i has x = tokens[i·bptt : (i+1)·bptt] and y = tokens[i·bptt+1 : (i+1)·bptt+1]
-(the next token), both int64 of shape (N, bptt); every sequence is an independent example (the
-``lstm`` model starts each from zero states). ``train_size``, ``val_size``, ``test_size`` count
-SEQUENCES, drawn at random with ``split_seed`` from that split's own stream (``null`` = all, in
-corpus order). The paper overfits 10 validation sequences: ``dataset.val_size=10``.
+(the next token), both int64 of shape (N, bptt). ``train_size``, ``val_size``, ``test_size`` count
+SEQUENCES (``null`` = all).
+
+Two layouts:
+
+- ``streams: null`` (default): every sequence is an independent example (the ``lstm`` model starts
+  each from zero states), drawn at random with ``split_seed`` from that split's own stream (``null``
+  = all, in corpus order), shuffled into minibatches by the runner. The paper overfits 10
+  validation sequences: ``dataset.val_size=10``.
+- ``streams: B``: truncated BPTT, as language models are trained. Each split takes a CONTIGUOUS run
+  of ``size`` windows (starting at a window drawn with ``split_seed``; all windows from the start
+  for ``null``), cut into B equal contiguous streams of K = size / B windows (size must be a
+  multiple of B; with ``null`` the last ``n mod B`` windows are dropped). Example k·B + b is window
+  k of stream b, and ``meta["streams"] = B``: the runner then feeds window k of every stream as one
+  batch, in order, each starting from the recurrent state the previous window ended in (detached),
+  from zeros again after the last window (an epoch); evaluation walks each split the same way
+  (``framework.runner.StreamSampler``; ``train_batch_size`` / ``val_batch_size`` must be null or B).
 """
 
 from __future__ import annotations
@@ -92,11 +105,19 @@ class PTB(Dataset):
     val_size: int | None = None  # sequences; null = all (2,107 with bptt=35)
     test_size: int | None = None  # sequences; null = all (2,355 with bptt=35)
     split_seed: int = 0
+    streams: int | None = None  # truncated BPTT over this many parallel streams (module docstring); null: independent sequences
 
     def __post_init__(self):
         if not isinstance(self.bptt, int) or isinstance(self.bptt, bool) or self.bptt < 1:
             raise ConfigError(f"bptt must be an integer >= 1, got {self.bptt!r}")
         check_sizes(self)
+        if self.streams is not None:
+            if not isinstance(self.streams, int) or isinstance(self.streams, bool) or self.streams < 1:
+                raise ConfigError(f"streams must be null or an integer >= 1, got {self.streams!r}")
+            for key in ("train_size", "val_size", "test_size"):
+                size = getattr(self, key)
+                if size is not None and size % self.streams:
+                    raise ConfigError(f"{key}={size} must be a multiple of streams={self.streams} (each stream holds {key}/streams windows)")
 
     def load(self) -> DataSplits:
         vocab, ids = corpus()
@@ -105,6 +126,9 @@ class PTB(Dataset):
         for split, key, size in (("train", "train_size", self.train_size), ("valid", "val_size", self.val_size), ("test", "test_size", self.test_size)):
             s = sequences(ids[split], self.bptt)
             n = len(s.x)
+            if self.streams is not None:
+                out.append(self.stream_layout(s, size, key, split, g))
+                continue
             if size is None:
                 out.append(Split(s.x.clone(), s.y.clone()))
                 continue
@@ -112,7 +136,28 @@ class PTB(Dataset):
                 raise ConfigError(f"{key}={size} but PTB's {split} split has only {n:,} sequences of bptt={self.bptt} tokens")
             idx = torch.randperm(n, generator=g)[:size]
             out.append(Split(s.x[idx], s.y[idx]))
-        return DataSplits(*out, task="classification", num_outputs=len(vocab), input_shape=(self.bptt,), meta={"vocab": list(vocab)})
+        meta = {"vocab": list(vocab)}
+        if self.streams is not None:
+            meta["streams"] = self.streams
+        return DataSplits(*out, task="classification", num_outputs=len(vocab), input_shape=(self.bptt,), meta=meta)
+
+    def stream_layout(self, s: Split, size: int | None, key: str, split: str, g: torch.Generator) -> Split:
+        """A contiguous run of ``size`` windows as ``streams`` parallel streams: row k·B + b =
+        window k of stream b (see the module docstring)."""
+        n, b = len(s.x), self.streams
+        if size == 0:
+            return Split(s.x[:0].clone(), s.y[:0].clone())
+        if size is None:
+            size, start = n - n % b, 0
+        else:
+            if size > n:
+                raise ConfigError(f"{key}={size} but PTB's {split} split has only {n:,} sequences of bptt={self.bptt} tokens")
+            start = int(torch.randint(0, n - size + 1, (1,), generator=g))
+        if size < b:
+            raise ConfigError(f"PTB's {split} split has {n:,} sequences of bptt={self.bptt} tokens, fewer than streams={b}")
+        k = size // b
+        order = start + torch.arange(size).view(b, k).t().reshape(-1)  # row k·B + b -> window start + b·K + k
+        return Split(s.x[order].clone(), s.y[order].clone())
 
 
 @hookimpl

@@ -2,8 +2,16 @@
 decoder (optionally tied to the embedding, Press & Wolf 2017 / Inan et al. 2017).
 
 Input (N, T) int64 token ids, output (N, T, vocab) next-token logits; the vocabulary size is the
-dataset's ``num_outputs``. Every sequence starts from zero hidden and cell states (no state is
-carried between batches, so L_T is a plain function of w and the batch).
+dataset's ``num_outputs``. Every sequence starts from zero hidden and cell states, unless its
+batch carries a state (truncated BPTT, below); either way L_T is a plain function of w and the
+batch.
+
+Truncated BPTT (``carries_state = True`` on the module): when the input tensor has a ``carry``
+attribute (``framework.runner.Carry``, hung there by the runner's ``StreamSampler`` for a dataset
+laid out as parallel token streams, e.g. ``dataset=ptb dataset.streams=B``), each layer starts from
+``x.carry.initial`` — the per-layer (h, c) the previous window of the same streams ended in, or zeros
+at the start of an epoch — and the forward leaves its own final (h, c), detached, in
+``x.carry.final`` for the next window. Gradients never cross a window boundary; the state does.
 
 The recurrence is written out here — a Python loop over time steps with matmuls — instead of
 ``torch.nn.LSTM``, because cuDNN's fused LSTM kernel does not support double backward, and every
@@ -38,7 +46,7 @@ from plugins.model._units import apply_mask, check_sites
 
 
 class LSTMLayer(nn.Module):
-    """One LSTM layer over a whole (N, T, in) sequence, from zero states; returns (N, T, H)."""
+    """One LSTM layer over a whole (N, T, in) sequence, from zero or given states."""
 
     def __init__(self, input_size: int, hidden_size: int):
         super().__init__()
@@ -50,12 +58,13 @@ class LSTMLayer(nn.Module):
         for p in (self.weight_ih, self.weight_hh, self.bias):
             nn.init.uniform_(p, -bound, bound)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, state: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, tuple[Tensor, Tensor] | None]:
+        """(outputs (N, T, H), final (h, c)) from zero states, or from ``state`` = (h0, c0), each (N, H)."""
         n, t = x.shape[:2]
         hs = self.hidden_size
         gates_x = F.linear(x, self.weight_ih, self.bias)  # (N, T, 4H): every step's input part at once
         w_hh_t = self.weight_hh.t()
-        h = c = None
+        h, c = (None, None) if state is None else state
         outs = []
         for step in range(t):
             g = gates_x[:, step] if h is None else torch.addmm(gates_x[:, step], h, w_hh_t)
@@ -67,8 +76,8 @@ class LSTMLayer(nn.Module):
             h = o * torch.tanh(c)
             outs.append(h)
         if not outs:
-            return x.new_zeros(n, 0, hs)
-        return torch.stack(outs, dim=1)
+            return x.new_zeros(n, 0, hs), state
+        return torch.stack(outs, dim=1), (h, c)
 
 
 class LSTMLanguageModel(nn.Module):
@@ -95,15 +104,27 @@ class LSTMLanguageModel(nn.Module):
         self.dropout_sites.update({f"hidden{i}": s for i, s in enumerate(sizes[:-1])})
         self.dropout_sites["output"] = sizes[-1]
 
+    carries_state = True  # reads x.carry.initial, writes x.carry.final (truncated BPTT; module docstring)
+
     def forward(self, x: Tensor, unit_masks: dict[str, Tensor] | None = None) -> Tensor:
         if x.dim() != 2 or x.is_floating_point():
             raise ValueError(f"lstm expects (N, T) integer token ids, got {x.dtype} of shape {tuple(x.shape)}")
         masks = check_sites(unit_masks, self.dropout_sites)
+        carry = getattr(x, "carry", None)
+        initial = None if carry is None else carry.initial
+        if initial is not None and (len(initial) != len(self.layers) or initial[0][0].shape[0] != x.shape[0]):
+            raise ValueError(f"lstm: the carried state ({len(initial)} layers, batch {initial[0][0].shape[0]}) does not fit "
+                             f"this batch ({len(self.layers)} layers, batch {x.shape[0]})")
         h = apply_mask(self.embedding(x), masks.get("embedding"), -1, "embedding")
         last = len(self.layers) - 1
+        final = []
         for i, layer in enumerate(self.layers):
             site = "output" if i == last else f"hidden{i}"
-            h = apply_mask(layer(h), masks.get(site), -1, site)
+            out, state = layer(h, None if initial is None else initial[i])
+            h = apply_mask(out, masks.get(site), -1, site)
+            final.append(state)
+        if carry is not None and x.shape[1] > 0:
+            carry.final = [(hh.detach(), cc.detach()) for hh, cc in final]
         if self.tie_weights:
             return F.linear(h, self.embedding.weight, self.decoder_bias)
         return self.decoder(h)
