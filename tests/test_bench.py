@@ -90,6 +90,26 @@ def test_quick_sections_check_what_they_measure(quick_run):
 
 
 @pytest.mark.slow
+def test_quick_peers_accuracy_reports_time_to_each_level(quick_run):
+    """peers' time-to-accuracy part: written with or without the peers installed (hgbench's own
+    rows), both levels on the convex problem reached by hgbench's CG, cold and warm along a run."""
+    data = rows(quick_run / "peers_accuracy.csv")
+    assert {"problem", "setting", "level", "library", "method", "iterations", "reached", "min_rel_err", "time_ms",
+            "speedup_median"} <= set(data[0])
+    assert (quick_run / "peers_accuracy.png").stat().st_size > 1000
+    best = [r for r in data if r["row"] == "best" and r["library"] == "hgbench" and r["problem"] == "convex"
+            and r["setting"] == "one point"]
+    assert sorted(float(r["level"]) for r in best) == [1e-4, 1e-2]
+    for r in best:
+        assert r["reached"] == "True" and float(r["rel_err"]) <= float(r["level"]) and float(r["time_ms"]) > 0, r
+    assert {r["start"] for r in data if r["setting"] == "run"} >= {"cold", "warm"}
+    for r in data:
+        if r["speedup_median"] != "":
+            assert math.isfinite(float(r["speedup_median"])) and float(r["speedup_median"]) > 0, r
+    assert "Time to accuracy against the peers" in (quick_run / "README.md").read_text()
+
+
+@pytest.mark.slow
 def test_quick_readme_has_every_section_and_the_gpu_note(quick_run):
     text = (quick_run / "README.md").read_text()
     assert "QUICK SMOKE RUN" in text and "## Headline" in text and "What we could not measure" in text
