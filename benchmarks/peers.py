@@ -617,13 +617,14 @@ def accuracy_fragment(rows, quick: bool, grid) -> str:
              "the defaults' α = 1 is not). A level a method does not reach on the grid is reported as not reached, never "
              "extrapolated.", "",
              "- **convex**: multinomial logistic regression (the `linear` model, 7,850 weights, one decay each, initial "
-             f"decay {CONVEX_DECAY:g}) on mnist_5k, batch 128, float32, after 300 SGD steps. H is positive definite, so "
+             f"decay {QUICK_CONVEX_DECAY if quick else CONVEX_DECAY:g}) on mnist_5k, batch 128, float32, after "
+             f"{50 if quick else 300} SGD steps. H is positive definite, so "
              "every method converges to the same vector; reference: CG in float64 to a relative residual of 1e-12.",
-             "- **1M MLP**: the problem of the table above (784-1024-192-10, per-weight decay, after 100 SGD steps). "
+             "- **1M MLP** (not in --quick): the problem of the table above (784-1024-192-10, per-weight decay, after 100 SGD steps). "
              "Reference: the runs' `ggn_cg` (CG on the Gauss–Newton matrix), in float64. H is indefinite there: "
              "the peers' solvers (on H) approach the Hessian IFT formula, a different vector, so their error "
              "against the Gauss–Newton reference stops falling at that difference.",
-             f"- **along a run**: {RUN_STEPS} hyper-steps of Algorithm 1 on the convex problem (10 inner SGD steps, then an "
+             f"- **along a run**: {QUICK_RUN_STEPS if quick else RUN_STEPS} hyper-steps of Algorithm 1 on the convex problem (10 inner SGD steps, then an "
              "Adam step on λ with the reference hypergradient — the same trajectory for every method), twice: with fresh "
              "batches each step (as hgbench's runs draw them), and with the same two batches every step (as a full-batch "
              "run: only w and λ move). The methods that reached a level at one point, at every step their time to each "
@@ -638,7 +639,62 @@ def accuracy_fragment(rows, quick: bool, grid) -> str:
     if run_rows:
         lines += ["Along the run (medians over the steps where the level was reached):", "",
                   common.md_table(["batches", "library", "call", "start", "level", "reached", "iterations", "ms"], run_rows), ""]
+    lines += verdict_lines(rows, gmax)
     return "\n".join(lines) + "\n"
+
+
+def verdict_lines(rows, grid_max: int) -> list[str]:
+    """The issue's goal (≥ 2× faster than the peers at equal error), judged from the data."""
+    met, missed, only_hg, neither = [], [], [], []
+    for problem, setting in SETTINGS:
+        for level in LEVELS:
+            hg = _best(rows, problem, setting, level, "hgbench")
+            for lib in ("torchopt", "betty"):
+                peer = _best(rows, problem, setting, level, lib)
+                if hg is None or peer is None:
+                    continue
+                where = f"{SETTING_TITLE[(problem, setting)]}, {level:.0e}"
+                text, ok = accuracy_verdict(hg, peer)
+                if ok is True:
+                    met.append(f"{where} vs {PEER_NAMES[lib]} {text}")
+                elif ok is False:
+                    missed.append(f"{where} vs {PEER_NAMES[lib]} {text}")
+                elif hg["reached"]:
+                    only_hg.append(f"{where}: hgbench `{hg['method']}` {hg['time_ms']:.0f} ms, {PEER_NAMES[lib]} best error "
+                                   f"{peer['min_rel_err']:.1e} within {grid_max} iterations")
+                else:
+                    neither.append(f"{where}: best errors hgbench {hg['min_rel_err']:.1e}, {PEER_NAMES[lib]} {peer['min_rel_err']:.1e}")
+    out = [f"**Verdict on ≥ {TARGET:g}× at equal error.** Where both reach the level: met in {len(met)} of "
+           f"{len(met) + len(missed)} comparisons."]
+    out += [f"- met: {x}" for x in met] + [f"- missed: {x}" for x in missed]
+    if only_hg:
+        out += ["- only hgbench reaches the level (no ratio: the peer's error stays above it on the grid, not extrapolated):"]
+        out += [f"  - {x}" for x in only_hg]
+    if neither:
+        out += [f"- no library reaches the level within {grid_max} iterations:"] + [f"  - {x}" for x in neither]
+    return out + [""]
+
+
+def rewrite(out: Path) -> None:
+    """Redraw ``peers_accuracy.png`` and the accuracy part of the peers fragment and headline from
+    ``peers.csv`` / ``peers_accuracy.csv`` (the first part of the fragment, with its notes, is
+    kept); then reassemble ``<out>/README.md`` (``benchmarks.cli.assemble_readme``)."""
+    import json
+
+    from benchmarks.cli import assemble_readme
+
+    rows = common.read_csv(out / "peers.csv") if (out / "peers.csv").exists() else []
+    acc = common.read_csv(out / "peers_accuracy.csv")
+    d = json.loads((out / "fragments" / "peers.json").read_text())
+    quick = bool(d.get("quick"))
+    grid = QUICK_GRID if quick else GRID
+    accuracy_plot(acc, out / "peers_accuracy.png", grid)
+    md = out / "fragments" / "peers.md"
+    first = md.read_text().split("### Time to accuracy")[0].rstrip() + "\n\n"
+    md.write_text(first + accuracy_fragment(acc, quick, grid))
+    d["headline"] = headline(rows) + accuracy_headline(acc)
+    (out / "fragments" / "peers.json").write_text(json.dumps(d, indent=1, default=str))
+    assemble_readme(out)
 
 
 def accuracy_headline(rows) -> list[list]:
@@ -659,9 +715,10 @@ def accuracy_headline(rows) -> list[list]:
 def accuracy_plot(rows, path: Path, grid) -> None:
     plt = common.pyplot()
     libs = [lib for lib in ("hgbench", "torchopt", "betty") if any(r["library"] == lib for r in rows)]
-    fig, axes = plt.subplots(1, len(SETTINGS), figsize=(4.6 * len(SETTINGS), 4.4), squeeze=False)
+    settings = [st for st in SETTINGS if any(r["problem"] == st[0] and r["setting"] == st[1] for r in rows)]
+    fig, axes = plt.subplots(1, len(settings), figsize=(4.6 * len(settings), 4.4), squeeze=False)
     width = 0.8 / len(libs)
-    for ax, (problem, setting) in zip(axes[0], SETTINGS):
+    for ax, (problem, setting) in zip(axes[0], settings):
         top = 1.0
         for k, lib in enumerate(libs):
             for j, level in enumerate(LEVELS):
