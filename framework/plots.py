@@ -2,9 +2,15 @@
 
 - ``val_loss_vs_time.png``: validation loss against wall-clock time (``elapsed_s`` at the steps
   where ``val_loss`` was logged): each seed thin, the mean over seeds (of loss and of time, per
-  eval step) bold; one panel per dataset × model; log axes where values span decades;
-- ``peak_memory.png``: peak memory per method, mean over seeds (bar, value on top), min–max
-  error bars, each seed as a dot;
+  eval step) bold; one panel per dataset × model; log axes where values span decades. Where the
+  report holds runs of the ``fixed`` method (no tuning) a second row shows what the
+  hyper-optimisation did: each run's val loss minus that of the ``fixed`` run of the same family,
+  dataset, model and seed at the same hyper-step (below 0: tuning helped), against the hyper-step;
+- ``peak_memory.png``: peak memory per method, mean over seeds, min–max error bars, each seed as
+  a dot — a bar only where the value is RESOLVED: mean ≥ 2 × noise, noise = max(the floor of the
+  measurement, the spread max − min over seeds); the floor is 1 MB for CPU peak-RSS growth (page
+  and allocator granularity; repeated runs differ by that much) and 0 for CUDA's exact
+  ``max_memory_allocated``. Others are drawn as an outline marked "not resolved";
 - ``hg_cosine.png``: cosine of each method's hypergradient to the reference's against the
   hyper-step (runs with accuracy checks, ``reference.every > 0``);
 - ``hypergrad_time.png``: per-hyper-step ``hypergrad_time_s`` per method (box plot of all steps
@@ -27,6 +33,18 @@ import pandas as pd  # noqa: E402
 from matplotlib.ticker import FuncFormatter  # noqa: E402
 
 MEMORY_KIND = {"cpu_peak_rss_growth": "CPU: growth of peak RSS", "cuda_max_allocated": "CUDA: max allocated"}
+# below this a measurement is noise (MB): peak-RSS growth moves by pages and allocator arenas
+NOISE_FLOOR_MB = {"cpu_peak_rss_growth": 1.0, "cuda_max_allocated": 0.0}
+UNKNOWN_FLOOR_MB = 1.0
+
+
+def memory_resolved(values, kind) -> tuple[bool, float]:
+    """(resolved, noise): noise = max(the kind's floor, max − min over seeds); resolved when the
+    mean is at least twice that."""
+    v = pd.Series(values, dtype=float).dropna()
+    floor = NOISE_FLOOR_MB.get(kind, UNKNOWN_FLOOR_MB) if isinstance(kind, str) else UNKNOWN_FLOOR_MB
+    noise = max(floor, float(v.max() - v.min()) if len(v) > 1 else 0.0)
+    return bool(len(v)) and v.mean() >= 2 * noise and v.mean() > 0, noise
 
 
 def spans_decades(values, factor: float = 10.0) -> bool:
@@ -98,7 +116,12 @@ def plot_val_loss_vs_time(runs: pd.DataFrame, metrics: pd.DataFrame, colors: dic
     if wide.empty:
         return None
     panels = list(wide.groupby(["dataset", "model"], sort=True))
-    fig, axes = plt.subplots(1, len(panels), figsize=(7.5 * len(panels), 4.8), squeeze=False)
+    rel = relative_to_fixed(runs, wide)
+    rows = 2 if rel is not None else 1
+    fig, axes = plt.subplots(rows, len(panels), figsize=(7.5 * len(panels), 4.8 * rows), squeeze=False)
+    if rel is not None:
+        for ax, (dataset, model) in zip(axes[1], [k for k, _ in panels]):
+            plot_relative(ax, rel[(rel["dataset"] == dataset) & (rel["model"] == model)], colors, f"{dataset} · {model}")
     for ax, ((dataset, model), d) in zip(axes[0], panels):
         ends = []  # per series: its mean run time
         for series, s in d.groupby("series", sort=True):
@@ -131,6 +154,40 @@ def plot_val_loss_vs_time(runs: pd.DataFrame, metrics: pd.DataFrame, colors: dic
     return _save(fig, path)
 
 
+def relative_to_fixed(runs: pd.DataFrame, wide: pd.DataFrame) -> pd.DataFrame | None:
+    """Each non-``fixed`` run's val loss minus the val loss of the ``fixed`` run (no tuning) of the
+    same family, dataset, model and seed at the same hyper-step; None without such pairs."""
+    need = {"method", "family", "seed"}
+    if not need <= set(runs) or not runs["method"].eq("fixed").any():
+        return None
+    keys = ["family", "dataset", "model", "seed"]
+    d = wide.merge(runs[["run_id", "method", "family", "seed"]], on="run_id")
+    for c in keys:
+        d[c] = d[c].astype(str)
+    base = d[d["method"] == "fixed"].sort_values("run_id").drop_duplicates([*keys, "step"], keep="last")
+    base = base[[*keys, "step", "val_loss"]].rename(columns={"val_loss": "fixed_val_loss"})
+    out = d[d["method"] != "fixed"].merge(base, on=[*keys, "step"])
+    if out.empty:
+        return None
+    return out.assign(delta=out["val_loss"] - out["fixed_val_loss"])
+
+
+def plot_relative(ax, rel: pd.DataFrame, colors: dict, title: str) -> None:
+    for series, s in rel.groupby("series", sort=True):
+        for _, one in s.groupby("run_id"):
+            ax.plot(one["step"], one["delta"], lw=0.8, alpha=0.45, color=colors[series])
+        g = s.groupby("step")["delta"].mean()
+        n = s["run_id"].nunique()
+        ax.plot(g.index, g.values, lw=2, marker="o" if len(g) <= 25 else None, ms=3.5, color=colors[series],
+                label=f"{series} ({n} seed{'s' if n != 1 else ''})")
+    ax.axhline(0.0, color="k", lw=0.8, ls=":")
+    ax.set(title=f"{title}: effect of the hyper-optimisation", xlabel="hyper-step",
+           ylabel="val loss − val loss of `fixed`\n(same seed and step; < 0: tuning helped)")
+    ax.grid(alpha=0.3)
+    if len(rel):
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+
+
 def plot_peak_memory(runs: pd.DataFrame, colors: dict, path: Path) -> Path | None:
     d = runs.dropna(subset=["peak_memory_mb"]) if "peak_memory_mb" in runs else runs.iloc[:0]
     if d.empty:
@@ -138,18 +195,30 @@ def plot_peak_memory(runs: pd.DataFrame, colors: dict, path: Path) -> Path | Non
     groups = list(d.groupby("tick", sort=True))
     fig, ax = _figure(len(groups))
     top = d["peak_memory_mb"].max()
+    unresolved = 0
     for i, (_, g) in enumerate(groups):
         v = g["peak_memory_mb"]
         mean = v.mean()
+        kind = g["memory_kind"].dropna().iloc[0] if "memory_kind" in g and g["memory_kind"].notna().any() else None
+        ok, noise = memory_resolved(v, kind)
         err = [[mean - v.min()], [v.max() - mean]] if len(v) > 1 else None
-        ax.barh(i, mean, xerr=err, color=colors[g["series"].iloc[0]], alpha=0.75, capsize=4, edgecolor="k", lw=0.6, height=0.6)
-        ax.scatter(v, [i] * len(v), color="k", s=12, zorder=3)
-        ax.annotate(f"{mean:.3g} MB", (max(v.max(), mean), i), xytext=(6, 0), textcoords="offset points",
-                    ha="left", va="center", fontsize=8)
-    ax.set_xlim(0, 1.2 * top if top > 0 else 1)
-    kinds = sorted({MEMORY_KIND.get(k, str(k)) for k in d["memory_kind"].dropna()})
+        if ok:
+            ax.barh(i, mean, xerr=err, color=colors[g["series"].iloc[0]], alpha=0.75, capsize=4, edgecolor="k", lw=0.6, height=0.6)
+            spread = f" (min–max {v.min():.3g}–{v.max():.3g})" if len(v) > 1 else ""
+            label = f"{mean:.3g} MB{spread}"
+        else:
+            unresolved += 1
+            ax.barh(i, max(mean, 0), xerr=err, color="none", edgecolor="0.5", hatch="//", lw=0.6, height=0.6, capsize=4,
+                    error_kw={"ecolor": "0.5"})
+            label = f"not resolved: {mean:.2g} MB < 2 × noise {noise:.2g} MB"
+        ax.scatter(v, [i] * len(v), color="k" if ok else "0.5", s=12, zorder=3)
+        ax.annotate(label, (max(v.max(), mean, 0), i), xytext=(6, 0), textcoords="offset points",
+                    ha="left", va="center", fontsize=8, color="k" if ok else "0.4")
+    ax.set_xlim(0, 1.6 * top if top > 0 else 1)
+    kinds = sorted({MEMORY_KIND.get(k, str(k)) for k in d["memory_kind"].dropna()}) if "memory_kind" in d else []
+    note = "\nhatched: not resolved (mean < 2 × max(noise floor, spread over seeds); CPU floor 1 MB)" if unresolved else ""
     ax.set(xlabel="peak memory (MB)" + (f" — {'; '.join(kinds)}" if kinds else ""),
-           title="peak memory per run: mean over seeds (error bars: min–max; dots: seeds)")
+           title="peak memory per run: mean over seeds (error bars: min–max; dots: seeds)" + note)
     _categories(ax, [t for t, _ in groups])
     fig.tight_layout()
     return _save(fig, path)

@@ -34,7 +34,13 @@ FINAL = {"val_loss": "val loss", "test_loss": "test loss", "val_acc": "val acc",
          "runtime_s": "runtime (s)", "peak_memory_mb": "peak memory (MB)", "hypergrad_ms": "hypergrad / step (ms)",
          # accuracy against the reference (runs with reference.every > 0): the median over a run's checks
          "hg_cosine_median": "hg cosine (median)", "hg_rel_err_median": "hg rel. error (median)",
-         "hvp_calls_mean": "HVPs / step"}
+         "hvp_calls_mean": "HVPs / step",
+         # sequence tasks: perplexity = exp(cross-entropy per token)
+         "val_ppl": "val ppl", "test_ppl": "test ppl",
+         # distillation evaluated the paper's way: models trained from scratch on the images only
+         "hp/distill/fresh_test_acc": "fresh test acc (learned images)",
+         "hp/distill/random_real_fresh_test_acc": "fresh test acc (random real images)",
+         "hp/distill/class_mean_fresh_test_acc": "fresh test acc (class-mean images)"}
 TAGS = {"hypergrad": "hypergrad", "family": "hyperparam", "dataset": "dataset", "model": "model",
         "device": "device", "memory_kind": "memory_kind", "sweep_id": "sweep_id", "sweeper": "sweeper",
         "launcher": "launcher", "error": "error", "skip_reason": "skip_reason", "failed_step": "failed_step"}
@@ -261,7 +267,10 @@ def write_summary(path: Path, *, name, uri, experiments, sweep_id, filter_string
         "never aggregated. "
         "`hypergrad / step`: the run's mean `hypergrad_time_s` over its hyper-steps, in ms. "
         "`peak memory`: on CPU the growth of the process's peak RSS during the run, on CUDA "
-        "`max_memory_allocated`.", "",
+        "`max_memory_allocated` (`peak_memory.png` draws a bar only where it is resolved above noise). "
+        "`ppl`: perplexity, exp of the cross-entropy per token (sequence tasks). `fresh test acc`: "
+        "distillation judged the paper's way — models trained from scratch on the learned images only "
+        "(mean over the family's `fresh_seeds`), beside the same recipe on random real and on class-mean images.", "",
         summary_table(agg), "",
     ]
     optuna = runs[runs["sweeper"].eq("optuna").fillna(False).astype(bool)]
