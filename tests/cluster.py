@@ -10,8 +10,8 @@ of 127.0.0.1, and is stopped after: no system service, no /etc file, nothing lef
   password logins only, TCP on 127.0.0.1 only), started with pg_ctl, the database ``mlflow``
   created with createdb; the password is read from a pgpass file (``PGPASSFILE``), never given on
   a command line — the README's recipe, with a temporary folder and free ports;
-- ``mlflow server --backend-store-uri postgresql://mlflow@127.0.0.1:<port>/mlflow`` with proxied
-  artifacts (``--artifacts-destination``), bound to 127.0.0.1.
+- ``mlflow server --backend-store-uri postgresql://mlflow@127.0.0.1:<port>/mlflow --host 127.0.0.1``
+  with proxied artifacts (``--artifacts-destination``).
 """
 
 from __future__ import annotations
@@ -257,7 +257,7 @@ class PostgresMlflow:
         pwfile.unlink()
         if out.returncode:
             raise RuntimeError(f"initdb failed:\n{out.stdout[-1500:]}{out.stderr[-1500:]}")
-        out = self._as_db_user(self.bindir / "pg_ctl", "-D", self.data, "-l", pg / "postgres.log", "-w", "-t", "60",
+        out = self._as_db_user(self.bindir / "pg_ctl", "-D", self.data, "-l", pg / "postgres.log", "-w",
                                "-o", f"-h 127.0.0.1 -p {self.pg_port} -k ''", "start")
         self.started_pg = True
         if out.returncode:
@@ -294,7 +294,7 @@ class PostgresMlflow:
         if self.server is not None:
             _stop_group(self.server)
         if self.started_pg:
-            self._as_db_user(self.bindir / "pg_ctl", "-D", self.data, "-m", "fast", "-w", "-t", "30", "stop")
+            self._as_db_user(self.bindir / "pg_ctl", "-D", self.data, "-m", "fast", "stop")
 
 
 @contextlib.contextmanager

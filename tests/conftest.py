@@ -49,7 +49,7 @@ def tiny_mlp():
 
 # The suite runs on two xdist workers, a file's tests on one worker (--dist loadfile). Files are
 # handed out in collection order, so the longest ones go first: the rest then fill the gaps.
-LONGEST_FIRST = ["test_bench.py", "test_concurrency.py", "test_models.py", "test_resume.py", "test_faults.py", "test_external_plugin.py",
+LONGEST_FIRST = ["test_cluster.py", "test_bench.py", "test_concurrency.py", "test_models.py", "test_resume.py", "test_faults.py", "test_external_plugin.py",
                  "test_sweeps.py", "test_reproducibility.py", "test_cli.py", "test_report.py", "test_datasets.py"]
 
 
