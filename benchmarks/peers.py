@@ -570,7 +570,9 @@ def accuracy_verdict(hg, peer) -> tuple[str, bool | None]:
     if peer is None or hg is None:
         return "—", None
     if not hg["reached"]:
-        return "hgbench does not reach it", False if peer["reached"] else None
+        if peer["reached"]:
+            return "hgbench does not reach it", False
+        return f"neither reaches it (best errors: hgbench {hg['min_rel_err']:.0e}, peer {peer['min_rel_err']:.0e})", None
     if not peer["reached"]:
         return "peer does not reach it (no ratio)", None
     s = peer.get("speedup_median", "")
