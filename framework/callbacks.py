@@ -7,9 +7,9 @@
   each job leaves in its output directory, and exit non-zero if any job failed;
 - under the SLURM launcher (``hydra/launcher=slurm``, ``slurm_cpu`` or ``submitit_slurm``): a
   submission that sbatch refuses (no such partition, a GPU on nodes without one, sbatch not on
-  PATH) is one line naming the setting to change, exit 2, not submitit's traceback; on clusters
-  without accounting (sacct off) the jobs are followed with squeue, said once instead of a
-  warning per poll.
+  PATH) is one line naming the setting to change, exit 2, not submitit's traceback; a job that
+  SLURM ended without a result is a line of the summary; on clusters without accounting (sacct
+  off) the jobs are followed with squeue, said once instead of a warning per poll.
 
 ``${hgbench.python_bin:}`` in a config is the folder of the Python running hgbench (the SLURM
 presets put it first on the jobs' PATH, so they start from any submit folder).
@@ -144,9 +144,10 @@ def sbatch_error_message(stderr: str, params: dict) -> str:
     if "time limit" in low:
         return f"hydra.launcher.timeout_min={params.get('timeout_min')}: {where} does not allow that time limit ({said}); lower hydra.launcher.timeout_min"
     if "memory" in low or "node configuration is not available" in low or "more processors" in low or "cpu count" in low:
-        return (f"{where} has no node with hydra.launcher.cpus_per_task={params.get('cpus_per_task')}, "
-                f"hydra.launcher.mem_gb={params.get('mem_gb')}, hydra.launcher.gpus_per_node={params.get('gpus_per_node')} ({said}); "
-                "lower them to fit its nodes (sinfo -o '%P %c %m %G' lists cores, memory in MB and GPUs)")
+        asked = ", ".join(f"hydra.launcher.{k}={params[k]}" for k in ("cpus_per_task", "mem_gb", "gpus_per_node")
+                          if params.get(k) is not None)
+        return (f"{where} has no node with {asked} ({said}); lower them to fit its nodes "
+                "(sinfo -o '%P %c %m %G' lists cores, memory in MB and GPUs)")
     if "account" in low or "qos" in low:
         return f"SLURM refused the account/QOS ({said}); set hydra.launcher.account=<name> and/or hydra.launcher.qos=<name>"
     return (f"sbatch refused the grid ({said}); change the hydra.launcher settings to fit the cluster "
@@ -231,6 +232,39 @@ def _guarded_submit(submit):
     return wrapper
 
 
+def _guarded_results(results):
+    """A SLURM job that ended without a result — cancelled before it started, killed for memory,
+    its node lost — becomes one line of the grid's summary (KILLED, with its state and log)
+    instead of submitit's traceback, which also lost every other job's result."""
+
+    def wrapper(self):
+        from submitit.core.utils import UncompletedJobError
+
+        try:
+            return results(self)
+        except UncompletedJobError:
+            if self._sub_jobs:
+                raise
+            return [_lost_job(self)]
+
+    wrapper.hgbench_guarded = True
+    return wrapper
+
+
+def _lost_job(job):
+    from hydra.core.utils import JobReturn, JobStatus
+
+    try:
+        overrides, _, job_num = job.submission().args[:3]
+    except Exception:  # noqa: BLE001 - the submission file is gone: the job is still reported
+        overrides, job_num = [], None
+    why = (f"SLURM job {job.job_id} ended without a result (state {job.state}): cancelled before it started, "
+           f"out of memory or time, or its node lost — its log: {job.paths.stderr}")
+    write_job_result(job.paths.folder, {"job_num": job_num, "overrides": " ".join(overrides), "status": "KILLED",
+                                        "error": why, "mlflow_run_id": None, "reused": False, "recording_failed": False})
+    return JobReturn(overrides=list(overrides), status=JobStatus.COMPLETED, _return_value=None)
+
+
 def _launcher_settings(sbatch: dict) -> dict:
     """submitit's sbatch parameters under the names of ``hydra.launcher``."""
     mem = str(sbatch.get("mem") or "")
@@ -256,6 +290,8 @@ def guard_slurm_launcher(config: DictConfig) -> None:
 
     if not getattr(SlurmExecutor._submit_command, "hgbench_guarded", False):
         SlurmExecutor._submit_command = _guarded_submit(SlurmExecutor._submit_command)
+    if not getattr(SlurmJob.results, "hgbench_guarded", False):
+        SlurmJob.results = _guarded_results(SlurmJob.results)
     watcher = _watcher_class()
     if not isinstance(SlurmJob.watcher, watcher):
         SlurmJob.watcher = watcher(delay_s=SlurmJob.watcher._delay_s)

@@ -226,6 +226,34 @@ def test_scancel_leaves_the_run_interrupted_and_the_rerun_resumes_it(slurm_env, 
     assert sorted(m.step for m in hist) == list(range(1, steps + 1)), "every step once: before and after the cancel"
 
 
+def test_a_job_that_slurm_ends_without_a_result_is_a_line_of_the_summary(slurm_env, tmp_path, monkeypatch):
+    """Queued to begin in an hour (sbatch --begin), then scancel'ed before it ever started: no
+    result, no MLflow run — the grid says so in its summary and ends, instead of submitit's
+    traceback."""
+    from submitit.slurm.slurm import SlurmJob
+
+    monkeypatch.setattr(SlurmJob, "_results_timeout_s", 1)  # submitit's wait for a slow shared filesystem
+    cancelled: list = []
+
+    def cancel_once_queued():
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not cancelled:
+            ids = [d.name for d in tmp_path.glob("multirun/*/*/.submitit/*") if d.name.isdigit()]
+            if ids:
+                cancelled.append(slurm_env["slurm"].run("scancel", *ids))
+            time.sleep(0.2)
+
+    canceller = threading.Thread(target=cancel_once_queued, daemon=True)
+    canceller.start()
+    code, out, err = run_cli(monkeypatch, tmp_path, "-m", "hydra/launcher=slurm_cpu", f"hydra.launcher.partition={cluster_mod.PARTITION}",
+                             "hydra.launcher.cpus_per_task=1", "hydra.launcher.mem_gb=1", "+hydra.launcher.additional_parameters.begin=now+1hour",
+                             "hypergrad=neumann", "experiment=quick", "mlflow.enabled=false")
+    canceller.join(timeout=10)
+    assert cancelled and cancelled[0].returncode == 0
+    assert code == 0 and "Traceback" not in err, err[-3000:]
+    assert "1 jobs — 1 killed" in out and "ended without a result (state CANCELLED)" in out, out[-3000:]
+
+
 # --- sbatch's refusals: one line naming the setting, exit 2 ----------------------------------------
 def refused(cwd, monkeypatch, *args):
     code, out, err = run_cli(monkeypatch, cwd, "-m", *args, "hypergrad=neumann,cg", "experiment=quick", "mlflow.enabled=false")
@@ -272,6 +300,9 @@ def test_sbatch_messages_name_the_setting():
         "sbatch: error: Batch job submission failed: Requested time limit is invalid (missing or exceeds some limit)", p)
     assert "hydra.launcher.mem_gb=16" in sbatch_error_message(
         "sbatch: error: Batch job submission failed: Requested node configuration is not available", p)
+    line = sbatch_error_message("sbatch: error: Batch job submission failed: Requested node configuration is not available",
+                                {**p, "gpus_per_node": None})
+    assert "cpus_per_task=4, hydra.launcher.mem_gb=16 (" in line and "gpus_per_node" not in line.split("(")[0]
     assert "hydra.launcher.account" in sbatch_error_message("sbatch: error: Batch job submission failed: Invalid account", p)
     assert "hydra.launcher.partition is not set" in sbatch_error_message(
         "sbatch: error: Batch job submission failed: No partition specified or system default partition", {**p, "partition": None})
