@@ -74,7 +74,15 @@ def _log_dataset(rec: MlflowRun, run) -> None:
     profile = json.dumps({split: len(getattr(data, split).x) for split in ("train", "val", "test")})
     ds = Dataset(name=str(settings["name"]), digest=hashlib.sha256(source.encode()).hexdigest()[:8],
                  source_type="hgbench", source=source, profile=profile)
-    rec.client.log_inputs(rec.run_id, [DatasetInput(ds, tags=[InputTag("mlflow.data.context", "training")])])
+    inputs = [DatasetInput(ds, tags=[InputTag("mlflow.data.context", "training")])]
+    try:
+        rec.client.log_inputs(rec.run_id, inputs)
+    except Exception as exc:  # noqa: BLE001 - parallel jobs logging the same new dataset race on MLflow's
+        # check-then-insert ("UNIQUE constraint failed: datasets…"): the other job inserted it, so a
+        # second try finds it and only links it to this run
+        if "unique" not in str(exc).lower() and "duplicate" not in str(exc).lower():
+            raise
+        rec.client.log_inputs(rec.run_id, inputs)
 
 
 def _enabled(run) -> bool:
