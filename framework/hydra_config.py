@@ -23,8 +23,13 @@ def has_yaml(kind: str, name: str) -> bool:
     return files(CONFIG_MODULE).joinpath(kind, f"{name}.yaml").is_file()
 
 
+_stored: set[tuple[str, str]] = set()  # (kind, name) configs this process put in the ConfigStore
+
+
 def register_plugin_configs() -> list[tuple[str, str]]:
-    """Store configs for registered plugins that have no YAML file; returns what was stored."""
+    """Store configs for registered plugins that have no YAML file, and drop those of plugins
+    unregistered since (a test's temporary plugin must not stay selectable); returns what was
+    stored."""
     cs = ConfigStore.instance()
     stored = []
     for kind, entries in plugins.registry().items():
@@ -33,4 +38,8 @@ def register_plugin_configs() -> list[tuple[str, str]]:
                 node = {"name": entry.cls.name, **entry.cls.defaults(), **(entry.preset or {})}
                 cs.store(group=kind, name=name, node=node, provider=entry.source)
                 stored.append((kind, name))
+    for kind, name in _stored - set(stored):
+        cs.repo.get(kind, {}).pop(f"{name}.yaml", None)
+    _stored.clear()
+    _stored.update(stored)
     return stored

@@ -135,3 +135,28 @@ def test_a_plugin_that_raises_in_its_hook_is_reported_and_the_rest_still_load():
         assert any(f.source == "broken" and "boom" in f.error for f in plugins.failures())
     finally:
         plugins.unregister("broken")
+
+
+def test_an_unregistered_plugins_config_is_no_longer_selectable():
+    """A plugin registered for a while (a test, a notebook) leaves no ``<kind>=<name>`` option
+    behind in Hydra's ConfigStore once it is gone."""
+    from dataclasses import dataclass
+
+    from hydra.core.config_store import ConfigStore
+
+    from framework import HypergradientMethod
+    from framework.hydra_config import register_plugin_configs
+    from framework.testing import registered
+
+    @dataclass
+    class Passing(HypergradientMethod):
+        """A temporary method."""
+
+        name = "temporary_passing"
+
+    with registered(Passing):
+        register_plugin_configs()
+        assert "temporary_passing.yaml" in ConfigStore.instance().repo["hypergrad"]
+    register_plugin_configs()
+    assert "temporary_passing.yaml" not in ConfigStore.instance().repo["hypergrad"]
+    assert "neumann.yaml" in ConfigStore.instance().repo["hypergrad"]
