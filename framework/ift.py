@@ -107,6 +107,13 @@ def _or_zeros(g: Tensor | None, like: Tensor) -> Tensor:
     return torch.zeros_like(like) if g is None else g
 
 
+def val_gradients(val_loss: Loss, w: Tensor, lam: Tensor) -> tuple[Tensor, Tensor]:
+    """(∂L_V/∂w, ∂L_V/∂λ) at (w, λ) — zeros where L_V does not depend on one of them. ``w`` and
+    ``lam`` must require grad (leaves the caller may reuse for L_T)."""
+    gv_w, gv_lam = torch.autograd.grad(val_loss(w, lam), (w, lam), allow_unused=True)
+    return _or_zeros(gv_w, w), _or_zeros(gv_lam, lam)
+
+
 def ift_hypergradient(train_loss: Loss, val_loss: Loss, w: Tensor, lam: Tensor, solve: Solve,
                       curvature: Curvature | None = None) -> Tensor:
     """Algorithm 2: ∂L_V/∂λ − (∂²L_T/∂λ∂w) v, with v = solve(H·, ∂L_V/∂w) ≈ H⁻¹ ∂L_V/∂w.
@@ -114,14 +121,13 @@ def ift_hypergradient(train_loss: Loss, val_loss: Loss, w: Tensor, lam: Tensor, 
     the exact ∂²L_T/∂λ∂w."""
     w = w.detach().requires_grad_(True)
     lam = lam.detach().requires_grad_(True)
-    gv_w, gv_lam = torch.autograd.grad(val_loss(w, lam), (w, lam), allow_unused=True)
-    gv_w = _or_zeros(gv_w, w)
+    gv_w, gv_lam = val_gradients(val_loss, w, lam)
     (gt_w,) = torch.autograd.grad(train_loss(w, lam), w, create_graph=True)
     matvec = HessianVectorProduct(gt_w, w) if curvature is None else curvature(w, lam.detach())
     v = solve(matvec, gv_w)
     # the mixed term v3 = grad(∂L_T/∂w, λ, grad_outputs=v) (corrected Algorithm 2)
     (mixed,) = torch.autograd.grad(gt_w, lam, v.detach(), allow_unused=True)
-    return _or_zeros(gv_lam, lam) - _or_zeros(mixed, lam)
+    return gv_lam - _or_zeros(mixed, lam)
 
 
 def _detached_state(optimizer: Any, state: dict[str, Any] | None, w: Tensor) -> dict[str, Any]:
@@ -152,8 +158,7 @@ def fixed_point_hypergradient(
     """
     w = w.detach().requires_grad_(True)
     lam = lam.detach().requires_grad_(True)
-    gv_w, gv_lam = torch.autograd.grad(val_loss(w, lam), (w, lam), allow_unused=True)
-    gv_w = _or_zeros(gv_w, w)
+    gv_w, gv_lam = val_gradients(val_loss, w, lam)
     (g,) = torch.autograd.grad(train_loss(w, lam), w, create_graph=True)
     w_next, _ = optimizer.step(w, g, _detached_state(optimizer, state, w))
 
@@ -165,7 +170,7 @@ def fixed_point_hypergradient(
     for _ in range(iterations):
         v = vjp(v) + gv_w
     (mixed,) = torch.autograd.grad(w_next, lam, v, allow_unused=True)
-    return _or_zeros(gv_lam, lam) + _or_zeros(mixed, lam), v.detach()
+    return gv_lam + _or_zeros(mixed, lam), v.detach()
 
 
 class FiniteDifferenceHVP:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from framework import HypergradientMethod, hookimpl
-from framework.ift import FiniteDifferenceHVP, finite_difference_mixed
+from framework.ift import FiniteDifferenceHVP, finite_difference_mixed, val_gradients
 from framework.linalg import neumann_solve
 
 
@@ -36,13 +36,8 @@ class DartsFD(HypergradientMethod):
             raise ValueError(f"alpha must be > 0 or null, got {self.alpha}")
 
     def compute(self, problem):
-        import torch
-
-        w = problem.w.detach().requires_grad_(True)
-        lam = problem.lam.detach().requires_grad_(True)
-        gv_w, gv_lam = torch.autograd.grad(problem.val_loss(w, lam), (w, lam), allow_unused=True)
-        gv_w = torch.zeros_like(w) if gv_w is None else gv_w
-        gv_lam = torch.zeros_like(lam) if gv_lam is None else gv_lam
+        gv_w, gv_lam = val_gradients(problem.val_loss, problem.w.detach().requires_grad_(True),
+                                     problem.lam.detach().requires_grad_(True))
         if self.inverse == "identity":
             v = self.scale * gv_w
         else:

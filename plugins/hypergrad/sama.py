@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 
 from framework import HypergradientMethod, hookimpl
-from framework.ift import finite_difference_mixed
+from framework.ift import finite_difference_mixed, val_gradients
 from framework.optim import SGD, Adam
 
 
@@ -53,11 +53,8 @@ class Sama(HypergradientMethod):
         raise ValueError(self.skip(problem) or "sama needs the inner optimiser (Bilevel.inner_optimizer)")
 
     def compute(self, problem):
-        w = problem.w.detach().requires_grad_(True)
-        lam = problem.lam.detach().requires_grad_(True)
-        gv_w, gv_lam = torch.autograd.grad(problem.val_loss(w, lam), (w, lam), allow_unused=True)
-        gv_w = torch.zeros_like(w) if gv_w is None else gv_w
-        gv_lam = torch.zeros_like(lam) if gv_lam is None else gv_lam
+        gv_w, gv_lam = val_gradients(problem.val_loss, problem.w.detach().requires_grad_(True),
+                                     problem.lam.detach().requires_grad_(True))
         v = self.diagonal(problem, problem.w, problem.lam) * gv_w
         return gv_lam - finite_difference_mixed(problem.train_loss, problem.w, problem.lam, v, self.epsilon)
 
