@@ -12,4 +12,4 @@ of each hypergradient method against a reference, for its time and memory) runs 
 
 SECTIONS = ("cost", "memory", "joint", "scale", "peers", "overhead", "compile")
 # studies: run on their own (not by ``all``), each writing its own README into its --out folder
-STUDIES = ("frontier",)
+STUDIES = ("frontier", "paper_inverse")
