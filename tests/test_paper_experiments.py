@@ -261,3 +261,25 @@ def test_paper_distill_preset_runs_tiny():
     result = exp.run()
     assert result.status == "FINISHED", result.error
     assert 0 <= result.summary["hp/distill/fresh_test_acc"] <= 1 and "hp/distill/class_mean_fresh_test_acc" in result.summary
+
+
+def test_the_inverse_quality_study_compares_with_the_exact_hypergradient(tmp_path, monkeypatch):
+    """``hgbench-bench paper_inverse --quick``: CG with more steps than Boston has weights is the
+    exact solve (ℓ2 ≈ 0, cosine 1); Neumann with 0 steps equals CG's first iterate in direction
+    (both ∝ ∂L_V/∂w: the same cosine) and Neumann's error falls with its terms."""
+    from benchmarks import paper_inverse
+
+    monkeypatch.setattr(paper_inverse, "METHODS", (("neumann", 0), ("neumann", 5), ("cg", 20)))
+    rows = paper_inverse.run(tmp_path, quick=True, device="cpu")
+    mean = {m: sum(r["l2"] for r in rows if r["method"] == m) / sum(1 for r in rows if r["method"] == m) for m in ("neumann 0", "neumann 5", "cg 20")}
+    assert mean["cg 20"] < 1e-12 * mean["neumann 0"] and mean["neumann 5"] < mean["neumann 0"]
+    assert all(r["cosine"] == pytest.approx(1.0, abs=1e-9) for r in rows if r["method"] == "cg 20")
+    import csv
+
+    with open(tmp_path / "inverse_steps.csv", newline="") as f:
+        steps = list(csv.DictReader(f))
+    cos = {(r["method"], r["i"]): r["cosine"] for r in steps if r["at_step"] == "1"}
+    assert float(cos[("cg", "1")]) == pytest.approx(float(cos[("neumann", "0")]), rel=1e-9)  # CG's first iterate ∝ b, like Neumann's 0th
+    assert cos[("cg", "0")] in ("", "nan")  # CG with no step answers 0: no direction, no cosine
+    readme = (tmp_path / "README.md").read_text()
+    assert "QUICK SMOKE RUN" in readme and "higher cosine" in readme and (tmp_path / "inverse_steps.png").stat().st_size > 10_000
