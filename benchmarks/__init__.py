@@ -5,11 +5,13 @@ subprocesses started one after another), because the machines it runs on are noi
 Sections (one module each): ``cost``, ``memory``, ``joint``, ``scale``, ``peers``, ``overhead``,
 ``compile``;
 ``benchmarks.cli`` runs them and writes ``<out>/<section>.csv``, ``<section>.png`` and a
-``README.md`` assembled from every section found in ``<out>``. The ``frontier`` study (accuracy
-of each hypergradient method against a reference, for its time and memory) runs on its own:
-``hgbench-bench frontier --out results/frontier``.
+``README.md`` assembled from every section found in ``<out>``. The studies run on their own, each
+with its own README: ``frontier`` (accuracy of each hypergradient method against a reference, for
+its time and memory; ``hgbench-bench frontier --out results/frontier``) and ``paper_inverse``
+(the paper's inverse-quality experiment; ``--out results/paper/inverse_quality``).
 """
 
 SECTIONS = ("cost", "memory", "joint", "scale", "peers", "overhead", "compile")
 # studies: run on their own (not by ``all``), each writing its own README into its --out folder
 STUDIES = ("frontier", "paper_inverse")
+STUDY_OUT = {"frontier": "results/frontier", "paper_inverse": "results/paper/inverse_quality"}

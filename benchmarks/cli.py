@@ -24,7 +24,7 @@ from pathlib import Path
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
-from benchmarks import SECTIONS, STUDIES  # noqa: E402
+from benchmarks import SECTIONS, STUDIES, STUDY_OUT  # noqa: E402
 
 TITLE = "hgbench performance benchmarks"
 
@@ -124,7 +124,8 @@ def main(argv: list[str] | None = None) -> int:
     sections = list(SECTIONS) if "all" in args.sections else list(dict.fromkeys(args.sections))
     studies = [s for s in args.sections if s in STUDIES]
     if studies and (len(studies) > 1 or len(args.sections) > 1):
-        ap.error(f"{studies[0]} runs on its own (it writes its own README into --out): hgbench-bench {studies[0]} --out results/{studies[0]}")
+        ap.error(f"{studies[0]} runs on its own (it writes its own README into --out): hgbench-bench {studies[0]} --out "
+                 f"{STUDY_OUT.get(studies[0], 'results/' + studies[0])}")
     from benchmarks import common
 
     failed = []
