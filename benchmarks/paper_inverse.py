@@ -78,23 +78,26 @@ def _stats(values: list[float]) -> tuple[float, float]:
 def summary(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Per method: the run's mean cosine and ℓ2 per seed, then mean ± std over seeds; and per seed
     the share of hyper-steps where each Neumann beats CG 20 in cosine and loses in ℓ2."""
-    out = []
-    methods = list(dict.fromkeys(r["method"] for r in rows))
+    def mean(xs) -> float:
+        xs = list(xs)
+        return sum(xs) / len(xs)
+
+    runs: dict[tuple[str, int], list[dict[str, Any]]] = {}
+    for r in rows:
+        runs.setdefault((r["method"], r["seed"]), []).append(r)
+    cg = {(r["seed"], r["step"]): r for r in rows if r["method"] == label("cg", 20)}
     seeds = sorted({r["seed"] for r in rows})
-    by = {(r["method"], r["seed"], r["step"]): r for r in rows}
-    for m in methods:
-        cos = [sum(by[k]["cosine"] for k in by if k[0] == m and k[1] == s) / sum(1 for k in by if k[0] == m and k[1] == s) for s in seeds]
-        l2 = [sum(by[k]["l2"] for k in by if k[0] == m and k[1] == s) / sum(1 for k in by if k[0] == m and k[1] == s) for s in seeds]
-        row = {"method": m, "cosine_mean": _stats(cos)[0], "cosine_std": _stats(cos)[1], "l2_mean": _stats(l2)[0], "l2_std": _stats(l2)[1]}
+    out = []
+    for m in dict.fromkeys(r["method"] for r in rows):
+        cos = _stats([mean(r["cosine"] for r in runs[(m, s)]) for s in seeds])
+        l2 = _stats([mean(r["l2"] for r in runs[(m, s)]) for s in seeds])
+        row = {"method": m, "cosine_mean": cos[0], "cosine_std": cos[1], "l2_mean": l2[0], "l2_std": l2[1]}
         if m != label("cg", 20):
-            higher_cos, larger_l2 = [], []
-            for s in seeds:
-                pairs = [(by[k], by.get((label("cg", 20), s, k[2]))) for k in by if k[0] == m and k[1] == s]
-                pairs = [(a, b) for a, b in pairs if b is not None]
-                higher_cos.append(sum(a["cosine"] > b["cosine"] for a, b in pairs) / len(pairs))
-                larger_l2.append(sum(a["l2"] > b["l2"] for a, b in pairs) / len(pairs))
-            row.update({"share_higher_cosine_than_cg20": _stats(higher_cos)[0], "share_higher_cosine_std": _stats(higher_cos)[1],
-                        "share_larger_l2_than_cg20": _stats(larger_l2)[0], "share_larger_l2_std": _stats(larger_l2)[1]})
+            pairs = [[(r, cg[(s, r["step"])]) for r in runs[(m, s)] if (s, r["step"]) in cg] for s in seeds]
+            higher_cos = _stats([mean(a["cosine"] > b["cosine"] for a, b in p) for p in pairs])
+            larger_l2 = _stats([mean(a["l2"] > b["l2"] for a, b in p) for p in pairs])
+            row.update({"share_higher_cosine_than_cg20": higher_cos[0], "share_higher_cosine_std": higher_cos[1],
+                        "share_larger_l2_than_cg20": larger_l2[0], "share_larger_l2_std": larger_l2[1]})
         out.append(row)
     return out
 

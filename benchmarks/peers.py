@@ -647,29 +647,35 @@ def accuracy_fragment(rows, quick: bool, grid) -> str:
     return "\n".join(lines) + "\n"
 
 
-def verdict_lines(rows, grid_max: int) -> list[str]:
-    """The issue's goal (≥ 2× faster than the peers at equal error), judged from the data."""
-    met, missed, only_hg, neither, ratios = [], [], [], {}, []
+def _comparisons(rows):
+    """(problem, setting, level, peer library, hgbench's best row, the peer's best row) for every
+    setting and level where both were measured."""
     for problem, setting in SETTINGS:
         for level in LEVELS:
             hg = _best(rows, problem, setting, level, "hgbench")
             for lib in ("torchopt", "betty"):
                 peer = _best(rows, problem, setting, level, lib)
-                if hg is None or peer is None:
-                    continue
-                where = f"{SETTING_TITLE[(problem, setting)]}, {level:.0e}"
-                text, ok = accuracy_verdict(hg, peer)
-                if ok is not None and peer.get("speedup_median", "") != "":
-                    ratios.append(peer["speedup_median"])
-                if ok is True:
-                    met.append(f"{where} vs {PEER_NAMES[lib]} {text}")
-                elif ok is False:
-                    missed.append(f"{where} vs {PEER_NAMES[lib]} {text}")
-                elif hg["reached"]:
-                    only_hg.append(f"{where}: hgbench `{hg['method']}` {hg['time_ms']:.0f} ms, {PEER_NAMES[lib]} best error "
-                                   f"{peer['min_rel_err']:.1e} within {grid_max} iterations")
-                else:
-                    neither.setdefault(where, [f"hgbench {hg['min_rel_err']:.1e}"]).append(f"{PEER_NAMES[lib]} {peer['min_rel_err']:.1e}")
+                if hg is not None and peer is not None:
+                    yield problem, setting, level, lib, hg, peer
+
+
+def verdict_lines(rows, grid_max: int) -> list[str]:
+    """The issue's goal (≥ 2× faster than the peers at equal error), judged from the data."""
+    met, missed, only_hg, neither, ratios = [], [], [], {}, []
+    for problem, setting, level, lib, hg, peer in _comparisons(rows):
+        where = f"{SETTING_TITLE[(problem, setting)]}, {level:.0e}"
+        text, ok = accuracy_verdict(hg, peer)
+        if ok is not None and peer.get("speedup_median", "") != "":
+            ratios.append(peer["speedup_median"])
+        if ok is True:
+            met.append(f"{where} vs {PEER_NAMES[lib]} {text}")
+        elif ok is False:
+            missed.append(f"{where} vs {PEER_NAMES[lib]} {text}")
+        elif hg["reached"]:
+            only_hg.append(f"{where}: hgbench `{hg['method']}` {hg['time_ms']:.0f} ms, {PEER_NAMES[lib]} best error "
+                           f"{peer['min_rel_err']:.1e} within {grid_max} iterations")
+        else:
+            neither.setdefault(where, [f"hgbench {hg['min_rel_err']:.1e}"]).append(f"{PEER_NAMES[lib]} {peer['min_rel_err']:.1e}")
     span = f" (hgbench's best {min(ratios):.2f}–{max(ratios):.2f}× faster than the peer's best)" if ratios else ""
     out = [f"**Verdict on ≥ {TARGET:g}× at equal error.** Where both reach the level: met in {len(met)} of "
            f"{len(met) + len(missed)} comparisons{span}."]
@@ -728,16 +734,10 @@ def rewrite(out: Path) -> None:
 
 def accuracy_headline(rows) -> list[list]:
     out = []
-    for problem, setting in SETTINGS:
-        for level in LEVELS:
-            hg = _best(rows, problem, setting, level, "hgbench")
-            for lib in ("torchopt", "betty"):
-                peer = _best(rows, problem, setting, level, lib)
-                if hg is None or peer is None:
-                    continue
-                text, ok = accuracy_verdict(hg, peer)
-                out.append(["peers", f"time to {level:.0e}, {SETTING_TITLE[(problem, setting)]}: hgbench vs {PEER_NAMES[lib]}",
-                            text, f"≥ {TARGET:g}× at equal error", common.verdict(ok) if ok is not None else "n/a"])
+    for problem, setting, level, lib, hg, peer in _comparisons(rows):
+        text, ok = accuracy_verdict(hg, peer)
+        out.append(["peers", f"time to {level:.0e}, {SETTING_TITLE[(problem, setting)]}: hgbench vs {PEER_NAMES[lib]}",
+                    text, f"≥ {TARGET:g}× at equal error", common.verdict(ok) if ok is not None else "n/a"])
     return out
 
 

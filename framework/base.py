@@ -156,6 +156,13 @@ class HypergradientMethod(Plugin):
     # accuracy–cost frontier (``hgbench-bench frontier``) varies; None: a method of one cost
     budget: ClassVar[str | None] = None
 
+    def __post_init__(self):
+        """Checks of the options several methods share (a subclass's own ``__post_init__`` calls
+        this): ``hessian_batch_size``, where a method has it."""
+        batch = getattr(self, "hessian_batch_size", None)
+        if batch is not None and batch < 1:
+            raise ValueError(f"hessian_batch_size must be >= 1 or null, got {batch}")
+
     @property
     def state(self) -> dict[str, Tensor]:
         """Tensors the method carries from one hyper-step to the next (a warm start's last

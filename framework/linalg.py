@@ -131,9 +131,8 @@ def nystrom_solve(matvec: MatVec, b: Tensor, rank: int, rho: float) -> Tensor:
     rows[torch.arange(k, device=b.device), idx] = 1
     batched = getattr(matvec, "batched", None)
     ct = batched(rows) if batched is not None else torch.stack([matvec(e) for e in rows])  # k×n: rows are Cᵀ
-    w = ct[:, idx]
-    m = rho * 0.5 * (w + w.T) + ct @ ct.T
-    m = 0.5 * (m + m.T)
+    m = rho * ct[:, idx] + ct @ ct.T  # ρW + CᵀC, W = H[S, S]
+    m = 0.5 * (m + m.T)  # symmetric up to rounding: made exactly so
     rhs = ct @ b
     try:
         y = torch.linalg.solve(m, rhs)

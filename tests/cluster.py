@@ -29,8 +29,9 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
+
+from helpers import free_port, healthy
 
 APT_PACKAGES = "slurmd slurmctld slurm-client munge postgresql"
 INSTALL = f"apt-get install -y {APT_PACKAGES}"
@@ -43,12 +44,6 @@ START_TIMEOUT_S = 90
 
 class ClusterUnavailable(Exception):
     """What is missing on this machine, with the command that installs it (the tests skip)."""
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def pg_bindir() -> Path | None:
@@ -98,15 +93,6 @@ def _stop_group(proc: subprocess.Popen, timeout: float = 15) -> None:
         os.killpg(proc.pid, signal.SIGKILL)
     with contextlib.suppress(subprocess.TimeoutExpired):
         proc.wait(timeout=timeout)
-
-
-def _healthy(port: int) -> bool:
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # never through a proxy
-    try:
-        with opener.open(f"http://127.0.0.1:{port}/health", timeout=1) as r:
-            return r.status == 200
-    except OSError:
-        return False
 
 
 def _mem_mb() -> int:
@@ -285,9 +271,9 @@ class PostgresMlflow:
 
     def wait_server(self) -> None:
         deadline = time.monotonic() + START_TIMEOUT_S
-        while time.monotonic() < deadline and self.server.poll() is None and not _healthy(self.port):
+        while time.monotonic() < deadline and self.server.poll() is None and not healthy(self.port):
             time.sleep(0.3)
-        if self.server.poll() is not None or not _healthy(self.port):
+        if self.server.poll() is not None or not healthy(self.port):
             raise RuntimeError(f"mlflow server did not start within {START_TIMEOUT_S} s:\n{_tail(self.root / 'mlflow-server.log')}")
 
     def stop(self) -> None:

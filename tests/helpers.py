@@ -90,3 +90,46 @@ def hgbench_in_process(cwd, *args):
     with pytest.MonkeyPatch.context() as mp:
         code, out, err = run_cli(mp, cwd, *args)
     return SimpleNamespace(returncode=code, stdout=out, stderr=err)
+
+
+# --- end-to-end grids: every metric of every step, and local servers ------------------------------
+# every step of the run (1..hyper_steps), or step 0 too for what is also logged before the first
+# hyper-step; eval metrics at every eval step (eval_every=1: all of them); the end-of-run ones once
+PER_STEP = ("hypergrad_norm", "hypergrad_time_s", "inner_time_s", "inner_loss")
+WITH_STEP_0 = ("elapsed_s", "train_loss", "val_loss", "test_loss", "train_acc", "val_acc", "test_acc",
+               "hp/mean_log_decay", "hp/std_log_decay")
+AT_END = ("runtime_s", "peak_memory_mb")
+
+
+def assert_every_step_recorded(client, run_id: str, hyper_steps: int) -> None:
+    """Every metric of a run with ``eval_every=1`` at each of its steps exactly once, finite, and
+    the composed config as an artifact."""
+    import math
+
+    for keys, steps in ((PER_STEP, list(range(1, hyper_steps + 1))), (WITH_STEP_0, list(range(hyper_steps + 1))),
+                        (AT_END, [hyper_steps])):
+        for key in keys:
+            hist = client.get_metric_history(run_id, key)
+            assert sorted(m.step for m in hist) == steps, (run_id, key, [m.step for m in hist])
+            assert all(math.isfinite(m.value) for m in hist), (run_id, key)
+    assert "config.yaml" in [a.path for a in client.list_artifacts(run_id)]
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def healthy(port: int) -> bool:
+    """Whether an MLflow server answers /health on 127.0.0.1:port (never through a proxy)."""
+    import urllib.request
+
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    try:
+        with opener.open(f"http://127.0.0.1:{port}/health", timeout=1) as r:
+            return r.status == 200
+    except OSError:
+        return False

@@ -10,7 +10,6 @@ a second, one-job grid is cancelled with scancel and resumed. sbatch's refusals 
 
 from __future__ import annotations
 
-import math
 import os
 import re
 import subprocess
@@ -21,7 +20,7 @@ from pathlib import Path
 
 import cluster as cluster_mod
 import pytest
-from helpers import run_cli
+from helpers import assert_every_step_recorded, run_cli
 from mlflow.tracking import MlflowClient
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
@@ -36,12 +35,6 @@ PARALLEL = 2  # array_parallelism; the node has 4 CPUs for the jobs' 1 each, so 
 ON_THE_NODE = ["hydra/launcher=slurm_cpu", f"hydra.launcher.partition={cluster_mod.PARTITION}",
                "hydra.launcher.cpus_per_task=1", "hydra.launcher.mem_gb=1", f"hydra.launcher.array_parallelism={PARALLEL}"]
 
-# every metric at every step (1..HYPER_STEPS), or from step 0 for what is also logged before the
-# first hyper-step; the end-of-run ones once (as tests/test_concurrency.py checks the local launchers)
-PER_STEP = ("hypergrad_norm", "hypergrad_time_s", "inner_time_s", "inner_loss")
-WITH_STEP_0 = ("elapsed_s", "train_loss", "val_loss", "test_loss", "train_acc", "val_acc", "test_acc",
-               "hp/mean_log_decay", "hp/std_log_decay")
-AT_END = ("runtime_s", "peak_memory_mb")
 
 
 @pytest.fixture(scope="module")
@@ -120,13 +113,7 @@ def test_a_grid_on_slurm_records_every_job_in_the_postgres_backed_server(grid, c
     for r in finished:
         rid = r.info.run_id
         assert r.data.tags["hgbench.status"] == "finished" and r.data.params["hyper_steps"] == str(HYPER_STEPS)
-        for keys, steps in ((PER_STEP, list(range(1, HYPER_STEPS + 1))), (WITH_STEP_0, list(range(HYPER_STEPS + 1))),
-                            (AT_END, [HYPER_STEPS])):
-            for key in keys:
-                hist = client.get_metric_history(rid, key)
-                assert sorted(m.step for m in hist) == steps, (rid, key, [m.step for m in hist])
-                assert all(math.isfinite(m.value) for m in hist), (rid, key)
-        assert "config.yaml" in [a.path for a in client.list_artifacts(rid)]
+        assert_every_step_recorded(client, rid, HYPER_STEPS)
         # uploaded over HTTP, stored where the server keeps artifacts
         assert (cluster["mlflow"].artifacts / exp.experiment_id / rid / "artifacts" / "config.yaml").is_file()
 

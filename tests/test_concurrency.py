@@ -5,18 +5,16 @@ params, tags, every metric at every step, and its artifacts."""
 
 from __future__ import annotations
 
-import math
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
+from helpers import assert_every_step_recorded, free_port, healthy
 from mlflow.tracking import MlflowClient
 
 pytestmark = pytest.mark.slow
@@ -27,12 +25,6 @@ TINY = ["dataset=digits", "model.hidden=[8]", f"hyper_steps={HYPER_STEPS}", "inn
 GRID = ["hypergrad=neumann,cg", "seed=0,1,2"]  # 6 jobs
 EXPECTED = {(m, s) for m in ("neumann", "cg") for s in ("0", "1", "2")}
 
-# every step of the run (1..HYPER_STEPS), or step 0 too for what is also logged before the first
-# hyper-step; eval metrics at every eval step (eval_every=1: all of them); the end-of-run ones once
-PER_STEP = ("hypergrad_norm", "hypergrad_time_s", "inner_time_s", "inner_loss")
-WITH_STEP_0 = ("elapsed_s", "train_loss", "val_loss", "test_loss", "train_acc", "val_acc", "test_acc",
-               "hp/mean_log_decay", "hp/std_log_decay")
-AT_END = ("runtime_s", "peak_memory_mb")
 TAGS = ("hgbench.hypergrad", "hgbench.hyperparam", "hgbench.dataset", "hgbench.model", "hgbench.device",
         "hgbench.status", "hgbench.sweep_id", "hgbench.job_num", "hgbench.launcher",
         "mlflow.source.git.commit", "hgbench.torch_version")
@@ -75,13 +67,7 @@ def check_grid(out: subprocess.CompletedProcess, uri: str, launcher: str, expect
         for key in TAGS:
             assert r.data.tags.get(key), (rid, key)
         assert r.data.tags["hgbench.status"] == "finished"
-        for keys, steps in ((PER_STEP, list(range(1, HYPER_STEPS + 1))), (WITH_STEP_0, list(range(HYPER_STEPS + 1))),
-                            (AT_END, [HYPER_STEPS])):
-            for key in keys:
-                hist = client.get_metric_history(rid, key)
-                assert sorted(m.step for m in hist) == steps, (rid, key, [m.step for m in hist])
-                assert all(math.isfinite(m.value) for m in hist), (rid, key)
-        assert "config.yaml" in [a.path for a in client.list_artifacts(rid)]
+        assert_every_step_recorded(client, rid, HYPER_STEPS)
     return client, runs
 
 
@@ -97,21 +83,6 @@ def test_parallel_jobs_on_one_fresh_sqlite_store(tmp_path, launcher, args, seeds
 
 
 # --- a real tracking server -------------------------------------------------------------------
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def healthy(port: int) -> bool:
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # never through a proxy
-    try:
-        with opener.open(f"http://127.0.0.1:{port}/health", timeout=1) as r:
-            return r.status == 200
-    except OSError:
-        return False
-
-
 def stop(proc: subprocess.Popen) -> None:
     """End the server and its worker processes (its own process group)."""
     if proc.poll() is None:

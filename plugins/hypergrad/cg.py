@@ -31,12 +31,11 @@ class CG(HypergradientMethod):
     hessian_batch_size: int | None = None  # HVPs on their own training minibatch of this size; None: the hypergradient's batch
 
     def __post_init__(self):
+        super().__post_init__()
         if self.iterations < 0:
             raise ValueError(f"iterations must be >= 0, got {self.iterations}")
         if self.tol < 0 or self.damping < 0:
             raise ValueError(f"tol and damping must be >= 0, got tol={self.tol}, damping={self.damping}")
-        if self.hessian_batch_size is not None and self.hessian_batch_size < 1:
-            raise ValueError(f"hessian_batch_size must be >= 1 or null, got {self.hessian_batch_size}")
 
     def compute(self, problem):
         solve = partial(cg_solve, iterations=self.iterations, tol=self.tol, damping=self.damping)

@@ -42,6 +42,7 @@ class Neumann(HypergradientMethod):
     hessian_batch_size: int | None = None  # HVPs on their own training minibatch of this size; None: the hypergradient's batch
 
     def __post_init__(self):
+        super().__post_init__()
         if self.iterations < 0:
             raise ValueError(f"iterations must be >= 0, got {self.iterations}")
         if isinstance(self.alpha, (int, float)) and self.alpha <= 0:
@@ -50,8 +51,6 @@ class Neumann(HypergradientMethod):
             raise ValueError(f"alpha_scale must be in (0, 2) (the series diverges at α ≥ 2/λ_max), got {self.alpha_scale}")
         if self.power_iterations < 1:
             raise ValueError(f"power_iterations must be >= 1, got {self.power_iterations}")
-        if self.hessian_batch_size is not None and self.hessian_batch_size < 1:
-            raise ValueError(f"hessian_batch_size must be >= 1 or null, got {self.hessian_batch_size}")
         self._used: dict[str, float] = {}
 
     def step_size(self, problem) -> float:

@@ -33,12 +33,11 @@ class Nystrom(HypergradientMethod):
     hessian_batch_size: int | None = None  # HVPs on their own training minibatch of this size
 
     def __post_init__(self):
+        super().__post_init__()
         if self.rank < 0:
             raise ValueError(f"rank must be >= 0, got {self.rank}")
         if self.rho <= 0:
             raise ValueError(f"rho must be > 0, got {self.rho}")
-        if self.hessian_batch_size is not None and self.hessian_batch_size < 1:
-            raise ValueError(f"hessian_batch_size must be >= 1 or null, got {self.hessian_batch_size}")
 
     def compute(self, problem):
         solve = partial(nystrom_solve, rank=self.rank, rho=self.rho)
