@@ -212,6 +212,7 @@ def measure(problem: str, quick: bool, device: torch.device, reps: int) -> list[
         if why:
             rows.append({**row, "status": "skipped", "note": why[:200]})
             continue
+        exp.seed_rng(1000 + len(rows))  # a method's random draws (columns, minibatches) do not depend on earlier timings
         calls = products_done()
         hg = exp.hypergradient_flat(method, tb, vb).double()
         row["hvp_calls"] = products_done() - calls

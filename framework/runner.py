@@ -380,6 +380,16 @@ class Experiment:
         self.outer_optimizer.step()
         return out
 
+    def seed_rng(self, seed: int) -> None:
+        """Set this experiment's own RNG (the one it swaps in while it works: dropout and
+        augmentation noise, a method's random draws) to ``seed``: a benchmark that asks for the
+        same draws at each point, however often earlier points were called for timing."""
+        if self._owning:
+            raise RuntimeError("seed_rng while the experiment is working")
+        self._rng["cpu"] = torch.Generator().manual_seed(int(seed)).get_state()
+        if self.device.type == "cuda":
+            self._rng["cuda"] = torch.Generator(self.device).manual_seed(int(seed)).get_state()
+
     def _rng_snapshot(self) -> dict[str, Tensor]:
         snap = {"cpu": torch.get_rng_state()}
         if self.device.type == "cuda":
