@@ -495,8 +495,9 @@ def reading(rows: list[dict[str, Any]], quick: bool) -> str:
     parts += ["",
               "- A Hessian from another minibatch (`hessian_batch_size`) is another matrix: solving it harder converges to "
               "its inverse, not the batch's, so its error can grow with the budget (ridge, above) while each product is "
-              "cheaper; on the networks, where every solve of H is far from the reference anyway, it changes the median little, "
-              "but a single draw can blow up (Neumann's step is set for the whole batch's curvature: see the min–max).",
+              "cheaper; on the networks, where every solve of H is far from the reference anyway, cg's error changes little, "
+              "while Neumann — its step set for the whole batch's curvature — can diverge on a quarter batch (see the "
+              "min–max).",
               "- The reference decides what \"accurate\" means. Where H ≻ 0 (ridge) every IFT solver converges to the same "
               "closed form and the choice is speed: CG and MINRES in about as many iterations as H has distinct "
               "eigenvalues, Neumann geometrically at a rate set by α·λ_min(H). Where H is indefinite (the networks here), "
