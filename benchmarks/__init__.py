@@ -13,5 +13,9 @@ its time and memory; ``hgbench-bench frontier --out results/frontier``) and ``pa
 
 SECTIONS = ("cost", "memory", "joint", "scale", "peers", "overhead", "compile")
 # studies: run on their own (not by ``all``), each writing its own README into its --out folder
-STUDIES = ("frontier", "paper_inverse")
-STUDY_OUT = {"frontier": "results/frontier", "paper_inverse": "results/paper/inverse_quality"}
+STUDIES = ("frontier", "paper_inverse", "paper_overfit", "paper_distill", "paper_augment", "paper_ptb", "paper_val_split",
+           "paper_blackbox")
+STUDY_OUT = {"frontier": "results/frontier", "paper_inverse": "results/paper/inverse_quality",
+             "paper_overfit": "results/paper/overfitting", "paper_distill": "results/paper/distillation",
+             "paper_augment": "results/paper/augmentation", "paper_ptb": "results/paper/ptb",
+             "paper_val_split": "results/paper/validation_split", "paper_blackbox": "results/paper/blackbox"}
