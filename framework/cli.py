@@ -58,12 +58,18 @@ def format_summary(cfg: DictConfig, result: RunResult) -> str:
     rows = [sp for sp in ("train", "val", "test") if f"{sp}_loss" in s]
     if rows:
         acc = any(f"{sp}_acc" in s for sp in rows)
-        lines.append(f"  {'':6}{'loss (start → end)':>26}" + (f"{'acc (start → end)':>22}" if acc else ""))
+        ppl = any(f"{sp}_ppl" in s for sp in rows)  # sequence tasks: perplexity, as language models are compared
+        lines.append(f"  {'':6}{'loss (start → end)':>26}" + (f"{'acc (start → end)':>22}" if acc else "")
+                     + (f"{'ppl (start → end)':>26}" if ppl else ""))
         for sp in rows:
             line = f"  {sp:6}{start.get(f'{sp}_loss', float('nan')):13.4f} → {s[f'{sp}_loss']:<10.4f}"
             if f"{sp}_acc" in s:
-                line += f"{start.get(f'{sp}_acc', float('nan')):11.3f} → {s[f'{sp}_acc']:.3f}"
-            lines.append(line)
+                line += f"{start.get(f'{sp}_acc', float('nan')):11.3f} → {s[f'{sp}_acc']:<8.3f}"
+            if f"{sp}_ppl" in s:
+                line += f"{start.get(f'{sp}_ppl', float('nan')):13.2f} → {s[f'{sp}_ppl']:.2f}"
+            lines.append(line.rstrip())
+        if ppl:
+            lines.append("  ppl = exp(mean cross-entropy per token)")
     what = {"cuda_max_allocated": "peak CUDA memory allocated", "cpu_peak_rss_growth": "peak memory (growth of the process's peak RSS during the run)"}
     lines.append(f"  {what.get(s.get('memory_kind'), 'peak memory')}: {s.get('peak_memory_mb', 0):.1f} MB")
     if "compile" in info:

@@ -1,6 +1,7 @@
 """End-to-end: the ``hgbench`` Hydra app recording to MLflow, and its errors."""
 
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -247,6 +248,19 @@ def test_a_run_on_a_tracking_server_points_at_the_server_ui():
     info["mlflow_experiment_id"] = "7"
     text = format_summary(compose_config(), RunResult("FINISHED", summary, info))
     assert "browse it: open http://127.0.0.1:5000/#/experiments/7/runs?workflowType=machine_learning" in text
+
+
+def test_the_summary_of_a_sequence_task_shows_perplexity():
+    from framework.cli import format_summary
+    from framework import compose_config
+    from framework.hookspecs import RunResult
+
+    summary = {"num_weights": 1, "num_hyperparams": 1, "runtime_s": 1.0, "val_loss": 5.0, "val_ppl": math.exp(5.0),
+               "initial": {"val_loss": 9.0, "val_ppl": math.exp(9.0)}}
+    text = format_summary(compose_config(), RunResult("FINISHED", summary, {}))
+    assert "ppl (start → end)" in text and f"{math.exp(9.0):.2f} → {math.exp(5.0):.2f}" in text
+    summary = {k: v for k, v in summary.items() if "ppl" not in k} | {"initial": {"val_loss": 9.0}}
+    assert "ppl" not in format_summary(compose_config(), RunResult("FINISHED", summary, {}))
 
 
 @pytest.mark.slow
