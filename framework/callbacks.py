@@ -76,6 +76,7 @@ def format_sweep_summary(results: list[dict[str, Any]], expected: int | None = N
     for r in results:
         done = r["status"] == "FINISHED"
         vals = "  ".join(f"{k}={r[k]:.4f}" for k in ("val_loss", "test_loss") if done and isinstance(r.get(k), float))
+        vals += "".join(f"  {k}={r[k]:.2f}" for k in ("val_ppl", "test_ppl") if done and isinstance(r.get(k), float))
         why = f"  ({r['error']})" if r.get("error") else ""
         if r.get("reused"):
             why += "  (finished earlier: not run again)"

@@ -372,7 +372,7 @@ def run_job(cfg: DictConfig, hc) -> float | None:
         "overrides": " ".join(hc.overrides.task),
         "status": result.status,
         "error": None if result.error is None else str(result.error) if result.status == "KILLED" else f"{type(result.error).__name__}: {result.error}",
-        **{k: s.get(k) for k in ("val_loss", "test_loss", "val_acc", "test_acc", "runtime_s", "peak_memory_mb")},
+        **{k: s.get(k) for k in ("val_loss", "test_loss", "val_acc", "test_acc", "val_ppl", "test_ppl", "runtime_s", "peak_memory_mb")},
         "mlflow_run_id": result.info.get("mlflow_run_id"),
         "reused": earlier is not None,
         "recording_failed": bool(result.recording_errors),

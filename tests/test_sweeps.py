@@ -115,3 +115,5 @@ def test_sweep_summary_formatting():
     ])
     assert "2 jobs — 1 failed, 1 finished" in text
     assert "val_loss=0.5000" in text and "boom" in text and "val_loss=2.3" not in text
+    text = format_sweep_summary([{"job_num": 0, "status": "FINISHED", "overrides": "seed=0", "val_loss": 5.0, "val_ppl": 148.41}])
+    assert "val_loss=5.0000  val_ppl=148.41" in text  # sequence tasks: perplexity too
