@@ -19,6 +19,13 @@ install both.
 pickle's train, validation and test parts respectively (``null`` = the whole part), so the three
 splits never share an image. Pixels are float32 in [0, 1); ``image=True`` gives (1, 28, 28).
 ``label_noise`` flips that fraction of the training labels (``meta["noisy_mask"]``).
+
+``total_size`` + ``val_fraction`` (both null by default) instead draw ONE pool of ``total_size``
+examples from the pickle's train part and split it: the first ``round(val_fraction · total_size)``
+are the validation set, the rest the training set (``train_size`` and ``val_size`` must then be
+null). With one ``split_seed`` and ``total_size`` the pool is the same examples whatever the
+fraction, and a smaller pool is a prefix of a larger one — the paper's validation-split
+experiment (``experiment=paper_val_split``). The test set is drawn as always.
 """
 
 from __future__ import annotations
@@ -31,6 +38,7 @@ from dataclasses import dataclass
 import torch
 
 from framework import DataSplits, Dataset, hookimpl
+from framework.errors import ConfigError
 from plugins.dataset._common import check_sizes, classification_splits, draw
 from plugins.dataset.cifar10 import restricted_load
 
@@ -69,14 +77,43 @@ class Mnist(Dataset):
     split_seed: int = 0
     image: bool = False  # True: (1, 28, 28) for convolutional models
     label_noise: float = 0.0  # fraction of training labels flipped to another class
+    total_size: int | None = None  # set (with val_fraction): one pool from the train part, split into val + train
+    val_fraction: float | None = None  # the pool's share that is validation (round(val_fraction · total_size))
 
     def __post_init__(self):
         check_sizes(self)
+        if (self.total_size is None) != (self.val_fraction is None):
+            raise ConfigError("total_size and val_fraction go together: set both (one pool split into validation and "
+                              f"training) or neither (train_size / val_size), got total_size={self.total_size!r}, "
+                              f"val_fraction={self.val_fraction!r}")
+        if self.total_size is not None:
+            if self.train_size is not None or self.val_size is not None:
+                raise ConfigError(f"total_size={self.total_size} with val_fraction={self.val_fraction} sets the training and "
+                                  "validation sizes: set train_size=null and val_size=null (or drop total_size/val_fraction), "
+                                  f"got train_size={self.train_size!r}, val_size={self.val_size!r}")
+            if not isinstance(self.total_size, int) or isinstance(self.total_size, bool) or self.total_size < 2:
+                raise ConfigError(f"total_size must be null (use train_size / val_size) or an integer >= 2, got {self.total_size!r}")
+            if not 0 < self.val_fraction < 1:
+                raise ConfigError(f"val_fraction must be a fraction in (0, 1), got {self.val_fraction!r}")
+            n_val = self.pool_sizes()["val_size"]
+            if not 1 <= n_val <= self.total_size - 1:
+                raise ConfigError(f"val_fraction={self.val_fraction} of total_size={self.total_size} leaves {n_val} validation "
+                                  f"and {self.total_size - n_val} training examples: each needs at least 1")
+
+    def pool_sizes(self) -> dict[str, int]:
+        """With ``total_size``: the validation and training sizes of the pool, in the order drawn."""
+        n_val = int(round(self.val_fraction * self.total_size))
+        return {"val_size": n_val, "train_size": self.total_size - n_val}
 
     def load(self) -> DataSplits:
         g = torch.Generator().manual_seed(self.split_seed)
-        pools = zip(read_pickle(), ("train", "val", "test"), (self.train_size, self.val_size, self.test_size))
-        splits = [draw(x, y, {f"{k}_size": n}, g, f"MNIST's {k} part")[0] for (x, y), k, n in pools]
+        if self.total_size is None:
+            pools = zip(read_pickle(), ("train", "val", "test"), (self.train_size, self.val_size, self.test_size))
+            splits = [draw(x, y, {f"{k}_size": n}, g, f"MNIST's {k} part")[0] for (x, y), k, n in pools]
+        else:  # one pool from the train part: validation first, then training (a fraction never changes the pool)
+            (x, y), _, (tx, ty) = read_pickle()
+            val, train = draw(x, y, self.pool_sizes(), g, "MNIST's train part")
+            splits = [train, val, draw(tx, ty, {"test_size": self.test_size}, g, "MNIST's test part")[0]]
         if self.image:
             splits = [type(s)(s.x.reshape(-1, 1, 28, 28), s.y) for s in splits]
         return classification_splits(
