@@ -19,7 +19,8 @@ paper's 0-term Neumann), ``neumann 3`` (``hypergrad.iterations=3``) and ``unroll
 of Algorithm 1 (``STEPS`` × 10 inner steps: ``STEPS`` × 640 / 1,000 epochs), with train / val /
 test accuracy and loss on clean images every ``EVAL_EVERY`` hyper-steps and at the start, and
 how far the augmenter has moved from the identity: the mean |x̃ − x| over 64 training images
-(fixed noise). Also the hypergradient's time per hyper-step. ``--quick``: 2 hyper-steps of 2
+(fixed noise). Also the hypergradient's time per hyper-step. On the CPU ``run`` uses one torch
+thread (and puts the caller's count back after). ``--quick``: 2 hyper-steps of 2
 inner steps, one seed, on 8×8 digits (sklearn's, so no MNIST read), only to show that it runs.
 """
 
@@ -280,6 +281,16 @@ def rewrite(out: Path) -> None:
 
 def run(out: Path, quick: bool = False, device: str = "auto", reps: int | None = None) -> list[dict[str, Any]]:
     dev = str(common.resolve_device(device))
+    threads = torch.get_num_threads()
+    if dev == "cpu":  # one thread: sized for a shared CPU, and the same numbers whatever the core count
+        torch.set_num_threads(1)
+    try:
+        return _run(out, quick, dev)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run(out: Path, quick: bool, dev: str) -> list[dict[str, Any]]:
     out.mkdir(parents=True, exist_ok=True)
     rows: list[dict[str, Any]] = []
     first: dict[str, Any] = {}
