@@ -22,7 +22,10 @@ per-class mean training image(s). Logged (the runner prefixes ``hp/``):
     distill/random_real_fresh_test_acc, ..._std                        random real images
     distill/class_mean_fresh_test_acc, ..._std                         per-class mean images
 
-(mean and sample std over the ``fresh_seeds`` models; the co-trained weights play no part). The
+(mean and sample std over the ``fresh_seeds`` models; the co-trained weights play no part). With
+``fresh_val: true`` the same fresh models are also scored on the real VALIDATION split
+(``distill/fresh_val_acc``, ``_std``): a number to choose the hyper-optimiser's settings on
+without looking at the test split. The
 final images are saved as the MLflow artifact ``distilled.png``: one shared colour scale for all
 images (a colour bar gives it), square pixels.
 """
@@ -54,6 +57,7 @@ class Distill(HyperparamFamily):
     fresh_seeds: int = 3  # models trained from scratch on the images at each evaluation (0: off)
     fresh_steps: int = 300  # full-batch SGD steps of that recipe
     fresh_lr: float = 0.1  # its learning rate
+    fresh_val: bool = False  # also score the fresh models on the validation split (for choosing settings)
 
     def __post_init__(self):
         if self.per_class < 1:
@@ -113,9 +117,9 @@ class Distill(HyperparamFamily):
             raise ValueError(f"model {type(ctx.module).__name__} has no reset_parameters(): cannot draw fresh initialisations")
         return ctx.w_spec.flatten({n: p.detach() for n, p in module.named_parameters()}).to(ctx.device, ctx.dtype)
 
-    def fresh_test_acc(self, images, label_logits, ctx, seed: int) -> float:
-        """Test accuracy of a model trained from a fresh init (``seed``) on ``images`` alone with
-        the fixed recipe (``fresh_steps`` full-batch SGD steps of ``fresh_lr`` on L_T)."""
+    def fresh_weights(self, images, label_logits, ctx, seed: int) -> torch.Tensor:
+        """The weights of a model trained from a fresh init (``seed``) on ``images`` alone with the
+        fixed recipe (``fresh_steps`` full-batch SGD steps of ``fresh_lr`` on L_T)."""
         images = images.detach().to(ctx.device, ctx.dtype)
         label_logits = None if label_logits is None else label_logits.detach().to(ctx.device, ctx.dtype)
         w = self.fresh_init(ctx, seed)
@@ -124,12 +128,22 @@ class Distill(HyperparamFamily):
                 w = w.detach().requires_grad_(True)
                 (g,) = torch.autograd.grad(self.synthetic_loss(w, images, label_logits, ctx), w)
                 w = w.detach() - self.fresh_lr * g
-        test = ctx.data.test if len(ctx.data.test.x) else ctx.data.val
+        return w
+
+    @staticmethod
+    def split_accuracy(w, split, ctx) -> float:
+        """Accuracy of the flat weights ``w`` on one split (chunks of 4,096)."""
         with torch.no_grad():
             correct = 0
-            for i in range(0, len(test.x), 4096):
-                correct += (ctx.forward(w, test.x[i : i + 4096]).argmax(-1) == test.y[i : i + 4096]).sum().item()
-        return correct / max(len(test.x), 1)
+            for i in range(0, len(split.x), 4096):
+                correct += (ctx.forward(w, split.x[i : i + 4096]).argmax(-1) == split.y[i : i + 4096]).sum().item()
+        return correct / max(len(split.x), 1)
+
+    def fresh_test_acc(self, images, label_logits, ctx, seed: int) -> float:
+        """Test accuracy of a model trained from a fresh init (``seed``) on ``images`` alone with
+        the fixed recipe (``fresh_steps`` full-batch SGD steps of ``fresh_lr`` on L_T)."""
+        test = ctx.data.test if len(ctx.data.test.x) else ctx.data.val
+        return self.split_accuracy(self.fresh_weights(images, label_logits, ctx, seed), test, ctx)
 
     def baseline_images(self, kind: str, seed: int) -> torch.Tensor:
         """``per_class`` random real training images per class (drawn with ``seed``), or the
@@ -159,7 +173,11 @@ class Distill(HyperparamFamily):
             std = math.sqrt(sum((a - mean) ** 2 for a in accs) / (len(accs) - 1)) if len(accs) > 1 else 0.0
             return {f"distill/{name}": mean, f"distill/{name}_std": std}
 
-        out = stats("fresh_test_acc", [self.fresh_test_acc(lam["images"], lam.get("label_logits"), ctx, s) for s in seeds])
+        weights = [self.fresh_weights(lam["images"], lam.get("label_logits"), ctx, s) for s in seeds]
+        test = ctx.data.test if len(ctx.data.test.x) else ctx.data.val
+        out = stats("fresh_test_acc", [self.split_accuracy(w, test, ctx) for w in weights])
+        if self.fresh_val:
+            out.update(stats("fresh_val_acc", [self.split_accuracy(w, ctx.data.val, ctx) for w in weights]))
         if self._baselines is None:  # they do not change during the run: computed once
             self._baselines = {}
             for kind in ("random_real", "class_mean"):
