@@ -9,7 +9,9 @@ for runs with accuracy checks, ``reference.every > 0``, the median cosine and re
 the hypergradient against the reference over a run's checks),
 ``runs.csv`` (one row per run), ``metrics.csv`` (one row per logged (run, key, step)) and PNG
 plots (``framework.plots``). Trials of an Optuna sweep (tag ``hgbench.sweeper`` = optuna) enter as
-one run per sweep: the trial with the lowest final val_loss, labelled ``optuna(<hypergrad>)``.
+one run per sweep: the trial with the lowest final val_loss, labelled ``optuna(<hypergrad>)``; the
+whole sweep's cost is listed in weight updates and in wall time as a multiple of a gradient-based
+run's (equal weight updates are not equal compute: the gradient runs' hypergradients cost too).
 """
 
 from __future__ import annotations
@@ -278,17 +280,29 @@ def write_summary(path: Path, *, name, uri, experiments, sweep_id, filter_string
         lines += ["## Optuna baselines", "",
                   "Black-box baseline: each Optuna sweep enters the table as ONE run, its trial with the lowest "
                   "final val_loss, labelled `optuna(<hypergrad>)`; its runtime is that of that trial alone, the "
-                  "whole sweep's is below.", ""]
+                  "whole sweep's is below. Equal weight updates are not equal compute: a gradient-based run also "
+                  "computes a hypergradient every hyper-step (`HVPs / step` above; a Neumann or CG hypergradient with "
+                  "i steps costs a validation gradient and i Hessian-vector products, each about one to two gradients "
+                  "of time). The sweep's cost is therefore compared in wall time: `× a gradient run` is the sweep's "
+                  "runtime over the mean runtime of the FINISHED gradient-based runs (not `fixed`, not Optuna) on the "
+                  "same dataset and model in this report.", ""]
+        grad = shown[(shown["status"] == "finished") & ~shown["sweeper"].eq("optuna").fillna(False).astype(bool)
+                     & ~shown["hypergrad"].eq("fixed").fillna(False).astype(bool)]
         rows = []
         for sid, t in optuna.groupby(optuna["sweep_id"].fillna("?"), sort=True):
             best = t[t["in_report"]]
             b = best.iloc[0] if len(best) == 1 else None
+            total = t["runtime_s"].sum() if "runtime_s" in t else float("nan")
+            same = grad[(grad["dataset"] == t["dataset"].iloc[0]) & (grad["model"] == t["model"].iloc[0])] if len(grad) else grad
+            per_run = same["runtime_s"].mean() if len(same) and "runtime_s" in same else float("nan")
             rows.append([sid, len(t), ", ".join(f"{k} {v}" for k, v in t["status"].value_counts().items()),
-                         fmt(t["runtime_s"].sum()) if "runtime_s" in t else "—",
+                         weight_updates(t), fmt(total) if "runtime_s" in t else "—",
+                         f"{total / per_run:.1f}" if pd.notna(total) and pd.notna(per_run) and per_run > 0 else "—",
                          b["run_id"][:12] if b is not None else "none finished",
                          fmt(b["val_loss"]) if b is not None else "—",
                          (b.get("tags.hgbench.overrides") or "") if b is not None else ""])
-        lines += [markdown_table(["sweep id", "trials", "status", "sweep runtime (s)", "best run", "best val loss", "best trial's overrides"], rows), ""]
+        lines += [markdown_table(["sweep id", "trials", "status", "weight updates (all trials)", "sweep runtime (s)",
+                                  "× a gradient run", "best run", "best val loss", "best trial's overrides"], rows), ""]
     bad = shown[shown["status"] != "finished"]
     if len(bad):
         lines += ["## Runs not aggregated", ""]
@@ -300,6 +314,16 @@ def write_summary(path: Path, *, name, uri, experiments, sweep_id, filter_string
               "- `metrics.csv`: one row per logged (run, metric key, step) of the runs in the table"]
     lines += [f"- `{p.name}`" for p in plots] + [""]
     path.write_text("\n".join(lines))
+
+
+def weight_updates(trials: pd.DataFrame) -> str:
+    """Σ hyper_steps × inner_steps over an Optuna sweep's trials (from their params; "—" where a
+    trial lacks them)."""
+    cols = ("params.hyper_steps", "params.inner_steps")
+    if not all(c in trials for c in cols):
+        return "—"
+    n = pd.to_numeric(trials[cols[0]], errors="coerce") * pd.to_numeric(trials[cols[1]], errors="coerce")
+    return "—" if n.isna().any() else f"{int(n.sum()):,}"
 
 
 def build_parser() -> argparse.ArgumentParser:
