@@ -1,0 +1,464 @@
+"""Gradient-based against black-box tuning at equal compute (issue 11, experiment 7):
+``hgbench-bench paper_blackbox --out results/paper/blackbox``.
+
+One task, one search space for both sides: the preset ``experiment=paper_blackbox`` — ONE global
+weight decay of a 64-32-10 MLP on sklearn digits (500 train / 500 val / 797 test), SGD lr 0.1 on
+the weights, ``inner_steps`` = 10 per hyper-step, batches of 128 — run for ``HYPER_STEPS``
+hyper-steps (so ``HYPER_STEPS`` × 10 weight updates).
+
+- **IFT** (``neumann``, i = 5; Adam lr 0.1 on log λ, λ started at the log-centre of Optuna's
+  interval): ``exp.hyper_step`` ``HYPER_STEPS`` times, ``exp.evaluate()`` every ``EVAL_EVERY``
+  hyper-steps; its curve is the best val loss so far against the wall time since the run began.
+  Its wall time — building the experiment, training, hypergradients and evaluations — is the
+  seed's BUDGET B.
+- **Optuna**: the same sampler as ``sweep=optuna_weight_decay`` (TPE, its ``n_startup_trials``,
+  sampler seed = the preset's + the seed) on the same interval of ``hyperparam.init_decay``
+  (read from that preset), in-process (``study.ask`` / ``study.tell``); each trial builds the
+  same experiment with ``hypergrad=fixed`` and its decay, runs the same ``HYPER_STEPS`` ×
+  10 weight updates (``exp.hyper_step``, λ fixed) and one ``exp.evaluate()``; its objective is the
+  final val loss. Trials go on until ``EXTEND`` × B has passed (the one under way finishes); its
+  curve is the best trial's val loss against the cumulative wall time at each trial's end
+  (sampler time included).
+- **IFT, per weight** (a LARGER search space Optuna cannot search: one decay per weight, 2,410
+  hyperparameters; ``hyperparam.granularity=per_param``), otherwise as IFT, drawn on the same axes.
+
+Both clocks run from building the experiment to the end of its last evaluation; the Hydra config
+is composed once per side and seed, outside the clocks. The seeds (``SEEDS``; the model's
+initialisation and batch order, and Optuna's sampler) are interleaved — IFT, Optuna, IFT per weight
+for seed 0, then seed 1, … — and the 1-minute load average is recorded before each run.
+Gradient equivalents: weight updates + the hypergradients' time in units of the run's own mean
+inner step (``hvp_calls`` per hypergradient are recorded too); evaluations are forward passes and
+count in wall time only. The reading compares the sides' best val loss at 25 / 50 / 100 % of B (and
+Optuna at ``EXTEND`` × B), and the test loss and accuracy of each side's choice at B: the
+evaluation (IFT) or trial (Optuna) with the lowest val loss so far.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from benchmarks import common
+
+PRESET = "paper_blackbox"
+SWEEP = common.ROOT / "conf" / "sweep" / "optuna_weight_decay.yaml"
+SEEDS = (0, 1, 2)
+HYPER_STEPS = 100
+EVAL_EVERY = 10
+EXTEND = 4.0           # Optuna runs on to this many budgets (the reading's last column)
+FRACTIONS = (0.25, 0.5, 1.0)
+MAX_TRIALS = 60        # a safety stop for Optuna on a very slow machine
+SIDES = ("ift", "optuna", "ift_per_weight")
+LABEL = {"ift": "IFT (Neumann-5), global decay", "optuna": "Optuna TPE, global decay",
+         "ift_per_weight": "IFT, one decay per weight (larger space)"}
+
+
+# --- the Optuna preset's space and sampler --------------------------------------------------------
+def optuna_space(path: Path = SWEEP) -> dict[str, Any]:
+    """The parameter, interval, log flag and sampler settings of ``sweep=optuna_weight_decay``:
+    the study searches exactly what the preset searches (one parameter, an interval)."""
+    import yaml
+
+    sweeper = yaml.safe_load(path.read_text())["hydra"]["sweeper"]
+    params = sweeper["params"]
+    if len(params) != 1:
+        raise ValueError(f"{path.name}: the study compares one searched parameter, the preset has {sorted(params)}")
+    (name, spec), = params.items()
+    m = re.fullmatch(r"\s*(?:tag\((log),\s*)?interval\(([^,]+),([^)]+)\)\)?\s*", str(spec))
+    if not m:
+        raise ValueError(f"{path.name}: {name}: {spec!r} is not 'interval(a, b)' or 'tag(log, interval(a, b))'")
+    sampler = sweeper.get("sampler", {})
+    return {"name": name, "low": float(m.group(2)), "high": float(m.group(3)), "log": bool(m.group(1)),
+            "seed": int(sampler.get("seed") or 0), "n_startup_trials": int(sampler.get("n_startup_trials", 10))}
+
+
+# --- one run / one trial ----------------------------------------------------------------------------
+def _config(seed: int, device: str, steps: int, eval_every: int, extra: tuple[str, ...] = ()):
+    from framework import compose_config
+
+    return compose_config([f"experiment={PRESET}", f"seed={seed}", f"device={device}", f"hyper_steps={steps}",
+                           f"eval_every={eval_every}", "warmup=false", "mlflow.enabled=false", "progress=false", *extra])
+
+
+def _with(cfg, **values: Any):
+    """A copy of the composed config with dotted keys set (an Optuna trial's values)."""
+    import copy
+
+    from omegaconf import OmegaConf
+
+    c = copy.deepcopy(cfg)
+    for k, v in values.items():
+        OmegaConf.update(c, k, v, merge=False)
+    return c
+
+
+def _decay(ev: dict[str, float]) -> float:
+    return ev["hp/decay"] if "hp/decay" in ev else math.exp(ev["hp/mean_log_decay"])
+
+
+def ift_run(side: str, seed: int, device: str, steps: int, eval_every: int) -> list[dict[str, Any]]:
+    """One IFT run: a row per evaluation (every ``eval_every`` hyper-steps and at the last), with
+    the wall time since the clock started and the gradient equivalents spent so far."""
+    from framework.runner import Experiment
+
+    cfg = _config(seed, device, steps, eval_every, ("hyperparam.granularity=per_param",) if side == "ift_per_weight" else ())
+    k = int(cfg.inner_steps)
+    load = common.load_average()
+    rows, inner_s, hg_s, hvp = [], 0.0, 0.0, 0
+    t0 = time.perf_counter()
+    exp = Experiment(cfg)
+    for step in range(1, steps + 1):
+        m = exp.hyper_step(step)
+        inner_s, hg_s, hvp = inner_s + m["inner_time_s"], hg_s + m["hypergrad_time_s"], hvp + int(m["hvp_calls"])
+        if step % eval_every == 0 or step == steps:
+            ev = exp.evaluate()
+            t = time.perf_counter() - t0
+            updates = step * k
+            rows.append({"side": side, "seed": seed, "step": step, "trial": "", "t_s": t, "weight_updates": updates,
+                         "grad_eq": updates + hg_s / (inner_s / updates), "hvp_per_hypergrad": hvp / step,
+                         "hypergrad_per_grad": (hg_s / step) / (inner_s / updates), "val_loss": ev["val_loss"],
+                         "val_acc": ev["val_acc"], "test_loss": ev["test_loss"], "test_acc": ev["test_acc"],
+                         "decay": _decay(ev), "load1_start": load})
+    return rows
+
+
+def warm_up(device: str) -> None:
+    """One untimed build, hyper-step and evaluation of the preset: the process's one-time costs
+    (loading the data, autograd's first calls) stay out of the first clock, whichever side it is."""
+    from framework.runner import Experiment
+
+    exp = Experiment(_config(0, device, 1, 1))
+    exp.hyper_step(1)
+    exp.evaluate()
+
+
+def optuna_side(seed: int, device: str, steps: int, eval_every: int, budget_s: float, extend: float,
+                max_trials: int = MAX_TRIALS) -> list[dict[str, Any]]:
+    """Optuna trials (λ fixed, ``steps`` × k weight updates each) until ``extend`` × ``budget_s``
+    of wall time has passed: a row per trial, at its end."""
+    import optuna
+
+    from framework.runner import Experiment
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    space = optuna_space()
+    sampler = optuna.samplers.TPESampler(seed=space["seed"] + seed, n_startup_trials=space["n_startup_trials"])
+    study = optuna.create_study(direction="minimize", sampler=sampler)
+    base = _config(seed, device, steps, steps, ("hypergrad=fixed",))
+    k = int(base.inner_steps)
+    load = common.load_average()
+    rows, grad_eq = [], 0.0
+    t0 = time.perf_counter()
+    while len(rows) < max_trials and (not rows or time.perf_counter() - t0 < extend * budget_s):
+        trial = study.ask()
+        value = trial.suggest_float(space["name"], space["low"], space["high"], log=space["log"])
+        exp = Experiment(_with(base, **{space["name"]: value}))
+        inner_s = hg_s = 0.0
+        for step in range(1, steps + 1):
+            m = exp.hyper_step(step)
+            inner_s, hg_s = inner_s + m["inner_time_s"], hg_s + m["hypergrad_time_s"]
+        ev = exp.evaluate()
+        if math.isfinite(ev["val_loss"]):
+            study.tell(trial, ev["val_loss"])
+        else:
+            study.tell(trial, state=optuna.trial.TrialState.FAIL)
+        updates = steps * k
+        grad_eq += updates + hg_s / (inner_s / updates)
+        rows.append({"side": "optuna", "seed": seed, "step": steps, "trial": len(rows), "t_s": time.perf_counter() - t0,
+                     "weight_updates": updates * (len(rows) + 1), "grad_eq": grad_eq, "hvp_per_hypergrad": 0.0,
+                     "hypergrad_per_grad": float("nan"), "val_loss": ev["val_loss"], "val_acc": ev["val_acc"],
+                     "test_loss": ev["test_loss"], "test_acc": ev["test_acc"], "decay": _decay(ev), "load1_start": load})
+    return rows
+
+
+# --- curves and the reading ---------------------------------------------------------------------------
+def budgets(rows: list[dict[str, Any]]) -> dict[int, float]:
+    """Each seed's budget: its IFT run's wall time (to the end of its last evaluation)."""
+    return {s: max(r["t_s"] for r in rows if r["side"] == "ift" and r["seed"] == s) for s in sorted({r["seed"] for r in rows})}
+
+
+def best_at(rows: list[dict[str, Any]], side: str, seed: int, t: float, key: str = "t_s") -> dict[str, Any] | None:
+    """The row with the lowest val loss among ``side``'s rows of ``seed`` done by ``t`` (None: none yet)."""
+    done = [r for r in rows if r["side"] == side and r["seed"] == seed and r[key] <= t * (1 + 1e-12)
+            and isinstance(r["val_loss"], float) and math.isfinite(r["val_loss"])]
+    return min(done, key=lambda r: r["val_loss"]) if done else None
+
+
+def _stats(values: list[float]) -> tuple[float, float]:
+    if not values:
+        return float("nan"), float("nan")
+    t = torch.tensor(values, dtype=torch.float64)
+    return t.mean().item(), (t.std().item() if len(values) > 1 else 0.0)
+
+
+def _pm(values: list[float], fmt: str = ".4f", n: int | None = None) -> str:
+    if not values:
+        return "none yet"
+    m, s = _stats(values)
+    return f"{m:{fmt}} ± {s:{fmt}}" + (f" ({len(values)}/{n} seeds)" if n is not None and len(values) < n else "")
+
+
+def summary(rows: list[dict[str, Any]], extend: float = EXTEND) -> list[dict[str, Any]]:
+    """One row per (side, fraction of the budget): per seed the best row so far, then its val loss,
+    test loss/acc, decay, trials, gradient equivalents; and which side is ahead per seed."""
+    b = budgets(rows)
+    seeds = sorted(b)
+    out = []
+    for f in (*FRACTIONS, extend):
+        for side in SIDES:
+            if f > 1 and side != "optuna":
+                continue
+            if not any(r["side"] == side for r in rows):
+                continue
+            best = {s: best_at(rows, side, s, f * b[s]) for s in seeds}
+            spent = {s: [r for r in rows if r["side"] == side and r["seed"] == s and r["t_s"] <= f * b[s] * (1 + 1e-12)] for s in seeds}
+            got = [best[s] for s in seeds if best[s] is not None]
+            out.append({"side": side, "fraction": f, "seeds": len(seeds), "seeds_with_result": len(got),
+                        "val_loss": [r["val_loss"] for r in got], "test_loss": [r["test_loss"] for r in got],
+                        "test_acc": [r["test_acc"] for r in got], "decay": [r["decay"] for r in got],
+                        "trials": [len(spent[s]) for s in seeds] if side == "optuna" else [],
+                        "grad_eq": [max((r["grad_eq"] for r in spent[s]), default=0.0) for s in seeds],
+                        "best": best})
+    return out
+
+
+def ahead(rows: list[dict[str, Any]], f: float, a: str = "ift", b_side: str = "optuna") -> dict[str, Any]:
+    """Per seed at f × B, which of two sides has the lower best val loss (a side with no result
+    yet is behind; both none: a tie)."""
+    b = budgets(rows)
+    wins = {a: 0, b_side: 0, "tie": 0}
+    for s in b:
+        x, y = best_at(rows, a, s, f * b[s]), best_at(rows, b_side, s, f * b[s])
+        if x is None and y is None:
+            wins["tie"] += 1
+        elif y is None or (x is not None and x["val_loss"] < y["val_loss"]):
+            wins[a] += 1
+        elif x is None or y["val_loss"] < x["val_loss"]:
+            wins[b_side] += 1
+        else:
+            wins["tie"] += 1
+    return wins
+
+
+def catch_up(rows: list[dict[str, Any]]) -> dict[int, float | None]:
+    """Per seed: the first time (× B) at which Optuna's best val loss is at or below IFT's at B
+    (None: not within Optuna's run)."""
+    b = budgets(rows)
+    out: dict[int, float | None] = {}
+    for s in b:
+        target = best_at(rows, "ift", s, b[s])["val_loss"]
+        trials = sorted((r for r in rows if r["side"] == "optuna" and r["seed"] == s), key=lambda r: r["t_s"])
+        out[s] = next((r["t_s"] / b[s] for r in trials if isinstance(r["val_loss"], float) and r["val_loss"] <= target), None)
+    return out
+
+
+def _curve(rows, side, seed, grid, budget, key="t_s", scale=None):
+    """Best val loss so far on ``grid`` (× budget, or absolute with ``scale`` = 1)."""
+    out = []
+    for g in grid:
+        r = best_at(rows, side, seed, g * (budget if scale is None else scale), key)
+        out.append(float("nan") if r is None else r["val_loss"])
+    return out
+
+
+def plot(rows: list[dict[str, Any]], out: Path, extend: float = EXTEND) -> Path:
+    plt = common.pyplot()
+    b = budgets(rows)
+    seeds = sorted(b)
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.6))
+    grid = [i * extend / 400 for i in range(401)]
+    gmax = max(r["grad_eq"] for r in rows)
+    ggrid = [i * gmax / 400 for i in range(401)]
+    colors = {"ift": "C0", "optuna": "C3", "ift_per_weight": "C2"}
+    for side in SIDES:
+        if not any(r["side"] == side for r in rows):
+            continue
+        for ax, key, xs, scale in ((axes[0], "t_s", grid, None), (axes[1], "grad_eq", ggrid, 1.0)):
+            curves = torch.tensor([_curve(rows, side, s, xs, b[s], key, scale) for s in seeds], dtype=torch.float64)
+            full = ~torch.isnan(curves).any(0)  # drawn where every seed has a result
+            mu = curves.mean(0)
+            sd = curves.std(0) if len(seeds) > 1 else torch.zeros_like(mu)
+            # solid while every seed's run/study is still going; dotted after (its best so far, unchanged)
+            end = min(max(r[key] for r in rows if r["side"] == side and r["seed"] == s) / (b[s] if scale is None else scale)
+                      for s in seeds)
+            x = torch.tensor(xs, dtype=torch.float64)
+            going, after = full & (x <= end), full & (x >= end)
+            ls = "--" if side == "ift_per_weight" else "-"
+            ax.plot(x[going], mu[going], color=colors[side], lw=1.5, ls=ls, label=LABEL[side])
+            ax.plot(x[after], mu[after], color=colors[side], lw=0.8, ls=":", alpha=0.7)
+            ax.fill_between(x[full], (mu - sd)[full], (mu + sd)[full], color=colors[side], alpha=0.15, lw=0)
+    for f in FRACTIONS:
+        axes[0].axvline(f, color="k", lw=0.7, ls=":")
+    mb = _stats(list(b.values()))
+    axes[0].set(xlabel=f"wall time ÷ B, the seed's IFT run (B = {mb[0]:.1f} ± {mb[1]:.1f} s)",
+                ylabel="best validation loss so far", yscale="log")
+    ift_eq = _stats([max(r["grad_eq"] for r in rows if r["side"] == "ift" and r["seed"] == s) for s in seeds])[0]
+    axes[1].axvline(ift_eq, color="k", lw=0.7, ls=":")
+    axes[1].set(xlabel=f"gradient equivalents (dotted: one IFT run, {ift_eq:.0f})",
+                ylabel="best validation loss so far", yscale="log")
+    for ax in axes:
+        ax.grid(True, alpha=0.3, which="both")
+    axes[0].legend(fontsize=8)
+    fig.suptitle(f"digits, MLP 64-32-10, one weight decay: IFT vs Optuna at equal compute (mean ± std over {len(seeds)} seeds;\n"
+                 "a curve starts where every seed has a result, and turns dotted where a seed's run has ended)", fontsize=9)
+    fig.tight_layout()
+    path = out / "blackbox.png"
+    fig.savefig(path, dpi=130)
+    plt.close(fig)
+    return path
+
+
+def reading(rows: list[dict[str, Any]], quick: bool, extend: float = EXTEND) -> str:
+    b = budgets(rows)
+    seeds = sorted(b)
+    n = len(seeds)
+    s = summary(rows, extend)
+    space = optuna_space()
+    ift_rows = [r for r in rows if r["side"] == "ift"]
+    steps = max(r["step"] for r in ift_rows)
+    last = [max((r for r in ift_rows if r["seed"] == sd), key=lambda r: r["step"]) for sd in seeds]
+    hg_ratio = _stats([r["hypergrad_per_grad"] for r in last])
+    hvp = _stats([r["hvp_per_hypergrad"] for r in last])
+    durations = []
+    for sd in seeds:
+        ends = sorted(r["t_s"] for r in rows if r["side"] == "optuna" and r["seed"] == sd)
+        durations += [b - a for a, b in zip([0.0, *ends[:-1]], ends)]
+    trial_s = _stats(durations)
+    loads = [r["load1_start"] for r in rows if "load1_start" in r and isinstance(r["load1_start"], float)]
+    table = []
+    for r in s:
+        pct = f"{r['fraction'] * 100:.0f} %"
+        table.append([LABEL[r["side"]], pct, _pm(r["val_loss"], n=n), _pm(r["test_loss"], n=n), _pm(r["test_acc"], ".3f", n=n),
+                      _pm(r["decay"], ".2g", n=n), _pm([float(x) for x in r["trials"]], ".1f") if r["trials"] else "—",
+                      _pm(r["grad_eq"], ".0f")])
+    parts = ["# Against black-box tuning at equal compute — IFT vs Optuna", "",
+             f"Generated by `{common.command('paper_blackbox', quick).replace('results/perf', 'results/paper/blackbox')}"
+             f"{'' if quick else ' --max-wait-min 0'}` (`benchmarks/paper_blackbox.py`, whose docstring says exactly what "
+             "is run). CSV: `blackbox.csv` (one row per IFT evaluation and per Optuna trial, with the wall time since that "
+             "side's clock started); plot: `blackbox.png`.", ""]
+    if quick:
+        parts += ["> **QUICK SMOKE RUN** (`--quick`): a few hyper-steps, one seed — these numbers only show that the code runs.", ""]
+    parts += ["**The paper's setting and claim**: the paper does not run a black-box tuner at equal compute. It claims its "
+              "IFT hypergradient makes tuning \"only a few times more costly in memory and compute than standard "
+              "training\", and on the PTB LSTM (its Table of RNN results) reports IFT at val/test perplexity 69.22/66.40 "
+              "against Bayesian optimisation 72.13/69.29, random search 84.81/81.46 and grid search 97.32/94.58 "
+              "(budgets not restated). Issue 11 asks for the comparison at equal compute: the same search space for both "
+              "sides, the budget in wall time (and gradient equivalents, hypergradients included), best validation loss "
+              "against wall time.", "",
+              f"**Ours** (`experiment={PRESET}`: sklearn digits, 500 train / 500 val / 797 test, a 64-32-10 MLP, SGD lr 0.1, "
+              f"batches of 128; **{steps} hyper-steps × 10 weight updates** per run and per trial (the preset's full length "
+              f"is 200), IFT evaluated every {steps if quick else EVAL_EVERY} hyper-steps; {n} seed(s), interleaved; the search "
+              f"space of both sides: one global weight decay, Optuna on `{space['name']}` ∈ [{space['low']:g}, {space['high']:g}]"
+              f"{' (log)' if space['log'] else ''}, TPE with {space['n_startup_trials']} random start-up trials; IFT starts "
+              f"at the interval's log-centre). Budget B per seed = the IFT run's wall time: **{_stats(list(b.values()))[0]:.1f} ± "
+              f"{_stats(list(b.values()))[1]:.1f} s**; an Optuna trial took {trial_s[0]:.2f} ± {trial_s[1]:.2f} s. "
+              f"A Neumann-5 hypergradient ({hvp[0]:.0f} HVPs) cost {hg_ratio[0]:.1f} ± {hg_ratio[1]:.1f} inner steps of time, "
+              f"so one IFT run is {steps * 10} weight updates + {steps} hypergradients ≈ "
+              f"{_stats([r['grad_eq'] for r in last])[0]:.0f} gradient equivalents, one trial {steps * 10}. Load average (1 min) "
+              f"before the runs: {min(loads):.2f}–{max(loads):.2f} on {common.machine_info()['cores']} cores. Each cell: mean ± std "
+              "over seeds of the side's choice so far — the IFT evaluation / Optuna trial with the lowest val loss by that "
+              "time — \"none yet\" where no seed has a result (the count where only some have):", "",
+              common.md_table(["side", "at × B", "best val loss", "its test loss", "its test acc", "its decay",
+                               "Optuna trials done", "gradient equivalents spent"], table), "",
+              "![best val loss vs wall time](blackbox.png)", ""]
+    verdicts = []
+    for f in FRACTIONS:
+        w = ahead(rows, f)
+        ift_v = next(r for r in s if r["side"] == "ift" and r["fraction"] == f)["val_loss"]
+        opt_v = next(r for r in s if r["side"] == "optuna" and r["fraction"] == f)["val_loss"]
+        lead = "IFT" if w["ift"] > w["optuna"] else "Optuna" if w["optuna"] > w["ift"] else "neither side"
+        verdicts.append(f"at {f * 100:.0f} % of B {lead} is ahead (lower best val loss in {w['ift']} seed(s) for IFT, "
+                        f"{w['optuna']} for Optuna, {w['tie']} tied; means "
+                        + (f"{_stats(ift_v)[0]:.4f}" if ift_v else "no IFT evaluation yet") + " vs "
+                        + (f"{_stats(opt_v)[0]:.4f}" if opt_v else "no Optuna trial finished yet") + ")")
+    cu = catch_up(rows)
+    reached = [v for v in cu.values() if v is not None]
+    pw = [r for r in s if r["side"] == "ift_per_weight" and r["fraction"] == 1.0]
+    ift1 = next(r for r in s if r["side"] == "ift" and r["fraction"] == 1.0)
+    pw_last = [max((r for r in rows if r["side"] == "ift_per_weight" and r["seed"] == sd), key=lambda r: r["step"]) for sd in seeds] if pw else []
+    pw_end = {k: [r[k] for r in pw_last] for k in ("val_loss", "test_loss")}
+    pw_end_t = [r["t_s"] / b[r["seed"]] for r in pw_last]
+    opt_end = [float(x) for x in next(r for r in s if r["side"] == "optuna" and r["fraction"] == extend)["trials"]]
+    opt_trials = [float(x) for x in next(r for r in s if r["side"] == "optuna" and r["fraction"] == 1.0)["trials"]]
+    trials_note = f"Optuna's budget at B was {_pm(opt_trials, '.1f')} trials"
+    if max(opt_trials) < space["n_startup_trials"]:
+        trials_note += (f": fewer than the sampler's {space['n_startup_trials']} random start-up trials, so at equal "
+                        "compute TPE never models the loss — it is random search on the log interval")
+    guided = [max(0.0, t - space["n_startup_trials"]) for t in opt_end]
+    trials_note += (f". By {extend:g} × B it had run {_pm(opt_end, '.1f')} trials, of which {_pm(guided, '.1f')} were chosen "
+                    "by TPE's model rather than at random.")
+    opt1 = next(r for r in s if r["side"] == "optuna" and r["fraction"] == 1.0)
+    parts += ["**Reading**: " + "; ".join(verdicts) + ". "
+              + (f"Optuna's best trial reached IFT's best val loss at B in {len(reached)} of {n} seed(s), after "
+                 + ", ".join(f"{v:.2f}" for v in reached) + " × B" if reached else
+                 f"Optuna's best trial did not reach IFT's best val loss at B in any seed within {extend:g} × B")
+              + (f" (not within {extend:g} × B in {n - len(reached)})" if reached and len(reached) < n else "") + ". "
+              + "At B the choices' test losses are IFT " + _pm(ift1["test_loss"]) + " and Optuna "
+              + _pm(opt1["test_loss"], n=n) + " (accuracy " + _pm(ift1["test_acc"], ".3f") + " and "
+              + _pm(opt1["test_acc"], ".3f", n=n) + ")"
+              + (f"; with one decay per weight (a space Optuna cannot search) IFT's best val loss at B is "
+                 f"{_pm(pw[0]['val_loss'])}, test loss {_pm(pw[0]['test_loss'])}, and at the end of its run ("
+                 f"{_pm(pw_end_t, '.2f')} × B: the same work as the global-decay run, timed at another moment) "
+                 f"{_pm(pw_end['val_loss'])}, test loss {_pm(pw_end['test_loss'])}" if pw else "")
+              + ". " + trials_note, ""]
+    parts += ["**Where we differ from the paper**: the paper has no equal-compute comparison with a black-box tuner; its "
+              "RNN table compares final perplexities on PTB with tuners whose budgets it does not restate, with 7 "
+              "dropout-type hyperparameters of an AWD-LSTM. Ours is a small task on 2 shared CPU cores (digits, one "
+              "weight decay, a 2,410-weight MLP), sized to run in minutes: runs of "
+              f"{steps} hyper-steps (the preset's full length is 200), {n} seed(s), Optuna run on to {extend:g} × B. Wall time on a "
+              "shared machine is noisy: the sides' seeds are interleaved and the load is recorded per run in the CSV; "
+              "the gradient-equivalent axis of the plot does not depend on the load. The inner learning rate is fixed "
+              "at the IFT run's (0.1) on both sides; the earlier baseline also searched it, which the gradient methods "
+              "cannot tune. Hyper-optimiser settings (Adam lr 0.1 on log λ, λ started at the interval's log-centre) "
+              "are ours; an IFT run started near the optimum, or with a smaller hyper learning rate, moves the curves.", ""]
+    return "\n".join(parts)
+
+
+def rewrite(out: Path) -> None:
+    """Plot and README again from the CSV in ``out`` (after a change to how they are drawn)."""
+    rows = common.read_csv(out / "blackbox.csv")
+    for r in rows:
+        for k in ("val_loss", "test_loss", "test_acc", "val_acc", "decay", "t_s", "grad_eq", "hypergrad_per_grad", "load1_start"):
+            r[k] = float(r[k]) if r.get(k) not in ("", None) else float("nan")
+    quick = max(r["step"] for r in rows) < HYPER_STEPS
+    extend = 2.0 if quick else EXTEND
+    plot(rows, out, extend)
+    (out / "README.md").write_text(reading(rows, quick, extend))
+
+
+def run(out: Path, quick: bool = False, device: str = "auto", reps: int | None = None) -> list[dict[str, Any]]:
+    dev = str(common.resolve_device(device))
+    out.mkdir(parents=True, exist_ok=True)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a shared machine: one core for both sides alike (recorded in the CSV's threads column)
+    try:
+        return _run(out, quick, dev)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run(out: Path, quick: bool, dev: str) -> list[dict[str, Any]]:
+    steps, every = (3, 3) if quick else (HYPER_STEPS, EVAL_EVERY)
+    extend = 2.0 if quick else EXTEND
+    rows: list[dict[str, Any]] = []
+    import optuna  # noqa: F401 - imported (slowly) before any clock starts
+
+    warm_up(dev)
+    for seed in (SEEDS[:1] if quick else SEEDS):
+        ift = ift_run("ift", seed, dev, steps, every)
+        budget = ift[-1]["t_s"]
+        opt = optuna_side(seed, dev, steps, every, budget, extend, 2 if quick else MAX_TRIALS)
+        pw = ift_run("ift_per_weight", seed, dev, steps, every)
+        rows += ift + opt + pw
+        print(f"  paper_blackbox seed {seed}: budget {budget:.1f} s; IFT best val {min(r['val_loss'] for r in ift):.4f}; "
+              f"Optuna {len(opt)} trials in {opt[-1]['t_s']:.1f} s, best val {min(r['val_loss'] for r in opt):.4f}; "
+              f"IFT per weight best val {min(r['val_loss'] for r in pw):.4f} in {pw[-1]['t_s']:.1f} s", flush=True)
+    common.write_csv(out, "blackbox", rows, dev)
+    plot(rows, out, extend)
+    (out / "README.md").write_text(reading(rows, quick, extend))
+    return rows

@@ -1,0 +1,70 @@
+"""Issue 11, experiment 7: gradient-based against black-box tuning at equal compute. The presets
+search the same space (one global decay, the inner learning rate fixed), the study's quick run
+(``experiment=paper_blackbox`` at a tiny size, and Optuna trials of it) and its reading."""
+
+import math
+
+import pytest
+
+from framework import compose_config
+
+
+def test_the_optuna_sweep_searches_the_ift_runs_space_on_the_same_task():
+    from benchmarks.paper_blackbox import optuna_space
+
+    ift = compose_config(["experiment=paper_blackbox"])
+    bb = compose_config(["sweep=optuna_weight_decay"])
+    assert bb.hypergrad.name == "fixed" and ift.hypergrad.name == "neumann"
+    for key in ("dataset", "model", "inner_optimizer", "inner_steps", "hyper_steps", "train_batch_size", "val_batch_size"):
+        assert bb[key] == ift[key], key  # the same task and the same weight updates per trial as per IFT run
+    assert bb.hyperparam.granularity == ift.hyperparam.granularity == "global"
+    space = optuna_space()
+    assert space["name"] == "hyperparam.init_decay" and space["log"]  # only the decay: no inner learning rate
+    # IFT starts at the log-centre of the interval Optuna searches
+    assert math.log(ift.hyperparam.init_decay) == pytest.approx((math.log(space["low"]) + math.log(space["high"])) / 2)
+
+
+def rows_of(side, seed, points):
+    return [{"side": side, "seed": seed, "t_s": t, "val_loss": v, "test_loss": v + 0.1, "test_acc": 0.9, "decay": 1e-3,
+             "grad_eq": 10.0 * t, "step": 1} for t, v in points]
+
+
+def test_who_is_ahead_counts_a_side_without_a_result_as_behind():
+    from benchmarks import paper_blackbox as pb
+
+    rows = rows_of("ift", 0, [(2.0, 0.5), (4.0, 0.3)]) + rows_of("optuna", 0, [(3.0, 0.4), (7.0, 0.2)])
+    assert pb.budgets(rows) == {0: 4.0}
+    assert pb.ahead(rows, 0.25) == {"ift": 0, "optuna": 0, "tie": 1}  # at 1 s: neither has a result
+    assert pb.ahead(rows, 0.5) == {"ift": 1, "optuna": 0, "tie": 0}   # at 2 s: only IFT
+    assert pb.ahead(rows, 0.75)["optuna"] == 1 and pb.ahead(rows, 1.0)["ift"] == 1
+    assert pb.catch_up(rows) == {0: 7.0 / 4.0}  # Optuna's 0.2 at 7 s beats IFT's 0.3 at B = 4 s
+
+
+def test_the_quick_study_gives_both_sides_the_same_weight_updates_and_counts_the_hypergradients(tmp_path):
+    from benchmarks import common, paper_blackbox as pb
+
+    pb.run(tmp_path, quick=True, device="cpu")
+    rows = common.read_csv(tmp_path / "blackbox.csv")
+    assert {r["side"] for r in rows} == set(pb.SIDES)
+    ift = [r for r in rows if r["side"] == "ift"]
+    trials = sorted((r for r in rows if r["side"] == "optuna"), key=lambda r: r["trial"])
+    per_run = ift[-1]["weight_updates"]
+    assert per_run == 3 * 10 and [r["weight_updates"] for r in trials] == [per_run * (i + 1) for i in range(len(trials))]
+    assert ift[-1]["hvp_per_hypergrad"] == 5 and ift[-1]["grad_eq"] > per_run + 3  # Neumann-5's cost is counted
+    space = pb.optuna_space()
+    assert all(space["low"] <= r["decay"] <= space["high"] for r in trials) and len({r["decay"] for r in trials}) == len(trials)
+    assert trials[-1]["t_s"] >= 2.0 * ift[-1]["t_s"] or len(trials) == 2  # Optuna runs on to extend × B (quick: 2 trials at most)
+    assert all(math.isfinite(r[k]) for r in rows for k in ("val_loss", "test_loss", "t_s", "grad_eq"))
+    text = (tmp_path / "README.md").read_text()
+    assert "QUICK SMOKE RUN" in text and "at 25 % of B" in text and "Where we differ from the paper" in text
+    assert (tmp_path / "blackbox.png").stat().st_size > 10_000
+
+
+def test_the_reports_optuna_cost_is_in_weight_updates_of_all_trials():
+    import pandas as pd
+
+    from framework.report import weight_updates
+
+    trials = pd.DataFrame({"params.hyper_steps": ["200", "200", "100"], "params.inner_steps": ["10", "10", "10"]})
+    assert weight_updates(trials) == "5,000"
+    assert weight_updates(trials.drop(columns="params.inner_steps")) == "—"  # unknown: not guessed
