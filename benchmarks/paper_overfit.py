@@ -3,7 +3,7 @@
 
 MNIST, the preset ``experiment=paper_overfit``: 50 training and 50 validation images (and 1,000 test
 images from MNIST's official test part), full batches, Adam on the weights (``inner_steps`` = 5
-steps per hyper-step, 5 before the first), RMSprop (lr 0.01) on λ, the IFT hypergradient with the
+steps before each hyper-step), RMSprop (lr 0.01) on λ, the IFT hypergradient with the
 identity as the inverse Hessian. For each model in ``MODELS`` (``linear``; the 784-128-10 ``mlp``;
 a small LeNet-like ``cnn``, ``CNN``) and each seed in ``SEEDS`` three runs of ``STEPS[model]``
 hyper-steps:
@@ -337,9 +337,9 @@ def reading(rows: list[dict[str, Any]], lstm_rows: list[dict[str, Any]], quick: 
               "Our models: `linear` (the authors' logistic regression), a 784-128-10 MLP (the authors' one-hidden-layer net "
               f"is 784-784-10), and a narrow LeNet-like CNN ({', '.join(c.split('=', 1)[1] for c in CNN[1:])} for "
               "channels / hidden), sized so the study fits about 3 minutes of one CPU core while the machine is shared. "
-              "From the authors' code (`mnist_test.py`, `setup_overfit_validation`) we keep 50 + 50 examples in full "
+              "From the authors' code (`mnist_test.py` on their `weight_decay_overfit` branch, `setup_overfit_validation`) we keep 50 + 50 examples in full "
               "batches, the initial log decay −4 under exp(λ)·w² (our 0.0366 under ½·d·w²), the identity inverse with no "
-              "scaling, 5 Adam steps per hyper-step (and 5 before the first) and RMSprop at torch's default lr 0.01; we "
+              "scaling, 5 Adam steps before each hyper-step and RMSprop at torch's default lr 0.01; we "
               f"change Adam's lr on the weights from 1e-4 to 1e-3 and run {_steps_range()} hyper-steps instead of up to 1,000 "
               "(their runs stop once train and val accuracy reach 99.9 %), so our curves may stop before the paper's "
               "plateau. The LSTM: the authors' `rnn/train2.py` (per-weight decay from 1e-6, identity inverse, one weight "

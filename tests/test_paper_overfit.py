@@ -43,7 +43,7 @@ def test_the_presets_hold_the_papers_settings(study):
             assert cfg.hypergrad.scale == 1.0  # the authors' identity: ∂L_V/∂w unscaled
         if cfg.dataset.name == "mnist":
             assert (cfg.dataset.train_size, cfg.dataset.val_size) == (50, 50) and cfg.outer_optimizer._target_ == "torch.optim.RMSprop"
-            assert cfg.inner_steps == 5 and cfg.warmup_steps == 5
+            assert cfg.inner_steps == 5 and cfg.warmup_steps == 0
         else:
             assert cfg.dataset.name == "ptb" and cfg.model.name == "lstm" and cfg.outer_optimizer._target_ == "torch.optim.Adam"
             assert cfg.inner_steps == 1
