@@ -24,7 +24,8 @@ Stage 1, choosing the hyper-optimiser on validation: for each dataset, seed 0, e
 hyper-step is chosen (ties: the first in grid order). The test split plays no part in the choice.
 Stage 2: the chosen cell with seeds ``SEEDS`` (seed 0 is the stage-1 run itself; a seed draws the
 co-trained weights' initialisation, the validation minibatches and — through ``hyperparam.seed`` =
-100·seed — the random real images), and the presets' own setting (``PRESET``: lr 0.01, Neumann)
+100·seed — the random real images), and the presets' first setting (``FIRST``: lr 0.01, Neumann; the
+presets now hold the stage-1 choice)
 with the same seeds, so the effect of the choice is measured with seeds too.
 
 Outputs: ``distill_runs.csv`` (one row per run: the last evaluation), ``distill_curve.csv`` (every
@@ -50,7 +51,7 @@ DATASETS = (("mnist", "paper_distill_mnist", ("dataset=mnist",)),
             ("fashion_mnist", "paper_distill_fashion_mnist", ()))
 LRS = (0.0003, 0.001, 0.003, 0.01)
 METHODS = ("neumann", "identity")
-PRESET = (0.01, "neumann")  # the presets' own outer lr and method
+FIRST = (0.01, "neumann")  # the presets' outer lr and method before this study chose theirs on validation
 SEEDS = (0, 1, 2)
 STEPS = 500
 EVAL_EVERY = 100
@@ -163,7 +164,7 @@ def plot_images(images: list[dict[str, Any]], dataset: str, name: str, out: Path
     fig.suptitle(f"{dataset}: the learned images ({name}; chosen on validation), one row per seed, one shared colour scale",
                  fontsize=8)
     path = out / f"distilled_{dataset}.png"
-    fig.savefig(path, dpi=dpi)
+    fig.savefig(path, dpi=dpi, bbox_inches="tight")
     common.pyplot().close(fig)
     return path
 
@@ -174,14 +175,14 @@ def plot_curves(curve: list[dict[str, Any]], runs: list[dict[str, Any]], out: Pa
     fig, axes = plt.subplots(1, len(datasets), figsize=(6.2 * len(datasets), 4.4), squeeze=False)
     for ax, ds in zip(axes[0], datasets):
         chosen = chosen_setting(runs, ds)
-        names = [n for n in dict.fromkeys([chosen, setting(*PRESET)]) if n is not None]
+        names = [n for n in dict.fromkeys([chosen, setting(*FIRST)]) if n is not None]
         for c, name in enumerate(names):
             pts = [r for r in curve if r["dataset"] == ds and r["setting"] == name]
             seeds = sorted({r["seed"] for r in pts})
             steps = sorted({r["step"] for r in pts})
             for key, style, what in (("fresh_test_acc", "-", "fresh models"), ("cotrained_test_acc", ":", "co-trained weights")):
                 st = [_stats([r[key] for r in pts if r["step"] == s]) for s in steps]
-                tag = " (chosen)" if name == chosen else " (preset)"
+                tag = " (chosen)" if name == chosen else " (first preset)"
                 ax.plot(steps, [m for m, _ in st], style, color=f"C{c}", lw=1.4, marker="o" if style == "-" else None, ms=3,
                         label=f"{name}{tag}: {what} ({len(seeds)} seeds)")
                 if style == "-":
@@ -210,9 +211,9 @@ def summary(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     out = []
     for ds in dict.fromkeys(r["dataset"] for r in runs):
         chosen = chosen_setting(runs, ds)
-        for name in dict.fromkeys(n for n in (chosen, setting(*PRESET)) if n is not None):
+        for name in dict.fromkeys(n for n in (chosen, setting(*FIRST)) if n is not None):
             rs = seeds_of(runs, ds, name)
-            row = {"dataset": ds, "setting": name, "role": "chosen on validation" if name == chosen else "the presets' setting",
+            row = {"dataset": ds, "setting": name, "role": "chosen on validation" if name == chosen else "the presets' first setting",
                    "seeds": len(rs)}
             for k in ("fresh_test_acc", "random_real_test_acc", "class_mean_test_acc", "cotrained_test_acc", "fresh_val_acc"):
                 row[k] = _stats([r[k] for r in rs])
@@ -262,8 +263,8 @@ def reading(runs: list[dict[str, Any]], curve: list[dict[str, Any]], quick: bool
               "hyperparameters), images initialised at zero, 5 inner steps per hyper-step, the validation loss on real data; "
               "the paper shows the learned images and says a model trained on them alone does far better than one trained on "
               "random real images. It gives no accuracy for this experiment to compare with (only the images).", "",
-              f"**Ours**: {len(runs)} distillations ({total_s:.0f} s of run time in all on "
-              f"{r0.get('cores') or os.cpu_count()} shared CPU cores, one torch thread), {steps} hyper-steps each, Adam on the images; "
+              f"**Ours**: {len(runs)} distillations ({total_s:.0f} s of wall time in all, on "
+              f"{r0.get('cores') or os.cpu_count()} CPU cores shared with other jobs, one torch thread), {steps} hyper-steps each, Adam on the images; "
               f"{r0['inner_steps']} inner SGD steps per hyper-step; seeds {', '.join(str(s) for s in seeds)}. Sizes (train / val / "
               f"test) — {sizes}: the training images are used only by the baselines and the co-trained train metrics, the "
               f"validation images by L_V (minibatches of {r0['val_batch_size']}) and the selection. Every accuracy below is of "
@@ -316,23 +317,24 @@ def reading(runs: list[dict[str, Any]], curve: list[dict[str, Any]], quick: bool
                  else "So the paper's claim (better than random real images) does not hold here")
         text += (", and the learned images also beat the class means." if cm["verdict"] == "above"
                  else ", but the learned images do not beat the class means." if rr["verdict"] == "above" else ".")
-        pre = setting(*PRESET)
+        pre = setting(*FIRST)
         if pre != ch and seeds_of(runs, ds, pre):
             d = compare(rs, seeds_of(runs, ds, pre), "fresh_test_acc", "fresh_test_acc")
             sd = max(_stats([r["fresh_test_acc"] for r in rs])[1], _stats([r["fresh_test_acc"] for r in seeds_of(runs, ds, pre)])[1])
             clear = d["verdict"] != "not separated from" and abs(d["mean"]) > 2 * sd
-            text += (f" Against the presets' setting ({pre}) the chosen one changes the fresh test accuracy by "
+            text += (f" Against the presets' first setting ({pre}) the chosen one changes the fresh test accuracy by "
                      f"{d['mean']:+.3f} ± {d['std']:.3f} (higher in {d['wins']}/{d['n']} seeds): "
                      + ("a clear change — the hyper-optimiser's setting matters here." if clear
                         else "not a clear change (within twice the larger spread over seeds, or not the same sign in every seed)."))
         else:
-            text += " The presets' own setting is the one chosen."
+            text += " The presets' first setting is the one chosen."
         pts = [r for r in curve if r["dataset"] == ds and r["setting"] == ch]
         by_step = {st: _stats([r["fresh_test_acc"] for r in pts if r["step"] == st])[0] for st in sorted({r["step"] for r in pts})}
         if by_step:
             best = max(by_step, key=lambda k: by_step[k])
             text += (f" Along the run the fresh test accuracy peaks at hyper-step {best} ({by_step[best]:.3f}) and ends at "
-                     f"{by_step[max(by_step)]:.3f}.")
+                     f"{by_step[max(by_step)]:.3f}" + (" — still rising at the last evaluation: a longer run may do better."
+                                                       if best == max(by_step) else "."))
         lines.append(text)
     parts += ["**Reading** (generated from the numbers above):", "", *lines, ""]
     parts += ["**Where we differ from the paper**: the paper's hyper-optimiser settings and its Fashion-MNIST run are not "
@@ -421,8 +423,8 @@ def _run(out: Path, quick: bool, device: str, reps: int | None) -> list[dict[str
                 one(lr, method, seeds[0], "grid")
         chosen = choose(runs, ds)
         todo = [(chosen["lr"], chosen["method"])] if chosen else []
-        if PRESET not in todo:
-            todo.append(PRESET)
+        if FIRST not in todo:
+            todo.append(FIRST)
         for lr, method in todo:
             for seed in seeds:
                 if (ds, setting(lr, method), seed) not in kept:

@@ -57,7 +57,7 @@ def test_the_distillation_study_chooses_on_validation_and_judges_by_fresh_models
         assert paper_distill.chosen_setting(runs, ds) == best["setting"]
         chosen = paper_distill.seeds_of(runs, ds, best["setting"])
         assert [r["seed"] for r in chosen] == list(q["seeds"]) and all(0 <= r["fresh_test_acc"] <= 1 for r in chosen)
-        assert len(paper_distill.seeds_of(runs, ds, paper_distill.setting(*paper_distill.PRESET))) == len(q["seeds"])
+        assert len(paper_distill.seeds_of(runs, ds, paper_distill.setting(*paper_distill.FIRST))) == len(q["seeds"])
     with open(tmp_path / "distill_curve.csv", newline="") as f:
         curve = list(csv.DictReader(f))
     start = [r for r in curve if r["step"] == "0"]
