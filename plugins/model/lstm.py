@@ -30,6 +30,20 @@ tokens fed to the first layer), ``hidden0`` … ``hidden{L-2}`` (the outputs of 
 last, fed to the next) and ``output`` (the last layer's outputs, fed to the decoder). A mask of
 shape (batch, units) is shared by all time steps (variational dropout, Gal & Ghahramani 2016);
 (batch, T, units) masks each step separately.
+
+Regularisers of AWD-LSTM (Merity et al. 2018) that a hyperparameter family can drive through
+``forward``'s keyword arguments (each off when not given, so the plain model is unchanged):
+
+- ``weight_masks``: DropConnect on the hidden-to-hidden weights (AWD-LSTM's ``WeightDrop``) — a
+  factor per weight for ``hh0`` … ``hh{L-1}`` (``weight_drop_sites``: site -> weight_hh's shape),
+  shaped like ``weight_hh`` (4H, H) or broadcastable to it; one mask for the whole batch and every
+  time step, as in AWD-LSTM;
+- ``word_mask``: embedding dropout of whole words — a (vocab,) factor per word (``vocab_size``)
+  multiplying every occurrence of that word's embedding in the batch (AWD-LSTM's
+  ``embedded_dropout``; the tied decoder keeps the unmasked matrix);
+- ``activations``: a dict the forward fills with the last layer's outputs, ``output_raw`` before
+  and ``output`` after the ``output`` site's mask (N, T, units), for activation regularisation
+  (AR, on ``output``) and temporal activation regularisation (TAR, on ``output_raw``).
 """
 
 from __future__ import annotations
@@ -45,6 +59,16 @@ from framework import ConfigError, Model, hookimpl
 from plugins.model._units import apply_mask, check_sites
 
 
+def check_weight_sites(weight_masks: dict[str, Tensor] | None, sites: dict[str, tuple[int, int]]) -> dict[str, Tensor]:
+    """The DropConnect masks as a dict ({} for None); raises for a site the model does not have."""
+    if not weight_masks:
+        return {}
+    unknown = sorted(set(weight_masks) - set(sites))
+    if unknown:
+        raise ConfigError(f"unknown weight-drop site(s) {unknown}; this model's sites: {sorted(sites)}")
+    return {k: v for k, v in weight_masks.items() if v is not None}
+
+
 class LSTMLayer(nn.Module):
     """One LSTM layer over a whole (N, T, in) sequence, from zero or given states."""
 
@@ -58,12 +82,14 @@ class LSTMLayer(nn.Module):
         for p in (self.weight_ih, self.weight_hh, self.bias):
             nn.init.uniform_(p, -bound, bound)
 
-    def forward(self, x: Tensor, state: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, tuple[Tensor, Tensor] | None]:
-        """(outputs (N, T, H), final (h, c)) from zero states, or from ``state`` = (h0, c0), each (N, H)."""
+    def forward(self, x: Tensor, state: tuple[Tensor, Tensor] | None = None,
+                weight_mask: Tensor | None = None) -> tuple[Tensor, tuple[Tensor, Tensor] | None]:
+        """(outputs (N, T, H), final (h, c)) from zero states, or from ``state`` = (h0, c0), each (N, H);
+        ``weight_mask`` multiplies ``weight_hh`` (DropConnect) for every step."""
         n, t = x.shape[:2]
         hs = self.hidden_size
         gates_x = F.linear(x, self.weight_ih, self.bias)  # (N, T, 4H): every step's input part at once
-        w_hh_t = self.weight_hh.t()
+        w_hh_t = (self.weight_hh if weight_mask is None else self.weight_hh * weight_mask).t()
         h, c = (None, None) if state is None else state
         outs = []
         for step in range(t):
@@ -103,26 +129,38 @@ class LSTMLanguageModel(nn.Module):
         self.dropout_sites = {"embedding": embedding_dim}
         self.dropout_sites.update({f"hidden{i}": s for i, s in enumerate(sizes[:-1])})
         self.dropout_sites["output"] = sizes[-1]
+        self.weight_drop_sites = {f"hh{i}": (4 * s, s) for i, s in enumerate(sizes)}  # DropConnect: site -> weight_hh's shape
+        self.vocab_size = vocab  # embedding dropout: one factor per word
 
     carries_state = True  # reads x.carry.initial, writes x.carry.final (truncated BPTT; module docstring)
+    records_activations = True  # forward(activations={}) fills the last layer's outputs (AR / TAR)
 
-    def forward(self, x: Tensor, unit_masks: dict[str, Tensor] | None = None) -> Tensor:
+    def forward(self, x: Tensor, unit_masks: dict[str, Tensor] | None = None, weight_masks: dict[str, Tensor] | None = None,
+                word_mask: Tensor | None = None, activations: dict[str, Tensor] | None = None) -> Tensor:
         if x.dim() != 2 or x.is_floating_point():
             raise ValueError(f"lstm expects (N, T) integer token ids, got {x.dtype} of shape {tuple(x.shape)}")
         masks = check_sites(unit_masks, self.dropout_sites)
+        wmasks = check_weight_sites(weight_masks, self.weight_drop_sites)
         carry = getattr(x, "carry", None)
         initial = None if carry is None else carry.initial
         if initial is not None and (len(initial) != len(self.layers) or initial[0][0].shape[0] != x.shape[0]):
             raise ValueError(f"lstm: the carried state ({len(initial)} layers, batch {initial[0][0].shape[0]}) does not fit "
                              f"this batch ({len(self.layers)} layers, batch {x.shape[0]})")
-        h = apply_mask(self.embedding(x), masks.get("embedding"), -1, "embedding")
+        emb = self.embedding(x)
+        if word_mask is not None:
+            if word_mask.shape != (self.vocab_size,):
+                raise ValueError(f"lstm: word_mask must have shape ({self.vocab_size},) (one factor per word), got {tuple(word_mask.shape)}")
+            emb = emb * word_mask[x].unsqueeze(-1)
+        h = apply_mask(emb, masks.get("embedding"), -1, "embedding")
         last = len(self.layers) - 1
         final = []
         for i, layer in enumerate(self.layers):
             site = "output" if i == last else f"hidden{i}"
-            out, state = layer(h, None if initial is None else initial[i])
+            out, state = layer(h, None if initial is None else initial[i], wmasks.get(f"hh{i}"))
             h = apply_mask(out, masks.get(site), -1, site)
             final.append(state)
+        if activations is not None:
+            activations["output_raw"], activations["output"] = out, h
         if carry is not None and x.shape[1] > 0:
             carry.final = [(hh.detach(), cc.detach()) for hh, cc in final]
         if self.tie_weights:
