@@ -60,6 +60,7 @@ OUT = "results/paper/overfitting"
 COMMAND = f"hgbench-bench paper_overfit --out {OUT} --max-wait-min 0"
 # the paper's reading: "validation accuracy → ~100 %"; a model counts as reaching it at this accuracy
 NEAR_PERFECT = 0.99
+MAX_DECAY = 10.0  # the weight_decay family's default cap on each decay (its max_decay)
 
 
 def overrides(model: str, family: str, seed: int, device: str, quick: bool) -> list[str]:
@@ -334,6 +335,13 @@ def reading(rows: list[dict[str, Any]], lstm_rows: list[dict[str, Any]], quick: 
             low = [f for f in FAMILIES if lby[("lstm", f)]["train_ppl"] < 0.1 * lby[("lstm", f)]["val_ppl"]]
             memorised = (f" Training perplexity is below a tenth of the validation perplexity (the training windows "
                          f"memorised) for: {_names(low)}.")
+            last = final_rows(lstm_rows)[("lstm", "global")]
+            capped = sum(r["decay"] >= MAX_DECAY for r in last)
+            ends = ", ".join(format(r["decay"], ".3g") for r in last)
+            memorised += (f" The global decay ends at {ends} (exp λ) over the seeds, at or above the family's cap max_decay = "
+                          f"{MAX_DECAY:g} (where the penalty stops growing) in {capped} of {len(last)}: one decay shrinks every "
+                          f"weight alike, and its training perplexity ends at {gl['train_ppl']:.4g} (per-weight "
+                          f"{pw['train_ppl']:.4g}).")
             parts += [f"**Reading (LSTM)**: the per-weight decays end at validation perplexity {pw['val_ppl']:.4g} against "
                       f"{fx['val_ppl']:.4g} with fixed decays ({'lower beyond the spread' if lower else 'not lower beyond the spread'}) "
                       f"and {gl['val_ppl']:.4g} with one global decay; test perplexity {pw['test_ppl']:.4g} / {fx['test_ppl']:.4g} / "
