@@ -336,8 +336,10 @@ def reading(rows: list[dict[str, Any]], lstm_rows: list[dict[str, Any]], quick: 
             memorised = (f" Training perplexity is below a tenth of the validation perplexity (the training windows "
                          f"memorised) for: {_names(low)}.")
             last = final_rows(lstm_rows)[("lstm", "global")]
-            capped = sum(r["decay"] >= MAX_DECAY for r in last)
-            ends = ", ".join(format(r["decay"], ".3g") for r in last)
+            # exp λ, the hyperparameter itself ("decay" is the capped one the loss uses; older CSVs logged exp λ there)
+            raw = [math.exp(r["log_decay"]) if r.get("log_decay") not in (None, "") else r["decay"] for r in last]
+            capped = sum(x >= MAX_DECAY for x in raw)
+            ends = ", ".join(format(x, ".3g") for x in raw)
             memorised += (f" The global decay ends at {ends} (exp λ) over the seeds, at or above the family's cap max_decay = "
                           f"{MAX_DECAY:g} (where the penalty stops growing) in {capped} of {len(last)}: one decay shrinks every "
                           f"weight alike, and its training perplexity ends at {gl['train_ppl']:.4g} (per-weight "

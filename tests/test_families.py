@@ -114,6 +114,11 @@ def test_decays_are_capped_so_the_inner_step_stays_stable():
     torch.testing.assert_close(d.detach(), torch.tensor([torch.exp(torch.tensor(-20.0)).item(), 1.0, 1.9937, 2.0, 2.0], dtype=torch.float64), rtol=1e-4, atol=0)
     (g,) = torch.autograd.grad(d.sum(), lam)
     assert g[3] == g[4] == 0 and g[1] == 1.0  # no push beyond the cap
+    # the logged decay is the one the loss uses; the hyperparameter itself is logged beside it
+    m = fam.metrics({"log_decay": lam.detach()})
+    assert m["capped_share"] == pytest.approx(2 / 5)
+    glob = build_experiment(overrides=TINY + ["hyperparam=weight_decay", "hyperparam.max_decay=2.0"]).problem.family
+    assert glob.metrics({"log_decay": torch.tensor([5.0])}) == {"decay": 2.0, "log_decay": 5.0}
 
 
 def test_weight_decay_granularities_are_one_penalty_at_three_resolutions():

@@ -69,12 +69,16 @@ class WeightDecay(HyperparamFamily):
         return 0.5 * (d * w * w).sum()
 
     def metrics(self, lam):
+        """``decay`` (and ``decay/<tensor>``) is the decay the loss uses — capped at ``max_decay`` —;
+        ``log_decay`` / ``mean_log_decay`` are the hyperparameters themselves, which may lie above the cap."""
         d = lam["log_decay"]
         if self.granularity == "global":
-            return {"decay": d.exp().item()}
+            return {"decay": self.decay(d).item(), "log_decay": d.item()}
         out = {"mean_log_decay": d.mean().item(), "std_log_decay": d.std().item() if d.numel() > 1 else 0.0}
+        if self.max_decay is not None:
+            out["capped_share"] = (d >= math.log(self.max_decay)).double().mean().item()
         if self.granularity == "per_tensor":
-            out.update({f"decay/{name}": v for name, v in zip(self._tensor_names, d.exp().tolist())})
+            out.update({f"decay/{name}": v for name, v in zip(self._tensor_names, self.decay(d).tolist())})
         return out
 
 
