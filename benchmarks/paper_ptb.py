@@ -5,9 +5,9 @@ An LSTM language model on Penn Treebank trained with truncated BPTT, the preset
 ``experiment=paper_ptb`` (its header lists every size): 2 layers × 32 units, tied embedding of 32,
 the 10,000-word vocabulary, bptt 20 over 10 parallel streams, a contiguous slice of 200 training
 windows (4,000 tokens) and 200-window validation / test slices; Adam on the weights; per
-hyper-step ``inner_steps`` (10) inner steps then one hypergradient (Neumann, 1 iteration = 2 terms) on the next
-training window and the next validation window and one Adam step on λ; ``hyper_steps`` (20)
-hyper-steps, so 200 inner steps in all. Three configurations, seeds ``SEEDS`` each (the weights'
+hyper-step ``inner_steps`` (5) inner steps, then one hypergradient (Neumann, 1 iteration = 2
+terms) on the next training window and the next validation window and one Adam step on λ;
+``hyper_steps`` (40) hyper-steps, so 200 inner steps in all. Three configurations, seeds ``SEEDS`` each (the weights'
 initialisation and the dropout noise; the data slices are fixed):
 
 - ``fixed``: no tuning — ``hyperparam=dropout_rates`` with all 7 regularisers at their initial
@@ -43,7 +43,7 @@ CONFIGS = (("fixed", "no tuning (fixed rates)", ["hypergrad=fixed", "~hypergrad.
            ("ift_7", "IFT, 7 global hyperparameters", []),
            ("ift_per_unit", "IFT, per-unit rates + per-weight DropConnect", ["hyperparam=dropout_per_unit"]))
 SEEDS = (0, 1, 2)
-CURVE_EVERY = 5
+CURVE_EVERY = 4  # hyper-steps (20 inner steps) between the curve's evaluations
 # --quick: a tiny model on tiny slices, 3 hyper-steps of 2 inner steps, one seed
 QUICK = ["dataset.bptt=5", "dataset.streams=2", "dataset.train_size=8", "dataset.val_size=4", "dataset.test_size=4",
          "model.embedding_dim=4", "model.hidden_size=4", "hyper_steps=3", "inner_steps=2"]
