@@ -358,6 +358,13 @@ class Experiment:
             raise DivergenceError("the training loss", step)
         out = {"inner_time_s": t1 - t0, "hypergrad_time_s": t2 - t1, "hypergrad_norm": norm_f, "inner_loss": loss_f,
                "hvp_calls": products_done() - products, **{f"hypergrad/{k}": float(v) for k, v in method_metrics.items()}}
+        carry = getattr(tb.x, "carry", None)
+        if carry is not None and carry.final is None:
+            # truncated BPTT, and the method never ran the model on its window (fixed: no tuning): run it
+            # once, untimed, so the next window starts from this one's state as in every other arm —
+            # not from zeros
+            with torch.no_grad():
+                self.problem.forward(self.w, tb.x)
         if check:  # at the same (w, λ), batches and noise as the method's; not timed
             out.update(self.accuracy(hg, tb, vb, rng))
             out["reference_time_s"] = time.perf_counter() - t2

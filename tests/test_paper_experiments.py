@@ -117,6 +117,24 @@ def test_the_state_carries_from_window_to_window_and_resets_at_an_epoch(tiny_lm)
     torch.testing.assert_close(exp.problem.forward(exp.w, second.x), whole[:, BPTT:])
 
 
+@pytest.mark.parametrize("method", ["fixed", "identity"])
+def test_every_training_window_starts_from_the_state_the_previous_one_ended_in(method):
+    """Also with hypergrad=fixed, which never runs the model on its hyper-step's window: the no-tuning
+    baseline's streams must not restart from zeros once per hyper-step."""
+    with registered(TinyStreams):
+        exp = build_experiment(overrides=[*TINY_LM, f"hypergrad={method}"])
+    seen = []
+    nxt = exp.train_sampler.next
+    exp.train_sampler.next = lambda: seen.append(nxt()) or seen[-1]
+    for step in (1, 2):
+        exp.hyper_step(step)
+    assert len(seen) == 4  # inner_steps=1 + the hypergradient's window, twice
+    for k, b in enumerate(seen):
+        at_epoch_start = k % WINDOWS == 0
+        assert (b.x.carry.initial is None) == at_epoch_start, k
+        assert b.x.carry.final is not None
+
+
 def test_evaluation_carries_the_state_and_sequence_tasks_log_perplexity(tiny_lm):
     exp = tiny_lm
     import torch.nn.functional as F
