@@ -270,8 +270,8 @@ def reading(rows: list[dict[str, Any]], curve: list[dict[str, Any]], hps: list[d
               "inner step), Neumann with 1 iteration (2 terms) and α = the "
               "inner learning rate, Adam (lr 0.1) on λ. The per-unit run has one DropConnect rate per weight of each layer "
               "(the authors share one 4H × H matrix of rates between the layers) and learns AR / TAR too, which the "
-              "paper's 1,691,951 do not count. In `fixed`, the hyper-step draws its training window without a forward pass, "
-              "so the next window starts from zero state (the IFT runs carry it through the hypergradient's forward). "
+              "paper's 1,691,951 do not count. Every arm draws one training window per hyper-step for the hypergradient "
+              "(`fixed` runs the model on it untimed), so all three walk the streams alike and carry the state through. "
               "The full-size setting for a GPU is the preset `paper_ptb_awd` (not run here).", ""]
     return "\n".join(parts)
 
