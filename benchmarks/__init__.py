@@ -7,8 +7,13 @@ Sections (one module each): ``cost``, ``memory``, ``joint``, ``scale``, ``peers`
 ``benchmarks.cli`` runs them and writes ``<out>/<section>.csv``, ``<section>.png`` and a
 ``README.md`` assembled from every section found in ``<out>``. The studies run on their own, each
 with its own README: ``frontier`` (accuracy of each hypergradient method against a reference, for
-its time and memory; ``hgbench-bench frontier --out results/frontier``) and ``paper_inverse``
-(the paper's inverse-quality experiment; ``--out results/paper/inverse_quality``).
+its time and memory; ``hgbench-bench frontier --out results/frontier``) and the paper's
+experiments, each writing into ``results/paper/<experiment>`` (STUDY_OUT): ``paper_inverse``
+(inverse quality), ``paper_overfit`` (overfitting a small validation set), ``paper_distill``
+(dataset distillation judged by fresh models), ``paper_augment`` (learned data augmentation),
+``paper_ptb`` (RNN regularisation on PTB), ``paper_val_split`` (validation split size) and
+``paper_blackbox`` (IFT against Optuna at equal compute); results/paper/README.md puts them side
+by side with the paper's numbers.
 """
 
 SECTIONS = ("cost", "memory", "joint", "scale", "peers", "overhead", "compile")

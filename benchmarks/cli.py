@@ -4,6 +4,7 @@
     hgbench-bench cost memory --out results/perf    # some sections; the README keeps the others
     hgbench-bench all --quick --out /tmp/perf       # a smoke run in seconds (tests use it)
     hgbench-bench frontier --out results/frontier   # accuracy vs cost of every method (~30 min)
+    hgbench-bench paper_ptb --out results/paper/ptb # one of the paper's experiments (see STUDY_OUT)
 
 Sections: cost, memory, joint, scale, peers, overhead, compile (see ``benchmarks/<section>.py``).
 Before the first section (not with --quick) it waits, up to ``--max-wait-min``, until the
