@@ -313,6 +313,31 @@ def plot(rows: list[dict[str, Any]], out: Path, extend: float = EXTEND) -> Path:
     return path
 
 
+def first_trial(rows: list[dict[str, Any]], b: dict[int, float]) -> str:
+    """The comparison at the moment Optuna's first trial finishes — equal wall time and equal
+    gradient equivalents at a point chosen by neither side, not at fixed fractions of B."""
+    cases = []
+    for sd in sorted(b):
+        ops = sorted((r for r in rows if r["side"] == "optuna" and r["seed"] == sd), key=lambda r: r["t_s"])
+        if not ops or not math.isfinite(ops[0]["val_loss"]):
+            continue
+        o = ops[0]
+        by_t, by_g = best_at(rows, "ift", sd, o["t_s"]), best_at(rows, "ift", sd, o["grad_eq"], key="grad_eq")
+        if by_t is not None and by_g is not None:
+            cases.append((o, by_t, by_g, o["t_s"] / b[sd]))
+    if not cases:
+        return ""
+    ahead_t = sum(o["val_loss"] < t["val_loss"] for o, t, _, _ in cases)
+    ahead_g = sum(o["val_loss"] < g["val_loss"] for o, _, g, _ in cases)
+    return (f"When Optuna's first trial finishes ({_pm([c[3] for c in cases], '.2f')} × B, "
+            f"{_pm([c[0]['grad_eq'] for c in cases], '.0f')} gradient equivalents), its one draw has the lower val loss "
+            f"than IFT's best so far at the same wall time in {ahead_t} of {len(cases)} seed(s) and at the same gradient "
+            f"equivalents in {ahead_g} of {len(cases)} (Optuna {_pm([c[0]['val_loss'] for c in cases])}, IFT "
+            f"{_pm([c[1]['val_loss'] for c in cases])} / {_pm([c[2]['val_loss'] for c in cases])})"
+            + (": IFT's lead at B is bought with the compute it spends after that trial has finished. "
+               if max(ahead_t, ahead_g) * 2 > len(cases) else ". "))
+
+
 def reading(rows: list[dict[str, Any]], quick: bool, extend: float = EXTEND) -> str:
     b = budgets(rows)
     seeds = sorted(b)
@@ -393,7 +418,7 @@ def reading(rows: list[dict[str, Any]], quick: bool, extend: float = EXTEND) -> 
     trials_note += (f". By {extend:g} × B it had run {_pm(opt_end, '.1f')} trials, of which {_pm(guided, '.1f')} were chosen "
                     "by TPE's model rather than at random.")
     opt1 = next(r for r in s if r["side"] == "optuna" and r["fraction"] == 1.0)
-    parts += ["**Reading**: " + "; ".join(verdicts) + ". "
+    parts += ["**Reading**: " + "; ".join(verdicts) + ". " + first_trial(rows, b)
               + (f"Optuna's best trial reached IFT's best val loss at B in {len(reached)} of {n} seed(s), after "
                  + ", ".join(f"{v:.2f}" for v in reached) + " × B" if reached else
                  f"Optuna's best trial did not reach IFT's best val loss at B in any seed within {extend:g} × B")
