@@ -301,3 +301,24 @@ def test_the_inverse_quality_study_compares_with_the_exact_hypergradient(tmp_pat
     assert cos[("cg", "0")] in ("", "nan")  # CG with no step answers 0: no direction, no cosine
     readme = (tmp_path / "README.md").read_text()
     assert "QUICK SMOKE RUN" in readme and "higher cosine" in readme and (tmp_path / "inverse_steps.png").stat().st_size > 10_000
+
+
+def test_the_docs_name_only_presets_and_studies_that_exist():
+    """Every ``experiment=<name>`` in README.md and results/paper/README.md is a preset under
+    conf/experiment/, and every ``hgbench-bench <study> --out <folder>`` there writes where
+    ``STUDY_OUT`` says, into a committed folder with its own README."""
+    import re
+    from pathlib import Path
+
+    from benchmarks import STUDIES, STUDY_OUT
+
+    root = Path(__file__).resolve().parent.parent
+    presets = {p.stem for p in (root / "conf" / "experiment").glob("*.yaml")}
+    text = (root / "README.md").read_text() + (root / "results" / "paper" / "README.md").read_text()
+    named = set(re.findall(r"experiment=([a-z0-9_]+)", text))
+    assert named and named <= presets, sorted(named - presets)
+    runs = re.findall(r"hgbench-bench (paper_[a-z_]+) --out ([\w/]+)", text)
+    assert {s for s, _ in runs} == {s for s in STUDIES if s.startswith("paper_")}  # every paper study is documented
+    for study, out in runs:
+        assert out == STUDY_OUT[study], (study, out)
+        assert (root / STUDY_OUT[study] / "README.md").exists(), study
