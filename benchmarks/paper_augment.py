@@ -40,8 +40,8 @@ INNER_LR = 0.05  # the preset's inner_optimizer.lr: identity's scale, so identit
 ARMS = (("none", "fixed", ()), ("identity", "identity", (f"hypergrad.scale={INNER_LR}",)),
         ("neumann 3", "neumann", ("hypergrad.iterations=3",)), ("unroll 3", "unroll", ("hypergrad.steps=3",)))
 SEEDS = (0, 1, 2)
-STEPS = 20
-EVAL_EVERY = 4
+STEPS = 100
+EVAL_EVERY = 10
 QUICK = ("dataset=digits", "dataset.image=true", "dataset.train_size=48", "dataset.val_size=32", "dataset.test_size=32",
          "train_batch_size=16", "val_batch_size=16", "inner_steps=2")
 # the paper's Table 3 (ResNet-18 on CIFAR-10), val / test accuracy in %
