@@ -45,8 +45,8 @@ SEEDS = (0, 1, 2)
 MODELS = ("linear", "mlp", "cnn", "lstm")  # "lstm": the PTB variant (its own preset)
 # the CNN is LeNet-like but narrower than the cnn plugin's default [6, 16] / [120], so that its runs fit
 CNN = ["dataset.image=true", "model.channels=[4,8]", "model.hidden=[32]"]
-STEPS = {"linear": 200, "mlp": 150, "cnn": 60, "lstm": 100}
-EVAL_EVERY = {"linear": 10, "mlp": 10, "cnn": 5, "lstm": 10}
+STEPS = {"linear": 200, "mlp": 200, "cnn": 200, "lstm": 100}
+EVAL_EVERY = {"linear": 10, "mlp": 10, "cnn": 10, "lstm": 10}
 # label -> (hyperparam family, hypergrad method)
 FAMILIES = {"per-weight": ("weight_decay_per_param", "identity"), "global": ("weight_decay", "identity"),
             "fixed": ("weight_decay_per_param", "fixed")}
