@@ -167,6 +167,16 @@ def calls_for(seconds: float, target: float | None = None) -> int:
     return max(1, min(50, math.ceil(target / max(seconds, 1e-6))))
 
 
+def mean_std(values: Iterable[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for one value; NaN, NaN for none) — the "mean ± std
+    over seeds" of the studies' tables."""
+    v = [float(x) for x in values]
+    if not v:
+        return float("nan"), float("nan")
+    t = torch.tensor(v, dtype=torch.float64)
+    return t.mean().item(), (t.std().item() if len(v) > 1 else 0.0)
+
+
 def stats(values: Iterable[float]) -> dict[str, float]:
     v = sorted(float(x) for x in values)
     if not v:

@@ -189,11 +189,7 @@ def best_at(rows: list[dict[str, Any]], side: str, seed: int, t: float, key: str
     return min(done, key=lambda r: r["val_loss"]) if done else None
 
 
-def _stats(values: list[float]) -> tuple[float, float]:
-    if not values:
-        return float("nan"), float("nan")
-    t = torch.tensor(values, dtype=torch.float64)
-    return t.mean().item(), (t.std().item() if len(values) > 1 else 0.0)
+_stats = common.mean_std  # mean ± sample std over seeds (NaN, NaN for none)
 
 
 def _pm(values: list[float], fmt: str = ".4f", n: int | None = None) -> str:

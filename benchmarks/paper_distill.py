@@ -108,11 +108,7 @@ def distill(dataset: str, preset: str, extra: tuple[str, ...], lr: float, method
 
 
 def _stats(values: list[float]) -> tuple[float, float]:
-    vals = [v for v in values if isinstance(v, (int, float)) and math.isfinite(v)]
-    if not vals:
-        return float("nan"), float("nan")
-    t = torch.tensor(vals, dtype=torch.float64)
-    return t.mean().item(), (t.std().item() if len(vals) > 1 else 0.0)
+    return common.mean_std(v for v in values if isinstance(v, (int, float)) and math.isfinite(v))
 
 
 def _pm(values: list[float], digits: int = 3) -> str:

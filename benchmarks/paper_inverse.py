@@ -70,9 +70,7 @@ def equal_steps(exp, seed: int, step: int, max_steps: int) -> list[dict[str, Any
     return out
 
 
-def _stats(values: list[float]) -> tuple[float, float]:
-    t = torch.tensor(values, dtype=torch.float64)
-    return t.mean().item(), (t.std().item() if len(values) > 1 else 0.0)
+_stats = common.mean_std  # mean ± sample std over seeds
 
 
 def summary(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:

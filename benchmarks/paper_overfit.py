@@ -103,9 +103,7 @@ def trajectory(model: str, family: str, seed: int, steps: int, every: int, devic
 
 
 # --- summaries ------------------------------------------------------------------------------------
-def _stats(values: list[float]) -> tuple[float, float]:
-    t = torch.tensor(values, dtype=torch.float64)
-    return t.mean().item(), (t.std().item() if len(values) > 1 else 0.0)
+_stats = common.mean_std  # mean ± sample std over seeds
 
 
 def _pm(s: tuple[float, float], digits: int = 3) -> str:

@@ -105,9 +105,7 @@ def one_run(config: str, seed: int, device: str, quick: bool) -> tuple[dict[str,
     return row, curve, hps
 
 
-def _stats(values: list[float]) -> tuple[float, float]:
-    t = torch.tensor(values, dtype=torch.float64)
-    return t.mean().item(), (t.std().item() if len(values) > 1 else 0.0)
+_stats = common.mean_std  # mean ± sample std over seeds
 
 
 def summary(rows: list[dict[str, Any]]) -> dict[str, dict[str, tuple[float, float]]]:

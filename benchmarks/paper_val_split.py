@@ -62,9 +62,7 @@ def one_run(total: int, fraction: float, granularity: str, seed: int, device: st
             "warmup_steps": exp.cfg.warmup_steps, "run_s": time.perf_counter() - t0}
 
 
-def _stats(values: list[float]) -> tuple[float, float]:
-    t = torch.tensor(values, dtype=torch.float64)
-    return t.mean().item(), (t.std().item() if len(values) > 1 else 0.0)
+_stats = common.mean_std  # mean ± sample std over seeds
 
 
 def summary(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
