@@ -13,6 +13,8 @@ Timing rules (every section follows them):
 
 from __future__ import annotations
 
+import contextlib
+
 import csv
 import datetime as _dt
 import functools
@@ -165,6 +167,19 @@ def calls_for(seconds: float, target: float | None = None) -> int:
     """How many back-to-back calls make one timing last about ``target`` seconds."""
     target = TIMING_TARGET_S if target is None else target
     return max(1, min(50, math.ceil(target / max(seconds, 1e-6))))
+
+
+@contextlib.contextmanager
+def one_thread(enabled: bool = True):
+    """torch on one thread inside (the studies: sized for shared cores, and the same numbers whatever
+    the core count), the caller's thread count restored after."""
+    threads = torch.get_num_threads()
+    if enabled:
+        torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def mean_std(values: Iterable[float]) -> tuple[float, float]:

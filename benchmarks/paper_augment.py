@@ -307,13 +307,8 @@ def rewrite(out: Path) -> None:
 
 def run(out: Path, quick: bool = False, device: str = "auto", reps: int | None = None) -> list[dict[str, Any]]:
     dev = str(common.resolve_device(device))
-    threads = torch.get_num_threads()
-    if dev == "cpu":  # one thread: sized for a shared CPU, and the same numbers whatever the core count
-        torch.set_num_threads(1)
-    try:
+    with common.one_thread(dev == "cpu"):  # sized for a shared CPU, and the same numbers whatever the core count
         return _run(out, quick, dev)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _run(out: Path, quick: bool, dev: str) -> list[dict[str, Any]]:

@@ -455,12 +455,8 @@ def rewrite(out: Path) -> None:
 def run(out: Path, quick: bool = False, device: str = "auto", reps: int | None = None) -> list[dict[str, Any]]:
     dev = str(common.resolve_device(device))
     out.mkdir(parents=True, exist_ok=True)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # a shared machine: one core for both sides alike (recorded in the CSV's threads column)
-    try:
+    with common.one_thread():  # a shared machine: one core for both sides alike (recorded in the CSV's threads column)
         return _run(out, quick, dev)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _run(out: Path, quick: bool, dev: str) -> list[dict[str, Any]]:

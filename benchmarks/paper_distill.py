@@ -385,12 +385,8 @@ def rewrite(out: Path) -> None:
 
 def run(out: Path, quick: bool = False, device: str = "auto", reps: int | None = None) -> list[dict[str, Any]]:
     """Stage 1 and 2 for every dataset (module docstring); ``reps``: the number of seeds (default 3)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # logistic regression on 10 images: one thread is as fast, and the cores are shared
-    try:
+    with common.one_thread():  # logistic regression on 10 images: one thread is as fast, and the cores are shared
         return _run(out, quick, device, reps)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _run(out: Path, quick: bool, device: str, reps: int | None) -> list[dict[str, Any]]:

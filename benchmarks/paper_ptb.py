@@ -34,8 +34,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from benchmarks import common
 
 PRESET = "paper_ptb"
@@ -306,9 +304,7 @@ def run(out: Path, quick: bool = False, device: str = "auto", reps: int | None =
     rows: list[dict[str, Any]] = []
     curve: list[dict[str, Any]] = []
     hps: list[dict[str, Any]] = []
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # one core: the machines this runs on are shared (README: the wall time is measured so)
-    try:
+    with common.one_thread():  # the machines this runs on are shared (README: the wall time is measured so)
         for config, label, _ in CONFIGS:
             for seed in (SEEDS[:1] if quick else SEEDS):
                 row, c, h = one_run(config, seed, dev, quick)
@@ -319,8 +315,6 @@ def run(out: Path, quick: bool = False, device: str = "auto", reps: int | None =
                       f"({row['num_hyperparams']:,} hps, {row['time_s']:.0f} s)", flush=True)
         for name, table in (("ptb", rows), ("ptb_curve", curve), ("ptb_hparams", hps)):
             common.write_csv(out, name, table, dev)  # while one thread is set: the CSVs' "threads" column is the runs'
-    finally:
-        torch.set_num_threads(threads)
     plot(rows, curve, hps, out)
     (out / "README.md").write_text(reading(rows, curve, hps, quick))
     return rows

@@ -26,8 +26,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from benchmarks import common
 
 PRESET = "paper_val_split"
@@ -255,11 +253,9 @@ def rewrite(out: Path) -> None:
 def run(out: Path, quick: bool = False, device: str = "auto", reps: int | None = None) -> list[dict[str, Any]]:
     dev = str(common.resolve_device(device))
     out.mkdir(parents=True, exist_ok=True)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # logistic regression on ≤ 1,600 examples: one thread is as fast, and the cores are shared
     t0 = time.perf_counter()
     rows: list[dict[str, Any]] = []
-    try:
+    with common.one_thread():  # logistic regression on ≤ 1,600 examples: one thread is as fast, and the cores are shared
         for n in (SIZES_QUICK if quick else SIZES):
             for fam, _ in FAMILIES:
                 for f in (FRACTIONS_QUICK if quick else FRACTIONS):
@@ -268,8 +264,6 @@ def run(out: Path, quick: bool = False, device: str = "auto", reps: int | None =
                     cell = [r["test_acc"] for r in rows[-len(SEEDS_QUICK if quick else SEEDS):]]
                     print(f"  paper_val_split N={n:5d} {fam:9s} f={f:.1f}  test acc {sum(cell) / len(cell):.4f}  "
                           f"({time.perf_counter() - t0:.0f} s)", flush=True)
-    finally:
-        torch.set_num_threads(threads)
     wall = time.perf_counter() - t0
     for r in rows:
         r["study_wall_s"], r["quick"] = round(wall, 1), quick
