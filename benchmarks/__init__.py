@@ -4,7 +4,7 @@ Every figure is a ratio measured side by side in one process (or, for memory, in
 subprocesses started one after another), because the machines it runs on are noisy and shared.
 Sections (one module each): ``cost``, ``memory``, ``joint``, ``scale``, ``peers``, ``overhead``,
 ``compile``;
-``benchmarks.cli`` runs them and writes ``<out>/<section>.csv``, ``<section>.png`` and a
+``hgbench.benchmarks.cli`` runs them and writes ``<out>/<section>.csv``, ``<section>.png`` and a
 ``README.md`` assembled from every section found in ``<out>``. The studies run on their own, each
 with its own README: ``frontier`` (accuracy of each hypergradient method against a reference, for
 its time and memory; ``hgbench-bench frontier --out results/frontier``) and the paper's

@@ -25,13 +25,13 @@ from pathlib import Path
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
-from benchmarks import SECTIONS, STUDIES, STUDY_OUT  # noqa: E402
+from hgbench.benchmarks import SECTIONS, STUDIES, STUDY_OUT  # noqa: E402
 
 TITLE = "hgbench performance benchmarks"
 
 
 def wait_for_quiet(max_load: float, max_wait_min: float) -> float:
-    from benchmarks.common import load_average
+    from hgbench.benchmarks.common import load_average
 
     t0 = time.time()
     load = load_average()
@@ -127,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     if studies and (len(studies) > 1 or len(args.sections) > 1):
         ap.error(f"{studies[0]} runs on its own (it writes its own README into --out): hgbench-bench {studies[0]} --out "
                  f"{STUDY_OUT.get(studies[0], 'results/' + studies[0])}")
-    from benchmarks import common
+    from hgbench.benchmarks import common
 
     failed = []
     load = None if args.quick else wait_for_quiet(args.max_load, args.max_wait_min)
@@ -139,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
               flush=True)
         t0 = time.perf_counter()
         try:
-            importlib.import_module(f"benchmarks.{s}").run(args.out, quick=args.quick, device=args.device, reps=args.reps)
+            importlib.import_module(f"hgbench.benchmarks.{s}").run(args.out, quick=args.quick, device=args.device, reps=args.reps)
             if s not in STUDIES:
                 common.add_load_at_start(args.out, s, load)
         except Exception:  # noqa: BLE001 - one section failing does not stop the others

@@ -34,8 +34,8 @@ from typing import Any, Callable, Iterable, Sequence
 
 import torch
 
-from framework.provenance import git_commit
-from framework.runner import resolve_device  # noqa: F401 - the sections call common.resolve_device
+from hgbench.provenance import git_commit
+from hgbench.runner import resolve_device  # noqa: F401 - the sections call common.resolve_device
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -108,7 +108,7 @@ def experiment(model: str, device: torch.device | str, quick: bool, *, hypergrad
     """An ``Experiment`` (the real code path) for the benchmark's problems: per-weight decay on
     mnist_5k with the 1M-parameter MLP (``mlp``), the LeNet CNN on 1×28×28 images (``cnn``) or
     any MLP (``mlp:[h1,h2]``); batches of 128; ``quick`` shrinks the networks."""
-    from framework import build_experiment
+    from hgbench import build_experiment
 
     ov = [f"device={device}", "train_batch_size=128", "val_batch_size=128", "warmup=false"]
     if model == "mlp":
@@ -127,7 +127,7 @@ def experiment(model: str, device: torch.device | str, quick: bool, *, hypergrad
 
 
 def method(name: str, **params: Any):
-    from framework.config import build_plugin
+    from hgbench.config import build_plugin
 
     return build_plugin("hypergrad", {"name": name, **params})
 
@@ -338,7 +338,7 @@ def command(section: str, quick: bool, extra: str = "") -> str:
 # --- fresh subprocesses ---------------------------------------------------------------------------
 def _status_kb(pid: int, field: str) -> int:
     """A ``/proc/<pid>/status`` field (kB) of another process, 0 when unreadable
-    (``framework.memory._status_kb`` reads this process's own)."""
+    (``hgbench.memory._status_kb`` reads this process's own)."""
     try:
         with open(f"/proc/{pid}/status") as f:
             for line in f:
@@ -393,7 +393,7 @@ def run_worker(func: str, spec: dict[str, Any], timeout: float = 600, mem_cap_gi
             resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
 
     t0 = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-m", "benchmarks.worker", func, json.dumps(spec), res_path],
+    proc = subprocess.Popen([sys.executable, "-m", "hgbench.benchmarks.worker", func, json.dumps(spec), res_path],
                             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             preexec_fn=limit)
     output: list[str] = []

@@ -17,8 +17,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from benchmarks import common
-from framework.compiled import loss_gradient as _grad
+from hgbench.benchmarks import common
+from hgbench.compiled import loss_gradient as _grad
 
 MODELS = ("mlp:[128]", "mlp", "cnn")
 QUICK_MODELS = ("mlp",)

@@ -2,13 +2,13 @@
 
 On the 1M-parameter MLP (784-1024-192-10) and the LeNet CNN (1×28×28), per-weight decay,
 batch 128: one plain gradient (the reference, = 1), one create_graph gradient, one HVP with a
-fresh double backward, one further HVP reusing the graph (``framework.ift.HessianVectorProduct``),
+fresh double backward, one further HVP reusing the graph (``hgbench.ift.HessianVectorProduct``),
 and one full hypergradient through ``Experiment.hypergradient_flat`` (the plugin path) for
 neumann and cg at i = 1, 5, 10, 20, 50, identity, and unroll with steps = i.
 
 Target: neumann with i steps ≤ 2.6 + 1.2·i + 2 gradients (one double-backward HVP, i further
 HVPs, and two gradients for ∂L_V/∂w and the mixed term). Also: the overhead of the
-Experiment/plugin path over calling ``framework.ift.ift_hypergradient`` directly with the same
+Experiment/plugin path over calling ``hgbench.ift.ift_hypergradient`` directly with the same
 closures (target ≤ 10 %), and over a hand-written per-tensor implementation in plain PyTorch.
 """
 
@@ -20,9 +20,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from benchmarks import common
-from framework.ift import HessianVectorProduct, ift_hypergradient
-from framework.linalg import neumann_solve
+from hgbench.benchmarks import common
+from hgbench.ift import HessianVectorProduct, ift_hypergradient
+from hgbench.linalg import neumann_solve
 
 ITERATIONS = (1, 5, 10, 20, 50)
 QUICK_ITERATIONS = (1, 2)
@@ -140,7 +140,7 @@ def measure_model(model: str, device: torch.device, quick: bool, reps: int) -> l
                  **common.ratio_cols("ratio", r["ratio"]),
                  "time_ms_median": 1e3 * r["fn_s"]["median"], "grad_ms_median": "",
                  "target_max_ratio": 1.10, "target_met": bool(r["ratio"]["median"] <= 1.10), "reps": max(reps, 3 if quick else 9),
-                 "note": "Experiment.hypergradient_flat / framework.ift.ift_hypergradient with the same closures"})
+                 "note": "Experiment.hypergradient_flat / hgbench.ift.ift_hypergradient with the same closures"})
     print(f"  cost {model:4s} overhead plugin/direct {r['ratio']['median']:.3f}", flush=True)
     hand = handwritten_neumann(exp, tb, vb, i_over, alpha)
     diff = common.rel_diff(plugin(), hand())

@@ -41,7 +41,7 @@ from typing import Any
 
 import torch
 
-from benchmarks import common
+from hgbench.benchmarks import common
 
 BUDGETS = (0, 1, 2, 5, 10, 20, 50)
 QUICK_BUDGETS = (0, 2)
@@ -61,7 +61,7 @@ REFERENCE = {
 # --- the problems ---------------------------------------------------------------------------------
 def build(problem: str, quick: bool, device: str = "cpu"):
     """(experiment at its fixed point, train batch, val batch) — deterministic (seeded)."""
-    from framework import build_experiment
+    from hgbench import build_experiment
 
     base = [f"device={device}", "warmup=false", "seed=0"]
     if problem == "ridge":
@@ -91,8 +91,8 @@ def build(problem: str, quick: bool, device: str = "cpu"):
 
 def reference(problem: str, exp, tb, vb, quick: bool) -> tuple[torch.Tensor, float | None]:
     """(the reference hypergradient, the relative residual of its solve where iterative)."""
-    from framework.ift import ift_hypergradient
-    from framework.linalg import cg_solve
+    from hgbench.ift import ift_hypergradient
+    from hgbench.linalg import cg_solve
 
     if problem == "ridge":
         return exp.hypergradient_flat(common.method("exact"), tb, vb), None
@@ -114,11 +114,11 @@ def points(exp, quick: bool, batch: int = 0) -> list[tuple[str, dict[str, Any]]]
     """(series label, method node) for every registered hypergrad method: its budgets, its
     ``curvature=ggn`` variant where it has one and the problem allows it, and for the methods in
     ``STOCHASTIC`` the Hessian on a quarter of the ``batch`` (``hessian_batch_size``)."""
-    from framework import plugins
+    from hgbench import registry
 
     out = []
-    for name in plugins.available("hypergrad"):
-        entry = plugins.entry("hypergrad", name)
+    for name in registry.available("hypergrad"):
+        entry = registry.entry("hypergrad", name)
         if entry.preset:  # an alias: the same method under another name
             continue
         cls = entry.cls
@@ -138,8 +138,8 @@ def points(exp, quick: bool, batch: int = 0) -> list[tuple[str, dict[str, Any]]]
 
 def _build_method(node: dict[str, Any]):
     """The method, or the reason it cannot be built (e.g. unroll with 0 steps)."""
-    from framework.config import build_plugin
-    from framework.errors import HgbenchError
+    from hgbench.config import build_plugin
+    from hgbench.errors import HgbenchError
 
     try:
         return build_plugin("hypergrad", dict(node)), None
@@ -149,9 +149,9 @@ def _build_method(node: dict[str, Any]):
 
 # --- memory, in a fresh process per problem --------------------------------------------------------
 def worker_memory(spec: dict[str, Any]) -> dict[str, Any]:
-    """``benchmarks.worker`` entry: the peak memory of each point of one problem, in this fresh
+    """``hgbench.benchmarks.worker`` entry: the peak memory of each point of one problem, in this fresh
     process (the parent started it with glibc's mmap threshold fixed: RSS follows live tensors)."""
-    from framework.memory import PeakMemory
+    from hgbench.memory import PeakMemory
 
     exp, tb, vb = build(spec["problem"], spec["quick"], spec["device"])
     out = {}
@@ -173,8 +173,8 @@ def _key(node: dict[str, Any]) -> str:
 # --- the measurements -----------------------------------------------------------------------------
 def curvature_facts(exp, tb, steps: int) -> dict[str, float]:
     """‖∂L_T/∂w‖ and the Hessian's extreme Ritz values (Lanczos) at the problem's point."""
-    from framework.ift import HessianVectorProduct
-    from framework.linalg import lanczos_extremes
+    from hgbench.ift import HessianVectorProduct
+    from hgbench.linalg import lanczos_extremes
 
     w = exp.w.detach().requires_grad_(True)
     (gw,) = torch.autograd.grad(exp.problem.train_loss(w, exp.lam.detach(), tb), w, create_graph=True)
@@ -184,7 +184,7 @@ def curvature_facts(exp, tb, steps: int) -> dict[str, float]:
 
 
 def measure(problem: str, quick: bool, device: torch.device, reps: int) -> list[dict[str, Any]]:
-    from framework.ift import products_done
+    from hgbench.ift import products_done
 
     exp, tb, vb = build(problem, quick, str(device))
     ref, residual = reference(problem, exp, tb, vb, quick)
@@ -230,7 +230,7 @@ def measure(problem: str, quick: bool, device: torch.device, reps: int) -> list[
         row.update(common.ratio_cols("time_grads", t["ratio"]))
         row["time_ms"] = 1e3 * t["fn_s"]["median"]
         if quick:
-            from framework.memory import PeakMemory
+            from hgbench.memory import PeakMemory
 
             mem = PeakMemory(device)
             mem.start()
@@ -257,7 +257,7 @@ def along_a_run(quick: bool, device: torch.device) -> list[dict[str, Any]]:
     (the reference's hypergradient drives λ, ``RUN_INNER_STEPS`` SGD steps between), and at every
     hyper-step each method, cold and ``warm_start=true`` (its own previous solution), at each
     budget, against the reference there (exact solve on the Gauss–Newton matrix)."""
-    from framework.ift import products_done
+    from hgbench.ift import products_done
 
     exp, tb, vb = build("mlp", quick, str(device))
     ref_method = common.method("exact", curvature="ggn")

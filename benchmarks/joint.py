@@ -19,7 +19,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from benchmarks import common
+from hgbench.benchmarks import common
 
 QUICK_BASE = ["dataset=digits", "model.hidden=[16]", "dataset.train_size=300", "dataset.val_size=200"]
 
@@ -35,7 +35,7 @@ def configs(quick: bool) -> list[dict]:
 
 
 def build(overrides, device, hypergrad: str):
-    from framework import build_experiment
+    from hgbench import build_experiment
 
     return build_experiment(overrides=[f"device={device}", *overrides], hypergrad=hypergrad)
 
@@ -57,7 +57,7 @@ def mem_point(spec: dict) -> dict:
     and torch runtime). ``peak_mb``: ``PeakMemory`` (CPU: growth of peak RSS during the steps
     only; CUDA: max_memory_allocated, which already counts every tensor)."""
 
-    from framework.memory import PeakMemory, _status_kb
+    from hgbench.memory import PeakMemory, _status_kb
 
     dev = common.resolve_device(spec["device"])
     # import everything a run needs (Hydra, plugins, datasets) before the baseline, with a throwaway tiny run

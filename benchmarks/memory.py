@@ -3,7 +3,7 @@
 neumann, cg and unroll (steps = i) at i = 1, 5, 10, 20, 50, 100 on the 1M-parameter MLP
 (per-weight decay, batch 128), each point in a FRESH subprocess: the process builds the
 problem, runs 5 plain training steps (so the memory a training step needs is already held),
-then measures one hypergradient with ``framework.memory.PeakMemory`` — on the CPU the growth
+then measures one hypergradient with ``hgbench.memory.PeakMemory`` — on the CPU the growth
 of the peak resident set size (the kernel's high-water mark reset just before), on CUDA
 ``torch.cuda.max_memory_allocated``. Expected: neumann and cg flat (within 10 % from i = 1 to
 100), unroll linear in i; the slope of a least-squares line is reported for each.
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks import common
+from hgbench.benchmarks import common
 
 ITERATIONS = (1, 5, 10, 20, 50, 100)
 QUICK_ITERATIONS = (1, 4)
@@ -25,7 +25,7 @@ METHODS = ("neumann", "cg", "unroll")
 def point(spec: dict) -> dict:
     """In the fresh process: the peak memory of one hypergradient (MB) for each of
     ``spec["points"]`` ([method, i] pairs; one pair per process except in --quick mode)."""
-    from framework.memory import PeakMemory
+    from hgbench.memory import PeakMemory
 
     dev = common.resolve_device(spec["device"])
     exp = common.experiment(spec["model"], dev, spec["quick"])

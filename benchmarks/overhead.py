@@ -1,6 +1,6 @@
 """Section ``overhead``: what Hydra + MLflow cost around a run, and what the joblib launcher buys.
 
-1. One run through the CLI (``python -m framework.cli ...`` in a subprocess, recording to a
+1. One run through the CLI (``python -m hgbench.cli ...`` in a subprocess, recording to a
    fresh sqlite MLflow store; a first, untimed CLI run creates the store's schema) vs the bare
    runner (``Experiment(cfg).run()`` with ``mlflow.enabled=false``, also in a fresh subprocess),
    on the same config sized to about 60 s (the default run, its ``hyper_steps`` calibrated on
@@ -24,7 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks import common
+from hgbench.benchmarks import common
 
 QUICK_BASE = ["dataset=digits", "model.hidden=[16]", "dataset.train_size=200", "dataset.val_size=100", "eval_every=5"]
 
@@ -34,8 +34,8 @@ def bare(spec: dict) -> dict:
     import time as _t
 
     t0 = _t.perf_counter()
-    from framework.api import compose_config
-    from framework.runner import Experiment
+    from hgbench.api import compose_config
+    from hgbench.runner import Experiment
 
     cfg = compose_config(["mlflow.enabled=false", "progress=false", *spec["overrides"]])
     res = Experiment(cfg).run()
@@ -47,7 +47,7 @@ def calibrate(spec: dict) -> dict:
     """Seconds per hyper-step of the config (warm), to size a run to a target duration."""
     import time as _t
 
-    from framework import build_experiment
+    from hgbench import build_experiment
 
     exp = build_experiment(overrides=spec["overrides"])
     exp.warm_up()
@@ -65,13 +65,13 @@ def calibrate(spec: dict) -> dict:
 
 def cli(args: list[str], cwd: Path, env: dict, timeout: float = 900) -> tuple[float, subprocess.CompletedProcess]:
     t0 = time.perf_counter()
-    out = subprocess.run([sys.executable, "-m", "framework.cli", *args], cwd=cwd, env=env, capture_output=True, text=True,
+    out = subprocess.run([sys.executable, "-m", "hgbench.cli", *args], cwd=cwd, env=env, capture_output=True, text=True,
                          timeout=timeout)
     return time.perf_counter() - t0, out
 
 
 def run(out: Path, quick: bool = False, device: str = "auto", reps: int | None = None, seconds: float | None = None) -> list[dict]:
-    from framework.callbacks import RESULT_FILE
+    from hgbench.callbacks import RESULT_FILE
 
     dev = common.resolve_device(device)
     reps = reps or (1 if quick else 2)

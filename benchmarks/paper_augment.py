@@ -33,7 +33,7 @@ from typing import Any
 
 import torch
 
-from benchmarks import common
+from hgbench.benchmarks import common
 
 PRESET = "paper_augment_mnist"
 INNER_LR = 0.05  # the preset's inner_optimizer.lr: identity's scale, so identity = Neumann with 0 terms
@@ -51,7 +51,7 @@ PAPER_WEIGHTS = 6659
 
 def augmenter_weights(channels: int) -> int:
     """The paper augmenter's weight count on ``channels``-channel images (one noise channel, width 8)."""
-    from plugins.hyperparam.augment_net import PaperUNet
+    from hgbench.plugins.hyperparam.augment_net import PaperUNet
 
     return sum(p.numel() for p in PaperUNet(channels, 1, 8).parameters())
 
@@ -76,7 +76,7 @@ def _change(exp) -> dict[str, float]:
 
 def trajectory(arm: str, method: str, extra: tuple[str, ...], seed: int, steps: int, every: int, device: str,
                quick: bool = False) -> tuple[list[dict[str, Any]], Any]:
-    from framework import build_experiment
+    from hgbench import build_experiment
 
     exp = build_experiment(overrides=[f"experiment={PRESET}", f"hypergrad={method}", *extra, f"seed={seed}",
                                       f"device={device}", "warmup=false", *(QUICK if quick else ())])

@@ -43,7 +43,7 @@ from typing import Any
 
 import torch
 
-from benchmarks import common
+from hgbench.benchmarks import common
 
 PRESET = "paper_blackbox"
 SWEEP = common.ROOT / "conf" / "sweep" / "optuna_weight_decay.yaml"
@@ -79,7 +79,7 @@ def optuna_space(path: Path = SWEEP) -> dict[str, Any]:
 
 # --- one run / one trial ----------------------------------------------------------------------------
 def _config(seed: int, device: str, steps: int, eval_every: int, extra: tuple[str, ...] = ()):
-    from framework import compose_config
+    from hgbench import compose_config
 
     return compose_config([f"experiment={PRESET}", f"seed={seed}", f"device={device}", f"hyper_steps={steps}",
                            f"eval_every={eval_every}", "warmup=false", "mlflow.enabled=false", "progress=false", *extra])
@@ -104,7 +104,7 @@ def _decay(ev: dict[str, float]) -> float:
 def ift_run(side: str, seed: int, device: str, steps: int, eval_every: int) -> list[dict[str, Any]]:
     """One IFT run: a row per evaluation (every ``eval_every`` hyper-steps and at the last), with
     the wall time since the clock started and the gradient equivalents spent so far."""
-    from framework.runner import Experiment
+    from hgbench.runner import Experiment
 
     cfg = _config(seed, device, steps, eval_every, ("hyperparam.granularity=per_param",) if side == "ift_per_weight" else ())
     k = int(cfg.inner_steps)
@@ -130,7 +130,7 @@ def ift_run(side: str, seed: int, device: str, steps: int, eval_every: int) -> l
 def warm_up(device: str) -> None:
     """One untimed build, hyper-step and evaluation of the preset: the process's one-time costs
     (loading the data, autograd's first calls) stay out of the first clock, whichever side it is."""
-    from framework.runner import Experiment
+    from hgbench.runner import Experiment
 
     exp = Experiment(_config(0, device, 1, 1))
     exp.hyper_step(1)
@@ -143,7 +143,7 @@ def optuna_side(seed: int, device: str, steps: int, eval_every: int, budget_s: f
     of wall time has passed: a row per trial, at its end."""
     import optuna
 
-    from framework.runner import Experiment
+    from hgbench.runner import Experiment
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     space = optuna_space()

@@ -44,7 +44,7 @@ from typing import Any
 
 import torch
 
-from benchmarks import common
+from hgbench.benchmarks import common
 
 # (name in the tables, preset, overrides on top of the preset)
 DATASETS = (("mnist", "paper_distill_mnist", ("dataset=mnist",)),
@@ -75,8 +75,8 @@ def distill(dataset: str, preset: str, extra: tuple[str, ...], lr: float, method
             eval_every: int, device: str) -> tuple[list[dict[str, Any]], dict[str, Any], torch.Tensor, list[str]]:
     """One whole distillation through the framework; its evaluations, the last one (+ time) and the
     final images with their class names."""
-    from framework import build_experiment
-    from framework.errors import DivergenceError
+    from hgbench import build_experiment
+    from hgbench.errors import DivergenceError
 
     exp = build_experiment(overrides=[f"experiment={preset}", *extra, f"outer_optimizer.lr={lr}", f"hypergrad={method}",
                                       f"seed={seed}", f"hyperparam.seed={100 * seed}", "hyperparam.fresh_val=true",
@@ -148,7 +148,7 @@ def compare(a: list[dict[str, Any]], b: list[dict[str, Any]], ka: str, kb: str) 
 # --- plots ------------------------------------------------------------------------------------
 def plot_images(images: list[dict[str, Any]], dataset: str, name: str, out: Path, dpi: int = 110) -> Path | None:
     """The chosen setting's final images of every seed (a row each) on ONE colour scale, square pixels."""
-    from plugins.hyperparam.distill import shared_scale_grid
+    from hgbench.plugins.hyperparam.distill import shared_scale_grid
 
     rows = sorted((r for r in images if r["dataset"] == dataset), key=lambda r: (r["seed"], r["class"]))
     if not rows:

@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from benchmarks import common
+from hgbench.benchmarks import common
 
 METHODS = (("neumann", 0), ("neumann", 1), ("neumann", 5), ("neumann", 20), ("cg", 20))
 SEEDS = (0, 1, 2)
@@ -41,7 +41,7 @@ def label(name: str, i: int) -> str:
 
 def trajectory(name: str, i: int, seed: int, steps: int, warmup: int, device: str, at: tuple[int, ...] | None = None,
                at_rows: list[dict[str, Any]] | None = None, max_steps: int = MAX_STEPS) -> list[dict[str, Any]]:
-    from framework import build_experiment
+    from hgbench import build_experiment
 
     exp = build_experiment(overrides=["experiment=paper_boston_inverse", f"hypergrad={name}", f"hypergrad.iterations={i}",
                                       f"seed={seed}", f"device={device}", "warmup=false"])

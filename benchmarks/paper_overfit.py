@@ -37,7 +37,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from benchmarks import common
+from hgbench.benchmarks import common
 
 SEEDS = (0, 1, 2)
 MODELS = ("linear", "mlp", "cnn", "lstm")  # "lstm": the PTB variant (its own preset)
@@ -75,7 +75,7 @@ def overrides(model: str, family: str, seed: int, device: str, quick: bool) -> l
 
 def trajectory(model: str, family: str, seed: int, steps: int, every: int, device: str, quick: bool = False) -> list[dict[str, Any]]:
     """One run: ``steps`` hyper-steps of the preset; a row of metrics at step 0 and every ``every``."""
-    from framework import build_experiment
+    from hgbench import build_experiment
 
     exp = build_experiment(overrides=overrides(model, family, seed, device, quick))
     exp.train_inner(int(exp.cfg.warmup_steps))

@@ -20,7 +20,7 @@ initialisation and the dropout noise; the data slices are fixed):
   extras and initial values) — the paper's 1,691,951-hyperparameter variant at this scale.
 
 Recorded: every ``CURVE_EVERY`` hyper-steps the validation and test perplexity (the whole slices,
-the streams walked in order: ``framework.runner.evaluate_streams``) and, every hyper-step, the
+the streams walked in order: ``hgbench.runner.evaluate_streams``) and, every hyper-step, the
 family's metrics (the rates' means, AR and TAR); at the end ``exp.evaluate()``: train / val / test
 perplexity of the final weights. Reported: the final weights' perplexities and those at the
 best-validation point of the curve (the paper reports its best-validation checkpoint). The study
@@ -34,7 +34,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks import common
+from hgbench.benchmarks import common
 
 PRESET = "paper_ptb"
 CONFIGS = (("fixed", "no tuning (fixed rates)", ["hypergrad=fixed", "~hypergrad.iterations"]),
@@ -52,7 +52,7 @@ HPS = ("embedding", "hidden0", "output", "word", "weight_hh", "ar", "tar")  # th
 
 
 def build(config: str, seed: int, device: str, quick: bool):
-    from framework import build_experiment
+    from hgbench import build_experiment
 
     extra = dict((c, o) for c, _, o in CONFIGS)[config]
     return build_experiment(overrides=[f"experiment={PRESET}", *extra, f"seed={seed}", f"device={device}", "warmup=false",
@@ -70,7 +70,7 @@ def hp_values(metrics: dict[str, float]) -> dict[str, float]:
 
 
 def one_run(config: str, seed: int, device: str, quick: bool) -> tuple[dict[str, Any], list[dict[str, Any]], list[dict[str, Any]]]:
-    from framework.runner import evaluate_streams
+    from hgbench.runner import evaluate_streams
 
     exp = build(config, seed, device, quick)
     steps, fam = int(exp.cfg.hyper_steps), exp.problem.family

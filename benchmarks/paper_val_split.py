@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks import common
+from hgbench.benchmarks import common
 
 PRESET = "paper_val_split"
 SIZES = (100, 200, 1600)
@@ -40,7 +40,7 @@ PAPER_BEST = {"global": (0.1,), "per_param": (0.3, 0.4, 0.5)}  # the grid points
 
 
 def one_run(total: int, fraction: float, granularity: str, seed: int, device: str, extra: list[str]) -> dict[str, Any]:
-    from framework import build_experiment
+    from hgbench import build_experiment
 
     exp = build_experiment(overrides=[f"experiment={PRESET}", f"dataset.total_size={total}", f"dataset.val_fraction={fraction}",
                                       f"hyperparam.granularity={granularity}", f"seed={seed}", f"device={device}", *extra])

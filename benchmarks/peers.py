@@ -38,8 +38,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from benchmarks import common
-from framework.base import Batch
+from hgbench.benchmarks import common
+from hgbench.base import Batch
 
 ITERATIONS = (5, 20)
 QUICK_ITERATIONS = (3,)
@@ -238,7 +238,7 @@ def convex_experiment(dev, quick: bool):
     """Multinomial logistic regression (the ``linear`` model, 7,850 weights) on mnist_5k with one
     decay per weight (init 1e-3), batch 128, float32, after SGD to near its optimum: convex, so
     the Hessian is positive definite and every method's limit is the same vector."""
-    from framework import build_experiment
+    from hgbench import build_experiment
 
     exp = build_experiment(overrides=[f"device={dev}", "train_batch_size=128", "val_batch_size=128", "warmup=false",
                                       f"hyperparam.init_decay={QUICK_CONVEX_DECAY if quick else CONVEX_DECAY}"],
@@ -251,8 +251,8 @@ def reference(exp, tb, vb, curvature: str = "hessian", iterations: int = 3000) -
     """The reference hypergradient in float64: CG (on H, or on the Gauss–Newton matrix for
     ``curvature='ggn'``) to a relative residual of ``REF_TOL`` or ``iterations`` steps; returns it
     and the relative residual reached."""
-    from framework.ift import ift_hypergradient
-    from framework.linalg import cg_solve
+    from hgbench.ift import ift_hypergradient
+    from hgbench.linalg import cg_solve
 
     def f64(b: Batch) -> Batch:
         return Batch(b.x.double(), b.y.double() if b.y.is_floating_point() else b.y, b.idx)
@@ -713,10 +713,10 @@ def verdict_lines(rows, grid_max: int) -> list[str]:
 def rewrite(out: Path) -> None:
     """Redraw ``peers_accuracy.png`` and the accuracy part of the peers fragment and headline from
     ``peers.csv`` / ``peers_accuracy.csv`` (the first part of the fragment, with its notes, is
-    kept); then reassemble ``<out>/README.md`` (``benchmarks.cli.assemble_readme``)."""
+    kept); then reassemble ``<out>/README.md`` (``hgbench.benchmarks.cli.assemble_readme``)."""
     import json
 
-    from benchmarks.cli import assemble_readme
+    from hgbench.benchmarks.cli import assemble_readme
 
     rows = common.read_csv(out / "peers.csv") if (out / "peers.csv").exists() else []
     acc = common.read_csv(out / "peers_accuracy.csv")

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks import common
+from hgbench.benchmarks import common
 
 SIZES_M = (1, 3, 10, 30, 100, 200, 300, 400, 600, 800)
 TIMED_M = (1, 10)
@@ -33,7 +33,7 @@ def point(spec: dict) -> dict:
     """In the fresh process: build the problem, one hypergradient (timed), optionally repeated."""
     import time
 
-    from framework.memory import _status_kb
+    from hgbench.memory import _status_kb
 
     dev = common.resolve_device(spec["device"])
     h = spec["hidden"]

@@ -1,4 +1,4 @@
-"""Entry point of a fresh measurement process: ``python -m benchmarks.worker MODULE:FUNC SPEC OUT``.
+"""Entry point of a fresh measurement process: ``python -m hgbench.benchmarks.worker MODULE:FUNC SPEC OUT``.
 
 Calls ``benchmarks.MODULE.FUNC(spec)`` and writes the dict it returns as JSON to OUT. A
 failure is written as ``{"status": "error" | "oom", "error": ...}`` so the parent can report why.
@@ -22,7 +22,7 @@ def main() -> None:
         torch.set_num_threads(int(os.environ["HGBENCH_BENCH_THREADS"]))
     mod, name = func.split(":")
     try:
-        result = getattr(importlib.import_module(f"benchmarks.{mod}"), name)(spec)
+        result = getattr(importlib.import_module(f"hgbench.benchmarks.{mod}"), name)(spec)
         result.setdefault("status", "ok")
     except (MemoryError, RuntimeError) as exc:  # torch's "can't allocate memory" is a RuntimeError
         oom = isinstance(exc, MemoryError) or "allocate" in str(exc) or "out of memory" in str(exc)

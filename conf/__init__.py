@@ -1,1 +1,1 @@
-"""hgbench's Hydra configs (a package so that ``pkg://conf`` finds them when installed)."""
+"""hgbench's Hydra configs (a package so that ``pkg://hgbench.conf`` finds them when installed)."""

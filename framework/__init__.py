@@ -2,11 +2,11 @@
 
 Plugins import ``hookimpl`` and their base class from here::
 
-    from framework import HypergradientMethod, hookimpl
+    from hgbench import HypergradientMethod, hookimpl
 
 The Python API (``build_experiment``) builds a problem from the same config names as the CLI.
 Every name is imported on first use (PEP 562): importing the package alone — as pytest does
-for hgbench's pytest plugin (``framework.pytest_plugin``) in every test session — loads
+for hgbench's pytest plugin (``hgbench.pytest_plugin``) in every test session — loads
 neither torch nor Hydra.
 """
 
@@ -16,12 +16,12 @@ import importlib
 
 _WHERE = {
     **dict.fromkeys(("Batch", "Bilevel", "DataSplits", "Dataset", "HyperparamFamily", "HypergradientMethod", "Model",
-                     "Plugin", "Split"), "framework.base"),
+                     "Plugin", "Split"), "hgbench.base"),
     **dict.fromkeys(("ConfigError", "DataError", "DivergenceError", "HgbenchError", "SkipRun", "UnknownPluginError"),
-                    "framework.errors"),
-    "hookimpl": "framework.plugins",
-    "build_experiment": "framework.api",
-    "compose_config": "framework.api",
+                    "hgbench.errors"),
+    "hookimpl": "hgbench.registry",
+    "build_experiment": "hgbench.api",
+    "compose_config": "hgbench.api",
 }
 
 __all__ = sorted(_WHERE)
@@ -32,7 +32,7 @@ def __getattr__(name: str):
         value = getattr(importlib.import_module(_WHERE[name]), name)
         globals()[name] = value  # once
         return value
-    raise AttributeError(f"module 'framework' has no attribute {name!r}")
+    raise AttributeError(f"module 'hgbench' has no attribute {name!r}")
 
 
 def __dir__() -> list[str]:

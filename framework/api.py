@@ -1,6 +1,6 @@
 """The Python API: the CLI's code path, from a notebook.
 
-    from framework import build_experiment
+    from hgbench import build_experiment
 
     exp = build_experiment(dataset="synthetic_linear", model="linear",
                            hyperparam="weight_decay_per_param", overrides=["dtype=float64"])
@@ -23,8 +23,8 @@ from hydra import compose, initialize_config_module
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig
 
-from framework.hydra_config import CONFIG_MODULE, register_plugin_configs
-from framework.runner import Experiment
+from hgbench.hydra_config import CONFIG_MODULE, register_plugin_configs
+from hgbench.runner import Experiment
 
 
 def compose_config(overrides: Sequence[str] = (), **groups: str) -> DictConfig:

@@ -15,8 +15,8 @@ from typing import Any, Callable, ClassVar, NamedTuple
 import torch
 from torch import Tensor, nn
 
-from framework.errors import ConfigError
-from framework.flat import FlatSpec
+from hgbench.errors import ConfigError
+from hgbench.flat import FlatSpec
 
 
 class Batch(NamedTuple):
@@ -75,7 +75,7 @@ class Plugin:
     aliases: ClassVar[dict[str, dict[str, Any]]] = {}
 
     def skip(self, problem: Any) -> str | None:
-        """Return why this plugin cannot run on ``problem`` (a ``framework.problem.Problem``:
+        """Return why this plugin cannot run on ``problem`` (a ``hgbench.problem.Problem``:
         its ``data``, ``module``, sizes) — then the run is skipped — or None."""
         return None
 
@@ -101,7 +101,7 @@ class Bilevel:
     """Everything a hypergradient method may use, at one point (w, λ).
 
     ``train_loss(w, lam)`` and ``val_loss(w, lam)`` are closures over fixed batches; ``w`` and
-    ``lam`` are flat 1-D tensors (see ``framework.flat``). ``inner_optimizer`` with its current
+    ``lam`` are flat 1-D tensors (see ``hgbench.flat``). ``inner_optimizer`` with its current
     ``inner_state`` is the inner update rule, for methods that unroll it.
     """
 
@@ -111,7 +111,7 @@ class Bilevel:
     lam: Tensor
     inner_optimizer: Any = None
     inner_state: dict[str, Tensor] | None = None
-    # (w, λ) -> v ↦ G v, the Gauss–Newton matrix of L_T (``framework.ift.GaussNewtonProduct``);
+    # (w, λ) -> v ↦ G v, the Gauss–Newton matrix of L_T (``hgbench.ift.GaussNewtonProduct``);
     # None when the family's training loss is not a task loss plus a penalty
     ggn: Callable[[Tensor, Tensor], Callable[[Tensor], Tensor]] | None = None
     # n -> a fresh minibatch of n training examples (drawn with torch's global RNG, which the run
@@ -135,7 +135,7 @@ class Bilevel:
         other = self.on_train_batch(self.sample_train(batch_size))
         if kind == "ggn":
             return other.ggn
-        from framework.ift import HessianVectorProduct
+        from hgbench.ift import HessianVectorProduct
 
         def hessian(w: Tensor, lam: Tensor) -> Callable[[Tensor], Tensor]:
             (g,) = torch.autograd.grad(other.train_loss(w, lam), w, create_graph=True)

@@ -89,7 +89,7 @@ def format_sweep_summary(results: list[dict[str, Any]], expected: int | None = N
 def _check_output_dir(folder: str, key: str) -> None:
     """Hydra creates the job's output folder next: an unwritable one is one line and exit 2, not
     Hydra's traceback."""
-    from framework.store import StoreError, probe_dir
+    from hgbench.store import StoreError, probe_dir
 
     try:
         probe_dir(Path(folder), "the output folder", hint=f"launch from a writable folder, or set {key}")
@@ -315,7 +315,7 @@ class SweepCallback(Callback):
         guard_slurm_launcher(config)
         mlflow_cfg = config.mlflow
         if mlflow_cfg.enabled:
-            from framework.store import (
+            from hgbench.store import (
                 StoreError,
                 browse_lines,
                 check_store,

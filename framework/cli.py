@@ -15,12 +15,12 @@ from hydra.core.hydra_config import HydraConfig  # noqa: E402
 from hydra.types import RunMode  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
-from framework import store  # noqa: E402
-from framework.callbacks import SWEEP_ENV, write_job_result  # noqa: E402
-from framework.cli_checks import check_overrides  # noqa: E402
-from framework.errors import HgbenchError, SkipRun, StoreError, describe  # noqa: E402
-from framework.hookspecs import RunResult  # noqa: E402
-from framework.runner import (  # noqa: E402
+from hgbench import store  # noqa: E402
+from hgbench.callbacks import SWEEP_ENV, write_job_result  # noqa: E402
+from hgbench.cli_checks import check_overrides  # noqa: E402
+from hgbench.errors import HgbenchError, SkipRun, StoreError, describe  # noqa: E402
+from hgbench.hookspecs import RunResult  # noqa: E402
+from hgbench.runner import (  # noqa: E402
     Experiment,
     build_parts,
     clear_grid_stop,
@@ -264,7 +264,7 @@ def _code_note(run) -> str:
 
 def previous_result(cfg: DictConfig) -> tuple[RunResult | None, str | None, dict | None]:
     """(a result to report instead of running, the run to resume, its checkpoint state)."""
-    from framework.config import config_fingerprint, fingerprint
+    from hgbench.config import config_fingerprint, fingerprint
 
     uri = store.resolve_tracking_uri(cfg.mlflow.tracking_uri)
     experiment = str(cfg.mlflow.experiment)
@@ -306,7 +306,7 @@ def _fail(exc: BaseException) -> None:
     sys.exit(2)
 
 
-@hydra.main(version_base="1.3", config_path="pkg://conf", config_name="config")
+@hydra.main(version_base="1.3", config_path="pkg://hgbench.conf", config_name="config")
 def app(cfg: DictConfig) -> float | None:
     hc = HydraConfig.get()
     with job_process_state(cfg, hc):

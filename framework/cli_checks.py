@@ -5,7 +5,7 @@ is allowed (exit 2), in single runs and ``-m`` grids alike, and no ``outputs/`` 
 
 Every value of a choice or range sweep is checked; interval sweeps (Optuna's search spaces) only
 by their key. What Hydra composes but hgbench refuses (a wrong type, an unknown ``+key``) is
-checked later, with the whole config (``framework.runner.build_parts``).
+checked later, with the whole config (``hgbench.runner.build_parts``).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import Any
 from hydra.errors import ConfigCompositionException, MissingConfigException
 from omegaconf import OmegaConf
 
-from framework.hydra_config import CONFIG_MODULE, register_plugin_configs
+from hgbench.hydra_config import CONFIG_MODULE, register_plugin_configs
 
 MISSING_OPTION = re.compile(r"Could not (?:find|load) '([^']+)/([^']+)'")
 UNKNOWN_KEY = re.compile(r"Could not override '([^']+)'")

@@ -9,9 +9,9 @@ from typing import Any, Literal, Union
 
 from omegaconf import DictConfig, OmegaConf
 
-from framework import plugins
-from framework.base import Plugin
-from framework.errors import ConfigError
+from hgbench import registry
+from hgbench.base import Plugin
+from hgbench.errors import ConfigError
 
 
 def to_dict(node: Any) -> dict[str, Any]:
@@ -75,8 +75,8 @@ def build_plugin(kind: str, node: Any, **overrides: Any) -> Plugin:
     params.update(overrides)
     name = params.pop("name", None)
     if not name:
-        raise ConfigError(f"{kind}.name is missing. Available: {', '.join(plugins.available(kind))}")
-    found = plugins.entry(kind, name)
+        raise ConfigError(f"{kind}.name is missing. Available: {', '.join(registry.available(kind))}")
+    found = registry.entry(kind, name)
     cls = found.cls
     params = {**(found.preset or {}), **params}  # an alias's presets, under explicit values
     check_params(kind, cls, params)
@@ -108,16 +108,18 @@ def code_versions(cfg: Any) -> dict[str, str]:
     package's sources (so editing a plugin in place, without a version bump, counts too)."""
     import torch
 
-    from framework.provenance import distribution_version, package_digest
+    from hgbench.provenance import distribution_version, package_digest
 
-    out = {"torch": torch.__version__, "hgbench": f"{distribution_version('framework')} {package_digest('framework')}"}
-    for kind in plugins.KINDS:
+    out = {"torch": torch.__version__, "hgbench": f"{distribution_version('hgbench')} {package_digest('hgbench')}"}
+    for kind in registry.KINDS:
         name = cfg[kind].get("name") if kind in cfg and cfg[kind] is not None else None
         try:
-            cls = plugins.get(kind, str(name))
+            cls = registry.get(kind, str(name))
         except Exception:  # noqa: BLE001 - an unknown plugin: the run fails before computing anything
             continue
-        top = cls.__module__.split(".")[0]
+        parts = cls.__module__.split(".")
+        # a built-in plugin's code is its own package inside hgbench's namespace, not the framework's
+        top = ".".join(parts[:2]) if parts[0] == "hgbench" and len(parts) > 2 else parts[0]
         out[kind] = f"{distribution_version(top)} {package_digest(top)}"
     return out
 
@@ -154,8 +156,8 @@ def config_tags(cfg: Any) -> dict[str, str]:
     import os
     import platform
 
-    from framework.provenance import provenance_tags
+    from hgbench.provenance import provenance_tags
 
-    tags = {f"hgbench.{kind}": str(cfg[kind].name) for kind in plugins.KINDS if kind in cfg}
+    tags = {f"hgbench.{kind}": str(cfg[kind].name) for kind in registry.KINDS if kind in cfg}
     tags.update({"hgbench.fingerprint": fingerprint(cfg), "hgbench.config_fingerprint": config_fingerprint(cfg), "hgbench.pid": str(os.getpid()), "hgbench.host": platform.node()})
     return {**tags, **provenance_tags()}

@@ -1,8 +1,8 @@
 """Every hgbench hook, in one place.
 
-A plugin is a module (or object) with functions decorated by ``framework.hookimpl`` whose names
+A plugin is a module (or object) with functions decorated by ``hgbench.hookimpl`` whose names
 match the specs below. Built-in plugins live under ``plugins/`` and are registered from the list in
-``framework/plugins.py``; third-party ones are found through the ``hgbench`` entry-point group.
+``framework/registry.py``; third-party ones are found through the ``hgbench`` entry-point group.
 
 The ``register_*`` hooks each return a list of plugin classes; hgbench chains the lists of all
 plugins together. The ``on_*`` hooks follow one run's life; recording (MLflow) and the progress
@@ -39,7 +39,7 @@ class RunContext:
     things to report at the end (e.g. where the run was recorded) in ``info``."""
 
     config: Any  # the run's resolved DictConfig
-    experiment: Any  # the framework.runner.Experiment; None for a run whose config could not be built
+    experiment: Any  # the hgbench.runner.Experiment; None for a run whose config could not be built
     tags: dict[str, str]
     info: dict[str, Any] = field(default_factory=dict)
     extras: dict[str, Any] = field(default_factory=dict)
@@ -66,22 +66,22 @@ class RunResult:
 
 @hookspec
 def register_hypergradients() -> list[type]:
-    """Return hypergradient-method classes (subclasses of ``framework.HypergradientMethod``)."""
+    """Return hypergradient-method classes (subclasses of ``hgbench.HypergradientMethod``)."""
 
 
 @hookspec
 def register_hyperparams() -> list[type]:
-    """Return hyperparameter-family classes (subclasses of ``framework.HyperparamFamily``)."""
+    """Return hyperparameter-family classes (subclasses of ``hgbench.HyperparamFamily``)."""
 
 
 @hookspec
 def register_datasets() -> list[type]:
-    """Return dataset classes (subclasses of ``framework.Dataset``)."""
+    """Return dataset classes (subclasses of ``hgbench.Dataset``)."""
 
 
 @hookspec
 def register_models() -> list[type]:
-    """Return model classes (subclasses of ``framework.Model``)."""
+    """Return model classes (subclasses of ``hgbench.Model``)."""
 
 
 # --- run lifecycle ----------------------------------------------------------------------------
@@ -108,6 +108,6 @@ def on_run_end(run: RunContext, status: str, error: BaseException | None, summar
     """Called once when a run ends: ``status`` is ``FINISHED``, ``FAILED`` or ``SKIPPED``.
 
     :param error: the exception that ended the run (``None`` if it finished); for a skipped run a
-        ``framework.SkipRun`` carrying the reason.
+        ``hgbench.SkipRun`` carrying the reason.
     :param summary: the run's final figures (``runtime_s``, ``peak_memory_mb``, final losses).
     """

@@ -14,9 +14,9 @@ from importlib.resources import files
 
 from hydra.core.config_store import ConfigStore
 
-from framework import plugins
+from hgbench import registry
 
-CONFIG_MODULE = "conf"
+CONFIG_MODULE = "hgbench.conf"
 
 
 def has_yaml(kind: str, name: str) -> bool:
@@ -32,7 +32,7 @@ def register_plugin_configs() -> list[tuple[str, str]]:
     stored."""
     cs = ConfigStore.instance()
     stored = []
-    for kind, entries in plugins.registry().items():
+    for kind, entries in registry.registry().items():
         for name, entry in entries.items():
             if not has_yaml(kind, name):
                 node = {"name": entry.cls.name, **entry.cls.defaults(), **(entry.preset or {})}

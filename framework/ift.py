@@ -3,7 +3,7 @@
     dL_V/dλ = ∂L_V/∂λ − (∂²L_T/∂λ∂wᵀ) · [∂²L_T/∂w∂wᵀ]⁻¹ · ∂L_V/∂w      (Lorraine et al., 2020)
 
 ``ift_hypergradient`` is Algorithm 2 with the inverse-Hessian-vector product delegated to any
-solver of ``framework.linalg``. The training gradient is built ONCE with ``create_graph=True`` and
+solver of ``hgbench.linalg``. The training gradient is built ONCE with ``create_graph=True`` and
 every Hessian-vector product reuses its graph (about 1.2 plain gradients each on a CPU MLP,
 instead of about 2.6 when the double-backward graph is rebuilt).
 """

@@ -56,7 +56,7 @@ def series_labels(runs: pd.DataFrame) -> tuple[pd.Series, pd.Series]:
     """(series, tick): the series is one configuration — the method (+ family where families
     differ, + every parameter that differs within them: ``report.config_columns``); the tick
     label adds dataset / model where those differ too."""
-    from framework.rowkey import config_columns
+    from hgbench.rowkey import config_columns
 
     series, tick = runs["method"].astype(str), runs["method"].astype(str)
     for c in ("family", "dataset", "model"):

@@ -21,9 +21,9 @@ import sys
 import typing
 from typing import Any
 
-from framework import hookspecs, plugins
-from framework.config import type_name
-from framework.hydra_config import has_yaml
+from hgbench import hookspecs, registry
+from hgbench.config import type_name
+from hgbench.hydra_config import has_yaml
 
 HOOKS = [n for n, f in vars(hookspecs).items() if callable(f) and hasattr(f, "hgbench_spec")]  # spec order
 
@@ -31,7 +31,7 @@ HOOKS = [n for n, f in vars(hookspecs).items() if callable(f) and hasattr(f, "hg
 def _entry_points() -> dict[str, importlib.metadata.EntryPoint]:
     """Entry-point name -> entry point in the ``hgbench`` group (first wins, as in plugins.py)."""
     out: dict[str, importlib.metadata.EntryPoint] = {}
-    for ep in importlib.metadata.entry_points(group=plugins.ENTRY_POINT_GROUP):
+    for ep in importlib.metadata.entry_points(group=registry.ENTRY_POINT_GROUP):
         out.setdefault(ep.name, ep)
     return out
 
@@ -39,9 +39,9 @@ def _entry_points() -> dict[str, importlib.metadata.EntryPoint]:
 def origin(source: str, entry_points: dict[str, importlib.metadata.EntryPoint] | None = None) -> dict[str, Any]:
     """Where the plugin registered as ``source`` (a plugin-manager name) came from."""
     eps = _entry_points() if entry_points is None else entry_points
-    plugin = plugins.plugin_manager().get_plugin(source)
+    plugin = registry.plugin_manager().get_plugin(source)
     module = getattr(plugin, "__name__", None) or type(plugin).__module__
-    if source in plugins.builtin_names():
+    if source in registry.builtin_names():
         return {"origin": "built-in", "module": module, "entry_point": None, "distribution": None, "version": None}
     ep = eps.get(source)
     if ep is not None and not os.environ.get("HGBENCH_DISABLE_ENTRY_POINTS"):
@@ -68,10 +68,10 @@ def parameters(cls: type) -> list[dict[str, Any]]:
 
 def collect(kind: str | None = None) -> dict[str, Any]:
     """Everything the command shows, as plain data (what ``--json`` prints)."""
-    reg = plugins.registry()
-    failures = plugins.failures()
+    reg = registry.registry()
+    failures = registry.failures()
     eps = _entry_points()
-    kinds = [kind] if kind else list(plugins.KINDS)
+    kinds = [kind] if kind else list(registry.KINDS)
     out: dict[str, Any] = {"plugins": {}, "modules": [], "failures": []}
     for k in kinds:
         rows = []
@@ -88,7 +88,7 @@ def collect(kind: str | None = None) -> dict[str, Any]:
             })
         out["plugins"][k] = rows
     if kind is None:
-        pm = plugins.plugin_manager()
+        pm = registry.plugin_manager()
         for name, plugin in pm.list_name_plugin():
             if plugin is None:  # blocked
                 continue
@@ -164,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
         prog="hgbench-plugins",
         description="List hgbench's registered plugins: name, origin, parameters (types and defaults), and failures.",
     )
-    parser.add_argument("--kind", choices=list(plugins.KINDS), help="only this kind of plugin")
+    parser.add_argument("--kind", choices=list(registry.KINDS), help="only this kind of plugin")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     args = parser.parse_args(argv)
     data = collect(args.kind)

@@ -1,6 +1,6 @@
 """A bilevel problem assembled from a dataset, a model and a hyperparameter family.
 
-w and λ are flat leaf tensors (``framework.flat``); ``train_loss(w, λ, batch)`` and
+w and λ are flat leaf tensors (``hgbench.flat``); ``train_loss(w, λ, batch)`` and
 ``val_loss(w, λ, batch)`` are what every hypergradient method differentiates. The problem never
 looks inside the family: the family alone decides where λ enters the losses.
 """
@@ -14,10 +14,10 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.func import functional_call
 
-from framework.base import Batch, Bilevel, DataSplits, Dataset, HyperparamFamily, Model, ProblemContext, Split
-from framework.errors import HgbenchError, SkipRun
-from framework.flat import FlatSpec
-from framework.ift import GaussNewtonProduct
+from hgbench.base import Batch, Bilevel, DataSplits, Dataset, HyperparamFamily, Model, ProblemContext, Split
+from hgbench.errors import HgbenchError, SkipRun
+from hgbench.flat import FlatSpec
+from hgbench.ift import GaussNewtonProduct
 
 __all__ = ["Problem", "ProblemContext", "Sampler"]
 

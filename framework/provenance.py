@@ -27,7 +27,7 @@ def git_commit() -> tuple[str, bool]:
 
 @functools.lru_cache(maxsize=None)
 def package_digest(package: str) -> str:
-    """A short digest of the Python sources of an importable top-level package (or module)."""
+    """A short digest of the Python sources of an importable package (or module)."""
     import hashlib
     import importlib.util
 
@@ -51,7 +51,7 @@ def distribution_version(package: str) -> str:
     among the distributions declaring ``hgbench`` plugins (fast), else by a full scan."""
     from importlib.metadata import PackageNotFoundError, entry_points, packages_distributions, version
 
-    if package == __name__.split(".")[0]:  # framework/ is hgbench's own
+    if package.split(".")[0] == __name__.split(".")[0]:  # hgbench and hgbench.plugins are hgbench's own
         try:
             return f"hgbench=={version('hgbench')}"
         except PackageNotFoundError:

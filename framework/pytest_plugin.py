@@ -4,12 +4,12 @@ pyproject.toml; ``pytest -p no:hgbench`` turns it off).
 
 - ``hgbench_register``: ``hgbench_register(my_module)`` registers a plugin module (or plugin
   classes) for the test and removes it afterwards; a module already registered through its
-  installed entry point is used as it is (``framework.testing.registered``);
+  installed entry point is used as it is (``hgbench.testing.registered``);
 - ``hgbench_ridge``: the float64 ridge-regression experiment at its exact inner optimum whose
-  hypergradient has a closed form (``framework.testing.ridge_experiment`` and
+  hypergradient has a closed form (``hgbench.testing.ridge_experiment`` and
   ``ridge_hypergradient``).
 
-The checks themselves are plain functions in ``framework.testing`` (``check_method``,
+The checks themselves are plain functions in ``hgbench.testing`` (``check_method``,
 ``assert_matches_exact``, …). This module imports nothing heavy at pytest start-up beyond the
 ``framework`` package; the kit is imported when a fixture is used.
 """
@@ -24,8 +24,8 @@ import pytest
 @pytest.fixture
 def hgbench_register():
     """``register(plugin, name=None) -> str``: register ``plugin`` for this test (see
-    ``framework.testing.registered``); everything registered is removed at teardown."""
-    from framework.testing import registered
+    ``hgbench.testing.registered``); everything registered is removed at teardown."""
+    from hgbench.testing import registered
 
     with contextlib.ExitStack() as stack:
         yield lambda plugin, name=None: stack.enter_context(registered(plugin, name=name))
@@ -34,8 +34,8 @@ def hgbench_register():
 @pytest.fixture
 def hgbench_ridge():
     """A fresh ridge-regression ``Experiment`` (float64, 10 features, one decay per feature, no
-    bias) at its exact inner optimum; ``framework.testing.ridge_hypergradient(exp)`` is its
+    bias) at its exact inner optimum; ``hgbench.testing.ridge_hypergradient(exp)`` is its
     closed-form hypergradient."""
-    from framework.testing import ridge_experiment
+    from hgbench.testing import ridge_experiment
 
     return ridge_experiment()

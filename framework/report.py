@@ -8,7 +8,7 @@ mean ± std over seeds of the final values of FINISHED runs; failed and skipped 
 for runs with accuracy checks, ``reference.every > 0``, the median cosine and relative error of
 the hypergradient against the reference over a run's checks),
 ``runs.csv`` (one row per run), ``metrics.csv`` (one row per logged (run, key, step)) and PNG
-plots (``framework.plots``). Trials of an Optuna sweep (tag ``hgbench.sweeper`` = optuna) enter as
+plots (``hgbench.plots``). Trials of an Optuna sweep (tag ``hgbench.sweeper`` = optuna) enter as
 one run per sweep: the trial with the lowest final val_loss, labelled ``optuna(<hypergrad>)``; the
 whole sweep's cost is listed in weight updates and in wall time as a multiple of a gradient-based
 run's (equal weight updates are not equal compute: the gradient runs' hypergradients cost too).
@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from framework.rowkey import GROUP, config_columns
+from hgbench.rowkey import GROUP, config_columns
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
@@ -74,7 +74,7 @@ def open_store(uri: str, experiments: list[str]):
     """An MlflowClient and {experiment id: name}; ReportError listing what exists if a name does not."""
     from mlflow.tracking import MlflowClient
 
-    from framework.store import sqlite_path
+    from hgbench.store import sqlite_path
 
     db = sqlite_path(uri)
     if db is not None and not db.exists():  # MlflowClient would create an empty store
@@ -343,8 +343,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def report(args: argparse.Namespace) -> Path:
-    from framework import plots
-    from framework.store import resolve_tracking_uri
+    from hgbench import plots
+    from hgbench.store import resolve_tracking_uri
 
     uri = resolve_tracking_uri(args.tracking_uri)
     experiments = args.experiment or ["hgbench"]

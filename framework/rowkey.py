@@ -13,8 +13,8 @@ def config_columns(runs: pd.DataFrame) -> list[str]:
     dataset × model — e.g. ``hypergrad.iterations`` in a grid over i, ``hyper_steps`` between a
     long and a short run, ``hyperparam.granularity``. With GROUP they make a report row's key:
     a row is one configuration. The seed, sizes derived from the config and what only changes how
-    a run is recorded or shown (framework.config.NOT_IN_FINGERPRINT) are left out."""
-    from framework.config import NOT_IN_FINGERPRINT
+    a run is recorded or shown (hgbench.config.NOT_IN_FINGERPRINT) are left out."""
+    from hgbench.config import NOT_IN_FINGERPRINT
 
     skip = tuple(f"params.{k}" for k in (*NOT_IN_FINGERPRINT, "hydra", "seed", "num_weights", "num_hyperparams"))
     names = tuple(f"params.{tag}.name" for tag in ("hypergrad", "hyperparam", "dataset", "model"))  # = GROUP's columns

@@ -29,17 +29,17 @@ import torch
 from omegaconf import DictConfig
 from torch import Tensor
 
-from framework import plugins
-from framework.base import Batch, Dataset, HypergradientMethod, HyperparamFamily, Model
-from framework.compiled import InnerLoss
-from framework.config import build_plugin, config_tags, to_dict
-from framework.errors import ConfigError, DivergenceError, HgbenchError, RecordingError, SkipRun
-from framework.hookspecs import RunContext, RunResult
-from framework.ift import HessianVectorProduct, products_done
-from framework.linalg import lanczos_extremes
-from framework.memory import PeakMemory
-from framework.problem import Problem, Sampler
-from framework.schema import check_run_config, instantiate_checked
+from hgbench import registry
+from hgbench.base import Batch, Dataset, HypergradientMethod, HyperparamFamily, Model
+from hgbench.compiled import InnerLoss
+from hgbench.config import build_plugin, config_tags, to_dict
+from hgbench.errors import ConfigError, DivergenceError, HgbenchError, RecordingError, SkipRun
+from hgbench.hookspecs import RunContext, RunResult
+from hgbench.ift import HessianVectorProduct, products_done
+from hgbench.linalg import lanczos_extremes
+from hgbench.memory import PeakMemory
+from hgbench.problem import Problem, Sampler
+from hgbench.schema import check_run_config, instantiate_checked
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
@@ -51,7 +51,7 @@ _stop_requested: list[str] = []
 
 # a stop of the whole process's work (a grid, or a grid worker): jobs that have not started yet
 # are not started. It lives here, in an imported module, not in the CLI's: under ``python -m
-# framework.cli`` the CLI is ``__main__``, and a joblib worker gets a fresh copy of its globals
+# hgbench.cli`` the CLI is ``__main__``, and a joblib worker gets a fresh copy of its globals
 # with every job.
 _grid_stop: list[str] = []
 
@@ -138,7 +138,7 @@ def build_parts(cfg: DictConfig) -> Parts:
     UnknownPluginError naming the key; nothing is loaded, so this takes milliseconds."""
     check_run_config(cfg)
     device = resolve_device(str(cfg.device))
-    built = {kind: build_plugin(kind, cfg[kind]) for kind in plugins.KINDS}
+    built = {kind: build_plugin(kind, cfg[kind]) for kind in registry.KINDS}
     inner = instantiate_checked(cfg.inner_optimizer, "inner_optimizer")
     outer = instantiate_checked(cfg.outer_optimizer, "outer_optimizer")
     try:  # torch.optim checks its settings (e.g. a negative learning rate) only once given parameters
@@ -322,7 +322,7 @@ class Experiment:
         if method is None:
             m = self.method
         elif isinstance(method, str):
-            node = dict(plugins.get("hypergrad", method).defaults(), name=method)
+            node = dict(registry.get("hypergrad", method).defaults(), name=method)
             if self.cfg.hypergrad.name == method:
                 node.update(to_dict(self.cfg.hypergrad))
             m = build_plugin("hypergrad", node, **params)
@@ -496,7 +496,7 @@ class Experiment:
         if resumed_from:
             all_tags.update({"hgbench.resumed_from": resumed_from, "hgbench.resumed_at_step": str(self.step)})
         ctx = RunContext(self.cfg, self, all_tags, resumed_from=resumed_from)
-        hook = plugins.SafeHooks(ctx)
+        hook = registry.SafeHooks(ctx)
         summary: dict[str, Any] = {"num_weights": self.problem.num_weights, "num_hyperparams": self.problem.num_hyperparams}
         hook.on_run_start()
         step = self.step
@@ -648,7 +648,7 @@ def record_unbuilt(cfg: DictConfig, error: BaseException, tags: dict[str, str] |
     The hooks see ``run.experiment = None``."""
     status = "SKIPPED" if isinstance(error, SkipRun) else "FAILED"
     ctx = RunContext(cfg, None, {**config_tags(cfg), **(tags or {})})
-    hook = plugins.SafeHooks(ctx)
+    hook = registry.SafeHooks(ctx)
     summary: dict[str, Any] = {"failed_step": 0, "hyper_steps_done": 0}
     hook.on_run_start()
     hook.on_run_end(status=status, error=error, summary=summary)

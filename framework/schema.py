@@ -2,7 +2,7 @@
 value of the wrong type or out of range is one ``ConfigError`` naming the key, the value and what
 is allowed. The values themselves — every default — live in ``conf/config.yaml`` alone: this
 schema states types and bounds, never a value. Plugin groups are checked by their own dataclasses
-(``framework.config.build_plugin``, where a plugin's defaults live); the optimiser groups by their
+(``hgbench.config.build_plugin``, where a plugin's defaults live); the optimiser groups by their
 ``_target_``'s signature.
 """
 
@@ -14,8 +14,8 @@ from typing import Any, Literal, get_type_hints
 
 from omegaconf import DictConfig
 
-from framework.config import matches_type, to_dict, type_name
-from framework.errors import ConfigError
+from hgbench.config import matches_type, to_dict, type_name
+from hgbench.errors import ConfigError
 
 GROUPS = ("dataset", "model", "hyperparam", "hypergrad", "inner_optimizer", "outer_optimizer")
 

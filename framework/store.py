@@ -3,7 +3,7 @@ already knows about a job (for resuming interrupted grids). Every MLflow store a
 hgbench goes through this module (the recorder plugin, the CLI's checks, the sweep callback, the
 report); ``mlflow`` itself is imported lazily (it takes seconds).
 
-A job is identified by its fingerprint (``framework.config.fingerprint``: the resolved config
+A job is identified by its fingerprint (``hgbench.config.fingerprint``: the resolved config
 and seed, without recording options), recorded as the tag ``hgbench.fingerprint``. Relaunching a
 grid then:
 - skips a job that already FINISHED (``resume: true``; ``auto`` = in grids only);
@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from framework.errors import StoreError
+from hgbench.errors import StoreError
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 

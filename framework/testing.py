@@ -1,6 +1,6 @@
 """A test kit for plugin authors — the checks hgbench runs on its own built-ins, for yours.
 
-    from framework import testing
+    from hgbench import testing
 
     with testing.registered(my_module):            # no clash with its installed entry point
         testing.check_registration("hypergrad", "damped_neumann")
@@ -10,7 +10,7 @@
 - ``registered(plugin, name=None)``: registers a module (or an object with hook implementations,
   or plugin classes directly) for a ``with`` block. A module that is already registered — e.g.
   loaded through its installed entry point — is left as it is, not registered twice (what
-  ``framework.plugins.register`` would refuse, listing every plugin).
+  ``hgbench.registry.register`` would refuse, listing every plugin).
 - ``check_registration(kind, name)``: what every registered plugin must satisfy — a documented
   ``@dataclass`` subclass of its kind's base class with typed defaults that match their types;
   ``<kind>=<name>`` composes to its dataclass defaults (an alias: with its presets) and builds.
@@ -23,7 +23,7 @@
   closed form on ridge regression (float64), the one problem whose hypergradient is known.
 
 Importable without pytest; torch and Hydra are the only heavy imports (Hydra on first use).
-With pytest, hgbench's pytest plugin (``framework.pytest_plugin``) adds fixtures on top.
+With pytest, hgbench's pytest plugin (``hgbench.pytest_plugin``) adds fixtures on top.
 """
 
 from __future__ import annotations
@@ -44,8 +44,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from framework import plugins
-from framework.base import (
+from hgbench import registry
+from hgbench.base import (
     Dataset,
     DataSplits,
     HypergradientMethod,
@@ -54,8 +54,8 @@ from framework.base import (
     Plugin,
     Split,
 )
-from framework.config import build_plugin, check_params
-from framework.errors import SkipRun
+from hgbench.config import build_plugin, check_params
+from hgbench.errors import SkipRun
 
 __all__ = [
     "CheckResult", "assert_matches_exact", "check_class", "check_dataset", "check_family", "check_method",
@@ -95,17 +95,17 @@ def fail(plugin: str, message: str) -> AssertionError:
 
 def _holder(classes: Sequence[type[Plugin]], name: str) -> types.ModuleType:
     """A module whose ``register_*`` hooks return ``classes`` (grouped by kind)."""
-    mod = types.ModuleType(name, f"plugin classes registered by framework.testing.registered: {', '.join(c.__qualname__ for c in classes)}")
-    for kind, hook in plugins.KINDS.items():
+    mod = types.ModuleType(name, f"plugin classes registered by hgbench.testing.registered: {', '.join(c.__qualname__ for c in classes)}")
+    for kind, hook in registry.KINDS.items():
         of_kind = tuple(c for c in classes if getattr(c, "kind", None) == kind)
         if of_kind:
             def register(cs=of_kind):  # an argument with a default is never passed by pluggy
                 return list(cs)
 
-            setattr(mod, hook, plugins.hookimpl(register))
-    unknown = [c for c in classes if getattr(c, "kind", None) not in plugins.KINDS]
+            setattr(mod, hook, registry.hookimpl(register))
+    unknown = [c for c in classes if getattr(c, "kind", None) not in registry.KINDS]
     if unknown:
-        raise TypeError(f"not plugin classes (subclasses of framework.HypergradientMethod, HyperparamFamily, Dataset or Model): {unknown}")
+        raise TypeError(f"not plugin classes (subclasses of hgbench.HypergradientMethod, HyperparamFamily, Dataset or Model): {unknown}")
     return mod
 
 
@@ -125,9 +125,9 @@ def registered(plugin: Any, name: str | None = None) -> Iterator[str]:
     entry point — nothing is registered or removed (its name is yielded). If ``name`` is taken by
     another plugin, or one of its classes has a name another plugin registered already, this
     raises ``ValueError`` saying which, and nothing is left registered. The registry
-    (``plugins.available``, ``build_experiment``…) sees the plugin inside the block only.
+    (``registry.available``, ``build_experiment``…) sees the plugin inside the block only.
     """
-    pm = plugins.plugin_manager()
+    pm = registry.plugin_manager()
     if _is_classes(plugin):
         classes = [plugin] if isinstance(plugin, type) else list(plugin)
         plugin = _holder(classes, name or "test:" + "+".join(f"{c.__module__}.{c.__qualname__}" for c in classes))
@@ -142,29 +142,29 @@ def registered(plugin: Any, name: str | None = None) -> Iterator[str]:
         raise ValueError(f"another plugin is registered as {name!r}: {other!r} (from {getattr(other, '__file__', '?')}); "
                          f"is a second copy of your module imported under another name? Pass registered(..., name=...)")
     try:
-        plugins.register(plugin, name=name)
+        registry.register(plugin, name=name)
     except Exception as exc:  # e.g. a mistyped hook name: leave nothing half-registered
         if pm.is_registered(plugin):
-            plugins.unregister(name)
+            registry.unregister(name)
         raise ValueError(f"plugin {name!r} cannot be registered: {type(exc).__name__}: {str(exc).splitlines()[0]}") from exc
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            plugins.registry()
-        mine = [f.error for f in plugins.failures() if f.source == name]
+            registry.registry()
+        mine = [f.error for f in registry.failures() if f.source == name]
         for w in caught:  # other plugins' warnings are theirs: pass them on
             if f"plugin {name!r}" not in str(w.message):
                 warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
         if mine:
             raise ValueError(f"plugin {name!r} did not register cleanly: " + "; ".join(mine))
     except BaseException:
-        plugins.unregister(name)
+        registry.unregister(name)
         raise
     try:
         yield name
     finally:
         if pm.is_registered(plugin):
-            plugins.unregister(name)
+            registry.unregister(name)
 
 
 # --- building plugins --------------------------------------------------------------------------
@@ -239,10 +239,10 @@ def check_registration(kind: str, name: str) -> None:
     ``<kind>=<name>`` composes (Hydra, as the CLI does) to exactly its dataclass defaults plus an
     alias's presets — the one place its defaults are written — and that config builds an
     instance equal to one built from the bare name."""
-    from framework.api import compose_config
-    from framework.config import to_dict
+    from hgbench.api import compose_config
+    from hgbench.config import to_dict
 
-    entry = plugins.entry(kind, name)
+    entry = registry.entry(kind, name)
     cls = entry.cls
     check_class(cls, kind)
     label = f"{kind} {name!r}"
@@ -272,7 +272,7 @@ def devices() -> list[str]:
 def _tiny(device: str, dtype: torch.dtype):
     """The contract problem: affine ridge regression on 10 features with one decay per weight
     tensor — w has 11 entries and λ 2, so a method returning something shaped like w is caught."""
-    from framework.api import build_experiment
+    from hgbench.api import build_experiment
 
     exp = build_experiment(
         dataset="synthetic_linear", model="linear", hyperparam="weight_decay",
@@ -335,7 +335,7 @@ def ridge_experiment(num_features: int = 10, dtype: torch.dtype = torch.float64,
     """Ridge regression with one decay per feature, no bias, at its exact inner optimum (a dense
     solve): L_T = mean((Xw − y)²) + ½ Σ e^λ_j w_j², L_V = mean((X_v w − y_v)²), with the decays
     spread over [e⁻³, e^0.5] so every coordinate of the hypergradient differs."""
-    from framework.api import build_experiment
+    from hgbench.api import build_experiment
 
     exp = build_experiment(
         dataset="synthetic_linear", model="linear", hyperparam="weight_decay_per_param",
@@ -415,7 +415,7 @@ def check_family(family: Any, *, dataset: Any = "digits", model: Any = "mlp", da
     derivative ∂²L_T/∂λ∂w (else every IFT method sees only ∂L_V/∂λ); with a ``penalty()``,
     L_T = task loss + penalty (what ``curvature=ggn`` relies on); ``metrics`` gives finite floats.
     """
-    from framework.problem import Problem
+    from hgbench.problem import Problem
 
     fam = _instance("hyperparam", family, params)
     check_class(type(fam), "hyperparam")
@@ -487,12 +487,12 @@ def check_dataset(dataset: Any, **params: Any) -> CheckResult:
     if not torch.equal(rng, torch.random.get_rng_state()):
         raise fail(label, "load() changed torch's global RNG: draw from a torch.Generator seeded by a parameter (split_seed)")
     if not isinstance(data, DataSplits):
-        raise fail(label, f"load() must return a framework.DataSplits, got {type(data).__name__}")
+        raise fail(label, f"load() must return a hgbench.DataSplits, got {type(data).__name__}")
     shape = tuple(data.input_shape)
     for split in ("train", "val", "test"):
         s = getattr(data, split)
         if not (isinstance(s, Split) and isinstance(s.x, Tensor) and isinstance(s.y, Tensor)):
-            raise fail(label, f"{split} must be a framework.Split(x, y) of tensors")
+            raise fail(label, f"{split} must be a hgbench.Split(x, y) of tensors")
         if len(s.x) != len(s.y):
             raise fail(label, f"{split} has {len(s.x)} inputs and {len(s.y)} targets")
         if split != "test" and len(s.x) == 0:
@@ -536,7 +536,7 @@ def check_model(model: Any, *, input_shape: tuple[int, ...] = (1, 8, 8), num_out
     from torch import nn
     from torch.func import functional_call
 
-    from framework.flat import FlatSpec
+    from hgbench.flat import FlatSpec
 
     mo = _instance("model", model, params)
     check_class(type(mo), "model")

@@ -66,7 +66,7 @@ def run_cli(monkeypatch, cwd, *args):
     import io
     import sys
 
-    from framework.cli import main
+    from hgbench.cli import main
 
     monkeypatch.chdir(cwd)
     monkeypatch.setattr(sys, "argv", ["hgbench", *args])

@@ -6,9 +6,9 @@ import torch
 from helpers import hgbench_in_process
 from mlflow.tracking import MlflowClient
 
-from framework import build_experiment
-from framework.ift import HessianVectorProduct
-from framework.linalg import lanczos_extremes, minres_solve
+from hgbench import build_experiment
+from hgbench.ift import HessianVectorProduct
+from hgbench.linalg import lanczos_extremes, minres_solve
 
 F64 = torch.float64
 
@@ -174,7 +174,7 @@ def test_bad_reference_settings_are_one_line(tmp_path, args, line):
 def test_the_frontier_measures_every_registered_method_against_the_ridge_closed_form(tmp_path, monkeypatch):
     import csv
 
-    from benchmarks import frontier
+    from hgbench.benchmarks import frontier
 
     monkeypatch.setattr(frontier, "QUICK_BUDGETS", (1, 2))
     rows = frontier.run(tmp_path, quick=True, problems=("ridge",))
@@ -196,8 +196,8 @@ def test_a_method_registered_later_joins_the_frontier_at_its_declared_budgets():
     from dataclasses import dataclass
     from typing import ClassVar
 
-    from benchmarks import frontier
-    from framework import HypergradientMethod, hookimpl, plugins
+    from hgbench.benchmarks import frontier
+    from hgbench import HypergradientMethod, hookimpl, registry
 
     @dataclass
     class Sketch(HypergradientMethod):
@@ -213,10 +213,10 @@ def test_a_method_registered_later_joins_the_frontier_at_its_declared_budgets():
         def register_hypergradients(self):
             return [Sketch]
 
-    plugins.register(Plugin(), name="sketch_test")
+    registry.register(Plugin(), name="sketch_test")
     try:
         exp, _, _ = frontier.build("ridge", quick=True)
         nodes = [node for label, node in frontier.points(exp, quick=False) if label == "sketch_test"]
     finally:
-        plugins.unregister("sketch_test")
+        registry.unregister("sketch_test")
     assert nodes == [{"name": "sketch_test", "rank": b} for b in frontier.BUDGETS]

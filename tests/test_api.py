@@ -4,7 +4,7 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from framework import ConfigError, UnknownPluginError, build_experiment, compose_config
+from hgbench import ConfigError, UnknownPluginError, build_experiment, compose_config
 
 
 def test_compare_methods_in_a_notebook(ridge):
@@ -64,7 +64,7 @@ def test_warm_up_changes_no_state():
 def test_nonfinite_policy_skip_survives_isolated_nans_and_clip_bounds_the_step():
     import math
 
-    from framework import DivergenceError
+    from hgbench import DivergenceError
 
     exp = build_experiment(overrides=["experiment=quick", "hyper_steps=6", "on_nonfinite=skip", "max_nonfinite_skips=2"])
     real, calls = exp.method.compute, []
@@ -109,7 +109,7 @@ def test_progress_bar_shows_hyper_steps_and_val_loss_only_when_asked(capsys):
 def test_eval_every_null_gives_about_thirty_points_per_run():
     """eval_every: null (the default) scales with hyper_steps: a 90-step run is evaluated every 3
     steps, not twice (as a fixed 100 would)."""
-    from framework import compose_config
+    from hgbench import compose_config
 
     assert compose_config().eval_every is None
     exp = build_experiment(overrides=["experiment=quick", "hyper_steps=90", "eval_every=null", "inner_steps=1"])

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks import SECTIONS
+from hgbench.benchmarks import SECTIONS
 
 COLUMNS = {
     "cost": {"model", "what", "method", "iterations", "ratio_median", "ratio_q1", "ratio_q3", "time_ms_median", "target_met"},
@@ -43,7 +43,7 @@ def rows(path: Path):
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("perf")
-    proc = subprocess.run([sys.executable, "-m", "benchmarks.cli", "all", "--quick", "--out", str(out)],
+    proc = subprocess.run([sys.executable, "-m", "hgbench.benchmarks.cli", "all", "--quick", "--out", str(out)],
                           capture_output=True, text=True, timeout=400)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return out

@@ -15,7 +15,7 @@ SMALL = ["dataset=digits", "hyper_steps=6", "inner_steps=3", "eval_every=3", "da
 
 def hgbench(tmp_path, *args):
     return subprocess.run(
-        [sys.executable, "-m", "framework.cli", *args], cwd=tmp_path, capture_output=True, text=True, timeout=300,
+        [sys.executable, "-m", "hgbench.cli", *args], cwd=tmp_path, capture_output=True, text=True, timeout=300,
     )
 
 
@@ -83,12 +83,12 @@ def test_too_large_for_exact_is_skipped_with_its_reason(tmp_path):
 def _registered(text: str) -> str:
     """``text`` with the lists that grow as plugins are added filled in from the registry, so a new
     plugin or parameter does not break the test (the message's form is what is tested)."""
-    from framework import plugins
+    from hgbench import registry
 
     def params(name: str) -> list[str]:
-        return sorted(plugins.get("hypergrad", name).defaults())
+        return sorted(registry.get("hypergrad", name).defaults())
 
-    return text.format(hypergrads=", ".join(plugins.available("hypergrad")), datasets=", ".join(plugins.available("dataset")),
+    return text.format(hypergrads=", ".join(registry.available("hypergrad")), datasets=", ".join(registry.available("dataset")),
                        neumann_params=", ".join(params("neumann")), cg_keys=", ".join(sorted([*params("cg"), "name"])))
 
 
@@ -104,7 +104,7 @@ def _registered(text: str) -> str:
         (["hyper_steps=abc"], ["hyper_steps='abc': expected int"]),
         (["dtype=float16"], ["dtype='float16': expected 'float32' | 'float64'"]),
         (["+mlflow.port=1"], ["mlflow.port=1: unknown config key", "tracking_uri"]),
-        (["+inner_optimizer.lrr=0.1"], ["inner_optimizer:", "'lrr'", "Allowed parameters of framework.optim.SGD: lr, momentum, nesterov"]),
+        (["+inner_optimizer.lrr=0.1"], ["inner_optimizer:", "'lrr'", "Allowed parameters of hgbench.optim.SGD: lr, momentum, nesterov"]),
         (["outer_optimizer.lr=-1"], ["outer_optimizer: Invalid learning rate: -1"]),
         (["model.hidden=[0]"], ["hidden widths must be >= 1"]),
     ],
@@ -143,7 +143,7 @@ def test_what_hydra_refuses_is_one_line_too(tmp_path, monkeypatch, args, line):
 def test_overrides_hydra_composes_are_not_refused_early(tmp_path, monkeypatch):
     """Valid grids, interval sweeps for Optuna and `+key` additions pass the early check (an
     unknown `+key` is then refused by hgbench's own schema, in one line)."""
-    from framework.cli_checks import check_overrides
+    from hgbench.cli_checks import check_overrides
 
     assert check_overrides(["-m", "hypergrad=neumann,cg", "seed=range(0,3)", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2"]) is None
     assert check_overrides(["hydra/sweeper=optuna", "hyperparam.init_decay=tag(log, interval(1e-5, 1))"]) is None
@@ -165,7 +165,7 @@ def test_a_bug_in_a_plugin_shows_its_traceback_and_is_recorded(tmp_path, monkeyp
     hidden as one: its traceback is shown, and the run is recorded as FAILED."""
     from dataclasses import dataclass
 
-    from framework import Dataset, hookimpl, plugins
+    from hgbench import Dataset, hookimpl, registry
 
     @dataclass
     class Broken(Dataset):
@@ -179,14 +179,14 @@ def test_a_bug_in_a_plugin_shows_its_traceback_and_is_recorded(tmp_path, monkeyp
         def register_datasets(self):
             return [Broken]
 
-    plugins.register(Plugin(), name="broken_plugin")
+    registry.register(Plugin(), name="broken_plugin")
     try:
-        from framework.hydra_config import register_plugin_configs
+        from hgbench.hydra_config import register_plugin_configs
 
         register_plugin_configs()
         code, out, err = run_cli(monkeypatch, tmp_path, "dataset=broken_data", "hyper_steps=2")
     finally:
-        plugins.unregister("broken_plugin")
+        registry.unregister("broken_plugin")
     assert code == 1
     assert "Traceback" in err and "TypeError: object of type 'NoneType' has no len()" in err
     assert "hgbench run FAILED before it started" in out
@@ -199,9 +199,9 @@ def test_a_bug_in_a_plugins_own_checks_does_not_stop_the_grid(tmp_path, monkeypa
     traceback is shown, the job is recorded FAILED, and the other jobs run."""
     from dataclasses import dataclass
 
-    from framework import hookimpl, plugins
+    from hgbench import hookimpl, registry
 
-    identity = plugins.get("hypergrad", "identity")
+    identity = registry.get("hypergrad", "identity")
 
     @dataclass
     class BrokenCheck(identity):
@@ -215,11 +215,11 @@ def test_a_bug_in_a_plugins_own_checks_does_not_stop_the_grid(tmp_path, monkeypa
         def register_hypergradients(self):
             return [BrokenCheck]
 
-    plugins.register(Plugin(), name="broken_check_plugin")
+    registry.register(Plugin(), name="broken_check_plugin")
     try:
         code, out, err = run_cli(monkeypatch, tmp_path, "-m", "hypergrad=broken_check,identity", *SMALL)
     finally:
-        plugins.unregister("broken_check_plugin")
+        registry.unregister("broken_check_plugin")
     assert code == 1  # a grid with a failed job exits non-zero, after every job ran
     assert "TypeError: a bug in the plugin's check" in err and "Traceback" in err
     assert "2 jobs — 1 failed, 1 finished" in out
@@ -237,9 +237,9 @@ def test_an_unreachable_store_stops_the_job_before_any_work(tmp_path, monkeypatc
 
 
 def test_a_run_on_a_tracking_server_points_at_the_server_ui():
-    from framework.cli import format_summary
-    from framework import compose_config
-    from framework.hookspecs import RunResult
+    from hgbench.cli import format_summary
+    from hgbench import compose_config
+    from hgbench.hookspecs import RunResult
 
     info = {"mlflow_run_id": "abc", "mlflow_experiment": "e", "mlflow_tracking_uri": "http://127.0.0.1:5000"}
     summary = {"num_weights": 1, "num_hyperparams": 1, "runtime_s": 1.0}
@@ -251,9 +251,9 @@ def test_a_run_on_a_tracking_server_points_at_the_server_ui():
 
 
 def test_the_summary_of_a_sequence_task_shows_perplexity():
-    from framework.cli import format_summary
-    from framework import compose_config
-    from framework.hookspecs import RunResult
+    from hgbench.cli import format_summary
+    from hgbench import compose_config
+    from hgbench.hookspecs import RunResult
 
     summary = {"num_weights": 1, "num_hyperparams": 1, "runtime_s": 1.0, "val_loss": 5.0, "val_ppl": math.exp(5.0),
                "initial": {"val_loss": 9.0, "val_ppl": math.exp(9.0)}}
@@ -276,8 +276,8 @@ def test_mlflow_tracking_uri_in_the_environment_is_respected(tmp_path, monkeypat
 def test_runs_are_named_after_their_configuration():
     """MLflow run names say what each run is (not a random 'awesome-cow-15'): plugins, seed and the
     values a grid job sets; recording-only settings stay out."""
-    from framework import compose_config
-    from plugins.recorder.mlflow_recorder import run_name
+    from hgbench import compose_config
+    from hgbench.plugins.recorder.mlflow_recorder import run_name
 
     cfg = compose_config(["experiment=quick", "seed=1", "hypergrad.iterations=5"])
     tags = {"hgbench.overrides": "experiment=quick seed=1 hypergrad.iterations=5 inner_optimizer.lr=0.2 resume=false "

@@ -66,7 +66,7 @@ def hgbench_env(cluster) -> dict:
 
 
 def hgbench_cmd(*args: str) -> list[str]:
-    return [sys.executable, "-m", "framework.cli", *args]
+    return [sys.executable, "-m", "hgbench.cli", *args]
 
 
 def runs_of(uri: str, experiment: str) -> list:
@@ -159,7 +159,7 @@ def test_without_sacct_the_jobs_are_followed_quietly(grid):
 
 
 def test_the_report_reads_the_grid_from_the_server(grid, tmp_path):
-    from framework.report import main as report
+    from hgbench.report import main as report
 
     rc = report(["--tracking-uri", grid["uri"], "--experiment", "slurm", "--out-dir", str(tmp_path), "--name", "slurm"])
     assert rc == 0
@@ -280,7 +280,7 @@ def test_no_sbatch_on_path_is_one_line(tmp_path, monkeypatch):
 
 
 def test_sbatch_messages_name_the_setting():
-    from framework.callbacks import sbatch_error_message
+    from hgbench.callbacks import sbatch_error_message
 
     p = {"partition": "gpu", "gpus_per_node": 1, "cpus_per_task": 4, "mem_gb": "16", "timeout_min": 120}
     assert "hydra.launcher.timeout_min=120" in sbatch_error_message(

@@ -4,8 +4,8 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from framework import build_experiment
-from framework.compiled import InnerLoss
+from hgbench import build_experiment
+from hgbench.compiled import InnerLoss
 
 
 def quadratic(w, lam, x, y, idx=None):

@@ -38,7 +38,7 @@ NO_PROXY = {"NO_PROXY": "127.0.0.1,localhost", "no_proxy": "127.0.0.1,localhost"
 def hgbench(cwd: Path, *args: str, timeout: int = 240) -> subprocess.CompletedProcess:
     env = {**os.environ, **NO_PROXY, "MLFLOW_DISABLE_TELEMETRY": "true"}
     env.pop("MLFLOW_TRACKING_URI", None)
-    return subprocess.run([sys.executable, "-m", "framework.cli", *args], cwd=cwd, env=env,
+    return subprocess.run([sys.executable, "-m", "hgbench.cli", *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=timeout)
 
 

@@ -14,17 +14,17 @@ import numpy as np
 import pytest
 import torch
 
-from framework import plugins
-from framework.config import build_plugin
-from framework.errors import ConfigError
-from plugins.dataset import cifar10, fashion_mnist, mnist, mnist1d, ptb
-from plugins.dataset._common import corrupt_labels, draw
+from hgbench import registry
+from hgbench.config import build_plugin
+from hgbench.errors import ConfigError
+from hgbench.plugins.dataset import cifar10, fashion_mnist, mnist, mnist1d, ptb
+from hgbench.plugins.dataset._common import corrupt_labels, draw
 
 MNIST_TEST_COUNTS = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]  # the official test set
 
 
 def load(name, **params):
-    return plugins.get("dataset", name)(**params).load()
+    return registry.get("dataset", name)(**params).load()
 
 
 def fingerprints(x: torch.Tensor) -> np.ndarray:
@@ -120,8 +120,8 @@ def test_label_noise_touches_only_training_labels():
 
 
 def test_mnist_5k_noisy_is_mnist_5k_with_40_percent_flipped_training_labels():
-    cls = plugins.get("dataset", "mnist_5k_noisy")
-    assert issubclass(cls, plugins.get("dataset", "mnist_5k")) and cls().label_noise == 0.4
+    cls = registry.get("dataset", "mnist_5k_noisy")
+    assert issubclass(cls, registry.get("dataset", "mnist_5k")) and cls().label_noise == 0.4
     d = cls(train_size=200, val_size=100, test_size=100).load()
     assert_images(d, (200, 100, 100), (784,))
     mask = d.meta["noisy_mask"]
@@ -378,7 +378,7 @@ def test_cifar10_missing_folder_or_files_say_what_to_download_and_where(tmp_path
 
 
 def test_cifar10_default_root_is_the_usual_folder():
-    assert plugins.get("dataset", "cifar10")().root == "~/data/cifar-10-batches-py"
+    assert registry.get("dataset", "cifar10")().root == "~/data/cifar-10-batches-py"
 
 
 # --- end to end -----------------------------------------------------------------------------

@@ -15,10 +15,10 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from framework import ConfigError, hookspecs, plugins, testing
-from framework.config import build_plugin
-from framework.linalg import neumann_solve
-from framework.plugin_list import collect, main, render
+from hgbench import ConfigError, hookspecs, registry, testing
+from hgbench.config import build_plugin
+from hgbench.linalg import neumann_solve
+from hgbench.plugin_list import collect, main, render
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "examples" / "hgbench-example-plugin"
@@ -96,7 +96,7 @@ def test_the_example_declares_its_entry_point_and_ships_no_yaml():
 
 def test_registered_at_run_time_it_is_listed_configured_and_checked(dn):
     with testing.registered(dn, name="damped_neumann"):  # the kit of docs/PLUGINS.md
-        assert plugins.get("hypergrad", "damped_neumann") is dn.DampedNeumann
+        assert registry.get("hypergrad", "damped_neumann") is dn.DampedNeumann
         (row,) = [r for r in collect("hypergrad")["plugins"]["hypergrad"] if r["name"] == "damped_neumann"]
         assert row["origin"] == "run time" and row["config"] == "dataclass defaults"
         assert row["parameters"] == [
@@ -109,7 +109,7 @@ def test_registered_at_run_time_it_is_listed_configured_and_checked(dn):
             build_plugin("hypergrad", {"name": "damped_neumann", "damping": -1})
         testing.check_registration("hypergrad", "damped_neumann")  # the contract checks of the built-ins
         testing.check_method("damped_neumann")
-    assert "damped_neumann" not in plugins.available("hypergrad")
+    assert "damped_neumann" not in registry.available("hypergrad")
 
 
 # --- hgbench-plugins, in process (built-ins only: conftest switches entry points off) -----------
@@ -118,13 +118,13 @@ def test_registered_at_run_time_it_is_listed_configured_and_checked(dn):
 def test_hgbench_plugins_lists_every_kind_with_origin_and_parameters(capsys):
     assert main([]) == 0
     out = capsys.readouterr().out
-    for kind in plugins.KINDS:
-        assert f"{kind} ({len(plugins.available(kind))} registered" in out
-        for name in plugins.available(kind):
+    for kind in registry.KINDS:
+        assert f"{kind} ({len(registry.available(kind))} registered" in out
+        for name in registry.available(kind):
             assert f"\n  {name} " in out
-    assert "built-in: plugins.hypergrad.neumann" in out
+    assert "built-in: hgbench.plugins.hypergrad.neumann" in out
     assert re.search(r"\n\s+alpha\s+float \| null\s+null\n", out)
-    assert "plugins.recorder.mlflow_recorder" in out and "on_run_start, on_hyper_step, on_run_end" in out
+    assert "hgbench.plugins.recorder.mlflow_recorder" in out and "on_run_start, on_hyper_step, on_run_end" in out
     assert "no plugin failed to load" in out
 
 
@@ -133,9 +133,9 @@ def test_hgbench_plugins_json_and_kind_filter(capsys):
     data = json.loads(capsys.readouterr().out)
     assert list(data["plugins"]) == ["hypergrad"] and data["failures"] == [] and data["modules"] == []
     by = {r["name"]: r for r in data["plugins"]["hypergrad"]}
-    assert sorted(by) == plugins.available("hypergrad")
+    assert sorted(by) == registry.available("hypergrad")
     cg = by["cg"]
-    assert cg["origin"] == "built-in" and cg["module"] == "plugins.hypergrad.cg" and cg["config"] == "dataclass defaults"
+    assert cg["origin"] == "built-in" and cg["module"] == "hgbench.plugins.hypergrad.cg" and cg["config"] == "dataclass defaults"
     assert {p["name"]: (p["type"], p["default"]) for p in cg["parameters"]} == {
         "iterations": ("int", 10), "tol": ("float", 0.0), "damping": ("float", 0.0), "curvature": ("'hessian' | 'ggn'", "hessian"),
         "warm_start": ("bool", False), "hessian_batch_size": ("int | null", None)}
@@ -185,7 +185,7 @@ def broken_distributions(root: Path) -> Path:
     fake_distribution(root, "hgbench-broken-example", "broken_example", "hgbench_broken_example",
                       'raise RuntimeError("this plugin is broken on purpose")\n')
     return fake_distribution(root, "hgbench-typo-example", "typo_example", "hgbench_typo_example",
-                             "from framework import hookimpl\n\n@hookimpl\ndef register_hypergradient():\n    return []\n")
+                             "from hgbench import hookimpl\n\n@hookimpl\ndef register_hypergradient():\n    return []\n")
 
 
 def env_with(*paths: Path) -> dict[str, str]:
@@ -195,7 +195,7 @@ def env_with(*paths: Path) -> dict[str, str]:
 
 
 def hgbench(cwd: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "framework.cli", *args], cwd=cwd, env=env, check=False, capture_output=True, text=True, timeout=300)
+    return subprocess.run([sys.executable, "-m", "hgbench.cli", *args], cwd=cwd, env=env, check=False, capture_output=True, text=True, timeout=300)
 
 
 def mlflow_runs(cwd: Path):
@@ -259,7 +259,7 @@ def test_plugins_that_fail_to_load_are_reported_and_the_others_still_run(site, t
 def test_the_examples_own_tests_pass_against_the_installed_package(site):
     """examples/hgbench-example-plugin/tests, as its author runs them: ``pytest`` in the package's
     folder with the package installed and entry points on — the test kit's fixture must not
-    clash with the registration of the installed entry point (plugins.register would)."""
+    clash with the registration of the installed entry point (registry.register would)."""
     src = site.parent / "src"  # the copy the site fixture built from, tests/ included
     script = Path(sys.executable).with_name("pytest")
     out = subprocess.run([str(script), "-q", "-p", "no:cacheprovider"], cwd=src, env=env_with(site),

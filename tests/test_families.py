@@ -5,7 +5,7 @@ import pytest
 import torch
 from helpers import finite_difference_hypergradient, polish
 
-from framework import SkipRun, build_experiment
+from hgbench import SkipRun, build_experiment
 
 TINY = ["dtype=float64", "dataset=digits", "dataset.train_size=40", "dataset.val_size=30",
         "model=mlp", "model.hidden=[2]", "model.activation=tanh", "inner_optimizer.lr=0.2"]

@@ -128,7 +128,7 @@ def test_an_unwritable_launch_folder_is_one_line(tmp_path):
 
 @pytest.mark.filterwarnings("ignore:hgbench. plugin")
 def test_a_full_disk_at_the_checkpoint_ends_the_run_failed_and_leaves_no_torn_file(tmp_path, monkeypatch):
-    import plugins.recorder.checkpoint as ck
+    import hgbench.plugins.recorder.checkpoint as ck
 
     def torn_save(obj, f):
         f.write(b"half a checkpoint")  # what a write cut short by a full disk leaves
@@ -139,7 +139,7 @@ def test_a_full_disk_at_the_checkpoint_ends_the_run_failed_and_leaves_no_torn_fi
     assert out.returncode == 1
     assert "FINISHED" not in out.stdout
     assert "hgbench run failed but NOT RECORDED" in out.stdout
-    assert "recording failed at hyper-step 4 (plugins.recorder.checkpoint: on_hyper_step: OSError: [Errno 28] No space left on device)" in out.stdout
+    assert "recording failed at hyper-step 4 (hgbench.plugins.recorder.checkpoint: on_hyper_step: OSError: [Errno 28] No space left on device)" in out.stdout
     assert list((tmp_path / "checkpoints").iterdir()) == []  # no .tmp left behind
     assert len(out.stdout.splitlines()) + len(out.stderr.splitlines()) < 30
     (run,) = runs(client_for(tmp_path), "full")
@@ -148,7 +148,7 @@ def test_a_full_disk_at_the_checkpoint_ends_the_run_failed_and_leaves_no_torn_fi
 
 @pytest.mark.filterwarnings("ignore:hgbench. plugin")
 def test_a_full_disk_under_the_store_stops_the_run_with_bounded_output(tmp_path, monkeypatch):
-    from framework.store import MlflowRun
+    from hgbench.store import MlflowRun
 
     real = MlflowRun.flush
     calls = []
@@ -163,14 +163,14 @@ def test_a_full_disk_under_the_store_stops_the_run_with_bounded_output(tmp_path,
     out = hgbench_in_process(tmp_path, *QUICK, "hyper_steps=400", "mlflow.flush_every_s=0", "mlflow.experiment=fullstore")
     assert out.returncode == 1
     assert "FINISHED" not in out.stdout and "NOT RECORDED" in out.stdout
-    assert "recording failed at hyper-step 1 (plugins.recorder.mlflow_recorder: on_hyper_step: OSError: [Errno 28] No space left on device)" in out.stdout
+    assert "recording failed at hyper-step 1 (hgbench.plugins.recorder.mlflow_recorder: on_hyper_step: OSError: [Errno 28] No space left on device)" in out.stdout
     assert len(out.stdout.splitlines()) + len(out.stderr.splitlines()) < 30
 
 
 # --- 4. signals ----------------------------------------------------------------------------------
 
 def test_sigterm_to_a_single_run_is_one_summary_and_exit_143(tmp_path, monkeypatch):
-    from framework.runner import Experiment
+    from hgbench.runner import Experiment
 
     real = Experiment.hyper_step
 
@@ -193,7 +193,7 @@ def test_sigterm_to_a_single_run_is_one_summary_and_exit_143(tmp_path, monkeypat
 
 
 def test_sigterm_in_a_sequential_grid_stops_it_with_its_summary(tmp_path, monkeypatch):
-    from framework.runner import Experiment
+    from hgbench.runner import Experiment
 
     real = Experiment.hyper_step
 
@@ -237,7 +237,7 @@ def test_sigterm_to_a_joblib_grid_ends_it_with_its_summary_and_no_process_left(t
     client = client_for(tmp_path)
     args = ["-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", *QUICK, "hyper_steps=3000",
             "mlflow.flush_every_s=0.2", "seed=0,1,2", "mlflow.experiment=termgrid"]
-    proc = subprocess.Popen([sys.executable, "-m", "framework.cli", *args], cwd=tmp_path, text=True,
+    proc = subprocess.Popen([sys.executable, "-m", "hgbench.cli", *args], cwd=tmp_path, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
     try:
         end = time.time() + 120
@@ -260,8 +260,8 @@ def test_sigterm_to_a_joblib_grid_ends_it_with_its_summary_and_no_process_left(t
 # --- 5, 6. what a job's fingerprint covers ---------------------------------------------------------
 
 def test_the_thread_count_is_part_of_the_fingerprint():
-    from framework.api import compose_config
-    from framework.config import config_fingerprint, fingerprint
+    from hgbench.api import compose_config
+    from hgbench.config import config_fingerprint, fingerprint
 
     cfg = compose_config(QUICK)
     threads = torch.get_num_threads()
@@ -276,7 +276,7 @@ def test_the_thread_count_is_part_of_the_fingerprint():
 
 
 def test_the_sources_of_a_plugin_package_are_part_of_its_digest(tmp_path, monkeypatch):
-    from framework.provenance import package_digest
+    from hgbench.provenance import package_digest
 
     pkg = tmp_path / "my_plugin_pkg"
     pkg.mkdir()
@@ -291,7 +291,7 @@ def test_the_sources_of_a_plugin_package_are_part_of_its_digest(tmp_path, monkey
 
 
 def test_a_finished_job_is_run_again_when_its_code_changed(tmp_path, monkeypatch):
-    import framework.config as config
+    import hgbench.config as config
 
     job = ["-m", *QUICK, "hyper_steps=2", "mlflow.experiment=code"]
     assert hgbench_in_process(tmp_path, *job).returncode == 0
@@ -311,12 +311,12 @@ def test_a_finished_job_is_run_again_when_its_code_changed(tmp_path, monkeypatch
 def test_a_plugin_module_edited_in_place_changes_the_fingerprint(monkeypatch):
     """The built-in plugins' package is hashed like any plugin's: editing a module of it (here: its
     digest as if a file changed) gives the job another fingerprint."""
-    from framework import provenance
-    from framework.api import compose_config
-    from framework.config import fingerprint
+    from hgbench import provenance
+    from hgbench.api import compose_config
+    from hgbench.config import fingerprint
 
     cfg = compose_config(QUICK)
     before = fingerprint(cfg)
     real = provenance.package_digest
-    monkeypatch.setattr(provenance, "package_digest", lambda p: "edited" if p == "plugins" else real(p))
+    monkeypatch.setattr(provenance, "package_digest", lambda p: "edited" if p == "hgbench.plugins" else real(p))
     assert fingerprint(cfg) != before

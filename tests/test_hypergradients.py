@@ -9,7 +9,7 @@
 import pytest
 import torch
 
-from framework.ift import ift_hypergradient
+from hgbench.ift import ift_hypergradient
 from helpers import finite_difference_hypergradient
 
 
@@ -116,7 +116,7 @@ def test_direct_term_is_included():
 
 
 def test_exact_refuses_a_large_model_with_a_reason():
-    from framework import build_experiment
+    from hgbench import build_experiment
 
     exp = build_experiment(hypergrad="exact", dataset="digits", overrides=["hypergrad.max_weights=100"])
     reason = exp.skip_reason()

@@ -1,9 +1,9 @@
-"""The solvers of framework.linalg against torch.linalg.solve on SPD matrices (float64)."""
+"""The solvers of hgbench.linalg against torch.linalg.solve on SPD matrices (float64)."""
 
 import pytest
 import torch
 
-from framework.linalg import cg_solve, dense_solve, identity_solve, neumann_solve
+from hgbench.linalg import cg_solve, dense_solve, identity_solve, neumann_solve
 
 
 def spd(n, cond=20.0, seed=0, dtype=torch.float64):

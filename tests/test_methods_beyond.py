@@ -5,7 +5,7 @@ warm starts, Neumann's automatic step size and curvature on its own minibatch.""
 import pytest
 import torch
 
-from framework.optim import SGD, Adam
+from hgbench.optim import SGD, Adam
 from test_hypergradients import at_ridge_optimum
 
 
@@ -81,14 +81,14 @@ def test_sama_on_sgd_is_darts_with_the_learning_rate_and_adapts_to_adam(ridge):
     ridge.inner_state = {"step": 100, "m": torch.zeros_like(ridge.w), "v": v}
     d = 0.01 * 0.1 / (1 - 0.9**101) / (torch.sqrt(0.999 * v / (1 - 0.999**101)) + 1e-8)  # ∂L_T/∂w = 0 at the optimum
     bl = ridge.problem.bilevel(ridge.problem.full_batch("train"), ridge.problem.full_batch("val"), ridge.w, ridge.lam.detach())
-    from framework.ift import ift_hypergradient
+    from hgbench.ift import ift_hypergradient
 
     want = ift_hypergradient(bl.train_loss, bl.val_loss, bl.w, bl.lam, lambda mv, b: d * b)
     torch.testing.assert_close(ridge.hypergradient("sama")["log_decay"], want, rtol=1e-8, atol=1e-14)
 
 
 def test_sama_skips_an_inner_optimiser_it_has_no_update_jacobian_for(ridge):
-    from framework.config import build_plugin
+    from hgbench.config import build_plugin
 
     class Other:
         lr = 0.1
@@ -101,8 +101,8 @@ def test_sama_skips_an_inner_optimiser_it_has_no_update_jacobian_for(ridge):
 @pytest.mark.parametrize("method,params", [("cg", {"iterations": 3}), ("neumann", {"iterations": 3, "alpha": 0.1}),
                                            ("fixed_point", {"iterations": 3})])
 def test_a_warm_start_continues_from_the_last_solution_and_costs_one_more_product(ridge, method, params):
-    from framework.config import build_plugin
-    from framework.ift import products_done
+    from hgbench.config import build_plugin
+    from hgbench.ift import products_done
 
     hyper, _ = at_ridge_optimum(ridge)
     ridge.inner_optimizer = SGD(lr=0.1)
@@ -122,7 +122,7 @@ def test_a_warm_start_continues_from_the_last_solution_and_costs_one_more_produc
 
 
 def test_a_warm_start_survives_a_checkpoint_and_the_warm_up_leaves_it_alone():
-    from framework import build_experiment
+    from hgbench import build_experiment
 
     groups = {"dataset": "synthetic_linear", "model": "linear", "hyperparam": "weight_decay_per_param", "hypergrad": "cg"}
     common = ["hypergrad.warm_start=true", "hypergrad.iterations=2", "inner_steps=2", "dtype=float64"]
@@ -142,7 +142,7 @@ def test_a_warm_start_survives_a_checkpoint_and_the_warm_up_leaves_it_alone():
 
 
 def test_neumann_alpha_auto_uses_the_largest_eigenvalue_and_logs_it(ridge):
-    from framework.config import build_plugin
+    from hgbench.config import build_plugin
 
     hyper, h = at_ridge_optimum(ridge)
     eig = torch.linalg.eigvalsh(h).max().item()
@@ -169,7 +169,7 @@ def test_a_plugins_own_failure_is_shown_with_its_name_and_the_errors_type(tmp_pa
     from dataclasses import dataclass
     from types import SimpleNamespace
 
-    from framework import Dataset, HypergradientMethod, hookimpl, plugins
+    from hgbench import Dataset, HypergradientMethod, hookimpl, registry
     from helpers import hgbench_in_process
 
     @dataclass
@@ -187,7 +187,7 @@ def test_a_plugins_own_failure_is_shown_with_its_name_and_the_errors_type(tmp_pa
             raise OSError("cannot read boom.csv")
 
     holder = SimpleNamespace(register_hypergradients=hookimpl(lambda: [Boom]), register_datasets=hookimpl(lambda: [BadData]))
-    plugins.register(holder, name="boom_plugins")
+    registry.register(holder, name="boom_plugins")
     try:
         base = ["mlflow.enabled=false", "hyper_steps=1", "inner_steps=1", "dataset=synthetic_linear", "model=linear",
                 "hyperparam=weight_decay", "progress=false"]
@@ -196,11 +196,11 @@ def test_a_plugins_own_failure_is_shown_with_its_name_and_the_errors_type(tmp_pa
         r = hgbench_in_process(tmp_path, *base[:3], "dataset=boom_data", *base[4:], "hypergrad=identity")
         assert "dataset 'boom_data' load() raised OSError: cannot read boom.csv" in r.stdout + r.stderr, r.stdout + r.stderr
     finally:
-        plugins.unregister("boom_plugins")
+        registry.unregister("boom_plugins")
 
 
 def test_the_alpha_a_run_used_is_recorded_every_hyper_step():
-    from framework import build_experiment
+    from hgbench import build_experiment
 
     exp = build_experiment(dataset="synthetic_linear", model="linear", hyperparam="weight_decay_per_param", hypergrad="neumann",
                            overrides=["hypergrad.alpha=auto", "hypergrad.power_iterations=3", "dtype=float64", "inner_steps=2"])

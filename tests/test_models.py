@@ -15,10 +15,10 @@ import pytest
 import torch
 from torch.func import functional_call
 
-from framework import DataSplits, Dataset, build_experiment, hookimpl, plugins
-from framework.base import split_arrays
-from framework.flat import FlatSpec
-from framework.ift import HessianVectorProduct
+from hgbench import DataSplits, Dataset, build_experiment, hookimpl, registry
+from hgbench.base import split_arrays
+from hgbench.flat import FlatSpec
+from hgbench.ift import HessianVectorProduct
 from helpers import polish
 
 F64 = torch.float64
@@ -68,11 +68,11 @@ class _TestDatasets:
 
 @pytest.fixture(scope="module")
 def tokens():
-    plugins.register(_TestDatasets(), name="test_models_datasets")
+    registry.register(_TestDatasets(), name="test_models_datasets")
     try:
         yield MarkovTokens.name
     finally:
-        plugins.unregister("test_models_datasets")
+        registry.unregister("test_models_datasets")
         from hydra.core.config_store import ConfigStore  # drop the config stored for it, too
 
         ConfigStore.instance().repo.get("dataset", {}).pop(f"{MarkovTokens.name}.yaml", None)
@@ -83,7 +83,7 @@ def tokens():
 
 def build(name: str, input_shape, num_outputs: int = 10, seed: int = 0, **params):
     torch.manual_seed(seed)
-    return plugins.get("model", name)(**params).build(tuple(input_shape), num_outputs).to(F64)
+    return registry.get("model", name)(**params).build(tuple(input_shape), num_outputs).to(F64)
 
 
 def perturbed(net, scale: float = 0.1, seed: int = 0):
@@ -148,7 +148,7 @@ def test_bad_inputs_are_rejected_with_a_reason():
     with pytest.raises(ValueError, match="integer token ids"):
         build("lstm", (5,))(torch.randn(2, 5, dtype=F64))
     with pytest.raises(ValueError, match="blocks"):
-        plugins.get("model", "resnet")(blocks=[])
+        registry.get("model", "resnet")(blocks=[])
 
 
 # --- weight counts of the default-sized models ---------------------------------------------------
@@ -355,7 +355,7 @@ def test_hand_written_lstm_matches_torch_nn_lstm(tie):
 
 
 def test_group_norm_matches_torch_group_norm():
-    from plugins.model.resnet import GroupNorm
+    from hgbench.plugins.model.resnet import GroupNorm
 
     ours, ref = GroupNorm(2, 6).to(F64), torch.nn.GroupNorm(2, 6).to(F64)
     g = torch.Generator().manual_seed(0)

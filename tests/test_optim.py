@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from framework.optim import SGD, Adam
+from hgbench.optim import SGD, Adam
 
 
 def trajectories(ours, theirs_cls, theirs_kw, steps=25):

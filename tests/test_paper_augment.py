@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from framework import build_experiment
+from hgbench import build_experiment
 
 
 @pytest.fixture
@@ -29,7 +29,7 @@ def cifar_dir(tmp_path):
 def test_the_paper_augmenter_on_the_cifar10_preset(cifar_dir):
     """6,659 weights on 3 channels (the paper's count), 6,497 on 1; x̃ = x at the start; the
     residual is bounded by tanh; the noise is one value per image; the preset runs end to end."""
-    from plugins.hyperparam.augment_net import PaperUNet, normal_per_image
+    from hgbench.plugins.hyperparam.augment_net import PaperUNet, normal_per_image
 
     assert sum(p.numel() for p in PaperUNet(1, 1, 8).parameters()) == 6497
     exp = build_experiment(overrides=["experiment=paper_augment_cifar10", f"dataset.root={cifar_dir}", "dataset.train_size=16",
@@ -54,7 +54,7 @@ def test_the_augmentation_study_compares_the_four_arms_on_the_same_seeds(tmp_pat
     """``--quick``: every arm has every evaluation; ``none`` never augments (x̃ = x exactly at every
     step: it trains on clean images); each tuned arm's augmenter has moved; the table, the paired
     differences to ``none``, the plots and the README's honest parts are written."""
-    from benchmarks import paper_augment
+    from hgbench.benchmarks import paper_augment
 
     monkeypatch.setattr(paper_augment, "QUICK", ("dataset=cifar10", f"dataset.root={cifar_dir}", "dataset.train_size=16",
                                                  "dataset.val_size=8", "dataset.test_size=8", "train_batch_size=8",

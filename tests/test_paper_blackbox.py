@@ -6,11 +6,11 @@ import math
 
 import pytest
 
-from framework import compose_config
+from hgbench import compose_config
 
 
 def test_the_optuna_sweep_searches_the_ift_runs_space_on_the_same_task():
-    from benchmarks.paper_blackbox import optuna_space
+    from hgbench.benchmarks.paper_blackbox import optuna_space
 
     ift = compose_config(["experiment=paper_blackbox"])
     bb = compose_config(["sweep=optuna_weight_decay"])
@@ -30,7 +30,7 @@ def rows_of(side, seed, points):
 
 
 def test_who_is_ahead_counts_a_side_without_a_result_as_behind():
-    from benchmarks import paper_blackbox as pb
+    from hgbench.benchmarks import paper_blackbox as pb
 
     rows = rows_of("ift", 0, [(2.0, 0.5), (4.0, 0.3)]) + rows_of("optuna", 0, [(3.0, 0.4), (7.0, 0.2)])
     assert pb.budgets(rows) == {0: 4.0}
@@ -41,7 +41,7 @@ def test_who_is_ahead_counts_a_side_without_a_result_as_behind():
 
 
 def test_the_quick_study_gives_both_sides_the_same_weight_updates_and_counts_the_hypergradients(tmp_path):
-    from benchmarks import common, paper_blackbox as pb
+    from hgbench.benchmarks import common, paper_blackbox as pb
 
     pb.run(tmp_path, quick=True, device="cpu")
     rows = common.read_csv(tmp_path / "blackbox.csv")
@@ -63,7 +63,7 @@ def test_the_quick_study_gives_both_sides_the_same_weight_updates_and_counts_the
 def test_the_reports_optuna_cost_is_in_weight_updates_of_all_trials():
     import pandas as pd
 
-    from framework.report import weight_updates
+    from hgbench.report import weight_updates
 
     trials = pd.DataFrame({"params.hyper_steps": ["200", "200", "100"], "params.inner_steps": ["10", "10", "10"]})
     assert weight_updates(trials) == "5,000"

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from framework import build_experiment, compose_config
+from hgbench import build_experiment, compose_config
 
 FASHION = Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")
 
@@ -42,7 +42,7 @@ def test_the_distillation_study_chooses_on_validation_and_judges_by_fresh_models
     """``hgbench-bench paper_distill --quick``: both presets (on a tiny digits problem), every cell of
     the grid for each, the cell with the best fresh VALIDATION accuracy chosen and run with every
     seed, blank images (step 0) teaching a fresh model nothing while real images do."""
-    from benchmarks import paper_distill
+    from hgbench.benchmarks import paper_distill
 
     runs = paper_distill.run(tmp_path, quick=True, device="cpu")
     q = paper_distill.QUICK

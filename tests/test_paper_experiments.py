@@ -9,15 +9,15 @@ import pandas as pd
 import pytest
 import torch
 
-from framework import ConfigError, DataSplits, Dataset, build_experiment, compose_config
-from framework.base import Split
-from framework.testing import registered
+from hgbench import ConfigError, DataSplits, Dataset, build_experiment, compose_config
+from hgbench.base import Split
+from hgbench.testing import registered
 
 # --- dataset=boston: the CSV inside mlxtend --------------------------------------------------
 
 
 def test_boston_reads_the_real_csv_standardised_with_training_statistics():
-    from plugins.dataset.boston import Boston, csv_path, table
+    from hgbench.plugins.dataset.boston import Boston, csv_path, table
 
     assert csv_path().name == "boston_housing.csv"
     x, y = table()
@@ -36,7 +36,7 @@ def test_boston_reads_the_real_csv_standardised_with_training_statistics():
 
 
 def test_boston_without_mlxtend_names_the_install_command(monkeypatch):
-    from plugins.dataset import boston
+    from hgbench.plugins.dataset import boston
 
     monkeypatch.setattr(boston, "find_spec", lambda name: None)
     with pytest.raises(ModuleNotFoundError, match=r"pip install mlxtend==0\.25\.0"):
@@ -87,7 +87,7 @@ def tiny_lm():
 
 
 def test_ptb_stream_layout_puts_window_k_of_stream_b_at_row_k_times_b_plus_b():
-    from plugins.dataset.ptb import PTB, sequences
+    from hgbench.plugins.dataset.ptb import PTB, sequences
 
     s = sequences(torch.arange(25), 2)  # 12 windows of 2 tokens
     out = PTB(streams=3, train_size=6).stream_layout(s, 6, "train_size", "train", torch.Generator().manual_seed(0))
@@ -204,7 +204,7 @@ def test_distilled_png_has_one_colour_scale_and_square_pixels():
 
 
 def test_memory_is_drawn_only_where_resolved_above_noise(monkeypatch, tmp_path):
-    from framework import plots
+    from hgbench import plots
 
     assert plots.memory_resolved([0.3, 0.9, 0.1], "cpu_peak_rss_growth") == (False, 1.0)  # sub-MB RSS noise
     assert plots.memory_resolved([6.1, 6.3], "cpu_peak_rss_growth")[0]
@@ -220,7 +220,7 @@ def test_memory_is_drawn_only_where_resolved_above_noise(monkeypatch, tmp_path):
 
 
 def test_val_loss_plot_shows_the_effect_against_the_fixed_run(monkeypatch, tmp_path):
-    from framework import plots
+    from hgbench import plots
 
     rows, metrics = [], []
     for method, seed, losses in (("fixed", 0, [2.3, 1.0, 0.9]), ("neumann", 0, [2.3, 0.8, 0.5]),
@@ -246,7 +246,7 @@ def test_val_loss_plot_shows_the_effect_against_the_fixed_run(monkeypatch, tmp_p
 
 
 def test_summary_shows_perplexity_and_fresh_accuracy_columns():
-    from framework.report import aggregate, summary_table
+    from hgbench.report import aggregate, summary_table
 
     runs = pd.DataFrame([{"method": "neumann", "family": "distill", "dataset": "mnist_5k", "model": "linear", "status": "finished",
                           "seed": s, "val_ppl": 100.0 + s, "hp/distill/fresh_test_acc": 0.5 + 0.1 * s} for s in (0, 1)])
@@ -259,7 +259,7 @@ def test_summary_shows_perplexity_and_fresh_accuracy_columns():
 
 def test_paper_boston_preset_runs_tiny():
     cfg = compose_config(["experiment=paper_boston_inverse"])
-    assert cfg.outer_optimizer._target_ == "torch.optim.RMSprop" and cfg.inner_optimizer._target_ == "framework.optim.Adam"
+    assert cfg.outer_optimizer._target_ == "torch.optim.RMSprop" and cfg.inner_optimizer._target_ == "hgbench.optim.Adam"
     assert cfg.train_batch_size is None and cfg.val_batch_size is None
     exp = build_experiment(overrides=["experiment=paper_boston_inverse", "hyper_steps=2", "eval_every=1"])
     assert exp.problem.num_hyperparams == 14
@@ -285,7 +285,7 @@ def test_the_inverse_quality_study_compares_with_the_exact_hypergradient(tmp_pat
     """``hgbench-bench paper_inverse --quick``: CG with more steps than Boston has weights is the
     exact solve (ℓ2 ≈ 0, cosine 1); Neumann with 0 steps equals CG's first iterate in direction
     (both ∝ ∂L_V/∂w: the same cosine) and Neumann's error falls with its terms."""
-    from benchmarks import paper_inverse
+    from hgbench.benchmarks import paper_inverse
 
     monkeypatch.setattr(paper_inverse, "METHODS", (("neumann", 0), ("neumann", 5), ("cg", 20)))
     rows = paper_inverse.run(tmp_path, quick=True, device="cpu")
@@ -310,7 +310,7 @@ def test_the_docs_name_only_presets_and_studies_that_exist():
     import re
     from pathlib import Path
 
-    from benchmarks import STUDIES, STUDY_OUT
+    from hgbench.benchmarks import STUDIES, STUDY_OUT
 
     root = Path(__file__).resolve().parent.parent
     presets = {p.stem for p in (root / "conf" / "experiment").glob("*.yaml")}

@@ -14,12 +14,12 @@ INIT_DECAY = {"linear": 0.0366, "lstm": 2.0e-6}  # the authors' log decays −4 
 def study(tmp_path_factory):
     """The quick study on the linear model and the LSTM (the MLP and CNN run the same code with
     another ``model=``), every built experiment's config kept."""
-    import framework
-    from benchmarks import paper_overfit
+    import hgbench
+    from hgbench.benchmarks import paper_overfit
 
     out = tmp_path_factory.mktemp("overfitting")
     cfgs = []
-    build = framework.build_experiment
+    build = hgbench.build_experiment
 
     def spy(*args, **kwargs):
         exp = build(*args, **kwargs)
@@ -27,7 +27,7 @@ def study(tmp_path_factory):
         return exp
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(framework, "build_experiment", spy)
+        mp.setattr(hgbench, "build_experiment", spy)
         mp.setattr(paper_overfit, "MODELS", ("linear", "lstm"))
         rows = paper_overfit.run(out, quick=True, device="cpu")
     return out, rows, cfgs
@@ -38,7 +38,7 @@ def test_the_presets_hold_the_papers_settings(study):
     assert len(cfgs) == 2 * 3  # two models × three families, one seed
     for cfg in cfgs:
         assert cfg.train_batch_size is None and cfg.val_batch_size is None  # full batches
-        assert cfg.inner_optimizer._target_ == "framework.optim.Adam" and cfg.hypergrad.name in ("identity", "fixed")
+        assert cfg.inner_optimizer._target_ == "hgbench.optim.Adam" and cfg.hypergrad.name in ("identity", "fixed")
         if cfg.hypergrad.name == "identity":
             assert cfg.hypergrad.scale == 1.0  # the authors' identity: ∂L_V/∂w unscaled
         if cfg.dataset.name == "mnist":
@@ -50,7 +50,7 @@ def test_the_presets_hold_the_papers_settings(study):
 
 
 def test_every_cell_is_run_from_the_same_start_and_recorded(study):
-    from benchmarks.paper_overfit import FAMILIES, QUICK_STEPS
+    from hgbench.benchmarks.paper_overfit import FAMILIES, QUICK_STEPS
 
     _, rows, _ = study
     cells: dict[tuple[str, str], list[int]] = {}
@@ -78,7 +78,7 @@ def test_every_cell_is_run_from_the_same_start_and_recorded(study):
 
 
 def test_the_study_writes_its_csvs_plots_and_a_reading(study):
-    from benchmarks import paper_overfit
+    from hgbench.benchmarks import paper_overfit
 
     out, _, _ = study
     for name in ("overfitting.csv", "overfitting_lstm.csv"):

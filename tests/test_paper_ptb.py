@@ -9,7 +9,7 @@ import math
 import pytest
 import torch
 
-from framework import ConfigError, build_experiment, testing
+from hgbench import ConfigError, build_experiment, testing
 
 WORDS = 30
 TINY = ["dataset.bptt=5", "dataset.streams=2", "dataset.train_size=8", "dataset.val_size=4", "dataset.test_size=4",
@@ -19,7 +19,7 @@ TINY = ["dataset.bptt=5", "dataset.streams=2", "dataset.train_size=8", "dataset.
 @pytest.fixture
 def tiny_corpus(monkeypatch):
     """``dataset=ptb`` reads a random 30-word corpus (500 tokens per split) instead of PTB."""
-    from plugins.dataset import ptb
+    from hgbench.plugins.dataset import ptb
 
     g = torch.Generator().manual_seed(0)
     ids = {s: torch.randint(0, WORDS, (500,), generator=g) for s in ("train", "valid", "test")}
@@ -27,7 +27,7 @@ def tiny_corpus(monkeypatch):
 
 
 def lstm(**kw):
-    from plugins.model.lstm import LSTM
+    from hgbench.plugins.model.lstm import LSTM
 
     torch.manual_seed(0)
     return LSTM(**{"embedding_dim": 4, "hidden_size": 3, "num_layers": 2, **kw}).build((6,), WORDS)
@@ -91,7 +91,7 @@ def test_the_ptb_presets_run_at_a_tiny_size(tiny_corpus, preset):
 
 
 def test_the_ptb_study_quick_run_compares_no_tuning_with_both_ift_variants(tiny_corpus, tmp_path):
-    from benchmarks import paper_ptb
+    from hgbench.benchmarks import paper_ptb
 
     rows = paper_ptb.run(tmp_path, quick=True, device="cpu")
     by = {r["config"]: r for r in rows}
@@ -103,7 +103,7 @@ def test_the_ptb_study_quick_run_compares_no_tuning_with_both_ift_variants(tiny_
     readme = (tmp_path / "README.md").read_text()
     assert "QUICK SMOKE RUN" in readme and "75.72 / 71.91" in readme and "Where we differ from the paper" in readme
     assert (tmp_path / "ptb.png").stat().st_size > 10_000
-    from benchmarks.common import read_csv
+    from hgbench.benchmarks.common import read_csv
 
     again = paper_ptb.reading(*(read_csv(tmp_path / f"{n}.csv") for n in ("ptb", "ptb_curve", "ptb_hparams")), quick=True)
     assert again == readme  # what rewrite() writes, from the CSVs alone

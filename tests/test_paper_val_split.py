@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 import torch
 
-from framework import plugins
-from framework.config import build_plugin
-from framework.errors import ConfigError
-from plugins.dataset import mnist
+from hgbench import registry
+from hgbench.config import build_plugin
+from hgbench.errors import ConfigError
+from hgbench.plugins.dataset import mnist
 
 PARTS = {"train": 400, "val": 60, "test": 300}
 
@@ -45,7 +45,7 @@ def rows_of(x: torch.Tensor) -> set[bytes]:
 
 
 def pool(**params):
-    return plugins.get("dataset", "mnist")(train_size=None, val_size=None, test_size=None, **params).load()
+    return registry.get("dataset", "mnist")(train_size=None, val_size=None, test_size=None, **params).load()
 
 
 def test_one_pool_is_split_by_the_fraction_and_is_the_same_examples_for_every_fraction(fake_mnist):
@@ -86,8 +86,8 @@ def test_the_presets_grid_is_every_size_fraction_family_and_seed():
     from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    from benchmarks import paper_val_split as study
-    from framework.hydra_config import CONFIG_MODULE, register_plugin_configs
+    from hgbench.benchmarks import paper_val_split as study
+    from hgbench.hydra_config import CONFIG_MODULE, register_plugin_configs
 
     register_plugin_configs()
     with initialize_config_module(config_module=CONFIG_MODULE, version_base="1.3"):
@@ -112,7 +112,7 @@ def test_the_study_runs_the_preset_and_reports_every_cell(fake_mnist, tmp_path):
     """``hgbench-bench paper_val_split --quick`` on the stand-in: every (family, fraction) cell
     FINISHED with a finite test accuracy measured on the fixed test set, 1 vs 7,850 hyperparameters,
     the README and plot written and ``rewrite`` giving the same README back."""
-    from benchmarks import paper_val_split as study
+    from hgbench.benchmarks import paper_val_split as study
 
     rows = study.run(tmp_path, quick=True, device="cpu")
     cells = {(r["family"], r["val_fraction"]) for r in rows}

@@ -12,7 +12,7 @@ import pytest
 import torch
 from torch import nn
 
-from framework import (
+from hgbench import (
     Dataset,
     DataSplits,
     HypergradientMethod,
@@ -20,7 +20,7 @@ from framework import (
     Model,
     Split,
     hookimpl,
-    plugins,
+    registry,
     testing,
 )
 
@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parent.parent
 def plugin_module(*classes, name="kit_test_plugin"):
     """A plugin module, as an entry point would load it, registering ``classes``."""
     mod = types.ModuleType(name, "A test plugin module.")
-    for kind, hook in plugins.KINDS.items():
+    for kind, hook in registry.KINDS.items():
         mine = [c for c in classes if c.kind == kind]
         if mine:
             setattr(mod, hook, hookimpl(lambda mine=mine: list(mine)))
@@ -45,7 +45,7 @@ class Halved(HypergradientMethod):
     scale: float = 0.5
 
     def compute(self, problem):
-        return self.scale * plugins.get("hypergrad", "identity")().compute(problem)
+        return self.scale * registry.get("hypergrad", "identity")().compute(problem)
 
 
 # --- registered() ------------------------------------------------------------------------------
@@ -54,42 +54,42 @@ class Halved(HypergradientMethod):
 def test_registered_adds_a_module_for_the_block_only():
     mod = plugin_module(Halved)
     with testing.registered(mod) as name:
-        assert name == "kit_test_plugin" and plugins.get("hypergrad", "kit_halved") is Halved
+        assert name == "kit_test_plugin" and registry.get("hypergrad", "kit_halved") is Halved
         testing.check_registration("hypergrad", "kit_halved")  # composes from its dataclass defaults, builds
-    assert "kit_halved" not in plugins.available("hypergrad")
+    assert "kit_halved" not in registry.available("hypergrad")
 
 
 def test_registered_takes_plugin_classes_directly():
     with testing.registered(Halved):
-        assert plugins.registry()["hypergrad"]["kit_halved"].cls is Halved
-    assert "kit_halved" not in plugins.available("hypergrad")
+        assert registry.registry()["hypergrad"]["kit_halved"].cls is Halved
+    assert "kit_halved" not in registry.available("hypergrad")
 
 
 def test_a_module_already_registered_by_its_entry_point_is_used_as_is():
     """The bug of the old recipe: once the package is installed, its module is registered under
-    the entry point's name, and plugins.register(module, name=...) refuses it."""
+    the entry point's name, and registry.register(module, name=...) refuses it."""
     mod = plugin_module(Halved)
-    plugins.register(mod, name="kit_entry_point")  # what loading the installed entry point does
+    registry.register(mod, name="kit_entry_point")  # what loading the installed entry point does
     try:
         with pytest.raises(ValueError, match="already registered"):
-            plugins.register(mod, name="my_plugin")
+            registry.register(mod, name="my_plugin")
         with testing.registered(mod, name="my_plugin") as name:
-            assert name == "kit_entry_point" and plugins.get("hypergrad", "kit_halved") is Halved
-        assert plugins.get("hypergrad", "kit_halved") is Halved  # still the installed one's
+            assert name == "kit_entry_point" and registry.get("hypergrad", "kit_halved") is Halved
+        assert registry.get("hypergrad", "kit_halved") is Halved  # still the installed one's
     finally:
-        plugins.unregister("kit_entry_point")
+        registry.unregister("kit_entry_point")
 
 
 def test_clashes_are_refused_clearly_and_leave_nothing_registered():
-    taken = pytest.raises(ValueError, match=r"another plugin is registered as 'plugins\.hypergrad\.neumann'")
-    with taken, testing.registered(plugin_module(Halved), name="plugins.hypergrad.neumann"):
+    taken = pytest.raises(ValueError, match=r"another plugin is registered as 'hgbench\.plugins\.hypergrad\.neumann'")
+    with taken, testing.registered(plugin_module(Halved), name="hgbench.plugins.hypergrad.neumann"):
         pass
 
     @dataclasses.dataclass
     class Impostor(Halved):
         name = "neumann"
 
-    clash = pytest.raises(ValueError, match="did not register cleanly: .*hypergrad 'neumann' is already registered by plugins.hypergrad.neumann")
+    clash = pytest.raises(ValueError, match="did not register cleanly: .*hypergrad 'neumann' is already registered by hgbench.plugins.hypergrad.neumann")
     with clash, testing.registered(plugin_module(Impostor)):
         pass
     def register_hypergradient():  # a typo: the hook is register_hypergradients
@@ -99,8 +99,8 @@ def test_clashes_are_refused_clearly_and_leave_nothing_registered():
     typo.register_hypergradient = hookimpl(register_hypergradient)
     with pytest.raises(ValueError, match="unknown hook 'register_hypergradient'"), testing.registered(typo):
         pass
-    assert not {"kit_test_plugin", "kit_typo"} & {n for n, _ in plugins.plugin_manager().list_name_plugin()}
-    assert plugins.get("hypergrad", "neumann").__module__ == "plugins.hypergrad.neumann" and plugins.failures() == []
+    assert not {"kit_test_plugin", "kit_typo"} & {n for n, _ in registry.plugin_manager().list_name_plugin()}
+    assert registry.get("hypergrad", "neumann").__module__ == "hgbench.plugins.hypergrad.neumann" and registry.failures() == []
 
 
 # --- check_method --------------------------------------------------------------------------------
@@ -277,7 +277,7 @@ def test_check_model(params, message):
 
 
 def test_the_pytest_plugin_is_installed_and_loaded(request):
-    (ep,) = [ep for ep in importlib.metadata.entry_points(group="pytest11") if ep.value == "framework.pytest_plugin"]
+    (ep,) = [ep for ep in importlib.metadata.entry_points(group="pytest11") if ep.value == "hgbench.pytest_plugin"]
     assert ep.name == "hgbench" and ep.dist.name == "hgbench"
     assert request.config.pluginmanager.has_plugin("hgbench")
 
@@ -285,7 +285,7 @@ def test_the_pytest_plugin_is_installed_and_loaded(request):
 def test_hgbench_register_fixture_removes_what_it_registered(hgbench_register):
     assert hgbench_register(plugin_module(Halved)) == "kit_test_plugin"
     assert hgbench_register(Halved, name="kit_again") == "kit_again"  # nested: both inside the test
-    assert plugins.get("hypergrad", "kit_halved") is Halved
+    assert registry.get("hypergrad", "kit_halved") is Halved
     # teardown unregisters both: test_registered_adds_a_module_for_the_block_only re-registers the name
 
 
@@ -299,7 +299,7 @@ def test_hgbench_ridge_fixture_is_at_its_optimum_with_a_closed_form(hgbench_ridg
 
 
 def test_kit_modules_import_nothing_heavy_at_import_time():
-    """framework.testing must import without pytest, framework.pytest_plugin (loaded at every
+    """hgbench.testing must import without pytest, hgbench.pytest_plugin (loaded at every
     pytest start-up where hgbench is installed) without torch, Hydra or MLflow of its own."""
     def top_level_imports(path):
         out = set()

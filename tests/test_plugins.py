@@ -7,33 +7,33 @@ from pathlib import Path
 import pytest
 import torch
 
-from framework import UnknownPluginError, hookimpl, hookspecs, plugins, testing
-from framework.config import build_plugin
+from hgbench import UnknownPluginError, hookimpl, hookspecs, registry, testing
+from hgbench.config import build_plugin
 
 CONF = Path(__file__).resolve().parent.parent / "conf"
-ALL = [(kind, name) for kind in plugins.KINDS for name in plugins.available(kind)]
+ALL = [(kind, name) for kind in registry.KINDS for name in registry.available(kind)]
 
 
 def test_builtins_are_registered_and_nothing_failed():
-    assert {"neumann", "cg", "identity", "exact", "unroll"} <= set(plugins.available("hypergrad"))
-    assert {"weight_decay", "weight_decay_per_param"} <= set(plugins.available("hyperparam"))
-    assert {"synthetic_linear", "digits"} <= set(plugins.available("dataset"))
-    assert {"linear", "mlp"} <= set(plugins.available("model"))
-    assert plugins.failures() == []
+    assert {"neumann", "cg", "identity", "exact", "unroll"} <= set(registry.available("hypergrad"))
+    assert {"weight_decay", "weight_decay_per_param"} <= set(registry.available("hyperparam"))
+    assert {"synthetic_linear", "digits"} <= set(registry.available("dataset"))
+    assert {"linear", "mlp"} <= set(registry.available("model"))
+    assert registry.failures() == []
 
 
 @pytest.mark.parametrize("kind,name", ALL)
 def test_each_plugin_is_selectable_with_its_dataclass_defaults(kind, name):
     """``<kind>=<name>`` composes to the plugin's dataclass defaults (an alias: with its presets)
     — the one place a plugin's defaults are written — and builds; the class is a documented
-    dataclass whose defaults match their types (framework.testing.check_registration)."""
+    dataclass whose defaults match their types (hgbench.testing.check_registration)."""
     testing.check_registration(kind, name)
 
 
-# --- each kind's behaviour: the same checks a third-party plugin runs (framework.testing) ----------
+# --- each kind's behaviour: the same checks a third-party plugin runs (hgbench.testing) ----------
 
 
-@pytest.mark.parametrize("name", plugins.available("hypergrad"))
+@pytest.mark.parametrize("name", registry.available("hypergrad"))
 def test_every_method_meets_the_contract(name):
     """On a tiny problem: a finite tensor shaped like λ, in float32 and float64, on CUDA too when
     present; a method's skip() reason skips a case (the test, if it refuses every case)."""
@@ -43,7 +43,7 @@ def test_every_method_meets_the_contract(name):
 FAMILY_SETUPS = {}  # family -> check_family options, where the default (digits images + MLP) does not fit
 
 
-@pytest.mark.parametrize("name", plugins.available("hyperparam"))
+@pytest.mark.parametrize("name", registry.available("hyperparam"))
 def test_every_family_meets_the_contract(name):
     testing.check_family(name, **FAMILY_SETUPS.get(name, {}))
 
@@ -57,7 +57,7 @@ MODEL_SETUPS = {  # small instances (a model not listed: its defaults on 1×8×8
 }
 
 
-@pytest.mark.parametrize("name", plugins.available("model"))
+@pytest.mark.parametrize("name", registry.available("model"))
 def test_every_model_meets_the_contract(name):
     testing.check_model(name, **MODEL_SETUPS.get(name, {}))
 
@@ -71,15 +71,15 @@ def test_generated_and_bundled_datasets_meet_the_contract(name):
     testing.check_dataset(name, **CHEAP_DATASETS[name])
 
 
-@pytest.mark.parametrize("kind", list(plugins.KINDS))
+@pytest.mark.parametrize("kind", list(registry.KINDS))
 def test_no_plugin_defaults_are_copied_into_yaml(kind):
     """A YAML per built-in plugin would be a second copy of its defaults."""
     assert list((CONF / kind).glob("*.yaml")) == []
 
 
 def test_an_alias_is_the_plugin_with_its_presets():
-    wd = plugins.get("hyperparam", "weight_decay")
-    assert plugins.get("hyperparam", "weight_decay_per_param") is wd
+    wd = registry.get("hyperparam", "weight_decay")
+    assert registry.get("hyperparam", "weight_decay_per_param") is wd
     assert build_plugin("hyperparam", {"name": "weight_decay_per_param"}).granularity == "per_param"
     # explicit values win over an alias's presets
     assert build_plugin("hyperparam", {"name": "weight_decay_per_param", "granularity": "per_tensor"}).granularity == "per_tensor"
@@ -88,7 +88,7 @@ def test_an_alias_is_the_plugin_with_its_presets():
 
 def test_unknown_name_lists_the_available_ones():
     with pytest.raises(UnknownPluginError) as err:
-        plugins.get("hypergrad", "neuman")
+        registry.get("hypergrad", "neuman")
     msg = str(err.value)
     assert "unknown hypergrad 'neuman'" in msg
     for name in ("cg", "exact", "identity", "neumann", "unroll"):
@@ -104,7 +104,7 @@ def test_every_hookspec_is_documented():
 
 def test_a_runtime_plugin_is_found_by_name_and_can_be_removed():
     @dataclasses.dataclass
-    class Doubled(plugins.get("hypergrad", "identity")):
+    class Doubled(registry.get("hypergrad", "identity")):
         name = "doubled"
 
     class Extra:
@@ -112,13 +112,13 @@ def test_a_runtime_plugin_is_found_by_name_and_can_be_removed():
         def register_hypergradients(self):
             return [Doubled]
 
-    plugins.register(Extra(), name="extra")
+    registry.register(Extra(), name="extra")
     try:
-        assert plugins.get("hypergrad", "doubled") is Doubled
-        assert plugins.registry()["hypergrad"]["doubled"].source == "extra"
+        assert registry.get("hypergrad", "doubled") is Doubled
+        assert registry.registry()["hypergrad"]["doubled"].source == "extra"
     finally:
-        plugins.unregister("extra")
-    assert "doubled" not in plugins.available("hypergrad")
+        registry.unregister("extra")
+    assert "doubled" not in registry.available("hypergrad")
 
 
 def test_a_plugin_that_raises_in_its_hook_is_reported_and_the_rest_still_load():
@@ -127,14 +127,14 @@ def test_a_plugin_that_raises_in_its_hook_is_reported_and_the_rest_still_load():
         def register_models(self):
             raise RuntimeError("boom")
 
-    plugins.register(Broken(), name="broken")
+    registry.register(Broken(), name="broken")
     try:
         with pytest.warns(UserWarning, match="broken.*boom"):
-            models = plugins.available("model")  # the registry is rebuilt, calling every hook
+            models = registry.available("model")  # the registry is rebuilt, calling every hook
         assert "mlp" in models
-        assert any(f.source == "broken" and "boom" in f.error for f in plugins.failures())
+        assert any(f.source == "broken" and "boom" in f.error for f in registry.failures())
     finally:
-        plugins.unregister("broken")
+        registry.unregister("broken")
 
 
 def test_an_unregistered_plugins_config_is_no_longer_selectable():
@@ -144,9 +144,9 @@ def test_an_unregistered_plugins_config_is_no_longer_selectable():
 
     from hydra.core.config_store import ConfigStore
 
-    from framework import HypergradientMethod
-    from framework.hydra_config import register_plugin_configs
-    from framework.testing import registered
+    from hgbench import HypergradientMethod
+    from hgbench.hydra_config import register_plugin_configs
+    from hgbench.testing import registered
 
     @dataclass
     class Passing(HypergradientMethod):

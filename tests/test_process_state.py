@@ -5,8 +5,8 @@ back when it ends."""
 import pytest
 import torch
 
-from framework import build_experiment
-from framework import runner
+from hgbench import build_experiment
+from hgbench import runner
 
 QUICK = ["experiment=quick", "hyper_steps=3", "eval_every=3", "mlflow.enabled=false"]
 NOISY = [*QUICK, "hyperparam=dropout_per_unit", "model.hidden=[8]"]  # draws dropout noise from the global RNG
@@ -72,7 +72,7 @@ def test_an_in_process_sweep_leaves_no_sweep_id_behind(tmp_path, monkeypatch):
 
     from helpers import run_cli
 
-    from framework.callbacks import SWEEP_ENV, read_job_results
+    from hgbench.callbacks import SWEEP_ENV, read_job_results
 
     monkeypatch.delenv(SWEEP_ENV, raising=False)
     ids = []

@@ -15,7 +15,7 @@ import pytest
 from helpers import hgbench_in_process
 from mlflow.tracking import MlflowClient
 
-from framework.report import aggregate, fmt, main, select_optuna, summary_table
+from hgbench.report import aggregate, fmt, main, select_optuna, summary_table
 
 SMALL = ["dataset=digits", "hyper_steps=6", "inner_steps=2", "eval_every=3", "dataset.train_size=200", "dataset.val_size=100"]
 PLOTS = ("val_loss_vs_time.png", "peak_memory.png", "hypergrad_time.png")
@@ -341,7 +341,7 @@ def test_an_optuna_sweep_enters_as_its_best_trial(tmp_path):
 
 def test_run_times_decades_apart_get_a_log_time_axis_that_keeps_time_zero(monkeypatch, tmp_path):
     """exact taking 100× longer than the rest would squash every other curve against t = 0."""
-    from framework import plots
+    from hgbench import plots
 
     rows, metrics = [], []
     for method, seconds in (("neumann", 0.01), ("exact", 5.0)):

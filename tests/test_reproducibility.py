@@ -19,8 +19,8 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from framework import build_experiment, hookimpl, plugins
-from framework.provenance import git_commit
+from hgbench import build_experiment, hookimpl, registry
+from hgbench.provenance import git_commit
 
 COMMON = ["dataset=digits", "model.hidden=[8]", "hyper_steps=4", "inner_steps=2", "eval_every=2",
           "dataset.train_size=100", "dataset.val_size=60", "dataset.test_size=60",
@@ -58,7 +58,7 @@ def first_difference(a: dict, b: dict) -> str:
 def hgbench(cwd: Path, *args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"}
     env.pop("MLFLOW_TRACKING_URI", None)
-    return subprocess.run([sys.executable, "-m", "framework.cli", *args], cwd=cwd, env=env,
+    return subprocess.run([sys.executable, "-m", "hgbench.cli", *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=300)
 
 
@@ -152,12 +152,12 @@ class Capture:
 def run_in_process(case: str, seed: int):
     cap = Capture()
     name = f"repro-capture-{id(cap)}"
-    plugins.register(cap, name=name)
+    registry.register(cap, name=name)
     try:
         exp = build_experiment([*COMMON, *CASES[case], f"seed={seed}"])
         result = exp.run()
     finally:
-        plugins.unregister(name)
+        registry.unregister(name)
     assert result.status == "FINISHED", result.error
     return exact(cap.history), exp.w.detach().clone(), exp.lam.detach().clone()
 

@@ -11,7 +11,7 @@ import torch
 from helpers import hgbench_in_process, run_cli
 from mlflow.tracking import MlflowClient
 
-from framework import build_experiment, hookimpl, plugins
+from hgbench import build_experiment, hookimpl, registry
 
 STEP_METRICS = ("hypergrad_norm", "inner_loss", "val_loss", "test_loss", "train_acc", "hp/mean_log_decay")
 JOB = ["experiment=quick", "hyper_steps=30", "eval_every=5", "checkpoint.every=10", "mlflow.flush_every_s=1000"]
@@ -31,7 +31,7 @@ def replace(src, dst):
         if len(seen) == 4:
             os.kill(os.getpid(), signal.SIGKILL)
 os.replace = replace
-from framework.cli import main
+from hgbench.cli import main
 sys.argv = ["hgbench", *sys.argv[1:]]
 main()
 """
@@ -95,8 +95,8 @@ def test_a_killed_grid_resumes_exactly_and_records_no_run_twice(tmp_path):
 
 
 def test_a_job_running_elsewhere_is_not_started_twice_and_a_dead_one_is_rerun(tmp_path, monkeypatch):
-    from framework.api import compose_config
-    from framework.config import config_tags, fingerprint
+    from hgbench.api import compose_config
+    from hgbench.config import config_tags, fingerprint
 
     cfg = compose_config(["experiment=quick", "hyper_steps=3", "mlflow.experiment=alive"])
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
@@ -155,12 +155,12 @@ def test_a_plugin_that_raises_in_a_hook_is_reported_and_the_run_goes_on(tmp_path
             raise RuntimeError("recorder bug")
 
     uri = f"sqlite:///{tmp_path / 'm.db'}"
-    plugins.register(Faulty(), name="faulty")
+    registry.register(Faulty(), name="faulty")
     try:
         with pytest.warns(UserWarning, match="'faulty' failed in on_hyper_step"):
             result = build_experiment(record=True, overrides=["experiment=quick", "hyper_steps=3", f"mlflow.tracking_uri={uri}"]).run()
     finally:
-        plugins.unregister("faulty")
+        registry.unregister("faulty")
     assert result.status == "FINISHED"
     assert {f.source for f in result.plugin_errors} == {"faulty"}
     assert result.recording_errors == []  # not a recorder: the run's results are still recorded
@@ -179,19 +179,19 @@ def test_a_failing_recorder_flags_the_run_as_not_recorded():
         def on_run_end(self, run, status, error, summary):
             raise ConnectionError("tracker down")
 
-    plugins.register(FaultyTracker(), name="faulty_tracker")
+    registry.register(FaultyTracker(), name="faulty_tracker")
     try:
         with pytest.warns(UserWarning, match="'faulty_tracker' failed in on_run_end"):
             result = build_experiment(overrides=["experiment=quick", "hyper_steps=2"]).run()
     finally:
-        plugins.unregister("faulty_tracker")
+        registry.unregister("faulty_tracker")
     assert result.status == "FINISHED"
     assert [(f.source, f.error) for f in result.recording_errors] == [("faulty_tracker", "on_run_end: ConnectionError: tracker down")]
 
 
 def test_a_requested_stop_ends_the_run_between_hyper_steps(monkeypatch):
     """What SIGTERM does under the CLI: the hyper-step in progress (and its MLflow write) completes."""
-    from framework import runner
+    from hgbench import runner
 
     monkeypatch.setattr(runner, "_stop_requested", [])
     exp = build_experiment(overrides=["experiment=quick", "hyper_steps=50", "mlflow.enabled=false"])

@@ -17,9 +17,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from framework import plugins
-from plugins.dataset import cifar10, mnist
-from plugins.dataset.cifar10 import UnsafePickleError
+from hgbench import registry
+from hgbench.plugins.dataset import cifar10, mnist
+from hgbench.plugins.dataset.cifar10 import UnsafePickleError
 
 ROOT = Path(__file__).resolve().parent.parent
 ANY_ADDRESS = ".".join(["0"] * 4)  # the wildcard address, spelled so this file does not contain it
@@ -131,17 +131,17 @@ def test_a_module_named_in_a_pickle_is_not_even_imported(tmp_path, monkeypatch):
 
 def test_the_dataset_refuses_a_tampered_batch_or_meta_file_naming_it(tmp_path):
     folder = write_cifar(tmp_path / "cifar-10-batches-py")
-    d = plugins.get("dataset", "cifar10")(root=str(folder), train_size=16, val_size=4, test_size=None).load()
+    d = registry.get("dataset", "cifar10")(root=str(folder), train_size=16, val_size=4, test_size=None).load()
     assert len(d.train.x) == 16 and d.meta["classes"][0] == "airplane"  # the genuine folder loads
     marker = tmp_path / "pwned"
     good = (folder / "data_batch_3").read_bytes()
     (folder / "data_batch_3").write_bytes(pickle.dumps({**batch(4), b"data": Payload(os.system, f"touch {marker}")}))
     with pytest.raises(UnsafePickleError, match=re.escape(f"{folder / 'data_batch_3'}: refused to load the global '{os.system.__module__}.system'")):
-        plugins.get("dataset", "cifar10")(root=str(folder), train_size=16, val_size=4, test_size=None).load()
+        registry.get("dataset", "cifar10")(root=str(folder), train_size=16, val_size=4, test_size=None).load()
     (folder / "data_batch_3").write_bytes(good)
     (folder / "batches.meta").write_bytes(pickle.dumps({b"label_names": Payload(eval, f"open({str(marker)!r}, 'w')")}))
     with pytest.raises(UnsafePickleError, match=re.escape(str(folder / "batches.meta")) + ".*'builtins.eval'"):
-        plugins.get("dataset", "cifar10")(root=str(folder), train_size=16, val_size=4, test_size=None).load()
+        registry.get("dataset", "cifar10")(root=str(folder), train_size=16, val_size=4, test_size=None).load()
     assert not marker.exists()
 
 
@@ -160,7 +160,7 @@ def test_the_cli_reports_a_tampered_cifar_folder_in_one_line(tmp_path):
     folder = write_cifar(tmp_path / "cifar-10-batches-py")
     marker = tmp_path / "pwned"
     (folder / "test_batch").write_bytes(pickle.dumps(Payload(os.system, f"touch {marker}")))
-    out = subprocess.run([sys.executable, "-m", "framework.cli", "dataset=cifar10", f"dataset.root={folder}",
+    out = subprocess.run([sys.executable, "-m", "hgbench.cli", "dataset=cifar10", f"dataset.root={folder}",
                           "dataset.train_size=16", "dataset.val_size=4", "dataset.test_size=4", "model.hidden=[8]",
                           "hyper_steps=1", "mlflow.enabled=false"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
     text = out.stdout + out.stderr
@@ -171,7 +171,7 @@ def test_the_cli_reports_a_tampered_cifar_folder_in_one_line(tmp_path):
 
 def test_mnist_reads_only_the_packaged_pickle_and_through_the_allowlist(tmp_path, monkeypatch):
     # no user path: the dataset has no folder/file parameter and read_pickle takes no arguments
-    fields = set(plugins.get("dataset", "mnist").__dataclass_fields__)
+    fields = set(registry.get("dataset", "mnist").__dataclass_fields__)
     assert not fields & {"root", "path", "file", "dir", "url"}, fields
     assert mnist.read_pickle.__wrapped__.__code__.co_argcount == 0
     # ... and even a planted package (importlib.resources resolves 'mnist' on sys.path) is refused

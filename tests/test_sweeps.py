@@ -6,7 +6,7 @@ import pytest
 from helpers import hgbench_in_process as hgbench
 from mlflow.tracking import MlflowClient
 
-from framework import compose_config
+from hgbench import compose_config
 
 CONF = Path(__file__).resolve().parent.parent / "conf"
 TINY = ["dataset=digits", "model.hidden=[16]", "hyper_steps=4", "inner_steps=2", "eval_every=2",
@@ -115,7 +115,7 @@ def test_slurm_example_launcher_config_composes(tmp_path):
 
 
 def test_sweep_summary_formatting():
-    from framework.callbacks import format_sweep_summary
+    from hgbench.callbacks import format_sweep_summary
 
     text = format_sweep_summary([
         {"job_num": 0, "status": "FINISHED", "overrides": "seed=0", "val_loss": 0.5, "test_loss": 0.6},

@@ -17,8 +17,8 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor
 
-from framework.base import DataSplits, Split
-from framework.errors import ConfigError
+from hgbench.base import DataSplits, Split
+from hgbench.errors import ConfigError
 
 SIZE_KEYS = ("train_size", "val_size", "test_size")
 

@@ -26,9 +26,9 @@ from pathlib import Path
 
 import torch
 
-from framework import ConfigError, DataSplits, Dataset, hookimpl
-from framework.base import split_arrays
-from plugins.dataset._common import check_sizes
+from hgbench import ConfigError, DataSplits, Dataset, hookimpl
+from hgbench.base import split_arrays
+from hgbench.plugins.dataset._common import check_sizes
 
 INSTALL = ".venv/bin/pip install mlxtend==0.25.0"
 FEATURES = ("CRIM", "ZN", "INDUS", "CHAS", "NOX", "RM", "AGE", "DIS", "RAD", "TAX", "PTRATIO", "B", "LSTAT")

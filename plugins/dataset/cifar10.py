@@ -39,9 +39,9 @@ from typing import Any, BinaryIO
 import numpy as np
 import torch
 
-from framework import DataError, DataSplits, Dataset, hookimpl
-from framework.base import Split
-from plugins.dataset._common import check_sizes, classification_splits, draw
+from hgbench import DataError, DataSplits, Dataset, hookimpl
+from hgbench.base import Split
+from hgbench.plugins.dataset._common import check_sizes, classification_splits, draw
 
 URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 FOLDER = "cifar-10-batches-py"

@@ -25,9 +25,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from framework import DataError, DataSplits, Dataset, hookimpl
-from framework.base import Split
-from plugins.dataset._common import check_sizes, classification_splits, draw
+from hgbench import DataError, DataSplits, Dataset, hookimpl
+from hgbench.base import Split
+from hgbench.plugins.dataset._common import check_sizes, classification_splits, draw
 
 DEFAULT_ROOT = "/usr/share/datasets/fashion-mnist"
 APT = "sudo apt-get install -y dataset-fashion-mnist"

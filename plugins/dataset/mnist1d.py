@@ -23,9 +23,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from framework import DataSplits, Dataset, hookimpl
-from framework.base import Split
-from plugins.dataset._common import check_sizes, classification_splits, draw
+from hgbench import DataSplits, Dataset, hookimpl
+from hgbench.base import Split
+from hgbench.plugins.dataset._common import check_sizes, classification_splits, draw
 
 INSTALL = ".venv/bin/pip install mnist1d==0.0.2.post1"
 

@@ -13,9 +13,9 @@ from dataclasses import dataclass
 
 import torch
 
-from framework import DataSplits, Dataset, hookimpl
-from framework.base import split_arrays
-from plugins.dataset._common import check_sizes, classification_splits
+from hgbench import DataSplits, Dataset, hookimpl
+from hgbench.base import split_arrays
+from hgbench.plugins.dataset._common import check_sizes, classification_splits
 
 
 @functools.lru_cache(maxsize=1)

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from framework import hookimpl
-from plugins.dataset.mnist_5k import Mnist5k
+from hgbench import hookimpl
+from hgbench.plugins.dataset.mnist_5k import Mnist5k
 
 
 @dataclass

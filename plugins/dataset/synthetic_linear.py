@@ -10,8 +10,8 @@ from dataclasses import dataclass
 
 import torch
 
-from framework import DataSplits, Dataset, hookimpl
-from framework.base import split_arrays
+from hgbench import DataSplits, Dataset, hookimpl
+from hgbench.base import split_arrays
 
 
 @dataclass

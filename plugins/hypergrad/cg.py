@@ -14,9 +14,9 @@ from dataclasses import dataclass
 from typing import ClassVar, Literal
 from functools import partial
 
-from framework import HypergradientMethod, hookimpl
-from framework.ift import ift_hypergradient
-from framework.linalg import cg_solve
+from hgbench import HypergradientMethod, hookimpl
+from hgbench.ift import ift_hypergradient
+from hgbench.linalg import cg_solve
 
 
 @dataclass

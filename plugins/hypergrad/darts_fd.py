@@ -13,9 +13,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from framework import HypergradientMethod, hookimpl
-from framework.ift import FiniteDifferenceHVP, finite_difference_mixed, val_gradients
-from framework.linalg import neumann_solve
+from hgbench import HypergradientMethod, hookimpl
+from hgbench.ift import FiniteDifferenceHVP, finite_difference_mixed, val_gradients
+from hgbench.linalg import neumann_solve
 
 
 @dataclass

@@ -12,9 +12,9 @@ from dataclasses import dataclass
 from typing import Literal
 from functools import partial
 
-from framework import HypergradientMethod, hookimpl
-from framework.ift import ift_hypergradient
-from framework.linalg import dense_solve
+from hgbench import HypergradientMethod, hookimpl
+from hgbench.ift import ift_hypergradient
+from hgbench.linalg import dense_solve
 
 
 @dataclass

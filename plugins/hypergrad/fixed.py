@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
-from framework import HypergradientMethod, hookimpl
+from hgbench import HypergradientMethod, hookimpl
 
 
 @dataclass

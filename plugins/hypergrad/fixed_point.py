@@ -22,8 +22,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from framework import HypergradientMethod, hookimpl
-from framework.ift import fixed_point_hypergradient
+from hgbench import HypergradientMethod, hookimpl
+from hgbench.ift import fixed_point_hypergradient
 
 
 @dataclass

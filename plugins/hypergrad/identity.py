@@ -6,9 +6,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import partial
 
-from framework import HypergradientMethod, hookimpl
-from framework.ift import ift_hypergradient
-from framework.linalg import identity_solve
+from hgbench import HypergradientMethod, hookimpl
+from hgbench.ift import ift_hypergradient
+from hgbench.linalg import identity_solve
 
 
 @dataclass

@@ -24,9 +24,9 @@ import math
 from dataclasses import dataclass
 from typing import ClassVar, Literal
 
-from framework import HypergradientMethod, hookimpl
-from framework.ift import ift_hypergradient
-from framework.linalg import neumann_solve, power_iteration
+from hgbench import HypergradientMethod, hookimpl
+from hgbench.ift import ift_hypergradient
+from hgbench.linalg import neumann_solve, power_iteration
 
 
 @dataclass

@@ -18,9 +18,9 @@ from dataclasses import dataclass
 from functools import partial
 from typing import ClassVar, Literal
 
-from framework import HypergradientMethod, hookimpl
-from framework.ift import ift_hypergradient
-from framework.linalg import nystrom_solve
+from hgbench import HypergradientMethod, hookimpl
+from hgbench.ift import ift_hypergradient
+from hgbench.linalg import nystrom_solve
 
 
 @dataclass

@@ -17,9 +17,9 @@ from dataclasses import dataclass
 
 import torch
 
-from framework import HypergradientMethod, hookimpl
-from framework.ift import finite_difference_mixed, val_gradients
-from framework.optim import SGD, Adam
+from hgbench import HypergradientMethod, hookimpl
+from hgbench.ift import finite_difference_mixed, val_gradients
+from hgbench.optim import SGD, Adam
 
 
 @dataclass
@@ -34,7 +34,7 @@ class Sama(HypergradientMethod):
     def skip(self, problem):
         opt = getattr(problem, "inner_optimizer", None)
         if opt is not None and not isinstance(opt, (SGD, Adam)):
-            return (f"sama needs the inner optimiser's update Jacobian, defined here for framework.optim.SGD and Adam; "
+            return (f"sama needs the inner optimiser's update Jacobian, defined here for hgbench.optim.SGD and Adam; "
                     f"this run's is {type(opt).__name__} (use darts_fd or identity)")
         return None
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from framework import HypergradientMethod, hookimpl
-from framework.ift import unrolled_hypergradient
+from hgbench import HypergradientMethod, hookimpl
+from hgbench.ift import unrolled_hypergradient
 
 
 @dataclass

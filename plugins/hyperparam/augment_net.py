@@ -38,8 +38,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from framework import ConfigError, HyperparamFamily, hookimpl
-from plugins.hyperparam._common import image_grid, l2, uniform_noise
+from hgbench import ConfigError, HyperparamFamily, hookimpl
+from hgbench.plugins.hyperparam._common import image_grid, l2, uniform_noise
 
 
 class TinyUNet(nn.Module):

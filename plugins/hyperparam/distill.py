@@ -40,8 +40,8 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-from framework import HyperparamFamily, hookimpl
-from plugins.hyperparam._common import l2
+from hgbench import HyperparamFamily, hookimpl
+from hgbench.plugins.hyperparam._common import l2
 
 FRESH_SEED0 = 1_000_000  # fresh models' init seeds: FRESH_SEED0 + i (far from any run's own seed)
 

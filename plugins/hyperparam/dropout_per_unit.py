@@ -37,8 +37,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from framework import ConfigError, HyperparamFamily, hookimpl
-from plugins.hyperparam._common import l2, uniform_noise
+from hgbench import ConfigError, HyperparamFamily, hookimpl
+from hgbench.plugins.hyperparam._common import l2, uniform_noise
 
 WORD, AR, TAR, WEIGHT = "word", "ar", "tar", "weight_"  # λ names of the extra regularisers (WEIGHT: a prefix)
 

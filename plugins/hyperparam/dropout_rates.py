@@ -27,8 +27,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from framework import hookimpl
-from plugins.hyperparam.dropout_per_unit import DropoutPerUnit
+from hgbench import hookimpl
+from hgbench.plugins.hyperparam.dropout_per_unit import DropoutPerUnit
 
 
 @dataclass

@@ -16,8 +16,8 @@ from typing import Literal
 
 import torch
 
-from framework import HyperparamFamily, hookimpl
-from plugins.hyperparam._common import l2
+from hgbench import HyperparamFamily, hookimpl
+from hgbench.plugins.hyperparam._common import l2
 
 
 @dataclass

@@ -25,7 +25,7 @@ from typing import ClassVar, Literal
 
 import torch
 
-from framework import HyperparamFamily, hookimpl
+from hgbench import HyperparamFamily, hookimpl
 
 
 @dataclass

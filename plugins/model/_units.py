@@ -20,7 +20,7 @@ from collections.abc import Mapping
 
 from torch import Tensor, nn
 
-from framework.errors import ConfigError
+from hgbench.errors import ConfigError
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "tanh": nn.Tanh, "gelu": nn.GELU, "elu": nn.ELU}
 

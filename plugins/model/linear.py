@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from framework import Model, hookimpl
+from hgbench import Model, hookimpl
 
 
 @dataclass

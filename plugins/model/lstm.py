@@ -7,7 +7,7 @@ batch carries a state (truncated BPTT, below); either way L_T is a plain functio
 batch.
 
 Truncated BPTT (``carries_state = True`` on the module): when the input tensor has a ``carry``
-attribute (``framework.runner.Carry``, hung there by the runner's ``StreamSampler`` for a dataset
+attribute (``hgbench.runner.Carry``, hung there by the runner's ``StreamSampler`` for a dataset
 laid out as parallel token streams, e.g. ``dataset=ptb dataset.streams=B``), each layer starts from
 ``x.carry.initial`` — the per-layer (h, c) the previous window of the same streams ended in, or zeros
 at the start of an epoch — and the forward leaves its own final (h, c), detached, in
@@ -55,8 +55,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from framework import ConfigError, Model, hookimpl
-from plugins.model._units import apply_mask, check_sites
+from hgbench import ConfigError, Model, hookimpl
+from hgbench.plugins.model._units import apply_mask, check_sites
 
 
 def check_weight_sites(weight_masks: dict[str, Tensor] | None, sites: dict[str, tuple[int, int]]) -> dict[str, Tensor]:

@@ -12,8 +12,8 @@ from typing import Literal
 
 from torch import Tensor, nn
 
-from framework import Model, hookimpl
-from plugins.model._units import ACTIVATIONS, apply_mask, check_sites
+from hgbench import Model, hookimpl
+from hgbench.plugins.model._units import ACTIVATIONS, apply_mask, check_sites
 
 
 class MLPNet(nn.Sequential):

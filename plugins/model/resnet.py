@@ -44,8 +44,8 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from framework import ConfigError, Model, hookimpl
-from plugins.model._units import ACTIVATIONS, apply_mask, check_sites
+from hgbench import ConfigError, Model, hookimpl
+from hgbench.plugins.model._units import ACTIVATIONS, apply_mask, check_sites
 
 
 class GroupNorm(nn.Module):

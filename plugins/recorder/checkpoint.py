@@ -3,13 +3,13 @@ RNG states (``Experiment.state_dict``), saved atomically to ``checkpoint.dir`` (
 ``./checkpoints``) and referenced from the MLflow run: tag ``hgbench.checkpoint`` (the file, set
 when the run starts), ``hgbench.checkpoint_step``, and the artifact ``checkpoint/<file>`` when
 ``checkpoint.log_artifact``. A relaunched grid continues an
-interrupted run from it (``framework.store``); it is read back with ``torch.load(...,
+interrupted run from it (``hgbench.store``); it is read back with ``torch.load(...,
 weights_only=True)``, which loads tensors and plain containers only, never arbitrary objects.
 
 Crash-consistent order, so a kill at any moment loses nothing: (1) this step's metrics are
 flushed to the store, (2) the checkpoint is written to a temporary file, synced, and renamed over
 the previous one, (3) the tag ``hgbench.checkpoint_step`` and the artifact follow. A checkpoint is thus never ahead of the metrics the
-store holds; a resume also checks that (``framework.store.latest_checkpoint``). A failed write
+store holds; a resume also checks that (``hgbench.store.latest_checkpoint``). A failed write
 (a full disk) leaves no temporary file behind.
 """
 
@@ -20,9 +20,9 @@ from pathlib import Path
 
 import torch
 
-from framework import hookimpl
-from framework.config import fingerprint
-from framework.store import CHECKPOINT_ARTIFACT_DIR
+from hgbench import hookimpl
+from hgbench.config import fingerprint
+from hgbench.store import CHECKPOINT_ARTIFACT_DIR
 
 
 def _settings(run):

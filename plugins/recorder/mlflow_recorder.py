@@ -3,7 +3,7 @@
 - params: every resolved config value (dotted keys), ``num_weights``, ``num_hyperparams``;
 - metrics, with step = hyper-step: losses/accuracies on eval steps, ``hypergrad_norm``,
   ``hypergrad_time_s``, ``inner_time_s``, ``elapsed_s``; at the end ``runtime_s`` and
-  ``peak_memory_mb`` (see ``framework.memory`` for what is measured on CPU vs CUDA);
+  ``peak_memory_mb`` (see ``hgbench.memory`` for what is measured on CPU vs CUDA);
 - tags: the plugins used (``hgbench.<kind>``), device, versions, ``mlflow.source.git.commit``,
   ``hgbench.status`` and, when a run fails or is skipped, ``hgbench.error`` / ``hgbench.skip_reason``;
 - artifacts: the composed ``config.yaml`` (and ``error.txt`` with the traceback of a failure).
@@ -11,7 +11,7 @@
 Where: ``mlflow.tracking_uri`` in config, else ``$MLFLOW_TRACKING_URI``, else a sqlite file
 ``mlflow.db`` in the launch directory (absolute path; artifacts beside it in ``mlartifacts/``).
 Metrics are buffered and written in batches every ``mlflow.flush_every_s`` seconds. The store
-itself (URIs, experiments, buffered writes) is ``framework.store``; this module is the hooks.
+itself (URIs, experiments, buffered writes) is ``hgbench.store``; this module is the hooks.
 """
 
 from __future__ import annotations
@@ -20,10 +20,10 @@ import traceback
 
 from omegaconf import OmegaConf
 
-from framework import hookimpl
-from framework.config import NOT_IN_FINGERPRINT, flatten
-from framework.plugins import KINDS
-from framework.store import MLFLOW_STATUS, MlflowRun, copy_history
+from hgbench import hookimpl
+from hgbench.config import NOT_IN_FINGERPRINT, flatten
+from hgbench.registry import KINDS
+from hgbench.store import MLFLOW_STATUS, MlflowRun, copy_history
 
 # this plugin records results: a failure in its hooks flags the run as not recorded
 HGBENCH_RECORDER = True

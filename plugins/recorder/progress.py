@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import sys
 
-from framework import hookimpl
+from hgbench import hookimpl
 
 
 def _wanted(mode) -> bool:

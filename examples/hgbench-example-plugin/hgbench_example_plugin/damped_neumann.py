@@ -24,15 +24,15 @@ from functools import partial
 
 from torch import Tensor
 
-from framework import HypergradientMethod, hookimpl
-from framework.ift import ift_hypergradient
+from hgbench import HypergradientMethod, hookimpl
+from hgbench.ift import ift_hypergradient
 
 
 def damped_neumann_solve(matvec: Callable[[Tensor], Tensor], b: Tensor, iterations: int, alpha: float, damping: float = 0.0) -> Tensor:
     """(H + δI)⁻¹ b ≈ α Σ_{j=0}^{i} (I − α(H + δI))^j b, from Hessian-vector products ``matvec``.
 
     One HVP per iteration, no host synchronisation; ``damping=0`` is exactly
-    ``framework.linalg.neumann_solve``.
+    ``hgbench.linalg.neumann_solve``.
     """
     v = b.clone()
     p = b.clone()

@@ -1,4 +1,4 @@
-"""The plugin's tests, written with hgbench's plugin test kit: ``framework.testing`` (the checks
+"""The plugin's tests, written with hgbench's plugin test kit: ``hgbench.testing`` (the checks
 hgbench runs on its own built-ins) and the ``hgbench_register`` / ``hgbench_ridge`` fixtures of
 hgbench's pytest plugin (loaded by pytest wherever hgbench is installed).
 
@@ -9,8 +9,8 @@ import pytest
 import torch
 from hgbench_example_plugin import damped_neumann
 
-from framework import ConfigError, testing
-from framework.config import build_plugin
+from hgbench import ConfigError, testing
+from hgbench.config import build_plugin
 
 
 @pytest.fixture(autouse=True)

@@ -23,9 +23,9 @@ from dataclasses import dataclass
 
 import pluggy
 
-from framework import hookspecs
-from framework.errors import UnknownPluginError
-from framework.hookspecs import PluginFailure, RunContext
+from hgbench import hookspecs
+from hgbench.errors import UnknownPluginError
+from hgbench.hookspecs import PluginFailure, RunContext
 
 hookimpl = pluggy.HookimplMarker("hgbench")
 
