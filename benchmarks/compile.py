@@ -15,6 +15,7 @@ LeNet CNN (per-weight decay, batch 128), two experiments with the same seed, one
 from __future__ import annotations
 
 import time
+from functools import partial
 from pathlib import Path
 
 from hgbench.benchmarks import common
@@ -40,7 +41,7 @@ def run(out: Path, quick: bool = False, device: str = "auto", reps: int | None =
         compile_s = time.perf_counter() - t0
         diff = comp.inner_loss.rel_diff if comp.inner_loss.rel_diff is not None else float("nan")  # nan: did not compile
         status = comp.inner_loss.status
-        inner = common.compare(lambda: _grad(eager.inner_loss, w, lam, tb), lambda: _grad(comp.inner_loss, w, lam, tb), reps, dev,
+        inner = common.compare(partial(_grad, eager.inner_loss, w, lam, tb), partial(_grad, comp.inner_loss, w, lam, tb), reps, dev,
                                common.timing_target(quick))
         step = common.compare(eager.hyper_step, comp.hyper_step, reps, dev, target=0.0)  # one hyper-step per timing
         row = {"section": "compile", "model": model, "num_weights": eager.problem.num_weights, "batch": len(tb.x),

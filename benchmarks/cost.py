@@ -51,14 +51,14 @@ def handwritten_neumann(exp, tb, vb, iterations: int, alpha: float):
     lams = [t.clone().requires_grad_(True) for t in p.w_spec.unflatten(lam_flat).values()]
 
     def fn():
-        lt = F.cross_entropy(module(tb.x), tb.y) + 0.5 * sum((lm.exp() * w * w).sum() for lm, w in zip(lams, params))
+        lt = F.cross_entropy(module(tb.x), tb.y) + 0.5 * sum((lm.exp() * w * w).sum() for lm, w in zip(lams, params, strict=True))
         gt = torch.autograd.grad(lt, params, create_graph=True)
         gv = torch.autograd.grad(F.cross_entropy(module(vb.x), vb.y), params)
         v, acc = list(gv), list(gv)
         for _ in range(iterations):
             hv = torch.autograd.grad(gt, params, v, retain_graph=True)
-            v = [a - alpha * b for a, b in zip(v, hv)]
-            acc = [a + b for a, b in zip(acc, v)]
+            v = [a - alpha * b for a, b in zip(v, hv, strict=True)]
+            acc = [a + b for a, b in zip(acc, v, strict=True)]
         mixed = torch.autograd.grad(gt, lams, [alpha * a for a in acc])
         return torch.cat([-m.reshape(-1) for m in mixed])
 
@@ -110,7 +110,7 @@ def measure_model(model: str, device: torch.device, quick: bool, reps: int) -> l
     add("gradient", "plain", "", grad, note="the reference (= 1 up to noise)")
     add("gradient", "create_graph", "", create_graph_grad, note="gradient whose graph HVPs reuse")
     add("hvp", "fresh", 1, hvp_fresh, note="create_graph gradient + one double backward")
-    add("hvp", "reuse", 1, lambda: hvp(v), note="one further HVP on a kept create_graph gradient")
+    add("hvp", "reuse", 1, partial(hvp, v), note="one further HVP on a kept create_graph gradient")
     try:
         add("hvp", "fwd_over_rev", 1, hvp_fwd_over_rev, note="torch.func.jvp(torch.func.grad(L_T)): forward-over-reverse")
     except Exception as exc:  # noqa: BLE001 - a model torch.func cannot transform
@@ -174,7 +174,7 @@ def plot(rows, path: Path) -> None:
     plt = common.pyplot()
     models = sorted({r["model"] for r in rows}, key=lambda m: m != "mlp")
     fig, axes = plt.subplots(1, len(models), figsize=(6 * len(models), 4.4), squeeze=False)
-    for ax, model in zip(axes[0], models):
+    for ax, model in zip(axes[0], models, strict=True):
         rs = [r for r in rows if r["model"] == model and r["what"] == "hypergradient" and r["method"] != "identity"]
         for meth, style in (("neumann", "o-"), ("cg", "s-"), ("unroll", "^-")):
             pts = sorted((r for r in rs if r["method"] == meth), key=lambda r: r["iterations"])

@@ -155,7 +155,7 @@ def worker_memory(spec: dict[str, Any]) -> dict[str, Any]:
 
     exp, tb, vb = build(spec["problem"], spec["quick"], spec["device"])
     out = {}
-    for label, node in points(exp, spec["quick"], len(tb.x)):
+    for _label, node in points(exp, spec["quick"], len(tb.x)):
         method, why = _build_method(node)
         if method is None or method.skip(exp.problem):
             continue
@@ -395,19 +395,19 @@ def plot(rows: list[dict[str, Any]], problem: str, out: Path) -> Path:
     cmap = plt.get_cmap("tab20")
     for i, s in enumerate(series):
         pts = sorted((r for r in ok if r["series"] == s), key=lambda r: (r["budget"] if r["budget"] != "" else 0))
-        for ax, x in zip(axes, ("time_grads_median", "peak_mb")):
+        for ax, x in zip(axes, ("time_grads_median", "peak_mb"), strict=True):
             xs = [max(r[x], 1e-2) for r in pts]
             ys = [r["rel_err"] for r in pts]
             ax.plot(xs, ys, marker="o" if len(pts) > 1 else "s", ms=4, lw=1.2, color=cmap(i % 20),
                     ls="--" if "(ggn)" in s else ":" if "batch" in s else "-", label=s)
-            spread = [(x, r["rel_err_min"], r["rel_err_max"]) for x, r in zip(xs, pts) if isinstance(r.get("rel_err_min"), float)
+            spread = [(x, r["rel_err_min"], r["rel_err_max"]) for x, r in zip(xs, pts, strict=True) if isinstance(r.get("rel_err_min"), float)
                       and math.isfinite(r["rel_err_min"])]
             if spread:  # the draws of a stochastic curvature: min–max of the error
                 ax.vlines([a for a, _, _ in spread], [b for _, b, _ in spread], [c for _, _, c in spread], color=cmap(i % 20), lw=2.5, alpha=0.5)
             if len(pts) > 1:
                 ax.annotate(str(pts[-1]["budget"]), (xs[-1], ys[-1]), fontsize=6, xytext=(3, 0), textcoords="offset points")
     first = next((r for r in rows if r["problem"] == problem), {})
-    for ax, xl in zip(axes, ("time (plain gradients of L_T)", "peak memory (MB, RSS growth)")):
+    for ax, xl in zip(axes, ("time (plain gradients of L_T)", "peak memory (MB, RSS growth)"), strict=True):
         ax.set(xscale="log", yscale="log", xlabel=xl, ylabel="relative error ‖g − g_ref‖ / ‖g_ref‖")
         ax.axhline(1.0, color="k", lw=0.6, ls=":")
         ax.grid(True, which="major", alpha=0.3)

@@ -153,7 +153,7 @@ def plot(rows, path: Path) -> None:
     med = [r["time_ratio_median"] for r in rows]
     err = [[r["time_ratio_median"] - r["time_ratio_q1"] for r in rows], [r["time_ratio_q3"] - r["time_ratio_median"] for r in rows]]
     a1.bar(x, med, yerr=err, capsize=4, color="tab:blue")
-    for xi, m in zip(x, med):
+    for xi, m in zip(x, med, strict=True):
         a1.text(xi, m, f"{m:.2f}", ha="center", va="bottom", fontsize=8)
     a1.axhline(2.0, color="k", ls="--", lw=1, label="target ≤ 2×")
     a1.axhline(1.0, color="gray", lw=0.8)
@@ -168,7 +168,7 @@ def plot(rows, path: Path) -> None:
     a2.bar([i - w / 2 for i in xm], [r["memory_footprint_ratio"] for r in mrows], w,
            label="training footprint (peak RSS − RSS before building)")
     a2.bar([i + w / 2 for i in xm], [r["memory_process_ratio"] for r in mrows], w, label="whole process peak RSS")
-    for i, r in zip(xm, mrows):
+    for i, r in zip(xm, mrows, strict=True):
         a2.text(i - w / 2, r["memory_footprint_ratio"], f"{r['memory_footprint_ratio']:.2f}\n({r['joint_footprint_mb']:.0f}/{r['standard_footprint_mb']:.0f} MB)",
                 ha="center", va="bottom", fontsize=7)
         a2.text(i + w / 2, r["memory_process_ratio"], f"{r['memory_process_ratio']:.2f}", ha="center", va="bottom", fontsize=7)

@@ -51,10 +51,10 @@ def fit(xs, ys):
     n = len(xs)
     mx, my = sum(xs) / n, sum(ys) / n
     sxx = sum((x - mx) ** 2 for x in xs)
-    b = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sxx if sxx else 0.0
+    b = sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / sxx if sxx else 0.0
     a = my - b * mx
     ss_tot = sum((y - my) ** 2 for y in ys)
-    ss_res = sum((y - a - b * x) ** 2 for x, y in zip(xs, ys))
+    ss_res = sum((y - a - b * x) ** 2 for x, y in zip(xs, ys, strict=True))
     return a, b, (1 - ss_res / ss_tot) if ss_tot else 1.0
 
 
@@ -74,7 +74,7 @@ def run(out: Path, quick: bool = False, device: str = "auto", reps: int | None =
             if r["status"] != "ok":
                 raise RuntimeError(f"memory points {batch} failed ({r['status']}): {r.get('error', '')[-500:]}")
             info = r
-            for (meth, i), peak in zip(batch, r["peaks_mb"]):
+            for (meth, i), peak in zip(batch, r["peaks_mb"], strict=True):
                 samples.setdefault((meth, i), []).append(peak)
                 print(f"  memory {meth:8s} i={i:<4d} peak growth {peak:8.1f} MB  (rep {rep + 1}/{reps}, process {r['wall_s']:.1f} s)", flush=True)
     rows = []
@@ -83,7 +83,7 @@ def run(out: Path, quick: bool = False, device: str = "auto", reps: int | None =
         meds = [common.stats(samples[(meth, i)])["median"] for i in xs]
         a, b, r2 = fit(xs, meds)
         flat = meds[-1] / meds[0] if meds[0] > 0 else float("nan")
-        for i, med in zip(xs, meds):
+        for i, med in zip(xs, meds, strict=True):
             s = common.stats(samples[(meth, i)])
             ok = (abs(flat - 1) <= 0.10) if meth != "unroll" else (r2 >= 0.95 and b > 0)
             rows.append({"section": "memory", "model": "mlp", "num_weights": info["num_weights"],

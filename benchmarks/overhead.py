@@ -182,10 +182,10 @@ def plot(rows, path: Path) -> None:
     rest = [one["bare_wall_s"] - one["bare_runtime_s"], one["cli_wall_s"] - one["cli_runtime_s"]]
     a1.barh(labels, loop, label="the run (runtime_s)")
     a1.barh(labels, rest, left=loop, label="process start-up, imports, set-up, teardown")
-    for k, (lp, rs) in enumerate(zip(loop, rest)):
+    for k, (lp, rs) in enumerate(zip(loop, rest, strict=True)):
         a1.text(lp + rs, k, f" {lp:.1f} + {rs:.1f} s", va="center", fontsize=8)
     a1.set_xlabel("seconds (median)")
-    a1.set_xlim(0, (max(a + b for a, b in zip(loop, rest))) * 1.3)
+    a1.set_xlim(0, (max(a + b for a, b in zip(loop, rest, strict=True))) * 1.3)
     a1.set_title(f"One run: in-run overhead {100 * one['overhead_in_run']:+.1f} %, "
                  f"whole process {100 * one['overhead_whole_process']:+.1f} % of the run", fontsize=9)
     a1.legend(fontsize=8, loc="lower right")

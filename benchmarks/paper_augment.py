@@ -131,7 +131,7 @@ def plot(rows: list[dict[str, Any]], out: Path) -> Path:
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
     for c, arm in enumerate(dict.fromkeys(r["arm"] for r in rows)):
         steps = sorted({r["step"] for r in rows if r["arm"] == arm})
-        for ax, key in zip(axes, ("val_acc", "test_acc", "aug_change")):
+        for ax, key in zip(axes, ("val_acc", "test_acc", "aug_change"), strict=True):
             stats = [_stats([r[key] for r in rows if r["arm"] == arm and r["step"] == st]) for st in steps]
             ax.plot(steps, [m for m, _ in stats], marker="o", ms=3, lw=1.3, color=f"C{c}", label=arm)
             ax.fill_between(steps, [m - d for m, d in stats], [m + d for m, d in stats], color=f"C{c}", alpha=0.18, lw=0)

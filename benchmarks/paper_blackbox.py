@@ -348,7 +348,7 @@ def reading(rows: list[dict[str, Any]], quick: bool, extend: float = EXTEND) -> 
     durations = []
     for sd in seeds:
         ends = sorted(r["t_s"] for r in rows if r["side"] == "optuna" and r["seed"] == sd)
-        durations += [b - a for a, b in zip([0.0, *ends[:-1]], ends)]
+        durations += [b - a for a, b in zip([0.0, *ends[:-1]], ends, strict=True)]
     trial_s = _stats(durations)
     loads = [r["load1_start"] for r in rows if "load1_start" in r and isinstance(r["load1_start"], float)]
     table = []

@@ -169,7 +169,7 @@ def plot_curves(curve: list[dict[str, Any]], runs: list[dict[str, Any]], out: Pa
     plt = common.pyplot()
     datasets = list(dict.fromkeys(r["dataset"] for r in curve))
     fig, axes = plt.subplots(1, len(datasets), figsize=(6.2 * len(datasets), 4.4), squeeze=False)
-    for ax, ds in zip(axes[0], datasets):
+    for ax, ds in zip(axes[0], datasets, strict=True):
         chosen = chosen_setting(runs, ds)
         names = [n for n in dict.fromkeys([chosen, setting(*FIRST)]) if n is not None]
         for c, name in enumerate(names):

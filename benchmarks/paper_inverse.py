@@ -106,7 +106,7 @@ def plot(rows: list[dict[str, Any]], out: Path) -> Path:
     cmap = plt.get_cmap("tab10")
     for c, m in enumerate(dict.fromkeys(r["method"] for r in rows)):
         steps = sorted({r["step"] for r in rows if r["method"] == m})
-        for ax, key in zip(axes, ("cosine", "l2")):
+        for ax, key in zip(axes, ("cosine", "l2"), strict=True):
             mean, lo, hi = [], [], []
             for st in steps:
                 vals = torch.tensor([r[key] for r in rows if r["method"] == m and r["step"] == st], dtype=torch.float64)
@@ -136,7 +136,7 @@ def plot_steps(at_rows: list[dict[str, Any]], out: Path) -> Path:
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.4))
     for c, name in enumerate(("neumann", "cg")):
         steps = sorted({r["i"] for r in at_rows if r["method"] == name})
-        for ax, key in zip(axes, ("cosine", "l2")):
+        for ax, key in zip(axes, ("cosine", "l2"), strict=True):
             stats = [_stats([r[key] for r in at_rows if r["method"] == name and r["i"] == i]) for i in steps]
             ax.plot(steps, [m for m, _ in stats], marker="o", ms=2.5, lw=1.2, color=f"C{c}", label=name)
             ax.fill_between(steps, [m - d for m, d in stats], [m + d for m, d in stats], color=f"C{c}", alpha=0.2, lw=0)

@@ -192,7 +192,7 @@ def plot(rows: list[dict[str, Any]], out: Path) -> Path:
     plt = common.pyplot()
     models = list(dict.fromkeys(r["model"] for r in rows))
     fig, axes = plt.subplots(1, len(models), figsize=(4.6 * len(models), 4.0), squeeze=False)
-    for ax, m in zip(axes[0], models):
+    for ax, m in zip(axes[0], models, strict=True):
         for f in FAMILIES:
             sub = [r for r in rows if r["model"] == m and r["family"] == f]
             if sub:

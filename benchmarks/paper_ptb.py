@@ -128,7 +128,7 @@ def plot(rows: list[dict[str, Any]], curve: list[dict[str, Any]], hps: list[dict
         axes[0].fill_between(xs, [m - d for m, d in st], [m + d for m, d in st], color=f"C{i}", alpha=0.2, lw=0)
     axes[0].set(xlabel="inner steps", ylabel="validation perplexity", yscale="log")
     axes[0].legend(fontsize=8)
-    for ax, c in zip(axes[1:], ("ift_7", "ift_per_unit")):
+    for ax, c in zip(axes[1:], ("ift_7", "ift_per_unit"), strict=True):
         rs = [r for r in hps if r["config"] == c]
         if not rs:
             ax.set_visible(False)
@@ -305,7 +305,7 @@ def run(out: Path, quick: bool = False, device: str = "auto", reps: int | None =
     curve: list[dict[str, Any]] = []
     hps: list[dict[str, Any]] = []
     with common.one_thread():  # the machines this runs on are shared (README: the wall time is measured so)
-        for config, label, _ in CONFIGS:
+        for config, _label, _ in CONFIGS:
             for seed in (SEEDS[:1] if quick else SEEDS):
                 row, c, h = one_run(config, seed, dev, quick)
                 rows.append(row)

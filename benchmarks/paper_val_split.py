@@ -96,7 +96,7 @@ def plot(summ: list[dict[str, Any]], out: Path) -> Path:
     sizes = sorted({r["total_size"] for r in summ})
     fig, axes = plt.subplots(1, len(sizes), figsize=(4.2 * len(sizes), 3.8), squeeze=False)
     pk = peaks(summ)
-    for ax, n in zip(axes[0], sizes):
+    for ax, n in zip(axes[0], sizes, strict=True):
         for c, (fam, name) in enumerate(FAMILIES):
             rs = sorted((r for r in summ if r["total_size"] == n and r["family"] == fam), key=lambda r: r["val_fraction"])
             if not rs:
@@ -105,7 +105,7 @@ def plot(summ: list[dict[str, Any]], out: Path) -> Path:
             mu = [r["test_acc_mean"] for r in rs]
             sd = [r["test_acc_std"] for r in rs]
             ax.plot(f, mu, marker="o", ms=3, lw=1.3, color=f"C{c}", ls="-" if fam == "global" else "--", label=name)
-            ax.fill_between(f, [m - s for m, s in zip(mu, sd)], [m + s for m, s in zip(mu, sd)], color=f"C{c}", alpha=0.2, lw=0)
+            ax.fill_between(f, [m - s for m, s in zip(mu, sd, strict=True)], [m + s for m, s in zip(mu, sd, strict=True)], color=f"C{c}", alpha=0.2, lw=0)
             p = pk[(n, fam)]
             ax.plot([p["best"]], [p["acc"]], marker="*", ms=12, color=f"C{c}", mec="k", mew=0.6, ls="none")
         ax.set(title=f"N = {n:,} examples", xlabel="validation fraction f (N·f validation, N·(1−f) training)",

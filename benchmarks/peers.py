@@ -113,7 +113,7 @@ def betty_adapter(exp, tb, vb, solve_name: str, i: int, alpha: float | None):
     class Inner(ImplicitProblem):
         def training_step(self, batch):
             x, y = batch
-            decay = sum((d.exp() * w * w).sum() for d, w in zip(self.outer.module.log_decay, self.module.parameters()))
+            decay = sum((d.exp() * w * w).sum() for d, w in zip(self.outer.module.log_decay, self.module.parameters(), strict=True))
             return F.cross_entropy(self.module(x), y) + 0.5 * decay
 
     class Outer(ImplicitProblem):
@@ -374,7 +374,7 @@ def time_to_accuracy(problem: str, reference_name: str, cands: list[Candidate], 
         best = nanmin(errs.values())
         print(f"  peers accuracy {problem:7s} {c.library:8s} {c.label:42s} "
               + "  ".join(f"{lv:.0e}: " + (f"i={r['iterations']:<4} {r['time_ms']:8.1f} ms" if r["reached"] else f"not reached (best {best:.1e})")
-                          for lv, r in zip(levels, rows[-len(levels):])), flush=True)
+                          for lv, r in zip(levels, rows[-len(levels):], strict=True)), flush=True)
         if c.advance is not None:
             advances.append((c.advance, needed(errs, c.level) if c.level is not None else None))
     rows += best_rows(rows, fns, reps, dev, quick)
@@ -747,7 +747,7 @@ def accuracy_plot(rows, path: Path, grid) -> None:
     settings = [st for st in SETTINGS if any(r["problem"] == st[0] and r["setting"] == st[1] for r in rows)]
     fig, axes = plt.subplots(1, len(settings), figsize=(4.6 * len(settings), 4.4), squeeze=False)
     width = 0.8 / len(libs)
-    for ax, (problem, setting) in zip(axes[0], settings):
+    for ax, (problem, setting) in zip(axes[0], settings, strict=True):
         top = 1.0
         for k, lib in enumerate(libs):
             for j, level in enumerate(LEVELS):
@@ -781,13 +781,13 @@ def plot(rows, path: Path) -> None:
     plt = common.pyplot()
     iters = sorted({r["iterations"] for r in rows})
     fig, axes = plt.subplots(1, len(iters), figsize=(6.5 * len(iters), 4.4), squeeze=False)
-    for ax, i in zip(axes[0], iters):
+    for ax, i in zip(axes[0], iters, strict=True):
         rs = [r for r in rows if r["iterations"] == i]
         labels = [f"{r['peer']}\n{r['peer_call']}" for r in rs]
         x = range(len(rs))
         ax.bar([k - 0.2 for k in x], [r["hgbench_ms"] for r in rs], 0.4, label="hgbench (same method)")
         ax.bar([k + 0.2 for k in x], [r["peer_ms"] for r in rs], 0.4, label="peer")
-        for k, r in zip(x, rs):
+        for k, r in zip(x, rs, strict=True):
             ok = "" if r["agree_1e-3"] else "\n≠ answer"
             ax.text(k, max(r["hgbench_ms"], r["peer_ms"]), f"{r['speedup_median']:.2f}×{ok}", ha="center", va="bottom", fontsize=8)
         ax.set_xticks(list(x))

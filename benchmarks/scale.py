@@ -122,7 +122,7 @@ def plot(rows, path: Path, cap: float) -> None:
         t = [r.get("hypergradient_s", r["first_hypergradient_s"]) for r in ok]
         a2.plot(x, t, "o-", label="one hypergradient (neumann i=5)")
         a2.plot(x, [r["grad_s"] for r in ok], "s--", label="one plain gradient")
-        for xi, ti, r in zip(x, t, ok):
+        for xi, ti, r in zip(x, t, ok, strict=True):
             a2.annotate(f"{ti:.2g} s" + ("" if "hypergradient_s" in r else " (1 run)"), (xi, ti), fontsize=7,
                         textcoords="offset points", xytext=(4, 4))
     for r in rows:

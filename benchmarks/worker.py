@@ -27,7 +27,7 @@ def main() -> None:
     except (MemoryError, RuntimeError) as exc:  # torch's "can't allocate memory" is a RuntimeError
         oom = isinstance(exc, MemoryError) or "allocate" in str(exc) or "out of memory" in str(exc)
         result = {"status": "oom" if oom else "error", "error": f"{type(exc).__name__}: {exc}"[:2000]}
-    except Exception as exc:  # noqa: BLE001 - reported to the parent
+    except Exception:  # noqa: BLE001 - reported to the parent (the traceback)
         result = {"status": "error", "error": traceback.format_exc()[-2000:]}
         print(result["error"], file=sys.stderr)
     with open(out, "w") as f:
