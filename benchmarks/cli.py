@@ -31,7 +31,7 @@ TITLE = "hgbench performance benchmarks"
 
 
 def wait_for_quiet(max_load: float, max_wait_min: float) -> float:
-    from hgbench.benchmarks.common import load_average
+    from hgbench.benchmarks.machine import load_average
 
     t0 = time.time()
     load = load_average()
@@ -127,21 +127,21 @@ def main(argv: list[str] | None = None) -> int:
     if studies and (len(studies) > 1 or len(args.sections) > 1):
         ap.error(f"{studies[0]} runs on its own (it writes its own README into --out): hgbench-bench {studies[0]} --out "
                  f"{STUDY_OUT.get(studies[0], 'results/' + studies[0])}")
-    from hgbench.benchmarks import common
+    from hgbench.benchmarks import machine, output
 
     failed = []
     load = None if args.quick else wait_for_quiet(args.max_load, args.max_wait_min)
     if load is not None:
         print(f"hgbench-bench: starting at load average {load:.2f} (others' processes only)", flush=True)
     for s in sections:
-        load = common.load_average()
+        load = machine.load_average()
         print(f"hgbench-bench: {s}{' (quick)' if args.quick else ''}" + (f", load average {load:.2f}" if load is not None else ""),
               flush=True)
         t0 = time.perf_counter()
         try:
             importlib.import_module(f"hgbench.benchmarks.{s}").run(args.out, quick=args.quick, device=args.device, reps=args.reps)
             if s not in STUDIES:
-                common.add_load_at_start(args.out, s, load)
+                output.add_load_at_start(args.out, s, load)
         except Exception:  # noqa: BLE001 - one section failing does not stop the others
             traceback.print_exc()
             failed.append(s)

@@ -18,7 +18,8 @@ import time
 from functools import partial
 from pathlib import Path
 
-from hgbench.benchmarks import common
+from hgbench.benchmarks import output, plotting, problems, timing
+from hgbench.runner import resolve_device
 from hgbench.compiled import loss_gradient as _grad
 
 MODELS = ("mlp:[128]", "mlp", "cnn")
@@ -26,43 +27,43 @@ QUICK_MODELS = ("mlp",)
 
 
 def run(out: Path, quick: bool = False, device: str = "auto", reps: int | None = None) -> list[dict]:
-    dev = common.resolve_device(device)
+    dev = resolve_device(device)
     reps = reps or (2 if quick else 7)
     rows = []
     for model in QUICK_MODELS if quick else MODELS:
-        eager = common.experiment(model, dev, quick, extra=["compile=false"])
-        comp = common.experiment(model, dev, quick, extra=["compile=true"])
+        eager = problems.experiment(model, dev, quick, extra=["compile=false"])
+        comp = problems.experiment(model, dev, quick, extra=["compile=true"])
         tb = eager.train_sampler.next()
         w, lam = eager.w.detach(), eager.lam.detach()
-        common.sync(dev)
+        timing.sync(dev)
         t0 = time.perf_counter()
         _grad(comp.inner_loss, w, lam, tb)  # compiles, checks against eager, picks
-        common.sync(dev)
+        timing.sync(dev)
         compile_s = time.perf_counter() - t0
         diff = comp.inner_loss.rel_diff if comp.inner_loss.rel_diff is not None else float("nan")  # nan: did not compile
         status = comp.inner_loss.status
-        inner = common.compare(partial(_grad, eager.inner_loss, w, lam, tb), partial(_grad, comp.inner_loss, w, lam, tb), reps, dev,
-                               common.timing_target(quick))
-        step = common.compare(eager.hyper_step, comp.hyper_step, reps, dev, target=0.0)  # one hyper-step per timing
+        inner = timing.compare(partial(_grad, eager.inner_loss, w, lam, tb), partial(_grad, comp.inner_loss, w, lam, tb), reps, dev,
+                               timing.timing_target(quick))
+        step = timing.compare(eager.hyper_step, comp.hyper_step, reps, dev, target=0.0)  # one hyper-step per timing
         row = {"section": "compile", "model": model, "num_weights": eager.problem.num_weights, "batch": len(tb.x),
                "k": int(eager.cfg.inner_steps), "status": status, "note": comp.inner_loss.note,
                "max_rel_diff": diff, "compile_s": compile_s,
                "inner_eager_ms": 1e3 * inner["ref_s"]["median"], "inner_compiled_ms": 1e3 * inner["fn_s"]["median"],
-               **common.ratio_cols("inner_ratio", inner["ratio"]),
+               **output.ratio_cols("inner_ratio", inner["ratio"]),
                "step_eager_ms": 1e3 * step["ref_s"]["median"], "step_compiled_ms": 1e3 * step["fn_s"]["median"],
-               **common.ratio_cols("step_ratio", step["ratio"]),
+               **output.ratio_cols("step_ratio", step["ratio"]),
                "helps": bool(status == "on" and step["ratio"]["median"] < 0.95), "reps": reps}
         rows.append(row)
         print(f"  compile {model:10s} {status:10s} max rel diff {diff:.1e}; compile {compile_s:5.1f} s; inner step "
               f"compiled/eager {inner['ratio']['median']:.2f}; hyper-step {step['ratio']['median']:.2f}", flush=True)
-    common.write_csv(out, "compile", rows, dev)
+    output.write_csv(out, "compile", rows, dev)
     plot(rows, out / "compile.png")
-    common.write_fragment(out, "compile", fragment(rows, quick), headline(rows), dev, quick=quick)
+    output.write_fragment(out, "compile", fragment(rows, quick), headline(rows), dev, quick=quick)
     return rows
 
 
 def plot(rows, path: Path) -> None:
-    plt = common.pyplot()
+    plt = plotting.pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.2))
     x = range(len(rows))
     for off, key, label in ((-0.2, "inner_ratio", "inner step (L_T + gradient)"), (0.2, "step_ratio", "whole hyper-step (k inner + hypergradient)")):
@@ -88,12 +89,12 @@ def fragment(rows, quick: bool) -> str:
              for r in rows]
     return "\n".join([
         "## 7. compile — `compile=true` (torch.compile of the inner step) vs eager", "",
-        f"Reproduce: `{common.command('compile', quick)}` (CSV: `compile.csv`, plot: `compile.png`). Per-weight decay, "
+        f"Reproduce: `{output.command('compile', quick)}` (CSV: `compile.csv`, plot: `compile.png`). Per-weight decay, "
         f"batch 128; two experiments with the same seed, one compiled. `max rel diff`: compiled vs eager gradient of "
         f"L_T on one batch; `status`: what the run's own check decided (`fallback` = the compiled gradient was wrong, "
         f"so the run goes on eagerly; its timings are then eager vs eager). Ratios: median of {rows[0]['reps']} "
         f"side-by-side repetitions (IQR). `helps`: checked and the hyper-step at least 5 % faster.", "",
-        common.md_table(["model", "weights", "status", "max rel diff", "compile s", "inner step eager ms",
+        output.md_table(["model", "weights", "status", "max rel diff", "compile s", "inner step eager ms",
                          "inner step compiled ÷ eager", f"hyper-step (k={rows[0]['k']}) compiled ÷ eager", "helps"], table),
         "",
     ])

@@ -20,7 +20,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from hgbench.benchmarks import common
+from hgbench.benchmarks import output, plotting, problems, timing
+from hgbench.runner import resolve_device
 from hgbench.ift import HessianVectorProduct, ift_hypergradient
 from hgbench.linalg import neumann_solve
 
@@ -66,10 +67,10 @@ def handwritten_neumann(exp, tb, vb, iterations: int, alpha: float):
 
 
 def measure_model(model: str, device: torch.device, quick: bool, reps: int) -> list[dict]:
-    exp = common.experiment(model, device, quick, extra=QUICK_BATCH if quick else ())
+    exp = problems.experiment(model, device, quick, extra=QUICK_BATCH if quick else ())
     exp.train_inner(5 if quick else 100)  # away from the initialisation
     p = exp.problem
-    tb, vb = common.fixed_batches(exp)
+    tb, vb = problems.fixed_batches(exp)
     w = exp.w.detach().requires_grad_(True)
     lam = exp.lam.detach()
     v = torch.randn_like(w) * 1e-2
@@ -96,10 +97,10 @@ def measure_model(model: str, device: torch.device, quick: bool, reps: int) -> l
     rows = []
 
     def add(what, meth, iters, fn, target=None, note=""):
-        r = common.compare(grad, fn, reps, device, common.timing_target(quick))
+        r = timing.compare(grad, fn, reps, device, timing.timing_target(quick))
         med = r["ratio"]["median"]
         rows.append({**base, "what": what, "method": meth, "iterations": iters,
-                     **common.ratio_cols("ratio", r["ratio"]),
+                     **output.ratio_cols("ratio", r["ratio"]),
                      "time_ms_median": 1e3 * r["fn_s"]["median"], "grad_ms_median": 1e3 * r["ref_s"]["median"],
                      "target_max_ratio": "" if target is None else target,
                      "target_met": "" if target is None else bool(med <= target),
@@ -119,34 +120,34 @@ def measure_model(model: str, device: torch.device, quick: bool, reps: int) -> l
 
     iters = QUICK_ITERATIONS if quick else ITERATIONS
     for i in iters:
-        add("hypergradient", "neumann", i, partial(exp.hypergradient_flat, common.method("neumann", iterations=i), tb, vb),
+        add("hypergradient", "neumann", i, partial(exp.hypergradient_flat, problems.method("neumann", iterations=i), tb, vb),
             target=neumann_target(i))
     for i in iters:
-        add("hypergradient", "cg", i, partial(exp.hypergradient_flat, common.method("cg", iterations=i), tb, vb))
-    add("hypergradient", "identity", 0, partial(exp.hypergradient_flat, common.method("identity"), tb, vb))
+        add("hypergradient", "cg", i, partial(exp.hypergradient_flat, problems.method("cg", iterations=i), tb, vb))
+    add("hypergradient", "identity", 0, partial(exp.hypergradient_flat, problems.method("identity"), tb, vb))
     for i in iters:
-        add("hypergradient", "unroll", i, partial(exp.hypergradient_flat, common.method("unroll", steps=i), tb, vb))
+        add("hypergradient", "unroll", i, partial(exp.hypergradient_flat, problems.method("unroll", steps=i), tb, vb))
 
     # overhead outside the maths: the Experiment/plugin path vs ift_hypergradient with the same closures
     i_over = 5
     alpha = float(exp.inner_optimizer.lr)
-    neu = common.method("neumann", iterations=i_over)
+    neu = problems.method("neumann", iterations=i_over)
     bl = p.bilevel(tb, vb, exp.w.detach(), exp.lam.detach(), exp.inner_optimizer, exp.inner_state)
     solve = partial(neumann_solve, iterations=i_over, alpha=alpha)
     direct = partial(ift_hypergradient, bl.train_loss, bl.val_loss, bl.w, bl.lam, solve)
     plugin = partial(exp.hypergradient_flat, neu, tb, vb)
-    r = common.compare(direct, plugin, max(reps, 3 if quick else 9), device, common.timing_target(quick))
+    r = timing.compare(direct, plugin, max(reps, 3 if quick else 9), device, timing.timing_target(quick))
     rows.append({**base, "what": "overhead", "method": "neumann", "iterations": i_over,
-                 **common.ratio_cols("ratio", r["ratio"]),
+                 **output.ratio_cols("ratio", r["ratio"]),
                  "time_ms_median": 1e3 * r["fn_s"]["median"], "grad_ms_median": "",
                  "target_max_ratio": 1.10, "target_met": bool(r["ratio"]["median"] <= 1.10), "reps": max(reps, 3 if quick else 9),
                  "note": "Experiment.hypergradient_flat / hgbench.ift.ift_hypergradient with the same closures"})
     print(f"  cost {model:4s} overhead plugin/direct {r['ratio']['median']:.3f}", flush=True)
     hand = handwritten_neumann(exp, tb, vb, i_over, alpha)
-    diff = common.rel_diff(plugin(), hand())
-    r = common.compare(hand, plugin, max(reps, 3 if quick else 9), device, common.timing_target(quick))
+    diff = problems.rel_diff(plugin(), hand())
+    r = timing.compare(hand, plugin, max(reps, 3 if quick else 9), device, timing.timing_target(quick))
     rows.append({**base, "what": "overhead_vs_handwritten", "method": "neumann", "iterations": i_over,
-                 **common.ratio_cols("ratio", r["ratio"]),
+                 **output.ratio_cols("ratio", r["ratio"]),
                  "time_ms_median": 1e3 * r["fn_s"]["median"], "grad_ms_median": "",
                  "target_max_ratio": "", "target_met": "", "reps": max(reps, 3 if quick else 9),
                  "note": f"hgbench / hand-written per-tensor PyTorch (max rel. diff {diff:.1e})"})
@@ -155,14 +156,14 @@ def measure_model(model: str, device: torch.device, quick: bool, reps: int) -> l
 
 
 def run(out: Path, quick: bool = False, device: str = "auto", reps: int | None = None) -> list[dict]:
-    dev = common.resolve_device(device)
+    dev = resolve_device(device)
     reps = reps or (2 if quick else 7)
     rows = []
     for model in ("mlp", "cnn"):
         rows += measure_model(model, dev, quick, reps)
-    common.write_csv(out, "cost", rows, dev)
+    output.write_csv(out, "cost", rows, dev)
     plot(rows, out / "cost.png")
-    common.write_fragment(out, "cost", fragment(rows, quick), headline(rows), dev, quick=quick)
+    output.write_fragment(out, "cost", fragment(rows, quick), headline(rows), dev, quick=quick)
     return rows
 
 
@@ -171,7 +172,7 @@ def _f(r, key="ratio"):
 
 
 def plot(rows, path: Path) -> None:
-    plt = common.pyplot()
+    plt = plotting.pyplot()
     models = sorted({r["model"] for r in rows}, key=lambda m: m != "mlp")
     fig, axes = plt.subplots(1, len(models), figsize=(6 * len(models), 4.4), squeeze=False)
     for ax, model in zip(axes[0], models, strict=True):
@@ -213,7 +214,7 @@ def plot(rows, path: Path) -> None:
 
 def fragment(rows, quick: bool) -> str:
     parts = ["## 1. cost — hypergradient time in plain gradients", "",
-             f"Reproduce: `{common.command('cost', quick)}` (CSV: `cost.csv`, plot: `cost.png`). "
+             f"Reproduce: `{output.command('cost', quick)}` (CSV: `cost.csv`, plot: `cost.png`). "
              "Each figure: median over repetitions of (time of the thing) / (time of one plain gradient "
              "timed right beside it); in brackets the interquartile range. Hypergradients go through "
              "`Experiment.hypergradient_flat` (the plugin path).", ""]
@@ -227,16 +228,16 @@ def fragment(rows, quick: bool) -> str:
         for r in rs:
             if r["what"].startswith("overhead"):
                 continue
-            tgt = f"≤ {r['target_max_ratio']:.1f}: {common.verdict(r['target_met'])}" if r["target_max_ratio"] != "" else ""
-            table.append([r["what"], r["method"], r["iterations"], common.fr(_f(r)), f"{r['time_ms_median']:.1f}", tgt])
-        parts.append(common.md_table(["what", "method", "i / steps", "× gradient (IQR)", "ms", "target"], table))
+            tgt = f"≤ {r['target_max_ratio']:.1f}: {output.verdict(r['target_met'])}" if r["target_max_ratio"] != "" else ""
+            table.append([r["what"], r["method"], r["iterations"], output.fr(_f(r)), f"{r['time_ms_median']:.1f}", tgt])
+        parts.append(output.md_table(["what", "method", "i / steps", "× gradient (IQR)", "ms", "target"], table))
         parts.append("")
         for r in rs:
             if r["what"] == "overhead":
                 pct = 100 * (r["ratio_median"] - 1)
                 parts.append(f"- overhead outside the maths (Experiment/plugin path ÷ `ift_hypergradient` with the same "
                              f"closures, neumann i=5): **{pct:+.1f} %** (IQR {100 * (r['ratio_q1'] - 1):+.1f} … "
-                             f"{100 * (r['ratio_q3'] - 1):+.1f} %); target ≤ 10 %: {common.verdict(r['target_met'])}")
+                             f"{100 * (r['ratio_q3'] - 1):+.1f} %); target ≤ 10 %: {output.verdict(r['target_met'])}")
             elif r["what"] == "overhead_vs_handwritten":
                 parts.append(f"- hgbench's neumann i=5 ÷ a hand-written per-tensor implementation in plain PyTorch "
                              f"(the paper's code style, `nn.Module` parameters, no flat vectors): "
@@ -254,7 +255,7 @@ def headline(rows) -> list[list]:
             if r["what"] == "hypergradient" and r["method"] == "neumann":
                 out.append(["cost", f"{model}: neumann i={r['iterations']}, × plain gradient",
                             f"{r['ratio_median']:.2f} ({r['ratio_q1']:.2f}–{r['ratio_q3']:.2f})",
-                            f"≤ {r['target_max_ratio']:.1f}", common.verdict(r["target_met"])])
+                            f"≤ {r['target_max_ratio']:.1f}", output.verdict(r["target_met"])])
             elif r["what"] == "hvp":
                 label = {"fresh": "fresh double-backward HVP", "reuse": "further HVP reusing the graph",
                          "fwd_over_rev": "forward-over-reverse HVP (torch.func)"}[r["method"]]
@@ -264,5 +265,5 @@ def headline(rows) -> list[list]:
             elif r["what"] == "overhead":
                 out.append(["cost", f"{model}: overhead outside the maths (plugin path vs ift_hypergradient)",
                             f"{100 * (r['ratio_median'] - 1):+.1f} % ({100 * (r['ratio_q1'] - 1):+.1f} … {100 * (r['ratio_q3'] - 1):+.1f} %)",
-                            "≤ 10 %", common.verdict(r["target_met"])])
+                            "≤ 10 %", output.verdict(r["target_met"])])
     return out

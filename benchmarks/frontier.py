@@ -41,7 +41,8 @@ from typing import Any
 
 import torch
 
-from hgbench.benchmarks import common
+from hgbench.benchmarks import output, plotting, problems, timing, worker
+from hgbench.runner import resolve_device
 
 BUDGETS = (0, 1, 2, 5, 10, 20, 50)
 QUICK_BUDGETS = (0, 2)
@@ -95,9 +96,9 @@ def reference(problem: str, exp, tb, vb, quick: bool) -> tuple[torch.Tensor, flo
     from hgbench.linalg import cg_solve
 
     if problem == "ridge":
-        return exp.hypergradient_flat(common.method("exact"), tb, vb), None
+        return exp.hypergradient_flat(problems.method("exact"), tb, vb), None
     if problem == "mlp":
-        return exp.hypergradient_flat(common.method("exact", curvature="ggn"), tb, vb), None
+        return exp.hypergradient_flat(problems.method("exact", curvature="ggn"), tb, vb), None
     residual: list[float] = []
 
     def solve(matvec, b):
@@ -199,7 +200,7 @@ def measure(problem: str, quick: bool, device: torch.device, reps: int) -> list[
 
     memory: dict[str, float] = {}
     if not quick:  # a fresh process per problem; --quick measures in this process (a smoke run)
-        res = common.run_worker("frontier:worker_memory", {"problem": problem, "quick": quick, "device": str(device)},
+        res = worker.run_worker("frontier:worker_memory", {"problem": problem, "quick": quick, "device": str(device)},
                                 timeout=3600, exact_rss=True)
         memory = res.get("peak_mb", {}) if res["status"] == "ok" else {}
     rows = []
@@ -225,9 +226,9 @@ def measure(problem: str, quick: bool, device: torch.device, reps: int) -> list[
                                        for _ in range(1 if quick else DRAWS - 1)]
             row["rel_err"] = float(torch.tensor(errs).median())
             row["rel_err_min"], row["rel_err_max"], row["draws"] = min(errs), max(errs), len(errs)
-        t = common.compare(plain_gradient, lambda m=method: exp.hypergradient_flat(m, tb, vb), reps, device,
-                           common.timing_target(quick))
-        row.update(common.ratio_cols("time_grads", t["ratio"]))
+        t = timing.compare(plain_gradient, lambda m=method: exp.hypergradient_flat(m, tb, vb), reps, device,
+                           timing.timing_target(quick))
+        row.update(output.ratio_cols("time_grads", t["ratio"]))
         row["time_ms"] = 1e3 * t["fn_s"]["median"]
         if quick:
             from hgbench.memory import PeakMemory
@@ -260,9 +261,9 @@ def along_a_run(quick: bool, device: torch.device) -> list[dict[str, Any]]:
     from hgbench.ift import products_done
 
     exp, tb, vb = build("mlp", quick, str(device))
-    ref_method = common.method("exact", curvature="ggn")
+    ref_method = problems.method("exact", curvature="ggn")
     budgets = QUICK_BUDGETS[1:] if quick else RUN_BUDGETS
-    variants = {(label, warm, b): common.method(name, **extra, iterations=b, warm_start=warm)
+    variants = {(label, warm, b): problems.method(name, **extra, iterations=b, warm_start=warm)
                 for name, extra, label in RUN_METHODS for warm in (False, True) for b in budgets}
     rows = []
     for step in range(2 if quick else RUN_STEPS):
@@ -297,7 +298,7 @@ def run_summary(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def plot_run(rows: list[dict[str, Any]], out: Path) -> Path:
-    plt = common.pyplot()
+    plt = plotting.pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.6))
     summary = run_summary(rows)
     cmap = plt.get_cmap("tab10")
@@ -336,7 +337,7 @@ def run_reading(rows: list[dict[str, Any]]) -> list[str]:
              "SGD steps between); at each, every method cold and with `warm_start=true` (the previous hyper-step's solution as "
              "its initial guess: one more product). Medians over the hyper-steps after the first. CSV: `frontier_run.csv`.", "",
              "![warm starts](frontier_warm.png)", "",
-             common.md_table(["method", "iterations", "cold: products", "cold: rel. error", "warm: products", "warm: rel. error"], table), ""]
+             output.md_table(["method", "iterations", "cold: products", "cold: rel. error", "warm: products", "warm: rel. error"], table), ""]
     verdicts = []
     for _, _, label in RUN_METHODS:
         mine = [r for r in summary if r["series"] == label]
@@ -386,7 +387,7 @@ def grazzi_reading(rows: list[dict[str, Any]]) -> list[str]:
 
 # --- output ---------------------------------------------------------------------------------------
 def plot(rows: list[dict[str, Any]], problem: str, out: Path) -> Path:
-    plt = common.pyplot()
+    plt = plotting.pyplot()
     # drawn: every answer except a zero one (fixed) and the reference's own (error exactly 0)
     ok = [r for r in rows if r["problem"] == problem and r["status"] == "ok" and math.isfinite(r["rel_err"])
           and math.isfinite(r["cosine"]) and r["rel_err"] > 0]
@@ -457,7 +458,7 @@ def reading(rows: list[dict[str, Any]], quick: bool) -> str:
                 table.append([f"≤ {budget}", b["series"] + (f" ({b['budget_param']}={b['budget']})" if b["budget_param"] else ""),
                               f"{b['rel_err']:.2g}", f"{b['cosine']:.3f}", f"{b['time_grads_median']:.1f}", f"{b['peak_mb']:.1f}"])
         parts += ["Most accurate method within a time budget:", "",
-                  common.md_table(["budget (gradients)", "method", "rel. error", "cosine", "time (gradients)", "peak MB"], table), ""]
+                  output.md_table(["budget (gradients)", "method", "rel. error", "cosine", "time (gradients)", "peak MB"], table), ""]
         skipped = [r for r in rows if r["problem"] == problem and r["status"] == "skipped"]
         if skipped:
             parts += ["Not run here: " + "; ".join(sorted({f"{r['series']} ({r['note'].split(';')[0][:110]})" for r in skipped})), ""]
@@ -513,7 +514,7 @@ def reading(rows: list[dict[str, Any]], quick: bool) -> str:
 
 def rewrite(out: Path) -> None:
     """Plots and README again from ``<out>/frontier.csv`` (after a change to how they are drawn)."""
-    rows = common.read_csv(out / "frontier.csv")
+    rows = output.read_csv(out / "frontier.csv")
     for r in rows:  # "nan" and blanks come back as text
         for k in ("rel_err", "cosine", "time_grads_median", "peak_mb", "reference_residual", "hess_eig_min", "hess_eig_max",
                   "inner_grad_norm", "ref_norm"):
@@ -523,7 +524,7 @@ def rewrite(out: Path) -> None:
         plot(rows, problem, out)
     text = reading(rows, quick=False)
     if (out / "frontier_run.csv").exists():
-        run_rows = common.read_csv(out / "frontier_run.csv")
+        run_rows = output.read_csv(out / "frontier_run.csv")
         plot_run(run_rows, out)
         text += "\n" + "\n".join(run_reading(run_rows))
     (out / "README.md").write_text(text)
@@ -531,18 +532,18 @@ def rewrite(out: Path) -> None:
 
 def run(out: Path, quick: bool = False, device: str = "auto", reps: int | None = None,
         problems: tuple[str, ...] = PROBLEMS) -> list[dict[str, Any]]:
-    dev = common.resolve_device(device)
+    dev = resolve_device(device)
     reps = reps or (1 if quick else 5)
     out.mkdir(parents=True, exist_ok=True)
     rows = []
     for problem in problems:
         rows += measure(problem, quick, dev, reps)
-    common.write_csv(out, "frontier", rows, dev)
+    output.write_csv(out, "frontier", rows, dev)
     for problem in problems:
         plot(rows, problem, out)
     run_rows = along_a_run(quick, dev) if "mlp" in problems else []
     if run_rows:
-        common.write_csv(out, "frontier_run", run_rows, dev)
+        output.write_csv(out, "frontier_run", run_rows, dev)
         plot_run(run_rows, out)
     (out / "README.md").write_text(reading(rows, quick) + ("\n" + "\n".join(run_reading(run_rows)) if run_rows else ""))
     return rows

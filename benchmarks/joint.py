@@ -19,7 +19,9 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from hgbench.benchmarks import common
+from hgbench.benchmarks import output, plotting, timing, worker
+from hgbench.benchmarks.stats import spread
+from hgbench.runner import resolve_device
 
 QUICK_BASE = ["dataset=digits", "model.hidden=[16]", "dataset.train_size=300", "dataset.val_size=200"]
 
@@ -41,11 +43,11 @@ def build(overrides, device, hypergrad: str):
 
 
 def block(exp, steps: int, device) -> float:
-    common.sync(device)
+    timing.sync(device)
     t0 = time.perf_counter()
     for s in range(steps):
         exp.hyper_step(s + 1)
-    common.sync(device)
+    timing.sync(device)
     return time.perf_counter() - t0
 
 
@@ -57,23 +59,23 @@ def mem_point(spec: dict) -> dict:
     and torch runtime). ``peak_mb``: ``PeakMemory`` (CPU: growth of peak RSS during the steps
     only; CUDA: max_memory_allocated, which already counts every tensor)."""
 
-    from hgbench.memory import PeakMemory, _status_kb
+    from hgbench.memory import PeakMemory, status_kb
 
-    dev = common.resolve_device(spec["device"])
+    dev = resolve_device(spec["device"])
     # import everything a run needs (Hydra, plugins, datasets) before the baseline, with a throwaway tiny run
     tiny = build(["dataset=digits", "model.hidden=[4]", "dataset.train_size=50", "dataset.val_size=50"], dev, "neumann")
     tiny.warm_up()
     del tiny
     out = {}
     for hg in spec["hypergrads"]:
-        base_kb = _status_kb("VmRSS") or 0
+        base_kb = status_kb("VmRSS") or 0
         exp = build(spec["overrides"], dev, hg)
         exp.warm_up()
         mem = PeakMemory(dev)
         mem.start()
         block(exp, spec["steps"], dev)
         peak = mem.peak_mb()
-        hwm_kb = _status_kb("VmHWM") or 0
+        hwm_kb = status_kb("VmHWM") or 0
         footprint = peak if dev.type == "cuda" else max(0, hwm_kb - base_kb) / 1024
         out[hg] = {"peak_mb": peak, "footprint_mb": footprint, "process_peak_rss_mb": hwm_kb / 1024,
                    "memory_kind": mem.kind, "num_weights": exp.problem.num_weights,
@@ -83,7 +85,7 @@ def mem_point(spec: dict) -> dict:
 
 
 def run(out: Path, quick: bool = False, device: str = "auto", reps: int | None = None) -> list[dict]:
-    dev = common.resolve_device(device)
+    dev = resolve_device(device)
     reps = reps or (2 if quick else 5)
     steps = 3 if quick else 10
     rows = []
@@ -103,11 +105,11 @@ def run(out: Path, quick: bool = False, device: str = "auto", reps: int | None =
             ratios.append(b / a)
             tj.append(b / steps)
             tf.append(a / steps)
-        rs, sj, sf = common.stats(ratios), common.stats(tj), common.stats(tf)
+        rs, sj, sf = spread(ratios), spread(tj), spread(tf)
         row = {"section": "joint", "config": c["name"], "k": c["k"], "hypergrad": f"neumann i={cfg.hypergrad.iterations}",
                "model_hidden": str(list(cfg.model.hidden)), "dataset": cfg.dataset.name,
                "num_weights": joint.problem.num_weights, "num_hyperparams": joint.problem.num_hyperparams,
-               "train_batch": cfg.train_batch_size, **common.ratio_cols("time_ratio", rs),
+               "train_batch": cfg.train_batch_size, **output.ratio_cols("time_ratio", rs),
                "joint_ms_per_hyper_step": 1e3 * sj["median"], "standard_ms_per_hyper_step": 1e3 * sf["median"],
                "hyper_steps_per_block": steps, "reps": reps, "time_target_met": bool(rs["median"] <= 2.0)}
         print(f"  joint {c['name']:36s} k={c['k']:<3d} time ratio {rs['median']:.2f} "
@@ -117,7 +119,7 @@ def run(out: Path, quick: bool = False, device: str = "auto", reps: int | None =
             specs = [["neumann", "fixed"]] if quick else [["neumann"], ["fixed"]]  # fresh process per side
             mem = {}
             for hgs in specs:
-                res = common.run_worker("joint:mem_point", {"device": str(dev), "overrides": c["overrides"], "hypergrads": hgs,
+                res = worker.run_worker("joint:mem_point", {"device": str(dev), "overrides": c["overrides"], "hypergrads": hgs,
                                                             "steps": 3 if quick else 20}, timeout=600, mem_cap_gib=12, exact_rss=True)
                 if res["status"] != "ok":
                     raise RuntimeError(f"joint memory {c['name']} {hgs} failed: {res.get('error', '')[-500:]}")
@@ -135,9 +137,9 @@ def run(out: Path, quick: bool = False, device: str = "auto", reps: int | None =
                   f"(ratio {foot_ratio:.2f}); growth during the run {j['peak_mb']:.1f} vs {f['peak_mb']:.1f} MB; "
                   f"process peak RSS {j['process_peak_rss_mb']:.0f} vs {f['process_peak_rss_mb']:.0f} MB", flush=True)
         rows.append(row)
-    common.write_csv(out, "joint", rows, dev)
+    output.write_csv(out, "joint", rows, dev)
     plot(rows, out / "joint.png")
-    common.write_fragment(out, "joint", fragment(rows, quick), headline(rows), dev, quick=quick)
+    output.write_fragment(out, "joint", fragment(rows, quick), headline(rows), dev, quick=quick)
     return rows
 
 
@@ -146,7 +148,7 @@ def _short(config: str) -> str:
 
 
 def plot(rows, path: Path) -> None:
-    plt = common.pyplot()
+    plt = plotting.pyplot()
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(12, 4.4))
     labels = [f"{_short(r['config'])}\nk={r['k']}" for r in rows]
     x = range(len(rows))
@@ -188,17 +190,17 @@ def plot(rows, path: Path) -> None:
 def fragment(rows, quick: bool) -> str:
     table = []
     for r in rows:
-        t = f"{common.fr({'median': r['time_ratio_median'], 'q1': r['time_ratio_q1'], 'q3': r['time_ratio_q3'], 'n': 1})}"
+        t = f"{output.fr({'median': r['time_ratio_median'], 'q1': r['time_ratio_q1'], 'q3': r['time_ratio_q3'], 'n': 1})}"
         m1 = f"{r['memory_footprint_ratio']:.2f} ({r['joint_footprint_mb']:.0f} / {r['standard_footprint_mb']:.0f} MB)" if "memory_footprint_ratio" in r else "—"
         m0 = f"{r['joint_run_growth_mb']:.1f} / {r['standard_run_growth_mb']:.1f}" if "memory_footprint_ratio" in r else "—"
         m2 = f"{r['memory_process_ratio']:.2f} ({r['joint_process_peak_rss_mb']:.0f} / {r['standard_process_peak_rss_mb']:.0f} MB)" if "memory_process_ratio" in r else "—"
         table.append([r["config"], f"{r['num_hyperparams']:,}", r["k"], r["hypergrad"], t,
                       f"{r['joint_ms_per_hyper_step']:.1f} / {r['standard_ms_per_hyper_step']:.1f}",
-                      common.verdict(r["time_target_met"]), m1, m0, m2,
-                      common.verdict(r.get("memory_target_met")) if "memory_target_met" in r else "—"])
+                      output.verdict(r["time_target_met"]), m1, m0, m2,
+                      output.verdict(r.get("memory_target_met")) if "memory_target_met" in r else "—"])
     return "\n".join([
         "## 3. joint — joint training (Algorithm 1) vs standard training", "",
-        f"Reproduce: `{common.command('joint', quick)}` (CSV: `joint.csv`, plot: `joint.png`). Time: blocks of "
+        f"Reproduce: `{output.command('joint', quick)}` (CSV: `joint.csv`, plot: `joint.png`). Time: blocks of "
         f"{rows[0]['hyper_steps_per_block']} hyper-steps of each side alternately in one process (median of {rows[0]['reps']} "
         "block ratios, IQR in brackets). Standard training = `hypergrad=fixed` (same k weight updates per hyper-step, no "
         "hypergradient; it still builds λ and steps Adam on λ with a zero gradient, so its footprint includes λ's Adam "
@@ -206,7 +208,7 @@ def fragment(rows, quick: bool) -> str:
         "RSS during the hyper-steps minus its RSS before the experiment was built (data, weights, λ, optimiser states, "
         "working memory; not the Python/torch runtime) — the target is judged on it; *growth* = peak RSS growth during "
         "the hyper-steps only (working memory; a few MB, so its ratio is noise); *process peak* includes the ~0.4 GB runtime.", "",
-        common.md_table(["config", "hyperparams", "k", "method", "time ratio (IQR)", "ms / hyper-step (joint / standard)",
+        output.md_table(["config", "hyperparams", "k", "method", "time ratio (IQR)", "ms / hyper-step (joint / standard)",
                          "≤ 2×", "memory ratio: footprint (MB)", "growth MB (joint / standard)", "memory ratio: process peak",
                          "≤ 1.5× (footprint)"], table),
         "",
@@ -218,9 +220,9 @@ def headline(rows) -> list[list]:
     for r in rows:
         out.append(["joint", f"{r['config']}, k={r['k']}: time joint ÷ standard",
                     f"{r['time_ratio_median']:.2f} ({r['time_ratio_q1']:.2f}–{r['time_ratio_q3']:.2f})", "≤ 2×",
-                    common.verdict(r["time_target_met"])])
+                    output.verdict(r["time_target_met"])])
         if "memory_footprint_ratio" in r:
             out.append(["joint", f"{r['config']}, k={r['k']}: memory footprint joint ÷ standard",
                         f"{r['memory_footprint_ratio']:.2f} ({r['joint_footprint_mb']:.0f} / {r['standard_footprint_mb']:.0f} MB)",
-                        "≤ 1.5×", common.verdict(r["memory_target_met"])])
+                        "≤ 1.5×", output.verdict(r["memory_target_met"])])
     return out

@@ -15,7 +15,9 @@ from pathlib import Path
 
 import torch
 
-from hgbench.benchmarks import common
+from hgbench.benchmarks import output, plotting, problems, worker
+from hgbench.benchmarks.stats import spread
+from hgbench.runner import resolve_device
 
 ITERATIONS = (1, 5, 10, 20, 50, 100)
 QUICK_ITERATIONS = (1, 4)
@@ -27,13 +29,13 @@ def point(spec: dict) -> dict:
     ``spec["points"]`` ([method, i] pairs; one pair per process except in --quick mode)."""
     from hgbench.memory import PeakMemory
 
-    dev = common.resolve_device(spec["device"])
-    exp = common.experiment(spec["model"], dev, spec["quick"])
+    dev = resolve_device(spec["device"])
+    exp = problems.experiment(spec["model"], dev, spec["quick"])
     exp.train_inner(5)
-    tb, vb = common.fixed_batches(exp)
+    tb, vb = problems.fixed_batches(exp)
     peaks, kind = [], ""
     for meth, i in spec["points"]:
-        m = common.method("unroll", steps=i) if meth == "unroll" else common.method(meth, iterations=i)
+        m = problems.method("unroll", steps=i) if meth == "unroll" else problems.method(meth, iterations=i)
         mem = PeakMemory(dev)
         mem.start()
         hg = exp.hypergradient_flat(m, tb, vb)
@@ -59,7 +61,7 @@ def fit(xs, ys):
 
 
 def run(out: Path, quick: bool = False, device: str = "auto", reps: int | None = None) -> list[dict]:
-    dev = common.resolve_device(device)
+    dev = resolve_device(device)
     reps = reps or (1 if quick else 2)
     iters = QUICK_ITERATIONS if quick else ITERATIONS
     samples: dict[tuple[str, int], list[float]] = {}
@@ -70,7 +72,7 @@ def run(out: Path, quick: bool = False, device: str = "auto", reps: int | None =
     for rep in range(reps):
         for batch in batches:
             spec = {"device": str(dev), "model": "mlp", "quick": quick, "points": batch}
-            r = common.run_worker("memory:point", spec, timeout=300, mem_cap_gib=12, exact_rss=True)
+            r = worker.run_worker("memory:point", spec, timeout=300, mem_cap_gib=12, exact_rss=True)
             if r["status"] != "ok":
                 raise RuntimeError(f"memory points {batch} failed ({r['status']}): {r.get('error', '')[-500:]}")
             info = r
@@ -80,11 +82,11 @@ def run(out: Path, quick: bool = False, device: str = "auto", reps: int | None =
     rows = []
     for meth in METHODS:
         xs = list(iters)
-        meds = [common.stats(samples[(meth, i)])["median"] for i in xs]
+        meds = [spread(samples[(meth, i)])["median"] for i in xs]
         a, b, r2 = fit(xs, meds)
         flat = meds[-1] / meds[0] if meds[0] > 0 else float("nan")
         for i, med in zip(xs, meds, strict=True):
-            s = common.stats(samples[(meth, i)])
+            s = spread(samples[(meth, i)])
             ok = (abs(flat - 1) <= 0.10) if meth != "unroll" else (r2 >= 0.95 and b > 0)
             rows.append({"section": "memory", "model": "mlp", "num_weights": info["num_weights"],
                          "num_hyperparams": info["num_hyperparams"], "batch": 128, "method": meth, "iterations": i,
@@ -93,14 +95,14 @@ def run(out: Path, quick: bool = False, device: str = "auto", reps: int | None =
                          "last_over_first": flat,
                          "target": "flat within 10% from first to last i" if meth != "unroll" else "linear in i (R² ≥ 0.95)",
                          "target_met": bool(ok)})
-    common.write_csv(out, "memory", rows, dev)
+    output.write_csv(out, "memory", rows, dev)
     plot(rows, out / "memory.png")
-    common.write_fragment(out, "memory", fragment(rows, quick), headline(rows), dev, quick=quick)
+    output.write_fragment(out, "memory", fragment(rows, quick), headline(rows), dev, quick=quick)
     return rows
 
 
 def plot(rows, path: Path) -> None:
-    plt = common.pyplot()
+    plt = plotting.pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.6))
     for meth, style in (("neumann", "o-"), ("cg", "s-"), ("unroll", "^-")):
         rs = sorted((r for r in rows if r["method"] == meth), key=lambda r: r["iterations"])
@@ -132,14 +134,14 @@ def fragment(rows, quick: bool) -> str:
         rs = {r["iterations"]: r for r in rows if r["method"] == meth}
         first = rs[iters[0]]
         table.append([meth, *[f"{rs[i]['peak_mb_median']:.0f}" for i in iters], f"{first['fit_slope_mb_per_iter']:.2f}",
-                      f"{first['fit_r2']:.3f}", f"{first['last_over_first']:.2f}", f"{first['target']}: {common.verdict(first['target_met'])}"])
+                      f"{first['fit_r2']:.3f}", f"{first['last_over_first']:.2f}", f"{first['target']}: {output.verdict(first['target_met'])}"])
     return "\n".join([
         "## 2. memory — peak memory vs iterations", "",
-        f"Reproduce: `{common.command('memory', quick)}` (CSV: `memory.csv`, plot: `memory.png`). "
+        f"Reproduce: `{output.command('memory', quick)}` (CSV: `memory.csv`, plot: `memory.png`). "
         f"MLP with {rows[0]['num_weights']:,} weights = hyperparameters, batch 128; each point a fresh "
         f"subprocess{' (--quick: all points in ONE process, a smoke test only)' if quick else ''} (5 training steps, then the peak-memory counter is reset and one hypergradient runs); "
         f"figure: {what}, median of {rows[0]['reps']} processes (min–max in the CSV).", "",
-        common.md_table(["method", *[f"i={i}" for i in iters], "slope MB/iter", "R²", f"i={iters[-1]} ÷ i={iters[0]}", "target"], table),
+        output.md_table(["method", *[f"i={i}" for i in iters], "slope MB/iter", "R²", f"i={iters[-1]} ÷ i={iters[0]}", "target"], table),
         "",
     ])
 
@@ -153,9 +155,9 @@ def headline(rows) -> list[list]:
         if meth == "unroll":
             out.append(["memory", f"unroll: peak memory slope (i={iters[0]}…{iters[-1]})",
                         f"{r['fit_slope_mb_per_iter']:.1f} MB/step (R² {r['fit_r2']:.3f}; {r['peak_mb_median']:.0f} → {last['peak_mb_median']:.0f} MB)",
-                        "linear", common.verdict(r["target_met"])])
+                        "linear", output.verdict(r["target_met"])])
         else:
             out.append(["memory", f"{meth}: peak memory i={iters[-1]} ÷ i={iters[0]}",
                         f"{r['last_over_first']:.2f} ({r['peak_mb_median']:.0f} → {last['peak_mb_median']:.0f} MB; slope {r['fit_slope_mb_per_iter']:.2f} MB/iter)",
-                        "within ±10 %", common.verdict(r["target_met"])])
+                        "within ±10 %", output.verdict(r["target_met"])])
     return out

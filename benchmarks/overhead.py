@@ -24,7 +24,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from hgbench.benchmarks import common
+from hgbench.benchmarks import output, plotting, worker
+from hgbench.benchmarks.stats import spread
+from hgbench.runner import resolve_device
 
 QUICK_BASE = ["dataset=digits", "model.hidden=[16]", "dataset.train_size=200", "dataset.val_size=100", "eval_every=5"]
 
@@ -73,13 +75,13 @@ def cli(args: list[str], cwd: Path, env: dict, timeout: float = 900) -> tuple[fl
 def run(out: Path, quick: bool = False, device: str = "auto", reps: int | None = None, seconds: float | None = None) -> list[dict]:
     from hgbench.callbacks import RESULT_FILE
 
-    dev = common.resolve_device(device)
+    dev = resolve_device(device)
     reps = reps or (1 if quick else 2)
     target_s = seconds or (3.0 if quick else 60.0)
     base = [f"device={dev}", *(QUICK_BASE if quick else [])]
     tmp = Path(tempfile.mkdtemp(prefix="hgbench-bench-overhead-"))
     env = dict(os.environ, MLFLOW_DISABLE_TELEMETRY="true", HGBENCH_DISABLE_ENTRY_POINTS="1",
-               PYTHONPATH=str(common.ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+               PYTHONPATH=str(worker.ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     env.pop("MLFLOW_TRACKING_URI", None)
     env.setdefault("MPLCONFIGDIR", str(tmp / "mpl"))
     uri = f"sqlite:///{tmp / 'mlflow.db'}"
@@ -88,7 +90,7 @@ def run(out: Path, quick: bool = False, device: str = "auto", reps: int | None =
         if quick:
             steps = 10
         else:
-            cal = common.run_worker("overhead:calibrate", {"overrides": [*base, "mlflow.enabled=false", "progress=false"],
+            cal = worker.run_worker("overhead:calibrate", {"overrides": [*base, "mlflow.enabled=false", "progress=false"],
                                                            "steps": 100}, timeout=300)
             if cal["status"] != "ok":
                 raise RuntimeError(f"calibration failed: {cal.get('error', '')[-500:]}")
@@ -117,16 +119,16 @@ def run(out: Path, quick: bool = False, device: str = "auto", reps: int | None =
                     res = bare({"overrides": ov})
                     wall, runtime = res["in_process_s"], res["runtime_s"]
                 else:
-                    res = common.run_worker("overhead:bare", {"overrides": ov}, timeout=900)
+                    res = worker.run_worker("overhead:bare", {"overrides": ov}, timeout=900)
                     if res["status"] != "ok":
                         raise RuntimeError(f"bare runner failed: {res.get('error', '')[-800:]}")
                     wall, runtime = res["wall_s"], res["runtime_s"]
                 runs[kind].append((wall, runtime))
                 print(f"  overhead {kind:4s} run: runtime_s {runtime:6.2f}, process wall {wall:6.2f} s", flush=True)
-        c_wall = common.stats(w for w, _ in runs["cli"])
-        c_run = common.stats(t for _, t in runs["cli"])
-        b_wall = common.stats(w for w, _ in runs["bare"])
-        b_run = common.stats(t for _, t in runs["bare"])
+        c_wall = spread(w for w, _ in runs["cli"])
+        c_run = spread(t for _, t in runs["cli"])
+        b_wall = spread(w for w, _ in runs["bare"])
+        b_run = spread(t for _, t in runs["bare"])
         in_run = c_run["median"] / b_run["median"] - 1
         total = (c_wall["median"] - b_wall["median"]) / b_run["median"]
         common_row = {"section": "overhead", "config": " ".join(ov), "hyper_steps": steps, "reps": reps}
@@ -154,7 +156,7 @@ def run(out: Path, quick: bool = False, device: str = "auto", reps: int | None =
                         raise RuntimeError(f"grid ({kind}) failed: {res.stdout[-500:]} {res.stderr[-800:]}")
                     walls[kind].append(wall)
                     print(f"  overhead grid {kind:10s}: {wall:6.2f} s", flush=True)
-            s_seq, s_par = common.stats(walls["sequential"]), common.stats(walls["joblib"])
+            s_seq, s_par = spread(walls["sequential"]), spread(walls["joblib"])
             speedup = s_seq["median"] / s_par["median"]
             rows.append({**common_row, "what": "grid", "jobs": len(seeds.split(",")), "config": " ".join(grid[:-3]),
                          "hyper_steps": int(grid[len(base)].split("=")[1]),
@@ -166,14 +168,14 @@ def run(out: Path, quick: bool = False, device: str = "auto", reps: int | None =
             print(f"  overhead grid speed-up {speedup:.2f}×", flush=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    common.write_csv(out, "overhead", rows, dev)
+    output.write_csv(out, "overhead", rows, dev)
     plot(rows, out / "overhead.png")
-    common.write_fragment(out, "overhead", fragment(rows, quick), headline(rows), dev, quick=quick)
+    output.write_fragment(out, "overhead", fragment(rows, quick), headline(rows), dev, quick=quick)
     return rows
 
 
 def plot(rows, path: Path) -> None:
-    plt = common.pyplot()
+    plt = plotting.pyplot()
     one = next(r for r in rows if r["what"] == "single_run")
     grid = next((r for r in rows if r["what"] == "grid"), None)  # None with --quick
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(12, 4.2))
@@ -212,21 +214,21 @@ def plot(rows, path: Path) -> None:
 def fragment(rows, quick: bool) -> str:
     one = next(r for r in rows if r["what"] == "single_run")
     grid = next((r for r in rows if r["what"] == "grid"), None)
-    t = common.md_table(
+    t = output.md_table(
         ["", "bare runner", "hgbench CLI (Hydra + MLflow)", "overhead", "target ≤ 5 %"],
         [["runtime_s (the run)", f"{one['bare_runtime_s']:.2f} s ({one['bare_runtime_s_min']:.2f}–{one['bare_runtime_s_max']:.2f})",
           f"{one['cli_runtime_s']:.2f} s ({one['cli_runtime_s_min']:.2f}–{one['cli_runtime_s_max']:.2f})",
-          f"{100 * one['overhead_in_run']:+.1f} %", common.verdict(one["target_met"])],
+          f"{100 * one['overhead_in_run']:+.1f} %", output.verdict(one["target_met"])],
          ["whole process wall", f"{one['bare_wall_s']:.2f} s", f"{one['cli_wall_s']:.2f} s",
           f"{100 * one['overhead_whole_process']:+.1f} % of the run (CLI − bare)", "—"]])
-    g = "The grid (joblib n_jobs=2 vs sequential) is not measured with --quick." if grid is None else common.md_table(
+    g = "The grid (joblib n_jobs=2 vs sequential) is not measured with --quick." if grid is None else output.md_table(
         [f"grid ({grid['jobs']} jobs)", "sequential", "joblib n_jobs=2", "speed-up", "target ≥ 1.8×"],
         [[f"hyper_steps={grid['hyper_steps']} each", f"{grid['sequential_wall_s']:.1f} s ({grid['sequential_wall_s_min']:.1f}–{grid['sequential_wall_s_max']:.1f})",
           f"{grid['joblib_wall_s']:.1f} s ({grid['joblib_wall_s_min']:.1f}–{grid['joblib_wall_s_max']:.1f})",
-          f"{grid['speedup']:.2f}×", common.verdict(grid["target_met"])]])
+          f"{grid['speedup']:.2f}×", output.verdict(grid["target_met"])]])
     return "\n".join([
         "## 6. overhead — Hydra + MLflow around a run, and the joblib launcher", "",
-        f"Reproduce: `{common.command('overhead', quick)}` (CSV: `overhead.csv`, plot: `overhead.png`). Config: "
+        f"Reproduce: `{output.command('overhead', quick)}` (CSV: `overhead.csv`, plot: `overhead.png`). Config: "
         f"`{one['config']}` (the default run, hyper_steps calibrated to ~{'3' if quick else '60'} s here). "
         f"{'With --quick the bare side runs in the bench process (a smoke run)' if quick else 'Each side in a fresh process'}, "
         f"{one['reps']} each in ABBA order (median, min–max); a first CLI run that creates the MLflow "
@@ -242,10 +244,10 @@ def headline(rows) -> list[list]:
     one = next(r for r in rows if r["what"] == "single_run")
     grid = next((r for r in rows if r["what"] == "grid"), None)
     out = [["overhead", f"Hydra + MLflow vs bare runner, in-run (runtime_s, ~{one['bare_runtime_s']:.0f} s run)",
-             f"{100 * one['overhead_in_run']:+.1f} %", "≤ 5 %", common.verdict(one["target_met"])],
+             f"{100 * one['overhead_in_run']:+.1f} %", "≤ 5 %", output.verdict(one["target_met"])],
             ["overhead", "Hydra + MLflow vs bare runner, whole process (start-up included)",
              f"{100 * one['overhead_whole_process']:+.1f} % of the run", "—", ""]]
     if grid is not None:
         out.append(["overhead", f"{grid['jobs']}-job grid: joblib n_jobs=2 vs sequential", f"{grid['speedup']:.2f}× faster", "≥ 1.8×",
-                    common.verdict(grid["target_met"])])
+                    output.verdict(grid["target_met"])])
     return out

@@ -35,6 +35,7 @@ evaluation (IFT) or trial (Optuna) with the lowest val loss so far.
 
 from __future__ import annotations
 
+import importlib.resources
 import math
 import re
 import time
@@ -43,10 +44,12 @@ from typing import Any
 
 import torch
 
-from hgbench.benchmarks import common
+from hgbench.benchmarks import machine, output, plotting, timing
+from hgbench.benchmarks.stats import mean_std
+from hgbench.runner import resolve_device
 
 PRESET = "paper_blackbox"
-SWEEP = common.ROOT / "conf" / "sweep" / "optuna_weight_decay.yaml"
+SWEEP = importlib.resources.files("hgbench.conf") / "sweep" / "optuna_weight_decay.yaml"  # the installed preset
 SEEDS = (0, 1, 2)
 HYPER_STEPS = 100
 EVAL_EVERY = 10
@@ -59,7 +62,7 @@ LABEL = {"ift": "IFT (Neumann-5), global decay", "optuna": "Optuna TPE, global d
 
 
 # --- the Optuna preset's space and sampler --------------------------------------------------------
-def optuna_space(path: Path = SWEEP) -> dict[str, Any]:
+def optuna_space(path: Path | importlib.resources.abc.Traversable = SWEEP) -> dict[str, Any]:
     """The parameter, interval, log flag and sampler settings of ``sweep=optuna_weight_decay``:
     the study searches exactly what the preset searches (one parameter, an interval)."""
     import yaml
@@ -108,7 +111,7 @@ def ift_run(side: str, seed: int, device: str, steps: int, eval_every: int) -> l
 
     cfg = _config(seed, device, steps, eval_every, ("hyperparam.granularity=per_param",) if side == "ift_per_weight" else ())
     k = int(cfg.inner_steps)
-    load = common.load_average()
+    load = machine.load_average()
     rows, inner_s, hg_s, hvp = [], 0.0, 0.0, 0
     t0 = time.perf_counter()
     exp = Experiment(cfg)
@@ -151,7 +154,7 @@ def optuna_side(seed: int, device: str, steps: int, eval_every: int, budget_s: f
     study = optuna.create_study(direction="minimize", sampler=sampler)
     base = _config(seed, device, steps, steps, ("hypergrad=fixed",))
     k = int(base.inner_steps)
-    load = common.load_average()
+    load = machine.load_average()
     rows, grad_eq = [], 0.0
     t0 = time.perf_counter()
     while len(rows) < max_trials and (not rows or time.perf_counter() - t0 < extend * budget_s):
@@ -189,14 +192,13 @@ def best_at(rows: list[dict[str, Any]], side: str, seed: int, t: float, key: str
     return min(done, key=lambda r: r["val_loss"]) if done else None
 
 
-_stats = common.mean_std  # mean ± sample std over seeds (NaN, NaN for none)
 
 
-def _pm(values: list[float], fmt: str = ".4f", n: int | None = None) -> str:
+def _over_seeds(values: list[float], fmt: str = ".4f", n: int | None = None) -> str:
+    """Mean ± std over the seeds that have a value, and how many of the ``n`` seeds that is when not all."""
     if not values:
         return "none yet"
-    m, s = _stats(values)
-    return f"{m:{fmt}} ± {s:{fmt}}" + (f" ({len(values)}/{n} seeds)" if n is not None and len(values) < n else "")
+    return output.pm(*mean_std(values), fmt) + (f" ({len(values)}/{n} seeds)" if n is not None and len(values) < n else "")
 
 
 def summary(rows: list[dict[str, Any]], extend: float = EXTEND) -> list[dict[str, Any]]:
@@ -263,7 +265,7 @@ def _curve(rows, side, seed, grid, budget, key="t_s", scale=None):
 
 
 def plot(rows: list[dict[str, Any]], out: Path, extend: float = EXTEND) -> Path:
-    plt = common.pyplot()
+    plt = plotting.pyplot()
     b = budgets(rows)
     seeds = sorted(b)
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.6))
@@ -277,8 +279,7 @@ def plot(rows: list[dict[str, Any]], out: Path, extend: float = EXTEND) -> Path:
         for ax, key, xs, scale in ((axes[0], "t_s", grid, None), (axes[1], "grad_eq", ggrid, 1.0)):
             curves = torch.tensor([_curve(rows, side, s, xs, b[s], key, scale) for s in seeds], dtype=torch.float64)
             full = ~torch.isnan(curves).any(0)  # drawn where every seed has a result
-            mu = curves.mean(0)
-            sd = curves.std(0) if len(seeds) > 1 else torch.zeros_like(mu)
+            mu, sd = (torch.tensor(v, dtype=torch.float64) for v in zip(*(mean_std(col.tolist()) for col in curves.T), strict=True))
             # solid while every seed's run/study is still going; dotted after (its best so far, unchanged)
             end = min(max(r[key] for r in rows if r["side"] == side and r["seed"] == s) / (b[s] if scale is None else scale)
                       for s in seeds)
@@ -290,10 +291,10 @@ def plot(rows: list[dict[str, Any]], out: Path, extend: float = EXTEND) -> Path:
             ax.fill_between(x[full], (mu - sd)[full], (mu + sd)[full], color=colors[side], alpha=0.15, lw=0)
     for f in FRACTIONS:
         axes[0].axvline(f, color="k", lw=0.7, ls=":")
-    mb = _stats(list(b.values()))
+    mb = mean_std(list(b.values()))
     axes[0].set(xlabel=f"wall time ÷ B, the seed's IFT run (B = {mb[0]:.1f} ± {mb[1]:.1f} s)",
                 ylabel="best validation loss so far", yscale="log")
-    ift_eq = _stats([max(r["grad_eq"] for r in rows if r["side"] == "ift" and r["seed"] == s) for s in seeds])[0]
+    ift_eq = mean_std([max(r["grad_eq"] for r in rows if r["side"] == "ift" and r["seed"] == s) for s in seeds])[0]
     axes[1].axvline(ift_eq, color="k", lw=0.7, ls=":")
     axes[1].set(xlabel=f"gradient equivalents (dotted: one IFT run, {ift_eq:.0f})",
                 ylabel="best validation loss so far", yscale="log")
@@ -325,11 +326,11 @@ def first_trial(rows: list[dict[str, Any]], b: dict[int, float]) -> str:
         return ""
     ahead_t = sum(o["val_loss"] < t["val_loss"] for o, t, _, _ in cases)
     ahead_g = sum(o["val_loss"] < g["val_loss"] for o, _, g, _ in cases)
-    return (f"When Optuna's first trial finishes ({_pm([c[3] for c in cases], '.2f')} × B, "
-            f"{_pm([c[0]['grad_eq'] for c in cases], '.0f')} gradient equivalents), its one draw has the lower val loss "
+    return (f"When Optuna's first trial finishes ({_over_seeds([c[3] for c in cases], '.2f')} × B, "
+            f"{_over_seeds([c[0]['grad_eq'] for c in cases], '.0f')} gradient equivalents), its one draw has the lower val loss "
             f"than IFT's best so far at the same wall time in {ahead_t} of {len(cases)} seed(s) and at the same gradient "
-            f"equivalents in {ahead_g} of {len(cases)} (Optuna {_pm([c[0]['val_loss'] for c in cases])}, IFT "
-            f"{_pm([c[1]['val_loss'] for c in cases])} / {_pm([c[2]['val_loss'] for c in cases])})"
+            f"equivalents in {ahead_g} of {len(cases)} (Optuna {_over_seeds([c[0]['val_loss'] for c in cases])}, IFT "
+            f"{_over_seeds([c[1]['val_loss'] for c in cases])} / {_over_seeds([c[2]['val_loss'] for c in cases])})"
             + (": IFT's lead at B is bought with the compute it spends after that trial has finished. "
                if max(ahead_t, ahead_g) * 2 > len(cases) else ". "))
 
@@ -343,22 +344,22 @@ def reading(rows: list[dict[str, Any]], quick: bool, extend: float = EXTEND) -> 
     ift_rows = [r for r in rows if r["side"] == "ift"]
     steps = max(r["step"] for r in ift_rows)
     last = [max((r for r in ift_rows if r["seed"] == sd), key=lambda r: r["step"]) for sd in seeds]
-    hg_ratio = _stats([r["hypergrad_per_grad"] for r in last])
-    hvp = _stats([r["hvp_per_hypergrad"] for r in last])
+    hg_ratio = mean_std([r["hypergrad_per_grad"] for r in last])
+    hvp = mean_std([r["hvp_per_hypergrad"] for r in last])
     durations = []
     for sd in seeds:
         ends = sorted(r["t_s"] for r in rows if r["side"] == "optuna" and r["seed"] == sd)
         durations += [b - a for a, b in zip([0.0, *ends[:-1]], ends, strict=True)]
-    trial_s = _stats(durations)
+    trial_s = mean_std(durations)
     loads = [r["load1_start"] for r in rows if "load1_start" in r and isinstance(r["load1_start"], float)]
     table = []
     for r in s:
         pct = f"{r['fraction'] * 100:.0f} %"
-        table.append([LABEL[r["side"]], pct, _pm(r["val_loss"], n=n), _pm(r["test_loss"], n=n), _pm(r["test_acc"], ".3f", n=n),
-                      _pm(r["decay"], ".2g", n=n), _pm([float(x) for x in r["trials"]], ".1f") if r["trials"] else "—",
-                      _pm(r["grad_eq"], ".0f")])
+        table.append([LABEL[r["side"]], pct, _over_seeds(r["val_loss"], n=n), _over_seeds(r["test_loss"], n=n), _over_seeds(r["test_acc"], ".3f", n=n),
+                      _over_seeds(r["decay"], ".2g", n=n), _over_seeds([float(x) for x in r["trials"]], ".1f") if r["trials"] else "—",
+                      _over_seeds(r["grad_eq"], ".0f")])
     parts = ["# Against black-box tuning at equal compute — IFT vs Optuna", "",
-             f"Generated by `{common.command('paper_blackbox', quick).replace('results/perf', 'results/paper/blackbox')}"
+             f"Generated by `{output.command('paper_blackbox', quick).replace('results/perf', 'results/paper/blackbox')}"
              f"{'' if quick else ' --max-wait-min 0'}` (`benchmarks/paper_blackbox.py`, whose docstring says exactly what "
              "is run). CSV: `blackbox.csv` (one row per IFT evaluation and per Optuna trial, with the wall time since that "
              "side's clock started); plot: `blackbox.png`.", ""]
@@ -376,15 +377,15 @@ def reading(rows: list[dict[str, Any]], quick: bool, extend: float = EXTEND) -> 
               f"is 200), IFT evaluated every {steps if quick else EVAL_EVERY} hyper-steps; {n} seed(s), interleaved; the search "
               f"space of both sides: one global weight decay, Optuna on `{space['name']}` ∈ [{space['low']:g}, {space['high']:g}]"
               f"{' (log)' if space['log'] else ''}, TPE with {space['n_startup_trials']} random start-up trials; IFT starts "
-              f"at the interval's log-centre). Budget B per seed = the IFT run's wall time: **{_stats(list(b.values()))[0]:.1f} ± "
-              f"{_stats(list(b.values()))[1]:.1f} s**; an Optuna trial took {trial_s[0]:.2f} ± {trial_s[1]:.2f} s. "
+              f"at the interval's log-centre). Budget B per seed = the IFT run's wall time: **{mean_std(list(b.values()))[0]:.1f} ± "
+              f"{mean_std(list(b.values()))[1]:.1f} s**; an Optuna trial took {trial_s[0]:.2f} ± {trial_s[1]:.2f} s. "
               f"A Neumann-5 hypergradient ({hvp[0]:.0f} HVPs) cost {hg_ratio[0]:.1f} ± {hg_ratio[1]:.1f} inner steps of time, "
               f"so one IFT run is {steps * 10} weight updates + {steps} hypergradients ≈ "
-              f"{_stats([r['grad_eq'] for r in last])[0]:.0f} gradient equivalents, one trial {steps * 10}. Load average (1 min) "
-              f"before the runs: {min(loads):.2f}–{max(loads):.2f} on {common.machine_info()['cores']} cores. Each cell: mean ± std "
+              f"{mean_std([r['grad_eq'] for r in last])[0]:.0f} gradient equivalents, one trial {steps * 10}. Load average (1 min) "
+              f"before the runs: {min(loads):.2f}–{max(loads):.2f} on {machine.machine_info()['cores']} cores. Each cell: mean ± std "
               "over seeds of the side's choice so far — the IFT evaluation / Optuna trial with the lowest val loss by that "
               "time — \"none yet\" where no seed has a result (the count where only some have):", "",
-              common.md_table(["side", "at × B", "best val loss", "its test loss", "its test acc", "its decay",
+              output.md_table(["side", "at × B", "best val loss", "its test loss", "its test acc", "its decay",
                                "Optuna trials done", "gradient equivalents spent"], table), "",
               "![best val loss vs wall time](blackbox.png)", ""]
     verdicts = []
@@ -395,8 +396,8 @@ def reading(rows: list[dict[str, Any]], quick: bool, extend: float = EXTEND) -> 
         lead = "IFT" if w["ift"] > w["optuna"] else "Optuna" if w["optuna"] > w["ift"] else "neither side"
         verdicts.append(f"at {f * 100:.0f} % of B {lead} is ahead (lower best val loss in {w['ift']} seed(s) for IFT, "
                         f"{w['optuna']} for Optuna, {w['tie']} tied; means "
-                        + (f"{_stats(ift_v)[0]:.4f}" if ift_v else "no IFT evaluation yet") + " vs "
-                        + (f"{_stats(opt_v)[0]:.4f}" if opt_v else "no Optuna trial finished yet") + ")")
+                        + (f"{mean_std(ift_v)[0]:.4f}" if ift_v else "no IFT evaluation yet") + " vs "
+                        + (f"{mean_std(opt_v)[0]:.4f}" if opt_v else "no Optuna trial finished yet") + ")")
     cu = catch_up(rows)
     reached = [v for v in cu.values() if v is not None]
     pw = [r for r in s if r["side"] == "ift_per_weight" and r["fraction"] == 1.0]
@@ -406,12 +407,12 @@ def reading(rows: list[dict[str, Any]], quick: bool, extend: float = EXTEND) -> 
     pw_end_t = [r["t_s"] / b[r["seed"]] for r in pw_last]
     opt_end = [float(x) for x in next(r for r in s if r["side"] == "optuna" and r["fraction"] == extend)["trials"]]
     opt_trials = [float(x) for x in next(r for r in s if r["side"] == "optuna" and r["fraction"] == 1.0)["trials"]]
-    trials_note = f"Optuna's budget at B was {_pm(opt_trials, '.1f')} trials"
+    trials_note = f"Optuna's budget at B was {_over_seeds(opt_trials, '.1f')} trials"
     if max(opt_trials) < space["n_startup_trials"]:
         trials_note += (f": fewer than the sampler's {space['n_startup_trials']} random start-up trials, so at equal "
                         "compute TPE never models the loss — it is random search on the log interval")
     guided = [max(0.0, t - space["n_startup_trials"]) for t in opt_end]
-    trials_note += (f". By {extend:g} × B it had run {_pm(opt_end, '.1f')} trials, of which {_pm(guided, '.1f')} were chosen "
+    trials_note += (f". By {extend:g} × B it had run {_over_seeds(opt_end, '.1f')} trials, of which {_over_seeds(guided, '.1f')} were chosen "
                     "by TPE's model rather than at random.")
     opt1 = next(r for r in s if r["side"] == "optuna" and r["fraction"] == 1.0)
     parts += ["**Reading**: " + "; ".join(verdicts) + ". " + first_trial(rows, b)
@@ -419,13 +420,13 @@ def reading(rows: list[dict[str, Any]], quick: bool, extend: float = EXTEND) -> 
                  + ", ".join(f"{v:.2f}" for v in reached) + " × B" if reached else
                  f"Optuna's best trial did not reach IFT's best val loss at B in any seed within {extend:g} × B")
               + (f" (not within {extend:g} × B in {n - len(reached)})" if reached and len(reached) < n else "") + ". "
-              + "At B the choices' test losses are IFT " + _pm(ift1["test_loss"]) + " and Optuna "
-              + _pm(opt1["test_loss"], n=n) + " (accuracy " + _pm(ift1["test_acc"], ".3f") + " and "
-              + _pm(opt1["test_acc"], ".3f", n=n) + ")"
+              + "At B the choices' test losses are IFT " + _over_seeds(ift1["test_loss"]) + " and Optuna "
+              + _over_seeds(opt1["test_loss"], n=n) + " (accuracy " + _over_seeds(ift1["test_acc"], ".3f") + " and "
+              + _over_seeds(opt1["test_acc"], ".3f", n=n) + ")"
               + (f"; with one decay per weight (a space Optuna cannot search) IFT's best val loss at B is "
-                 f"{_pm(pw[0]['val_loss'])}, test loss {_pm(pw[0]['test_loss'])}, and at the end of its run ("
-                 f"{_pm(pw_end_t, '.2f')} × B: the same work as the global-decay run, timed at another moment) "
-                 f"{_pm(pw_end['val_loss'])}, test loss {_pm(pw_end['test_loss'])}" if pw else "")
+                 f"{_over_seeds(pw[0]['val_loss'])}, test loss {_over_seeds(pw[0]['test_loss'])}, and at the end of its run ("
+                 f"{_over_seeds(pw_end_t, '.2f')} × B: the same work as the global-decay run, timed at another moment) "
+                 f"{_over_seeds(pw_end['val_loss'])}, test loss {_over_seeds(pw_end['test_loss'])}" if pw else "")
               + ". " + trials_note, ""]
     parts += ["**Where we differ from the paper**: the paper has no equal-compute comparison with a black-box tuner; its "
               "RNN table compares final perplexities on PTB with tuners whose budgets it does not restate, with 7 "
@@ -442,7 +443,7 @@ def reading(rows: list[dict[str, Any]], quick: bool, extend: float = EXTEND) -> 
 
 def rewrite(out: Path) -> None:
     """Plot and README again from the CSV in ``out`` (after a change to how they are drawn)."""
-    rows = common.read_csv(out / "blackbox.csv")
+    rows = output.read_csv(out / "blackbox.csv")
     for r in rows:
         for k in ("val_loss", "test_loss", "test_acc", "val_acc", "decay", "t_s", "grad_eq", "hypergrad_per_grad", "load1_start"):
             r[k] = float(r[k]) if r.get(k) not in ("", None) else float("nan")
@@ -453,9 +454,9 @@ def rewrite(out: Path) -> None:
 
 
 def run(out: Path, quick: bool = False, device: str = "auto", reps: int | None = None) -> list[dict[str, Any]]:
-    dev = str(common.resolve_device(device))
+    dev = str(resolve_device(device))
     out.mkdir(parents=True, exist_ok=True)
-    with common.one_thread():  # a shared machine: one core for both sides alike (recorded in the CSV's threads column)
+    with timing.one_thread():  # a shared machine: one core for both sides alike (recorded in the CSV's threads column)
         return _run(out, quick, dev)
 
 
@@ -475,7 +476,7 @@ def _run(out: Path, quick: bool, dev: str) -> list[dict[str, Any]]:
         print(f"  paper_blackbox seed {seed}: budget {budget:.1f} s; IFT best val {min(r['val_loss'] for r in ift):.4f}; "
               f"Optuna {len(opt)} trials in {opt[-1]['t_s']:.1f} s, best val {min(r['val_loss'] for r in opt):.4f}; "
               f"IFT per weight best val {min(r['val_loss'] for r in pw):.4f} in {pw[-1]['t_s']:.1f} s", flush=True)
-    common.write_csv(out, "blackbox", rows, dev)
+    output.write_csv(out, "blackbox", rows, dev)
     plot(rows, out, extend)
     (out / "README.md").write_text(reading(rows, quick, extend))
     return rows

@@ -44,7 +44,9 @@ from typing import Any
 
 import torch
 
-from hgbench.benchmarks import common
+from hgbench.benchmarks import output, plotting, timing
+from hgbench.benchmarks.stats import mean_std
+from hgbench.runner import resolve_device
 
 # (name in the tables, preset, overrides on top of the preset)
 DATASETS = (("mnist", "paper_distill_mnist", ("dataset=mnist",)),
@@ -107,13 +109,9 @@ def distill(dataset: str, preset: str, extra: tuple[str, ...], lr: float, method
     return rows, last, images, [str(c) for c in classes]
 
 
-def _stats(values: list[float]) -> tuple[float, float]:
-    return common.mean_std(v for v in values if isinstance(v, (int, float)) and math.isfinite(v))
-
-
-def _pm(values: list[float], digits: int = 3) -> str:
-    m, s = _stats(values)
-    return "—" if math.isnan(m) else f"{m:.{digits}f} ± {s:.{digits}f}"
+def _finite(values: list[Any]) -> list[float]:
+    """The numbers among ``values`` (a run that did not reach a step has "" or NaN there)."""
+    return [v for v in values if isinstance(v, (int, float)) and math.isfinite(v)]
 
 
 def choose(runs: list[dict[str, Any]], dataset: str) -> dict[str, Any] | None:
@@ -138,7 +136,7 @@ def compare(a: list[dict[str, Any]], b: list[dict[str, Any]], ka: str, kb: str) 
     """Paired by seed: how often a's ka is above b's kb, and the difference's mean ± std."""
     pb = {r["seed"]: r[kb] for r in b}
     diffs = [r[ka] - pb[r["seed"]] for r in a if r["seed"] in pb and math.isfinite(r[ka]) and math.isfinite(pb[r["seed"]])]
-    m, s = _stats(diffs)
+    m, s = mean_std(_finite(diffs))
     wins = sum(d > 0 for d in diffs)
     verdict = ("above" if diffs and wins == len(diffs) and m > 0 else "below" if diffs and wins == 0 and m < 0
                else "not separated from")
@@ -161,12 +159,12 @@ def plot_images(images: list[dict[str, Any]], dataset: str, name: str, out: Path
                  fontsize=8)
     path = out / f"distilled_{dataset}.png"
     fig.savefig(path, dpi=dpi, bbox_inches="tight")
-    common.pyplot().close(fig)
+    plotting.pyplot().close(fig)
     return path
 
 
 def plot_curves(curve: list[dict[str, Any]], runs: list[dict[str, Any]], out: Path, dpi: int = 130) -> Path:
-    plt = common.pyplot()
+    plt = plotting.pyplot()
     datasets = list(dict.fromkeys(r["dataset"] for r in curve))
     fig, axes = plt.subplots(1, len(datasets), figsize=(6.2 * len(datasets), 4.4), squeeze=False)
     for ax, ds in zip(axes[0], datasets, strict=True):
@@ -177,7 +175,7 @@ def plot_curves(curve: list[dict[str, Any]], runs: list[dict[str, Any]], out: Pa
             seeds = sorted({r["seed"] for r in pts})
             steps = sorted({r["step"] for r in pts})
             for key, style, what in (("fresh_test_acc", "-", "fresh models"), ("cotrained_test_acc", ":", "co-trained weights")):
-                st = [_stats([r[key] for r in pts if r["step"] == s]) for s in steps]
+                st = [mean_std(_finite([r[key] for r in pts if r["step"] == s])) for s in steps]
                 tag = " (chosen)" if name == chosen else " (first preset)"
                 ax.plot(steps, [m for m, _ in st], style, color=f"C{c}", lw=1.4, marker="o" if style == "-" else None, ms=3,
                         label=f"{name}{tag}: {what} ({len(seeds)} seeds)")
@@ -185,7 +183,7 @@ def plot_curves(curve: list[dict[str, Any]], runs: list[dict[str, Any]], out: Pa
                     ax.fill_between(steps, [m - d for m, d in st], [m + d for m, d in st], color=f"C{c}", alpha=0.2, lw=0)
         last = [r for r in runs if r["dataset"] == ds and r["setting"] == chosen]
         for c, (key, label) in enumerate((("random_real_test_acc", LABELS["random_real"]), ("class_mean_test_acc", LABELS["class_mean"]))):
-            m, s = _stats([r[key] for r in last])
+            m, s = mean_std(_finite([r[key] for r in last]))
             if math.isfinite(m):
                 ax.axhline(m, color=f"C{c + 2}", lw=1.2, ls="--", label=f"fresh models on {label}")
                 ax.axhspan(m - s, m + s, color=f"C{c + 2}", alpha=0.12, lw=0)
@@ -212,7 +210,7 @@ def summary(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
             row = {"dataset": ds, "setting": name, "role": "chosen on validation" if name == chosen else "the presets' first setting",
                    "seeds": len(rs)}
             for k in ("fresh_test_acc", "random_real_test_acc", "class_mean_test_acc", "cotrained_test_acc", "fresh_val_acc"):
-                row[k] = _stats([r[k] for r in rs])
+                row[k] = mean_std(_finite([r[k] for r in rs]))
             out.append(row)
     return out
 
@@ -247,7 +245,7 @@ def reading(runs: list[dict[str, Any]], curve: list[dict[str, Any]], quick: bool
     sizes = "; ".join(f"{d}: {r['n_train']:,} / {r['n_val']:,} / {r['n_test']:,}" for d, r in
                       ((d, next(r for r in runs if r["dataset"] == d)) for d in datasets))
     parts = ["# Dataset distillation, judged by fresh models — the paper's Sec. 5", "",
-             f"Generated by `{common.command('paper_distill', quick, ' --max-wait-min 0').replace('results/perf', 'results/paper/distillation')}` "
+             f"Generated by `{output.command('paper_distill', quick, ' --max-wait-min 0').replace('results/perf', 'results/paper/distillation')}` "
              "(`benchmarks/paper_distill.py`, whose docstring says exactly what is run; presets `experiment=paper_distill_mnist` "
              "with `dataset=mnist`, and `experiment=paper_distill_fashion_mnist`). CSVs: `distill_runs.csv` (each run's last "
              "evaluation), `distill_curve.csv` (every evaluation), `distilled_images.csv` (the chosen setting's final images); "
@@ -279,7 +277,7 @@ def reading(runs: list[dict[str, Any]], curve: list[dict[str, Any]], quick: bool
     parts += ["**Stage 1 — the hyper-optimiser chosen on validation** (seed 0; every cell of outer learning rate × "
               "hypergradient; chosen = the highest fresh-model VALIDATION accuracy at the last hyper-step; the test columns "
               "are shown after the choice and played no part in it):", "",
-              common.md_table(["dataset", "setting", "fresh val acc (selection)", "fresh test acc", "co-trained test acc",
+              output.md_table(["dataset", "setting", "fresh val acc (selection)", "fresh test acc", "co-trained test acc",
                                "status"], table), "", *grid_reading(grid, datasets), ""]
     # stage 2
     s = summary(runs)
@@ -288,7 +286,7 @@ def reading(runs: list[dict[str, Any]], curve: list[dict[str, Any]], quick: bool
                 for k in ("fresh_test_acc", "random_real_test_acc", "class_mean_test_acc", "cotrained_test_acc")] for r in s]
     parts += ["**Stage 2 — fresh test accuracy with seeds** (mean ± std over the seeds of the whole distillation; the "
               "baselines get the same fresh recipe):", "",
-              common.md_table(["dataset", "setting", "role", "seeds", "fresh: learned images", "fresh: 10 random real images",
+              output.md_table(["dataset", "setting", "role", "seeds", "fresh: learned images", "fresh: 10 random real images",
                                "fresh: 10 class-mean images", "co-trained weights (as logged, not the images' number)"], table),
               ""]
     parts += [f"![learned images: {d}](distilled_{d}.png)" for d in datasets] + ["", "![fresh accuracy vs hyper-step](fresh_vs_step.png)", ""]
@@ -316,7 +314,7 @@ def reading(runs: list[dict[str, Any]], curve: list[dict[str, Any]], quick: bool
         pre = setting(*FIRST)
         if pre != ch and seeds_of(runs, ds, pre):
             d = compare(rs, seeds_of(runs, ds, pre), "fresh_test_acc", "fresh_test_acc")
-            sd = max(_stats([r["fresh_test_acc"] for r in rs])[1], _stats([r["fresh_test_acc"] for r in seeds_of(runs, ds, pre)])[1])
+            sd = max(mean_std(_finite([r["fresh_test_acc"] for r in rs]))[1], mean_std(_finite([r["fresh_test_acc"] for r in seeds_of(runs, ds, pre)]))[1])
             clear = d["verdict"] != "not separated from" and abs(d["mean"]) > 2 * sd
             text += (f" Against the presets' first setting ({pre}) the chosen one changes the fresh test accuracy by "
                      f"{d['mean']:+.3f} ± {d['std']:.3f} (higher in {d['wins']}/{d['n']} seeds): "
@@ -325,7 +323,7 @@ def reading(runs: list[dict[str, Any]], curve: list[dict[str, Any]], quick: bool
         else:
             text += " The presets' first setting is the one chosen."
         pts = [r for r in curve if r["dataset"] == ds and r["setting"] == ch]
-        by_step = {st: _stats([r["fresh_test_acc"] for r in pts if r["step"] == st])[0] for st in sorted({r["step"] for r in pts})}
+        by_step = {st: mean_std(_finite([r["fresh_test_acc"] for r in pts if r["step"] == st]))[0] for st in sorted({r["step"] for r in pts})}
         if by_step:
             best = max(by_step, key=lambda k: by_step[k])
             text += (f" Along the run the fresh test accuracy peaks at hyper-step {best} ({by_step[best]:.3f}) and ends at "
@@ -353,9 +351,9 @@ def _image_rows(dataset: str, name: str, seed: int, images: torch.Tensor, classe
 
 
 def write_outputs(out: Path, runs, curve, images, quick: bool, dev: str = "cpu") -> None:
-    common.write_csv(out, "distill_runs", runs, dev)
-    common.write_csv(out, "distill_curve", curve, dev)
-    common.write_csv(out, "distilled_images", images, dev)
+    output.write_csv(out, "distill_runs", runs, dev)
+    output.write_csv(out, "distill_curve", curve, dev)
+    output.write_csv(out, "distilled_images", images, dev)
     draw(out, runs, curve, images)
     (out / "README.md").write_text(reading(runs, curve, quick))
 
@@ -371,9 +369,9 @@ def draw(out: Path, runs, curve, images) -> None:
 
 def rewrite(out: Path) -> None:
     """Plots and README again from the CSVs in ``out`` (after a change to how they are drawn)."""
-    runs = common.read_csv(out / "distill_runs.csv")
-    curve = common.read_csv(out / "distill_curve.csv")
-    images = common.read_csv(out / "distilled_images.csv")
+    runs = output.read_csv(out / "distill_runs.csv")
+    curve = output.read_csv(out / "distill_curve.csv")
+    images = output.read_csv(out / "distilled_images.csv")
     for rows in (runs, curve):
         for r in rows:
             for k in KEYS:
@@ -385,12 +383,12 @@ def rewrite(out: Path) -> None:
 
 def run(out: Path, quick: bool = False, device: str = "auto", reps: int | None = None) -> list[dict[str, Any]]:
     """Stage 1 and 2 for every dataset (module docstring); ``reps``: the number of seeds (default 3)."""
-    with common.one_thread():  # logistic regression on 10 images: one thread is as fast, and the cores are shared
+    with timing.one_thread():  # logistic regression on 10 images: one thread is as fast, and the cores are shared
         return _run(out, quick, device, reps)
 
 
 def _run(out: Path, quick: bool, device: str, reps: int | None) -> list[dict[str, Any]]:
-    dev = str(common.resolve_device(device))
+    dev = str(resolve_device(device))
     out.mkdir(parents=True, exist_ok=True)
     lrs, methods = (QUICK["lrs"], QUICK["methods"]) if quick else (LRS, METHODS)
     seeds = QUICK["seeds"] if quick else (tuple(range(reps)) if reps else SEEDS)

@@ -25,7 +25,9 @@ from typing import Any
 
 import torch
 
-from hgbench.benchmarks import common
+from hgbench.benchmarks import output, plotting, problems
+from hgbench.benchmarks.stats import mean_std
+from hgbench.runner import resolve_device
 
 METHODS = (("neumann", 0), ("neumann", 1), ("neumann", 5), ("neumann", 20), ("cg", 20))
 SEEDS = (0, 1, 2)
@@ -59,18 +61,17 @@ def trajectory(name: str, i: int, seed: int, steps: int, warmup: int, device: st
 def equal_steps(exp, seed: int, step: int, max_steps: int) -> list[dict[str, Any]]:
     """Neumann and CG with 0 … max_steps − 1 inversion steps against the exact solve, at this point."""
     tb, vb = exp.problem.full_batch("train"), exp.problem.full_batch("val")
-    ref = exp.hypergradient_flat(common.method("exact"), tb, vb).double()
+    ref = exp.hypergradient_flat(problems.method("exact"), tb, vb).double()
     out = []
     for name in ("neumann", "cg"):
         for i in range(max_steps):
-            g = exp.hypergradient_flat(common.method(name, iterations=i), tb, vb).double()
+            g = exp.hypergradient_flat(problems.method(name, iterations=i), tb, vb).double()
             gn, rn = torch.linalg.vector_norm(g).item(), torch.linalg.vector_norm(ref).item()
             out.append({"seed": seed, "at_step": step, "method": name, "i": i, "l2": torch.linalg.vector_norm(g - ref).item(),
                         "cosine": (g @ ref).item() / (gn * rn) if gn * rn > 0 else float("nan")})
     return out
 
 
-_stats = common.mean_std  # mean ± sample std over seeds
 
 
 def summary(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -87,13 +88,13 @@ def summary(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     seeds = sorted({r["seed"] for r in rows})
     out = []
     for m in dict.fromkeys(r["method"] for r in rows):
-        cos = _stats([mean(r["cosine"] for r in runs[(m, s)]) for s in seeds])
-        l2 = _stats([mean(r["l2"] for r in runs[(m, s)]) for s in seeds])
+        cos = mean_std([mean(r["cosine"] for r in runs[(m, s)]) for s in seeds])
+        l2 = mean_std([mean(r["l2"] for r in runs[(m, s)]) for s in seeds])
         row = {"method": m, "cosine_mean": cos[0], "cosine_std": cos[1], "l2_mean": l2[0], "l2_std": l2[1]}
         if m != label("cg", 20):
             pairs = [[(r, cg[(s, r["step"])]) for r in runs[(m, s)] if (s, r["step"]) in cg] for s in seeds]
-            higher_cos = _stats([mean(a["cosine"] > b["cosine"] for a, b in p) for p in pairs])
-            larger_l2 = _stats([mean(a["l2"] > b["l2"] for a, b in p) for p in pairs])
+            higher_cos = mean_std([mean(a["cosine"] > b["cosine"] for a, b in p) for p in pairs])
+            larger_l2 = mean_std([mean(a["l2"] > b["l2"] for a, b in p) for p in pairs])
             row.update({"share_higher_cosine_than_cg20": higher_cos[0], "share_higher_cosine_std": higher_cos[1],
                         "share_larger_l2_than_cg20": larger_l2[0], "share_larger_l2_std": larger_l2[1]})
         out.append(row)
@@ -101,7 +102,7 @@ def summary(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def plot(rows: list[dict[str, Any]], out: Path) -> Path:
-    plt = common.pyplot()
+    plt = plotting.pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.4))
     cmap = plt.get_cmap("tab10")
     for c, m in enumerate(dict.fromkeys(r["method"] for r in rows)):
@@ -109,8 +110,7 @@ def plot(rows: list[dict[str, Any]], out: Path) -> Path:
         for ax, key in zip(axes, ("cosine", "l2"), strict=True):
             mean, lo, hi = [], [], []
             for st in steps:
-                vals = torch.tensor([r[key] for r in rows if r["method"] == m and r["step"] == st], dtype=torch.float64)
-                mu, sd = vals.mean().item(), (vals.std().item() if len(vals) > 1 else 0.0)
+                mu, sd = mean_std(r[key] for r in rows if r["method"] == m and r["step"] == st)
                 mean.append(mu)
                 lo.append(mu - sd)
                 hi.append(mu + sd)
@@ -132,12 +132,12 @@ def plot(rows: list[dict[str, Any]], out: Path) -> Path:
 
 
 def plot_steps(at_rows: list[dict[str, Any]], out: Path) -> Path:
-    plt = common.pyplot()
+    plt = plotting.pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.4))
     for c, name in enumerate(("neumann", "cg")):
         steps = sorted({r["i"] for r in at_rows if r["method"] == name})
         for ax, key in zip(axes, ("cosine", "l2"), strict=True):
-            stats = [_stats([r[key] for r in at_rows if r["method"] == name and r["i"] == i]) for i in steps]
+            stats = [mean_std([r[key] for r in at_rows if r["method"] == name and r["i"] == i]) for i in steps]
             ax.plot(steps, [m for m, _ in stats], marker="o", ms=2.5, lw=1.2, color=f"C{c}", label=name)
             ax.fill_between(steps, [m - d for m, d in stats], [m + d for m, d in stats], color=f"C{c}", alpha=0.2, lw=0)
     axes[0].set(xlabel="inversion steps i (Neumann terms − 1 / CG iterations)", ylabel="cosine to the exact hypergradient")
@@ -170,8 +170,8 @@ def steps_table(at_rows: list[dict[str, Any]]) -> tuple[list[list[Any]], list[in
         if ll > 0.5:
             l2_i.append(i)
         if i in (0, 1, 2, 3, 5, 10, 20, 49) or i == max(r["i"] for r in at_rows):
-            n_cos, n_l2 = _stats([a["cosine"] for a, _ in pairs]), _stats([a["l2"] for a, _ in pairs])
-            c_cos, c_l2 = _stats([b["cosine"] for _, b in pairs]), _stats([b["l2"] for _, b in pairs])
+            n_cos, n_l2 = mean_std([a["cosine"] for a, _ in pairs]), mean_std([a["l2"] for a, _ in pairs])
+            c_cos, c_l2 = mean_std([b["cosine"] for _, b in pairs]), mean_std([b["l2"] for _, b in pairs])
             table.append([i, f"{n_cos[0]:.4f}", f"{c_cos[0]:.4f}", f"{n_l2[0]:.3g}", f"{c_l2[0]:.3g}", f"{hc:.2f}", f"{ll:.2f}"])
     return table, cos_i, l2_i
 
@@ -203,7 +203,7 @@ def reading(rows: list[dict[str, Any]], quick: bool, at_rows: list[dict[str, Any
     cos_holds = [r["method"] for r in neumann if r["share_higher_cosine_than_cg20"] > 0.5]
     l2_holds = [r["method"] for r in neumann if r["share_larger_l2_than_cg20"] > 0.5]
     parts = ["# Inverse quality (Boston housing) — the paper's Sec. 5.1", "",
-             f"Generated by `{common.command('paper_inverse', quick).replace('results/perf', 'results/paper/inverse_quality')}` "
+             f"Generated by `{output.command('paper_inverse', quick).replace('results/perf', 'results/paper/inverse_quality')}` "
              "(`benchmarks/paper_inverse.py`, whose docstring says exactly what is run). CSVs: `inverse_quality.csv` (along "
              "the runs), `inverse_steps.csv` (at equal steps); plots: `inverse_quality.png`, `inverse_steps.png`.", ""]
     if quick:
@@ -215,7 +215,7 @@ def reading(rows: list[dict[str, Any]], quick: bool, at_rows: list[dict[str, Any
               f"**Ours** ({len(seeds)} seeds, {WARMUP if not quick else 'a few'} warm-up inner steps, {steps} hyper-steps; per "
               "seed the mean over the run, then mean ± std over seeds; the shares are of hyper-steps at which that Neumann "
               "beats CG 20 in cosine / has the larger ℓ2):", "",
-              common.md_table(["method", "cosine", "ℓ2 distance", "share: higher cosine than CG 20", "share: larger ℓ2 than CG 20"], table),
+              output.md_table(["method", "cosine", "ℓ2 distance", "share: higher cosine than CG 20", "share: larger ℓ2 than CG 20"], table),
               "", "![inverse quality](inverse_quality.png)", "",
               "**Reading**: higher cosine than CG 20 at most hyper-steps: "
               + (", ".join(cos_holds) if cos_holds else "no Neumann variant") + "; larger ℓ2 than CG 20 at most hyper-steps: "
@@ -225,7 +225,7 @@ def reading(rows: list[dict[str, Any]], quick: bool, at_rows: list[dict[str, Any
                  "no Neumann variant here.")
               + " Each run follows its own hypergradient, so an approximation also chooses where λ goes: at the last "
               "hyper-step the cosines are " + ", ".join(
-                  f"{m} {_stats([r['cosine'] for r in rows if r['method'] == m and r['step'] == steps])[0]:.2f}"
+                  f"{m} {mean_std([r['cosine'] for r in rows if r['method'] == m and r['step'] == steps])[0]:.2f}"
                   for m in dict.fromkeys(r["method"] for r in rows))
               + " — a cosine near −1 means the run is climbing the validation loss the exact hypergradient would descend.",
               ""]
@@ -235,7 +235,7 @@ def reading(rows: list[dict[str, Any]], quick: bool, at_rows: list[dict[str, Any
         parts += ["**At equal inversion steps** (the CG-20 run's points at hyper-steps "
                   f"{', '.join(str(a) for a in sorted({r['at_step'] for r in at_rows}))}, every seed; Neumann and CG with i "
                   "steps against the exact solve there; shares of those points):", "",
-                  common.md_table(["i", "Neumann cosine", "CG cosine", "Neumann ℓ2", "CG ℓ2", "share: Neumann higher cosine",
+                  output.md_table(["i", "Neumann cosine", "CG cosine", "Neumann ℓ2", "CG ℓ2", "share: Neumann higher cosine",
                                    "share: Neumann larger ℓ2"], table2), "", "![equal steps](inverse_steps.png)", "",
                   f"Neumann has the higher cosine at most points for i ∈ {{{_ranges(cos_i)}}} and the larger ℓ2 for i ∈ "
                   f"{{{_ranges(l2_i)}}}; both at once — the paper's reading — for i ∈ {{{_ranges(both)}}}.", ""]
@@ -252,8 +252,8 @@ def reading(rows: list[dict[str, Any]], quick: bool, at_rows: list[dict[str, Any
 
 def rewrite(out: Path) -> None:
     """Plots and README again from the CSVs in ``out`` (after a change to how they are drawn)."""
-    rows = common.read_csv(out / "inverse_quality.csv")
-    at_rows = common.read_csv(out / "inverse_steps.csv")
+    rows = output.read_csv(out / "inverse_quality.csv")
+    at_rows = output.read_csv(out / "inverse_steps.csv")
     for r in at_rows:
         if r["cosine"] in ("", None):
             r["cosine"] = float("nan")
@@ -263,7 +263,7 @@ def rewrite(out: Path) -> None:
 
 
 def run(out: Path, quick: bool = False, device: str = "auto", reps: int | None = None) -> list[dict[str, Any]]:
-    dev = str(common.resolve_device(device))
+    dev = str(resolve_device(device))
     out.mkdir(parents=True, exist_ok=True)
     rows: list[dict[str, Any]] = []
     at_rows: list[dict[str, Any]] = []
@@ -277,8 +277,8 @@ def run(out: Path, quick: bool = False, device: str = "auto", reps: int | None =
               f"mean ℓ2 {sum(r['l2'] for r in last) / len(last):.3g}", flush=True)
     if any(not math.isfinite(r["cosine"]) for r in rows):
         print("  paper_inverse: some cosines are not finite (a zero hypergradient)", flush=True)
-    common.write_csv(out, "inverse_quality", rows, dev)
-    common.write_csv(out, "inverse_steps", at_rows, dev)
+    output.write_csv(out, "inverse_quality", rows, dev)
+    output.write_csv(out, "inverse_steps", at_rows, dev)
     plot(rows, out)
     plot_steps(at_rows, out)
     (out / "README.md").write_text(reading(rows, quick, at_rows))

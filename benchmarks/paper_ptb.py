@@ -34,7 +34,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from hgbench.benchmarks import common
+from hgbench.benchmarks import output, plotting, timing
+from hgbench.benchmarks.stats import mean_std
+from hgbench.runner import resolve_device
 
 PRESET = "paper_ptb"
 CONFIGS = (("fixed", "no tuning (fixed rates)", ["hypergrad=fixed", "~hypergrad.iterations"]),
@@ -103,7 +105,6 @@ def one_run(config: str, seed: int, device: str, quick: bool) -> tuple[dict[str,
     return row, curve, hps
 
 
-_stats = common.mean_std  # mean ± sample std over seeds
 
 
 def summary(rows: list[dict[str, Any]]) -> dict[str, dict[str, tuple[float, float]]]:
@@ -112,18 +113,18 @@ def summary(rows: list[dict[str, Any]]) -> dict[str, dict[str, tuple[float, floa
     for c in dict.fromkeys(r["config"] for r in rows):
         rs = [r for r in rows if r["config"] == c]
         keys = [k for k in rs[0] if k.endswith("_ppl") or k.startswith("hp_") or k in ("time_s", "num_hyperparams", "best_inner_steps")]
-        out[c] = {k: _stats([float(r[k]) for r in rs]) for k in keys if all(r.get(k) not in (None, "") for r in rs)}
+        out[c] = {k: mean_std([float(r[k]) for r in rs]) for k in keys if all(r.get(k) not in (None, "") for r in rs)}
         out[c]["seeds"] = (float(len(rs)), 0.0)
     return out
 
 
 def plot(rows: list[dict[str, Any]], curve: list[dict[str, Any]], hps: list[dict[str, Any]], out: Path) -> Path:
-    plt = common.pyplot()
+    plt = plotting.pyplot()
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.4))
     labels = {c: lab for c, lab, _ in CONFIGS}
     for i, c in enumerate(dict.fromkeys(r["config"] for r in curve)):
         xs = sorted({r["inner_steps"] for r in curve if r["config"] == c})
-        st = [_stats([r["val_ppl"] for r in curve if r["config"] == c and r["inner_steps"] == x]) for x in xs]
+        st = [mean_std([r["val_ppl"] for r in curve if r["config"] == c and r["inner_steps"] == x]) for x in xs]
         axes[0].plot(xs, [m for m, _ in st], marker="o", ms=3, color=f"C{i}", label=labels.get(c, c))
         axes[0].fill_between(xs, [m - d for m, d in st], [m + d for m, d in st], color=f"C{i}", alpha=0.2, lw=0)
     axes[0].set(xlabel="inner steps", ylabel="validation perplexity", yscale="log")
@@ -137,7 +138,7 @@ def plot(rows: list[dict[str, Any]], curve: list[dict[str, Any]], hps: list[dict
             if k not in rs[0]:
                 continue
             steps = sorted({r["step"] for r in rs})
-            st = [_stats([r[k] for r in rs if r["step"] == s]) for s in steps]
+            st = [mean_std([r[k] for r in rs if r["step"] == s]) for s in steps]
             ax.plot(steps, [m for m, _ in st], color=f"C{j}", label=k + (" (coef.)" if k in ("ar", "tar") else " (rate)"))
             ax.fill_between(steps, [m - d for m, d in st], [m + d for m, d in st], color=f"C{j}", alpha=0.2, lw=0)
         ax.set(xlabel="hyper-step", ylabel="rate (mean over units) / coefficient", title=labels[c], yscale="log")
@@ -152,10 +153,6 @@ def plot(rows: list[dict[str, Any]], curve: list[dict[str, Any]], hps: list[dict
     fig.savefig(path, dpi=130)
     plt.close(fig)
     return path
-
-
-def _pm(s: tuple[float, float], fmt: str = ".1f") -> str:
-    return f"{s[0]:{fmt}} ± {s[1]:{fmt}}"
 
 
 def compare(s: dict[str, dict[str, tuple[float, float]]], a: str, b: str, key: str) -> tuple[float, str]:
@@ -183,18 +180,18 @@ def reading(rows: list[dict[str, Any]], curve: list[dict[str, Any]], hps: list[d
     size = (f"LSTM {int(r0['layers'])} × {int(r0['width'])}, tied embedding of {int(r0['embedding'])}, {int(r0['num_weights']):,} weights; "
             f"bptt {int(r0['bptt'])} over {int(r0['streams'])} streams; {int(r0['train_tokens']):,} / {int(r0['val_tokens']):,} / "
             f"{int(r0['test_tokens']):,} train / val / test tokens")
-    table = [[labels.get(c, c), f"{int(s[c]['num_hyperparams'][0]):,}", _pm(s[c]["train_ppl"]), _pm(s[c]["val_ppl"]), _pm(s[c]["test_ppl"]),
-              _pm(s[c]["best_val_ppl"]), _pm(s[c]["best_test_ppl"]), _pm(s[c]["best_inner_steps"], ".0f"),
-              f"{PAPER_COUNT[c]:,}", f"{PAPER[c][0]:.2f} / {PAPER[c][1]:.2f}", _pm(s[c]["time_s"], ".0f")] for c in configs]
+    table = [[labels.get(c, c), f"{int(s[c]['num_hyperparams'][0]):,}", output.pm(*s[c]["train_ppl"], ".1f"), output.pm(*s[c]["val_ppl"], ".1f"), output.pm(*s[c]["test_ppl"], ".1f"),
+              output.pm(*s[c]["best_val_ppl"], ".1f"), output.pm(*s[c]["best_test_ppl"], ".1f"), output.pm(*s[c]["best_inner_steps"], ".0f"),
+              f"{PAPER_COUNT[c]:,}", f"{PAPER[c][0]:.2f} / {PAPER[c][1]:.2f}", output.pm(*s[c]["time_s"], ".0f")] for c in configs]
     hp_table = []
     for c in configs:
         cells = []
         for k in HPS:
             v = s[c].get(f"hp_{k}")
-            cells.append("—" if v is None else _pm(v, ".3f"))
+            cells.append("—" if v is None else output.pm(*v, ".3f"))
         hp_table.append([labels.get(c, c), *cells])
     parts = ["# RNN regularisation on Penn Treebank — the paper's Sec. 5.3 (Table 3), at CPU scale", "",
-             f"Generated by `{common.command('paper_ptb', quick, '' if quick else ' --max-wait-min 0').replace('results/perf', 'results/paper/ptb')}` "
+             f"Generated by `{output.command('paper_ptb', quick, '' if quick else ' --max-wait-min 0').replace('results/perf', 'results/paper/ptb')}` "
              "(`benchmarks/paper_ptb.py`, whose docstring says exactly what is run; the preset is "
              "`conf/experiment/paper_ptb.yaml`). CSVs: `ptb.csv` (one row per run: final perplexities and hyperparameters), "
              "`ptb_curve.csv` (validation and test perplexity along the runs), `ptb_hparams.csv` (the hyperparameters at every "
@@ -215,11 +212,11 @@ def reading(rows: list[dict[str, Any]], curve: list[dict[str, Any]], hps: list[d
               f"slices of the final weights and at the best-validation point among the evaluations every {CURVE_EVERY} "
               "hyper-steps (the paper reports its best-validation checkpoint); mean ± std over seeds; time: the run's wall "
               "time on this shared machine, one thread):", "",
-              common.md_table(["configuration", "hyperparameters", "train ppl (final)", "val ppl (final)", "test ppl (final)",
+              output.md_table(["configuration", "hyperparameters", "train ppl (final)", "val ppl (final)", "test ppl (final)",
                                "val ppl (best point)", "test ppl (best point)", "best point (inner steps)",
                                "paper: hyperparameters", "paper: val / test ppl", "time (s)"], table), "",
               "Final hyperparameters (rates: the mean over units / weights; AR, TAR: the coefficients), mean ± std over seeds:",
-              "", common.md_table(["configuration", *HPS], hp_table), "", "![ptb](ptb.png)", ""]
+              "", output.md_table(["configuration", *HPS], hp_table), "", "![ptb](ptb.png)", ""]
     read = []
     for c in ("ift_7", "ift_per_unit"):
         if c in s and "fixed" in s:
@@ -279,7 +276,7 @@ def _regime(s: dict[str, dict[str, tuple[float, float]]], curve: list[dict[str, 
     if not rs or "fixed" not in s:
         return ""
     xs = sorted({r["inner_steps"] for r in rs})
-    means = [_stats([r["val_ppl"] for r in rs if r["inner_steps"] == x])[0] for x in xs]
+    means = [mean_std([r["val_ppl"] for r in rs if r["inner_steps"] == x])[0] for x in xs]
     best = min(range(len(xs)), key=lambda i: means[i])
     gap = s["fixed"]["val_ppl"][0] / s["fixed"]["train_ppl"][0]
     trend = (f"the no-tuning run's validation perplexity is lowest at {xs[best]} inner steps ({means[best]:.0f}) and ends at "
@@ -291,20 +288,20 @@ def _regime(s: dict[str, dict[str, tuple[float, float]]], curve: list[dict[str, 
 
 def rewrite(out: Path) -> None:
     """Plot and README again from the CSVs in ``out``."""
-    rows = common.read_csv(out / "ptb.csv")
-    curve = common.read_csv(out / "ptb_curve.csv")
-    hps = common.read_csv(out / "ptb_hparams.csv")
+    rows = output.read_csv(out / "ptb.csv")
+    curve = output.read_csv(out / "ptb_curve.csv")
+    hps = output.read_csv(out / "ptb_hparams.csv")
     plot(rows, curve, hps, out)
     (out / "README.md").write_text(reading(rows, curve, hps, False))
 
 
 def run(out: Path, quick: bool = False, device: str = "auto", reps: int | None = None) -> list[dict[str, Any]]:
-    dev = str(common.resolve_device(device))
+    dev = str(resolve_device(device))
     out.mkdir(parents=True, exist_ok=True)
     rows: list[dict[str, Any]] = []
     curve: list[dict[str, Any]] = []
     hps: list[dict[str, Any]] = []
-    with common.one_thread():  # the machines this runs on are shared (README: the wall time is measured so)
+    with timing.one_thread():  # the machines this runs on are shared (README: the wall time is measured so)
         for config, _label, _ in CONFIGS:
             for seed in (SEEDS[:1] if quick else SEEDS):
                 row, c, h = one_run(config, seed, dev, quick)
@@ -314,7 +311,7 @@ def run(out: Path, quick: bool = False, device: str = "auto", reps: int | None =
                 print(f"  paper_ptb {config:13s} seed {seed}  val ppl {row['val_ppl']:.1f}  test ppl {row['test_ppl']:.1f}  "
                       f"({row['num_hyperparams']:,} hps, {row['time_s']:.0f} s)", flush=True)
         for name, table in (("ptb", rows), ("ptb_curve", curve), ("ptb_hparams", hps)):
-            common.write_csv(out, name, table, dev)  # while one thread is set: the CSVs' "threads" column is the runs'
+            output.write_csv(out, name, table, dev)  # while one thread is set: the CSVs' "threads" column is the runs'
     plot(rows, curve, hps, out)
     (out / "README.md").write_text(reading(rows, curve, hps, quick))
     return rows

@@ -38,7 +38,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hgbench.benchmarks import common
+from hgbench.benchmarks import output, plotting, problems, timing
+from hgbench.benchmarks.stats import spread
+from hgbench.runner import resolve_device
 from hgbench.base import Batch
 
 ITERATIONS = (5, 20)
@@ -150,11 +152,11 @@ def betty_adapter(exp, tb, vb, solve_name: str, i: int, alpha: float | None):
 
 # --- the section ----------------------------------------------------------------------------------
 def run(out: Path, quick: bool = False, device: str = "auto", reps: int | None = None) -> list[dict]:
-    dev = common.resolve_device(device)
+    dev = resolve_device(device)
     reps = reps or (2 if quick else 5)
-    exp = common.experiment("mlp", dev, quick)
+    exp = problems.experiment("mlp", dev, quick)
     exp.train_inner(20 if quick else 100)
-    tb, vb = common.fixed_batches(exp)
+    tb, vb = problems.fixed_batches(exp)
     alpha = float(exp.inner_optimizer.lr)
     peers = []
     notes: dict[str, str] = {}
@@ -168,7 +170,7 @@ def run(out: Path, quick: bool = False, device: str = "auto", reps: int | None =
         notes["betty"] = "not installed (pip install -e '.[bench]')"
     rows = []
     for i in (QUICK_ITERATIONS if quick else ITERATIONS):
-        ours = {m: (lambda m=m, i=i: exp.hypergradient_flat(common.method(m, iterations=i), tb, vb)) for m in ("neumann", "cg")}
+        ours = {m: (lambda m=m, i=i: exp.hypergradient_flat(problems.method(m, iterations=i), tb, vb)) for m in ("neumann", "cg")}
         ref = {m: f() for m, f in ours.items()}
         for lib, meth, how in peers:
             try:
@@ -178,8 +180,8 @@ def run(out: Path, quick: bool = False, device: str = "auto", reps: int | None =
                     fn = betty_adapter(exp, tb, vb, meth, i, alpha)
                 with warnings.catch_warnings():  # TorchOpt 0.7.3 calls the deprecated functorch.vjp
                     warnings.simplefilter("ignore", FutureWarning)
-                    diff = common.rel_diff(fn(), ref[meth])
-                    r = common.compare(fn, ours[meth], reps, dev, common.timing_target(quick))  # ratio = hgbench / peer
+                    diff = problems.rel_diff(fn(), ref[meth])
+                    r = timing.compare(fn, ours[meth], reps, dev, timing.timing_target(quick))  # ratio = hgbench / peer
             except Exception as exc:  # noqa: BLE001 - reported, the other peers still run
                 notes[f"{lib} {how}"] = f"failed: {type(exc).__name__}: {str(exc)[:300]}"
                 print(f"  peers {lib} {how}: FAILED {type(exc).__name__}: {exc}", flush=True)
@@ -197,15 +199,15 @@ def run(out: Path, quick: bool = False, device: str = "auto", reps: int | None =
                          "reps": reps})
             print(f"  peers i={i:<3d} {meth:8s} {lib:9s} {how:24s} hgbench {1e3 * r['fn_s']['median']:8.1f} ms, "
                   f"peer {1e3 * r['ref_s']['median']:8.1f} ms: hgbench {speedup:.2f}× faster; max rel diff {diff:.1e}", flush=True)
-    common.write_csv(out, "peers", rows, dev)
+    output.write_csv(out, "peers", rows, dev)
     if rows:
         plot(rows, out / "peers.png")
     grid = QUICK_GRID if quick else GRID
     acc = accuracy(exp, tb, vb, dev, quick, reps, notes)
-    common.write_csv(out, "peers_accuracy", acc, dev)
+    output.write_csv(out, "peers_accuracy", acc, dev)
     accuracy_plot(acc, out / "peers_accuracy.png", grid)
     text = fragment(rows, quick, notes) + "\n" + accuracy_fragment(acc, quick, grid)
-    common.write_fragment(out, "peers", text, headline(rows) + accuracy_headline(acc), dev, quick=quick)
+    output.write_fragment(out, "peers", text, headline(rows) + accuracy_headline(acc), dev, quick=quick)
     return rows
 
 
@@ -279,7 +281,7 @@ def hgbench_candidate(exp, tb, vb, name: str, label: str | None = None, **params
     shown = ", ".join(f"{k}={v}" for k, v in params.items())
 
     def make(i: int):
-        m = common.method(name, **{budget: i}, **params)
+        m = problems.method(name, **{budget: i}, **params)
         return lambda: exp.hypergradient_flat(m, tb, vb)
 
     return Candidate("hgbench", label or name, f"{name}({shown})" if shown else name, make)
@@ -334,15 +336,15 @@ def median_time(fn: Callable[[], Any], reps: int, dev, quick: bool) -> dict[str,
     """Seconds per call: a warm-up, then ``reps`` timings (median and quartiles)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        n = common.calls_for(common.timed(fn, dev), common.timing_target(quick))
-        return common.stats(common.timed(fn, dev, n) for _ in range(reps))
+        n = timing.calls_for(timing.timed(fn, dev), timing.timing_target(quick))
+        return spread(timing.timed(fn, dev, n) for _ in range(reps))
 
 
 def side_by_side(peer_fn, hg_fn, reps: int, dev, quick: bool) -> dict[str, float]:
     """hgbench's speed-up over the peer (peer time ÷ hgbench time), timed side by side."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        r = common.compare(peer_fn, hg_fn, reps, dev, common.timing_target(quick))
+        r = timing.compare(peer_fn, hg_fn, reps, dev, timing.timing_target(quick))
     return {"median": 1 / r["ratio"]["median"], "q1": 1 / r["ratio"]["q3"], "q3": 1 / r["ratio"]["q1"]}
 
 
@@ -417,7 +419,7 @@ def warm_candidate(exp, tb, vb, name: str, level: float, chain: dict[str, Any], 
     shown = ", ".join(f"{k}={v}" for k, v in params.items())
 
     def make(i: int):
-        m = common.method(name, iterations=i, warm_start=True, **params)
+        m = problems.method(name, iterations=i, warm_start=True, **params)
 
         def fn():
             m.load_state_dict(chain.get("state", {}))
@@ -471,11 +473,11 @@ def along_run(exp, steps: int, grid, reps: int, dev, quick: bool, notes: dict[st
     chains = {lv: {} for lv in LEVELS}
     setting = "run fixed" if fixed else "run"
     rows = []
-    batches = common.fixed_batches(exp)
+    batches = problems.fixed_batches(exp)
     for k in range(steps):
         if k:
             exp.train_inner(10)
-        tb, vb = batches if fixed else common.fixed_batches(exp)
+        tb, vb = batches if fixed else problems.fixed_batches(exp)
         ref, _ = reference(exp, tb, vb)
         cands = convex_candidates(exp, tb, vb, alpha, quick, notes)
         cands = [c for c in cands if not c.label.startswith("nystrom")]  # one-shot: no warm start to compare
@@ -521,7 +523,7 @@ def accuracy(exp_mlp, tb_mlp, vb_mlp, dev, quick: bool, reps: int, notes: dict[s
     rows = []
     exp = convex_experiment(dev, quick)
     alpha = float(exp.inner_optimizer.lr)
-    tb, vb = common.fixed_batches(exp)
+    tb, vb = problems.fixed_batches(exp)
     ref, res = reference(exp, tb, vb)
     notes["convex reference"] = f"float64 CG on H, relative residual {res:.1e}"
     print(f"  peers accuracy: convex reference residual {res:.1e}", flush=True)
@@ -610,7 +612,7 @@ def accuracy_fragment(rows, quick: bool, grid) -> str:
             run_rows.append(["fixed" if "fixed" in r["setting"] else "fresh", r["library"], f"`{r['call']}`", r["start"], f"{r['level']:.0e}", r["step"],
                              _num(r["iterations"]) if r["reached"] else "—", f"{r['time_ms']:.1f}" if r["reached"] else "—"])
     lines = ["### Time to accuracy against the peers", "",
-             f"Reproduce: `{common.command('peers', quick)}` (CSV: `peers_accuracy.csv`, plot: `peers_accuracy.png`). "
+             f"Reproduce: `{output.command('peers', quick)}` (CSV: `peers_accuracy.csv`, plot: `peers_accuracy.png`). "
              "For each method, the smallest iteration count on the grid "
              f"{', '.join(str(g) for g in grid)} (on the 1M MLP {', '.join(str(g) for g in (grid if quick else MLP_GRID))}) whose relative error ‖g − g_ref‖/‖g_ref‖ is at most the level, and the median "
              "time of one hypergradient at that count (warm-up not counted); per library its fastest method, and hgbench's "
@@ -636,13 +638,13 @@ def accuracy_fragment(rows, quick: bool, grid) -> str:
              "carrying the solution that reached the level at the previous step), the peers cold: neither offers a warm "
              "start through its documented implicit-differentiation API (TorchOpt's `solve_cg(init=…)` is fixed when the "
              "solver is built and `custom_root` does not hand back the solution; Betty has none).", "",
-             common.md_table(head, table), "",
+             output.md_table(head, table), "",
              "Per method, one hypergradient (iterations / ms to reach the level; best error on the grid):", "",
-             common.md_table(["problem", "library", "call", f"to {LEVELS[0]:.0e}: i / ms", f"to {LEVELS[1]:.0e}: i / ms",
+             output.md_table(["problem", "library", "call", f"to {LEVELS[0]:.0e}: i / ms", f"to {LEVELS[1]:.0e}: i / ms",
                               f"best error (i ≤ {gmax})"], detail), ""]
     if run_rows:
         lines += ["Along the run (medians over the steps where the level was reached):", "",
-                  common.md_table(["batches", "library", "call", "start", "level", "reached", "iterations", "ms"], run_rows), ""]
+                  output.md_table(["batches", "library", "call", "start", "level", "reached", "iterations", "ms"], run_rows), ""]
     lines += verdict_lines(rows, gmax)
     return "\n".join(lines) + "\n"
 
@@ -718,8 +720,8 @@ def rewrite(out: Path) -> None:
 
     from hgbench.benchmarks.cli import assemble_readme
 
-    rows = common.read_csv(out / "peers.csv") if (out / "peers.csv").exists() else []
-    acc = common.read_csv(out / "peers_accuracy.csv")
+    rows = output.read_csv(out / "peers.csv") if (out / "peers.csv").exists() else []
+    acc = output.read_csv(out / "peers_accuracy.csv")
     d = json.loads((out / "fragments" / "peers.json").read_text())
     quick = bool(d.get("quick"))
     grid = QUICK_GRID if quick else GRID
@@ -737,12 +739,12 @@ def accuracy_headline(rows) -> list[list]:
     for problem, setting, level, lib, hg, peer in _comparisons(rows):
         text, ok = accuracy_verdict(hg, peer)
         out.append(["peers", f"time to {level:.0e}, {SETTING_TITLE[(problem, setting)]}: hgbench vs {PEER_NAMES[lib]}",
-                    text, f"≥ {TARGET:g}× at equal error", common.verdict(ok) if ok is not None else "n/a"])
+                    text, f"≥ {TARGET:g}× at equal error", output.verdict(ok) if ok is not None else "n/a"])
     return out
 
 
 def accuracy_plot(rows, path: Path, grid) -> None:
-    plt = common.pyplot()
+    plt = plotting.pyplot()
     libs = [lib for lib in ("hgbench", "torchopt", "betty") if any(r["library"] == lib for r in rows)]
     settings = [st for st in SETTINGS if any(r["problem"] == st[0] and r["setting"] == st[1] for r in rows)]
     fig, axes = plt.subplots(1, len(settings), figsize=(4.6 * len(settings), 4.4), squeeze=False)
@@ -778,7 +780,7 @@ def accuracy_plot(rows, path: Path, grid) -> None:
 
 # --- the equal-iteration table --------------------------------------------------------------------
 def plot(rows, path: Path) -> None:
-    plt = common.pyplot()
+    plt = plotting.pyplot()
     iters = sorted({r["iterations"] for r in rows})
     fig, axes = plt.subplots(1, len(iters), figsize=(6.5 * len(iters), 4.4), squeeze=False)
     for ax, i in zip(axes[0], iters, strict=True):
@@ -804,17 +806,17 @@ def plot(rows, path: Path) -> None:
 def fragment(rows, quick: bool, notes: dict[str, str]) -> str:
     table = []
     for r in rows:
-        tgt = common.verdict(r["target_met"]) if r["target_met"] != "" else "n/a (different algorithm)"
+        tgt = output.verdict(r["target_met"]) if r["target_met"] != "" else "n/a (different algorithm)"
         table.append([r["iterations"], r["method"], f"{r['peer']} {r['peer_version']}", f"`{r['peer_call']}`",
                       f"{r['hgbench_ms']:.1f}", f"{r['peer_ms']:.1f}",
                       f"{r['speedup_median']:.2f} ({r['speedup_q1']:.2f}–{r['speedup_q3']:.2f})", f"{r['max_rel_diff']:.1e}", tgt])
     n = rows[0]["num_hyperparams"] if rows else 0
     lines = ["## 5. peers — hgbench vs TorchOpt and Betty on the same problem", "",
-             f"Reproduce: `pip install -e '.[bench]'` then `{common.command('peers', quick)}` (CSV: `peers.csv`, plot: "
+             f"Reproduce: `pip install -e '.[bench]'` then `{output.command('peers', quick)}` (CSV: `peers.csv`, plot: "
              f"`peers.png`). Per-weight decay, MLP with {n:,} weights = hyperparameters, batch 128, same batches, weights, "
              "λ, i and α; each library warmed up and timed side by side with hgbench's same method (speed-up = peer time ÷ "
              "hgbench time, median and IQR); agreement = max|peer − hgbench| / max|hgbench|.", "",
-             common.md_table(["i", "method", "peer", "peer call", "hgbench ms", "peer ms", "hgbench speed-up (IQR)",
+             output.md_table(["i", "method", "peer", "peer call", "hgbench ms", "peer ms", "hgbench speed-up (IQR)",
                               "max rel. diff", "≥ 1.5× at equal accuracy"], table), ""]
     for k, v in notes.items():
         lines.append(f"- {k}: {v}")
@@ -824,5 +826,5 @@ def fragment(rows, quick: bool, notes: dict[str, str]) -> str:
 def headline(rows) -> list[list]:
     return [["peers", f"i={r['iterations']} {r['method']}: hgbench vs {r['peer']} `{r['peer_call']}`",
              f"{r['speedup_median']:.2f}× faster (max rel. diff {r['max_rel_diff']:.0e})",
-             "≥ 1.5× at equal accuracy", common.verdict(r["target_met"]) if r["target_met"] != "" else "n/a (other algorithm)"]
+             "≥ 1.5× at equal accuracy", output.verdict(r["target_met"]) if r["target_met"] != "" else "n/a (other algorithm)"]
             for r in rows]

@@ -17,7 +17,8 @@ from pathlib import Path
 
 import torch
 
-from hgbench.benchmarks import common
+from hgbench.benchmarks import machine, output, plotting, problems, timing, worker
+from hgbench.runner import resolve_device
 
 SIZES_M = (1, 3, 10, 30, 100, 200, 300, 400, 600, 800)
 TIMED_M = (1, 10)
@@ -33,17 +34,17 @@ def point(spec: dict) -> dict:
     """In the fresh process: build the problem, one hypergradient (timed), optionally repeated."""
     import time
 
-    from hgbench.memory import _status_kb
+    from hgbench.memory import status_kb
 
-    dev = common.resolve_device(spec["device"])
+    dev = resolve_device(spec["device"])
     h = spec["hidden"]
     t0 = time.perf_counter()
-    exp = common.experiment(f"mlp:[{h},{h}]", dev, False)
+    exp = problems.experiment(f"mlp:[{h},{h}]", dev, False)
     build_s = time.perf_counter() - t0
     p = exp.problem
-    tb, vb = common.fixed_batches(exp)
+    tb, vb = problems.fixed_batches(exp)
     w, lam = exp.w.detach().requires_grad_(True), exp.lam.detach()
-    m = common.method("neumann", iterations=spec["i"])
+    m = problems.method("neumann", iterations=spec["i"])
 
     def grad():
         return torch.autograd.grad(p.train_loss(w, lam, tb), w)[0]
@@ -51,28 +52,28 @@ def point(spec: dict) -> dict:
     def hypergrad():
         return exp.hypergradient_flat(m, tb, vb)
 
-    first_s = common.timed(hypergrad, dev)
+    first_s = timing.timed(hypergrad, dev)
     out = {"num_weights": p.num_weights, "num_hyperparams": p.num_hyperparams, "hidden": h, "build_s": build_s,
            "first_hypergradient_s": first_s}
     if spec["timed"]:
-        r = common.compare(grad, hypergrad, spec["reps"], dev)
+        r = timing.compare(grad, hypergrad, spec["reps"], dev)
         out.update({"hypergradient_s": r["fn_s"]["median"], "hypergradient_s_q1": r["fn_s"]["q1"],
                     "hypergradient_s_q3": r["fn_s"]["q3"], "grad_s": r["ref_s"]["median"],
-                    **common.ratio_cols("ratio", r["ratio"])})
+                    **output.ratio_cols("ratio", r["ratio"])})
     else:
-        out["grad_s"] = common.timed(grad, dev)
+        out["grad_s"] = timing.timed(grad, dev)
     if dev.type == "cuda":
         out["peak_mb"] = torch.cuda.max_memory_allocated(dev) / 2**20
     else:
-        out["peak_mb"] = (_status_kb("VmHWM") or 0) / 1024
+        out["peak_mb"] = (status_kb("VmHWM") or 0) / 1024
     return out
 
 
 def run(out: Path, quick: bool = False, device: str = "auto", reps: int | None = None,
         mem_cap_gib: float | None = None, time_cap_s: float = 300) -> list[dict]:
-    dev = common.resolve_device(device)
+    dev = resolve_device(device)
     reps = reps or (2 if quick else 5)
-    avail = common.mem_available_gib()
+    avail = machine.mem_available_gib()
     cap = mem_cap_gib or (1.0 if quick else max(2.0, min(16.0, avail - 4)))
     sizes = [s * 1e6 for s in (QUICK_SIZES if quick else SIZES_M)]
     timed = {s * 1e6 for s in (QUICK_SIZES[:1] if quick else TIMED_M)}
@@ -83,7 +84,7 @@ def run(out: Path, quick: bool = False, device: str = "auto", reps: int | None =
         if quick and n == sizes[0]:  # a smoke run: the small point in this process; the failure path in a worker
             res = {**point(spec), "status": "ok", "child_peak_rss_mb": float("nan"), "wall_s": float("nan")}
         else:
-            res = common.run_worker("scale:point", spec, timeout=time_cap_s, mem_cap_gib=None if dev.type == "cuda" else cap)
+            res = worker.run_worker("scale:point", spec, timeout=time_cap_s, mem_cap_gib=None if dev.type == "cuda" else cap)
         row = {"section": "scale", "target_size": int(n), "hidden": f"[{h},{h}]", "method": "neumann", "iterations": 5,
                "batch": 128, "status": res["status"], "mem_cap_gib": cap, "time_cap_s": time_cap_s,
                "child_peak_rss_mb": res["child_peak_rss_mb"], "process_wall_s": res["wall_s"]}
@@ -106,14 +107,14 @@ def run(out: Path, quick: bool = False, device: str = "auto", reps: int | None =
             break
     for r in rows:
         r["largest_ok"] = r is largest
-    common.write_csv(out, "scale", rows, dev)
+    output.write_csv(out, "scale", rows, dev)
     plot(rows, out / "scale.png", cap)
-    common.write_fragment(out, "scale", fragment(rows, quick, cap, largest, failure, avail), headline(rows), dev, quick=quick)
+    output.write_fragment(out, "scale", fragment(rows, quick, cap, largest, failure, avail), headline(rows), dev, quick=quick)
     return rows
 
 
 def plot(rows, path: Path, cap: float) -> None:
-    plt = common.pyplot()
+    plt = plotting.pyplot()
     ok = [r for r in rows if r["status"] == "ok"]
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(12, 4.4))
     if ok:
@@ -156,18 +157,18 @@ def fragment(rows, quick, cap, largest, failure, avail) -> str:
         else:
             table.append([f"~{r['target_size']:,}", r["hidden"], f"**{r['status']}**", f"> {r['child_peak_rss_mb'] / 1024:.2f}" if r["status"] == "memory_cap" else f"{r['child_peak_rss_mb'] / 1024:.2f}", "—", "—"])
     lines = ["## 4. scale — how many hyperparameters fit", "",
-             f"Reproduce: `{common.command('scale', quick)}` (CSV: `scale.csv`, plot: `scale.png`). Per-weight decay on "
+             f"Reproduce: `{output.command('scale', quick)}` (CSV: `scale.csv`, plot: `scale.png`). Per-weight decay on "
              f"784-H-H-10 MLPs, neumann i=5, batch 128, each size in a fresh process under a memory cap of {cap:.1f} GiB "
              f"(RLIMIT_AS + an RSS watchdog; {avail:.1f} GiB were available when it started; the machine is shared, so "
              "the cap stays below the 24 GiB it has) and a time cap; sizes grow until one fails.", "",
-             common.md_table(["hyperparameters", "hidden", "status", "peak RSS GiB", "time per hypergradient", "plain gradient s"], table), ""]
+             output.md_table(["hyperparameters", "hidden", "status", "peak RSS GiB", "time per hypergradient", "plain gradient s"], table), ""]
     ten = [r for r in rows if r["status"] == "ok" and r.get("num_hyperparams", 0) >= 9.5e6]
     if largest:
         lines.append(f"- largest that ran: **{largest['num_hyperparams']:,} hyperparameters** "
                      f"(peak RSS {largest['peak_mb'] / 1024:.1f} GiB)"
                      + (f"; the next size (~{failure['target_size']:,}) stopped with `{failure['status']}`" if failure else
                         "; no size failed up to the largest tried"))
-    lines.append(f"- target 10M hyperparameters: {common.verdict(bool(ten))}")
+    lines.append(f"- target 10M hyperparameters: {output.verdict(bool(ten))}")
     return "\n".join(lines) + "\n"
 
 
@@ -180,7 +181,7 @@ def headline(rows) -> list[list]:
         out.append(["scale", "largest number of hyperparameters whose hypergradient ran",
                     f"{big['num_hyperparams']:,} (peak RSS {big['peak_mb'] / 1024:.1f} GiB, cap {big['mem_cap_gib']:.1f} GiB"
                     + (f"; ~{fail[0]['target_size'] / 1e6:.0f}M: {fail[0]['status']})" if fail else ")"),
-                    "≥ 10,000,000", common.verdict(big["num_hyperparams"] >= 9.5e6)])
+                    "≥ 10,000,000", output.verdict(big["num_hyperparams"] >= 9.5e6)])
     for r in ok:
         if "hypergradient_s" in r:
             out.append(["scale", f"time per hypergradient at {r['num_hyperparams']:,} (neumann i=5)",

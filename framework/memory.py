@@ -15,16 +15,17 @@ import sys
 
 import torch
 
-_STATUS = "/proc/self/status"
 
-
-def _status_kb(field: str) -> int | None:
+def status_kb(field: str, pid: int | str = "self") -> int | None:
+    """A memory field of ``/proc/<pid>/status`` in kB (``VmRSS``: resident now, ``VmHWM``: its
+    peak): this process's by default, or another's by its id; None where it cannot be read (not
+    Linux, the process gone, no such field)."""
     try:
-        with open(_STATUS) as f:
+        with open(f"/proc/{pid}/status") as f:
             for line in f:
                 if line.startswith(field + ":"):
                     return int(line.split()[1])
-    except OSError:
+    except (OSError, ValueError):
         return None
     return None
 
@@ -70,8 +71,8 @@ class PeakMemory:
             torch.cuda.reset_peak_memory_stats(self.device)
             return
         _trim_heap()
-        self._hwm = _reset_hwm() and _status_kb("VmHWM") is not None
-        self._base_kb = _status_kb("VmRSS") or 0 if self._hwm else _maxrss_kb()
+        self._hwm = _reset_hwm() and status_kb("VmHWM") is not None
+        self._base_kb = status_kb("VmRSS") or 0 if self._hwm else _maxrss_kb()
 
     def peak_mb(self) -> float:
         """Peak since ``start()`` (0.0 if it was never started, e.g. a skipped run)."""
@@ -80,5 +81,5 @@ class PeakMemory:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
             return torch.cuda.max_memory_allocated(self.device) / 2**20
-        peak = _status_kb("VmHWM") if self._hwm else _maxrss_kb()
+        peak = status_kb("VmHWM") if self._hwm else _maxrss_kb()
         return max(0, (peak or 0) - self._base_kb) / 1024

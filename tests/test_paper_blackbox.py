@@ -41,10 +41,10 @@ def test_who_is_ahead_counts_a_side_without_a_result_as_behind():
 
 
 def test_the_quick_study_gives_both_sides_the_same_weight_updates_and_counts_the_hypergradients(tmp_path):
-    from hgbench.benchmarks import common, paper_blackbox as pb
+    from hgbench.benchmarks import output, paper_blackbox as pb
 
     pb.run(tmp_path, quick=True, device="cpu")
-    rows = common.read_csv(tmp_path / "blackbox.csv")
+    rows = output.read_csv(tmp_path / "blackbox.csv")
     assert {r["side"] for r in rows} == set(pb.SIDES)
     ift = [r for r in rows if r["side"] == "ift"]
     trials = sorted((r for r in rows if r["side"] == "optuna"), key=lambda r: r["trial"])

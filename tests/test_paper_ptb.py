@@ -103,7 +103,7 @@ def test_the_ptb_study_quick_run_compares_no_tuning_with_both_ift_variants(tiny_
     readme = (tmp_path / "README.md").read_text()
     assert "QUICK SMOKE RUN" in readme and "75.72 / 71.91" in readme and "Where we differ from the paper" in readme
     assert (tmp_path / "ptb.png").stat().st_size > 10_000
-    from hgbench.benchmarks.common import read_csv
+    from hgbench.benchmarks.output import read_csv
 
     again = paper_ptb.reading(*(read_csv(tmp_path / f"{n}.csv") for n in ("ptb", "ptb_curve", "ptb_hparams")), quick=True)
     assert again == readme  # what rewrite() writes, from the CSVs alone
