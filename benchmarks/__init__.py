@@ -2,8 +2,8 @@
 
 Every figure is a ratio measured side by side in one process (or, for memory, in fresh
 subprocesses started one after another), because the machines it runs on are noisy and shared.
-Sections (one module each): ``cost``, ``memory``, ``joint``, ``scale``, ``peers``, ``overhead``,
-``compile``;
+Sections (one module each): ``cost``, ``memory``, ``joint``, ``scale``, ``peers`` (its two studies:
+``peers``, equal iterations, and ``peers_accuracy``, time to accuracy), ``overhead``, ``compile``;
 ``hgbench.benchmarks.cli`` runs them and writes ``<out>/<section>.csv``, ``<section>.png`` and a
 ``README.md`` assembled from every section found in ``<out>``. The studies run on their own, each
 with its own README: ``frontier`` (accuracy of each hypergradient method against a reference, for
