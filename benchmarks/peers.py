@@ -104,7 +104,7 @@ def rewrite(out: Path) -> None:
     peers_accuracy.plot(acc, out / "peers_accuracy.png", grid)
     md = out / "fragments" / "peers.md"
     first = md.read_text().split("### Time to accuracy")[0].rstrip() + "\n\n"
-    md.write_text(first + peers_accuracy.fragment(acc, quick, grid))
+    md.write_text((first + peers_accuracy.fragment(acc, quick, grid)).rstrip() + "\n")  # as output.write_fragment writes it
     d["headline"] = headline(rows) + peers_accuracy.headline(acc)
     output.write_json(out / "fragments" / "peers.json", d)
     assemble_readme(out)
