@@ -272,11 +272,14 @@ def registry() -> dict[str, dict[str, Registered]]:
     out: dict[str, dict[str, Registered]] = {}
     for kind, hook_name in KINDS.items():
         found: dict[str, Registered] = {}
-        impls = [i for i in getattr(pm.hook, hook_name).get_hookimpls() if not (i.wrapper or i.hookwrapper)]
-        for impl in impls:  # registration order; each plugin's hook called alone, through pluggy
+        # each plugin's hook called on its own, to know which plugin registered which class and to
+        # skip only the one that raises (pm.subset_hook_caller would do it through pluggy, but
+        # needs hashable plugin objects, and a SimpleNamespace is not)
+        for impl in getattr(pm.hook, hook_name).get_hookimpls():  # registration order
+            if impl.wrapper or impl.hookwrapper:
+                continue
             try:
-                others = [i.plugin for i in impls if i is not impl]
-                classes = [c for listed in pm.subset_hook_caller(hook_name, remove_plugins=others)() for c in listed or []]
+                classes = impl.function() or []
             except Exception as exc:
                 _report(impl.plugin_name, exc, f"in {hook_name}()", _hook_failures)
                 continue
