@@ -165,3 +165,20 @@ def test_outside_safehooks_an_implementation_raises_as_pluggy_documents():
     pm = manager(("raiser", SimpleNamespace(on_run_start=hookimpl(on_run_start))))
     with pytest.raises(RuntimeError, match="plain pluggy"):
         pm.hook.on_run_start(run=context())
+
+
+def test_hook_call_monitoring_sees_the_calls_safehooks_makes():
+    seen = []
+    pm = manager(("a", SimpleNamespace(on_run_start=hookimpl(lambda run: None))),
+                 ("b", SimpleNamespace(on_run_start=hookimpl(lambda run: 1 / 0))))
+    undo = pm.add_hookcall_monitoring(
+        lambda name, impls, kwargs: seen.append(("before", name, [i.plugin_name for i in impls])),
+        lambda outcome, name, impls, kwargs: seen.append(("after", name, outcome.exception)))
+    run = context()
+    try:
+        with pytest.warns(UserWarning, match="'b' failed in on_run_start"):
+            registry.SafeHooks(run, manager=pm).on_run_start()
+    finally:
+        undo()
+    # one pluggy call with both implementations; the isolated failure is not the call's outcome
+    assert seen == [("before", "on_run_start", ["a", "b"]), ("after", "on_run_start", None)]
