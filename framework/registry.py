@@ -24,6 +24,7 @@ import os
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import pluggy
 
@@ -47,7 +48,7 @@ def _isolated(function: Callable) -> Callable:
         try:
             return function(*args, **kwargs)
         except Exception as exc:  # noqa: BLE001 - SafeHooks reports it by plugin name
-            failed.append((isolated, exc))
+            failed.append((isolated, args[0] if args else None, exc))  # args[0]: a method's instance
             return None
 
     return isolated
@@ -196,18 +197,20 @@ class SafeHooks:
         caller = getattr((self.manager or plugin_manager()).hook, hook_name)
 
         def call(**kwargs):
-            failed: list[tuple[Callable, Exception]] = []
+            failed: list[tuple[Callable | None, Any, Exception]] = []
             token = _isolating.set(failed)
             try:
                 result = caller(run=self.run, **kwargs)
             except Exception as exc:  # noqa: BLE001 - from a wrapper: reported, the run goes on
-                failed.append((_raiser(caller, exc), exc))
+                impl = _raiser(caller, exc)
+                failed.append((impl and _unbound(impl.function), getattr(impl and impl.function, "__self__", None), exc))
                 result = None
             finally:
                 _isolating.reset(token)
             impls = caller.get_hookimpls()
-            for function, exc in failed:
-                impl = next((i for i in impls if _unbound(i.function) is function), None)
+            for function, instance, exc in failed:
+                impl = next((i for i in impls if _unbound(i.function) is function
+                             and getattr(i.function, "__self__", instance) is instance), None)
                 self._report(impl, hook_name, exc)
             return result
 
@@ -230,13 +233,19 @@ def _unbound(function: Callable) -> Callable:
     return getattr(function, "__func__", function)
 
 
-def _raiser(caller: pluggy.HookCaller, exc: BaseException) -> Callable | None:
-    """The hook implementation whose code is innermost in ``exc``'s traceback (None: not one)."""
-    by_code = {getattr(inspect.unwrap(_unbound(i.function)), "__code__", None): _unbound(i.function)
-               for i in caller.get_hookimpls()}
+def _raiser(caller: pluggy.HookCaller, exc: BaseException) -> pluggy.HookImpl | None:
+    """The hook implementation whose code is innermost in ``exc``'s traceback (None: not one);
+    of a method, the one bound to the instance running in that frame."""
+    impls = caller.get_hookimpls()
+    by_code: dict[Any, list[pluggy.HookImpl]] = {}
+    for i in impls:
+        by_code.setdefault(getattr(inspect.unwrap(_unbound(i.function)), "__code__", None), []).append(i)
     found, tb = None, exc.__traceback__
     while tb is not None:
-        found = by_code.get(tb.tb_frame.f_code, found)
+        candidates = by_code.get(tb.tb_frame.f_code, [])
+        if candidates:
+            this = tb.tb_frame.f_locals.get("self")
+            found = next((i for i in candidates if getattr(i.function, "__self__", None) is this), candidates[0])
         tb = tb.tb_next
     return found
 

@@ -182,3 +182,33 @@ def test_hook_call_monitoring_sees_the_calls_safehooks_makes():
         undo()
     # one pluggy call with both implementations; the isolated failure is not the call's outcome
     assert seen == [("before", "on_run_start", ["a", "b"]), ("after", "on_run_start", None)]
+
+
+def test_two_instances_of_one_plugin_class_are_told_apart():
+    class Recorder:
+        def __init__(self, broken):
+            self.broken = broken
+
+        @hookimpl
+        def on_hyper_step(self, step):
+            if self.broken:
+                raise RuntimeError("this one is broken")
+            return "ok"
+
+        @hookimpl(wrapper=True)
+        def on_run_end(self, status):
+            yield
+            if self.broken:
+                raise RuntimeError("this wrapper is broken")
+
+    # the broken one registered first and second, so neither position nor the shared function names it
+    for order in (["two", "one"], ["one", "two"]):
+        plugins = {"one": Recorder(broken=False), "two": Recorder(broken=True)}
+        pm = manager(*[(n, plugins[n]) for n in order])
+        run = context()
+        hooks = registry.SafeHooks(run, manager=pm)
+        with pytest.warns(UserWarning, match="'two' failed in on_hyper_step"):
+            assert hooks.on_hyper_step(step=1, metrics={}) == ["ok"]
+        with pytest.warns(UserWarning, match="'two' failed in on_run_end"):
+            hooks.on_run_end(status="FINISHED", error=None, summary={})
+        assert [f.source for f in run.plugin_errors] == ["two", "two"]
