@@ -197,26 +197,27 @@ class SafeHooks:
         caller = getattr((self.manager or plugin_manager()).hook, hook_name)
 
         def call(**kwargs):
-            failed: list[tuple[Callable | None, Any, Exception]] = []
-            token = _isolating.set(failed)
+            isolated: list[tuple[Callable, Any, Exception]] = []  # (function, its instance, error)
+            escaped = None
+            token = _isolating.set(isolated)
             try:
                 result = caller(run=self.run, **kwargs)
             except Exception as exc:  # noqa: BLE001 - from a wrapper: reported, the run goes on
-                impl = _raiser(caller, exc)
-                failed.append((impl and _unbound(impl.function), getattr(impl and impl.function, "__self__", None), exc))
-                result = None
+                escaped, result = (_raiser(caller, exc), exc), None
             finally:
                 _isolating.reset(token)
             impls = caller.get_hookimpls()
-            for function, instance, exc in failed:
+            for function, instance, exc in isolated:
                 impl = next((i for i in impls if _unbound(i.function) is function
                              and getattr(i.function, "__self__", instance) is instance), None)
-                self._report(impl, hook_name, exc)
+                self._report(impl, exc, hook_name)
+            if escaped is not None:
+                self._report(*escaped, hook_name)
             return result
 
         return call
 
-    def _report(self, impl: pluggy.HookImpl | None, hook_name: str, exc: Exception) -> None:
+    def _report(self, impl: pluggy.HookImpl | None, exc: Exception, hook_name: str) -> None:
         source = impl.plugin_name if impl is not None else "(unknown plugin)"
         if (source, hook_name) in self.warned:
             return
