@@ -15,8 +15,8 @@ from __future__ import annotations
 import importlib
 
 _WHERE = {
-    **dict.fromkeys(("Batch", "Bilevel", "DataSplits", "Dataset", "HyperparamFamily", "HypergradientMethod", "Model",
-                     "Plugin", "Split"), "hgbench.base"),
+    **dict.fromkeys(("Batch", "Bilevel", "Curvature", "DataSplits", "Damping", "Dataset", "HyperparamFamily",
+                     "HypergradientMethod", "KrylovMethod", "Model", "Plugin", "Split", "WarmStart"), "hgbench.base"),
     **dict.fromkeys(("ConfigError", "DataError", "DivergenceError", "HgbenchError", "SkipRun", "UnknownPluginError"),
                     "hgbench.errors"),
     "hookimpl": "hgbench.registry",

@@ -9,14 +9,16 @@ by returning a reason from ``skip(problem)``.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar, NamedTuple
+from typing import Any, Callable, ClassVar, Literal, NamedTuple
 
 import torch
 from torch import Tensor, nn
 
 from hgbench.errors import ConfigError
 from hgbench.flat import FlatSpec
+from hgbench.ift import HessianVectorProduct, ift_hypergradient
 
 
 class Batch(NamedTuple):
@@ -135,7 +137,6 @@ class Bilevel:
         other = self.on_train_batch(self.sample_train(batch_size))
         if kind == "ggn":
             return other.ggn
-        from hgbench.ift import HessianVectorProduct
 
         def hessian(w: Tensor, lam: Tensor) -> Callable[[Tensor], Tensor]:
             (g,) = torch.autograd.grad(other.train_loss(w, lam), w, create_graph=True)
@@ -157,11 +158,8 @@ class HypergradientMethod(Plugin):
     budget: ClassVar[str | None] = None
 
     def __post_init__(self):
-        """Checks of the options several methods share (a subclass's own ``__post_init__`` calls
-        this): ``hessian_batch_size``, where a method has it."""
-        batch = getattr(self, "hessian_batch_size", None)
-        if batch is not None and batch < 1:
-            raise ValueError(f"hessian_batch_size must be >= 1 or null, got {batch}")
+        """Checks of the method's parameters: a subclass (or option mixin below) with checks of
+        its own runs them in its ``__post_init__`` after ``super().__post_init__()``."""
 
     @property
     def state(self) -> dict[str, Tensor]:
@@ -184,10 +182,68 @@ class HypergradientMethod(Plugin):
         the runner logs them every hyper-step as ``hypergrad/<key>``."""
         return {}
 
+    def compute(self, problem: Bilevel) -> Tensor:
+        raise NotImplementedError
+
+
+# --- options several methods share: each stated once, as a base class a method derives from ---------
+# A method has an option by deriving from its class (``class MyMethod(Curvature, Damping)``), so
+# hgbench knows it has it by type, not by looking a field up by name: a misspelt option is an
+# unknown field, refused when the config is checked.
+
+
+@dataclass
+class Curvature(HypergradientMethod):
+    """A method that solves with the training loss's curvature: ``curvature`` picks the matrix
+    (the Hessian H, or the Gauss–Newton G ⪰ 0 where the family has a penalty), and
+    ``hessian_batch_size`` puts its products on a training minibatch of their own.
+    ``curvature_product(problem)`` is what ``ift_hypergradient`` takes as its curvature."""
+
+    curvature: Literal["hessian", "ggn"] = "hessian"  # the matrix inverted: H, or the Gauss–Newton G ⪰ 0
+    hessian_batch_size: int | None = None  # HVPs on their own training minibatch of this size; None: the hypergradient's batch
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.curvature not in ("hessian", "ggn"):
+            raise ValueError(f"curvature must be 'hessian' or 'ggn', got {self.curvature!r}")
+        if self.hessian_batch_size is not None and self.hessian_batch_size < 1:
+            raise ValueError(f"hessian_batch_size must be >= 1 or null, got {self.hessian_batch_size}")
+
+    def skip(self, problem: Any) -> str | None:
+        """``ggn`` needs a family with a penalty."""
+        if self.curvature == "ggn" and not problem.supports_ggn:
+            return GGN_UNAVAILABLE
+        return super().skip(problem)
+
+    def curvature_product(self, problem: Bilevel) -> Callable[[Tensor, Tensor], Callable[[Tensor], Tensor]] | None:
+        return problem.curvature(self.curvature, self.hessian_batch_size)
+
+
+@dataclass
+class Damping(HypergradientMethod):
+    """A method that solves (H + damping·I) x = b: ``damping`` ≥ 0 shifts the curvature's spectrum
+    (a method that needs it positive checks that in its own ``__post_init__``)."""
+
+    damping: float = 0.0  # added to the curvature's diagonal
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.damping < 0:
+            raise ValueError(f"damping must be >= 0, got {self.damping}")
+
+
+@dataclass
+class WarmStart(HypergradientMethod):
+    """A method whose solve can start from the previous hyper-step's solution (``warm_start``):
+    w moves little between hyper-steps, so that is a good guess (its residual costs one more
+    product)."""
+
+    warm_start: bool = False  # start from the previous hyper-step's solution (one more product)
+
     def warm_solve(self, solve: Callable[..., Tensor], key: str = "x0") -> Callable[[Callable[[Tensor], Tensor], Tensor], Tensor]:
-        """``solve(matvec, b, x0=...)`` started from this method's previous solution when its
-        ``warm_start`` option is on (and the sizes agree), and that solution kept for the next."""
-        if not getattr(self, "warm_start", False):
+        """``solve(matvec, b, x0=...)`` started from this method's previous solution when
+        ``warm_start`` is on (and the sizes agree), and that solution kept for the next."""
+        if not self.warm_start:
             return solve
 
         def warm(matvec: Callable[[Tensor], Tensor], b: Tensor) -> Tensor:
@@ -198,14 +254,32 @@ class HypergradientMethod(Plugin):
             return x
         return warm
 
-    def skip(self, problem: Any) -> str | None:
-        """A method with a ``curvature`` option cannot use ``ggn`` on a family without a penalty."""
-        if getattr(self, "curvature", "hessian") == "ggn" and not problem.supports_ggn:
-            return GGN_UNAVAILABLE
-        return None
+
+@dataclass
+class KrylovMethod(WarmStart, Damping, Curvature):
+    """IFT with (H + damping·I)⁻¹∂L_V/∂w from an iterative solver, ``solver(matvec, b,
+    iterations=, tol=, damping=, x0=)`` (``hgbench.linalg.cg_solve``, ``minres_solve``): a new
+    Krylov method is a subclass setting its ``name`` and ``solver = <that function>``."""
+
+    budget: ClassVar[str | None] = "iterations"
+    solver: ClassVar[Callable[..., Tensor]]
+    iterations: int = 10
+    tol: float = 0.0  # stop when the residual ≤ tol·‖b‖; 0 = always run all iterations
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.iterations < 0:
+            raise ValueError(f"iterations must be >= 0, got {self.iterations}")
+        if self.tol < 0:
+            raise ValueError(f"tol must be >= 0, got {self.tol}")
+        if not callable(getattr(type(self), "solver", None)):
+            raise TypeError(f"{type(self).__name__} is a KrylovMethod without a solver: set solver = <function> in the class")
 
     def compute(self, problem: Bilevel) -> Tensor:
-        raise NotImplementedError
+        # through the class: a plain function stays unbound (a staticmethod works too)
+        solve = functools.partial(type(self).solver, iterations=self.iterations, tol=self.tol, damping=self.damping)
+        return ift_hypergradient(problem.train_loss, problem.val_loss, problem.w, problem.lam,
+                                 self.warm_solve(solve), self.curvature_product(problem))
 
 
 @dataclass

@@ -1,12 +1,16 @@
 """Every hgbench hook, in one place.
 
 A plugin is a module (or object) with functions decorated by ``hgbench.hookimpl`` whose names
-match the specs below. Built-in plugins live under ``plugins/`` and are registered from the list in
-``framework/registry.py``; third-party ones are found through the ``hgbench`` entry-point group.
+match the specs below. Every plugin — the built-ins under ``plugins/`` too — is registered from an
+entry point in the ``hgbench`` group (``hgbench.registry``); ``hgbench.registry.register`` (or
+``hgbench.testing.registered``) adds one at run time.
 
 The ``register_*`` hooks each return a list of plugin classes; hgbench chains the lists of all
-plugins together. The ``on_*`` hooks follow one run's life; recording (MLflow) and the progress
-display are themselves plugins implementing them. The types the run hooks exchange
+plugins together. The ``on_*`` hooks follow one run's life and are called through pluggy's hook
+caller (``hgbench.registry.SafeHooks``): wrappers, ``tryfirst``/``trylast`` and hook-call
+monitoring behave as pluggy documents, and an implementation that raises is reported and skipped
+instead of ending the call. No hook is ``firstresult``. Recording (MLflow), checkpoints and the
+progress display are themselves plugins implementing them. The types the run hooks exchange
 (``RunContext``, ``RunResult``, ``PluginFailure``) are part of the contract and live here too.
 
 A plugin whose hooks *record* a run's results (the MLflow recorder; a third-party one for another

@@ -109,8 +109,8 @@ def dense_solve(matvec: MatVec, b: Tensor, damping: float = 0.0, chunk: int = 25
     return torch.linalg.solve(h, b)
 
 
-def nystrom_solve(matvec: MatVec, b: Tensor, rank: int, rho: float) -> Tensor:
-    """(H_k + ρI)⁻¹ b with H_k = C W⁺ Cᵀ the rank-``rank`` Nyström approximation of H (Hataya &
+def nystrom_solve(matvec: MatVec, b: Tensor, rank: int, damping: float) -> Tensor:
+    """(H_k + ρI)⁻¹ b (ρ = ``damping``) with H_k = C W⁺ Cᵀ the rank-``rank`` Nyström approximation of H (Hataya &
     Yamada, AISTATS 2023): C = H[:, S], the Hessian's columns at ``rank`` coordinates S drawn at
     random (torch's global RNG: seeded by the run), W = H[S, S]. One batched product for the k
     columns (k HVPs), then Woodbury's identity on a k×k system:
@@ -120,8 +120,9 @@ def nystrom_solve(matvec: MatVec, b: Tensor, rank: int, rho: float) -> Tensor:
     With rank = n it is (H + ρI)⁻¹ b exactly. Memory: the n×k matrix C. Directions outside C's
     columns are scaled by 1/ρ, so ρ sets the answer's size there: it is a damping, not a detail.
     """
-    if rho <= 0:
-        raise ValueError(f"rho must be > 0, got {rho}")
+    if damping <= 0:
+        raise ValueError(f"damping must be > 0, got {damping}")
+    rho = damping
     n = b.numel()
     k = min(rank, n)
     if k == 0:
@@ -141,21 +142,31 @@ def nystrom_solve(matvec: MatVec, b: Tensor, rank: int, rho: float) -> Tensor:
     return (b - ct.T @ y) / rho
 
 
-def minres_solve(matvec: MatVec, b: Tensor, iterations: int, tol: float = 0.0, damping: float = 0.0) -> Tensor:
-    """MINRES (Paige & Saunders, 1975) on (H + damping·I) x = b, from x = 0: for symmetric H that
-    may be indefinite, where CG can break down. Each step minimises ‖b − (H + damping·I)x‖ over
-    the Krylov space, so the residual never grows. Runs ``iterations`` steps, or stops once the
-    residual estimate ≤ tol·‖b‖ (``tol > 0``), or when the Krylov space is exhausted (then x is
-    exact). Reads a few numbers per step from the device.
+def minres_solve(matvec: MatVec, b: Tensor, iterations: int, tol: float = 0.0, damping: float = 0.0,
+                 x0: Tensor | None = None) -> Tensor:
+    """MINRES (Paige & Saunders, 1975) on (H + damping·I) x = b, from x = 0 or from the guess
+    ``x0`` (a warm start: the residual b − (H + damping·I) x0 costs one more Hessian-vector
+    product): for symmetric H that may be indefinite, where CG can break down. Each step minimises
+    ‖b − (H + damping·I)x‖ over the Krylov space, so the residual never grows. Runs ``iterations``
+    steps, or stops once the residual estimate ≤ tol·‖b‖ (``tol > 0``), or when the Krylov space
+    is exhausted (then x is exact). Reads a few numbers per step from the device.
     """
-    x = torch.zeros_like(b)
-    beta1 = torch.linalg.vector_norm(b).item()
+    if x0 is None:
+        x = torch.zeros_like(b)
+        r = b
+    else:
+        x = x0.clone()
+        r = b - matvec(x0)
+        if damping:
+            r = r.sub(x0, alpha=damping)
+    stop = tol * torch.linalg.vector_norm(b).item()
+    beta1 = torch.linalg.vector_norm(r).item()
     if beta1 == 0:
         return x
     eps = torch.finfo(b.dtype).eps
-    r1 = b.clone()
-    r2 = b.clone()
-    y = b.clone()
+    r1 = r.clone()
+    r2 = r.clone()
+    y = r.clone()
     w = torch.zeros_like(b)
     w2 = torch.zeros_like(b)
     oldb, beta, dbar, epsln, phibar, cs, sn = 0.0, beta1, 0.0, 0.0, beta1, -1.0, 0.0
@@ -182,7 +193,7 @@ def minres_solve(matvec: MatVec, b: Tensor, iterations: int, tol: float = 0.0, d
         w1, w2 = w2, w
         w = (v - oldeps * w1 - delta * w2) / gamma
         x = x + phi * w
-        if beta <= eps * beta1 or (tol > 0 and abs(phibar) <= tol * beta1):
+        if beta <= eps * beta1 or (tol > 0 and abs(phibar) <= stop):
             break  # the Krylov space is exhausted (x exact), or the residual is small enough
     return x
 

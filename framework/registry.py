@@ -15,11 +15,16 @@ others, each isolated (one that fails is reported and skipped). Set
 
 from __future__ import annotations
 
+import contextvars
+import functools
 import importlib
 import importlib.metadata
+import inspect
 import os
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import pluggy
 
@@ -27,7 +32,42 @@ from hgbench import hookspecs
 from hgbench.errors import UnknownPluginError
 from hgbench.hookspecs import PluginFailure, RunContext
 
-hookimpl = pluggy.HookimplMarker("hgbench")
+# the failures of isolated implementations during one SafeHooks call (None: no such call)
+_isolating: contextvars.ContextVar[list | None] = contextvars.ContextVar("hgbench_isolating", default=None)
+
+
+def _isolated(function: Callable) -> Callable:
+    """``function``, which inside a ``SafeHooks`` call records an exception (for SafeHooks to
+    report) and returns ``None`` instead of raising; elsewhere it is ``function`` unchanged."""
+
+    @functools.wraps(function)  # pluggy reads the argument names through __wrapped__
+    def isolated(*args, **kwargs):
+        failed = _isolating.get()
+        if failed is None:
+            return function(*args, **kwargs)
+        try:
+            return function(*args, **kwargs)
+        except Exception as exc:  # noqa: BLE001 - SafeHooks reports it by plugin name
+            failed.append((isolated, args[0] if args else None, exc))  # args[0]: a method's instance
+            return None
+
+    return isolated
+
+
+class HookimplMarker(pluggy.HookimplMarker):
+    """pluggy's marker for the ``hgbench`` project (``hgbench.hookimpl``), with the options pluggy
+    documents. An implementation that is not a wrapper is marked as an isolated copy of itself
+    (see ``SafeHooks``); a wrapper is marked as it is."""
+
+    def __call__(self, function=None, **opts):
+        if function is None:
+            return lambda f: self(f, **opts)
+        if inspect.isfunction(function) and not (opts.get("wrapper") or opts.get("hookwrapper")):
+            function = _isolated(function)
+        return super().__call__(function, **opts)
+
+
+hookimpl = HookimplMarker("hgbench")
 
 ENTRY_POINT_GROUP = "hgbench"
 
@@ -128,37 +168,87 @@ def is_disk_full(exc: BaseException) -> bool:
 
 
 class SafeHooks:
-    """Calls one run's lifecycle hooks one implementation at a time: one that raises is reported
-    by plugin name (a warning, and an entry in ``run.plugin_errors``) and the others, and the run,
-    go on. A failure of a plugin that declares ``HGBENCH_RECORDER = True``, and a full disk in any
+    """Calls one run's lifecycle hooks through pluggy's hook caller, with each implementation
+    isolated: ``SafeHooks(run).on_hyper_step(step=..., metrics=...)`` is
+    ``plugin_manager().hook.on_hyper_step(run=run, step=..., metrics=...)``, so pluggy orders the
+    implementations (``tryfirst``/``trylast``, then last registered first), runs wrappers
+    (``wrapper=True`` and old-style ``hookwrapper=True``) around them, honours ``firstresult`` and
+    its hook-call monitoring and tracing, and the call returns what pluggy returns.
+
+    What hgbench adds: an implementation marked with ``hgbench.hookimpl`` that raises does not end
+    the call. It is reported by plugin name (a warning, and an entry in ``run.plugin_errors``),
+    counts as having returned ``None``, and pluggy goes on to the next implementation; the
+    wrappers see the results of the others. An exception that still escapes pluggy's call — raised
+    by a wrapper, or by an implementation marked with a bare ``pluggy.HookimplMarker`` — is pluggy's
+    usual outcome (the implementations not yet called are skipped); it is reported the same way,
+    named after the innermost hook implementation in its traceback, and the run goes on.
+
+    A failure of a plugin that declares ``HGBENCH_RECORDER = True``, and a full disk in any
     plugin, is also a recording failure (``run.recording_errors``): the runner then stops the run.
     The same plugin failing again in the same hook is not reported again (bounded output).
-    ``KeyboardInterrupt`` still propagates."""
+    ``KeyboardInterrupt`` (any ``BaseException`` that is not an ``Exception``) propagates."""
 
-    def __init__(self, run: RunContext):
+    def __init__(self, run: RunContext, manager: pluggy.PluginManager | None = None):
         self.run = run
+        self.manager = manager  # None: the process-wide plugin_manager()
         self.warned: set[tuple[str, str]] = set()  # (plugin, hook) pairs that failed once already
 
     def __getattr__(self, hook_name: str):
-        caller = getattr(plugin_manager().hook, hook_name)
+        caller = getattr((self.manager or plugin_manager()).hook, hook_name)
 
         def call(**kwargs):
-            kwargs["run"] = self.run
-            for impl in reversed(caller.get_hookimpls()):  # pluggy's calling order
-                try:
-                    impl.function(*[kwargs[a] for a in impl.argnames])
-                except Exception as exc:
-                    key = (impl.plugin_name, hook_name)
-                    if key in self.warned:
-                        continue
-                    self.warned.add(key)
-                    failure = PluginFailure(impl.plugin_name, f"{hook_name}: {type(exc).__name__}: {str(exc)[:500]}")
-                    self.run.plugin_errors.append(failure)
-                    if getattr(impl.plugin, "HGBENCH_RECORDER", False) or is_disk_full(exc):
-                        self.run.recording_errors.append(failure)
-                    warnings.warn(f"hgbench: plugin {impl.plugin_name!r} failed in {hook_name}(): {type(exc).__name__}: {str(exc)[:500]}", stacklevel=2)
+            isolated: list[tuple[Callable, Any, Exception]] = []  # (function, its instance, error)
+            escaped = None
+            token = _isolating.set(isolated)
+            try:
+                result = caller(run=self.run, **kwargs)
+            except Exception as exc:  # noqa: BLE001 - from a wrapper: reported, the run goes on
+                escaped, result = (_raiser(caller, exc), exc), None
+            finally:
+                _isolating.reset(token)
+            impls = caller.get_hookimpls()
+            for function, instance, exc in isolated:
+                impl = next((i for i in impls if _unbound(i.function) is function
+                             and getattr(i.function, "__self__", instance) is instance), None)
+                self._report(impl, exc, hook_name)
+            if escaped is not None:
+                self._report(*escaped, hook_name)
+            return result
 
         return call
+
+    def _report(self, impl: pluggy.HookImpl | None, exc: Exception, hook_name: str) -> None:
+        source = impl.plugin_name if impl is not None else "(unknown plugin)"
+        if (source, hook_name) in self.warned:
+            return
+        self.warned.add((source, hook_name))
+        message = f"{type(exc).__name__}: {str(exc)[:500]}"
+        failure = PluginFailure(source, f"{hook_name}: {message}")
+        self.run.plugin_errors.append(failure)
+        if getattr(impl and impl.plugin, "HGBENCH_RECORDER", False) or is_disk_full(exc):
+            self.run.recording_errors.append(failure)
+        warnings.warn(f"hgbench: plugin {source!r} failed in {hook_name}(): {message}", stacklevel=3)
+
+
+def _unbound(function: Callable) -> Callable:
+    return getattr(function, "__func__", function)
+
+
+def _raiser(caller: pluggy.HookCaller, exc: BaseException) -> pluggy.HookImpl | None:
+    """The hook implementation whose code is innermost in ``exc``'s traceback (None: not one);
+    of a method, the one bound to the instance running in that frame."""
+    impls = caller.get_hookimpls()
+    by_code: dict[Any, list[pluggy.HookImpl]] = {}
+    for i in impls:
+        by_code.setdefault(getattr(inspect.unwrap(_unbound(i.function)), "__code__", None), []).append(i)
+    found, tb = None, exc.__traceback__
+    while tb is not None:
+        candidates = by_code.get(tb.tb_frame.f_code, [])
+        if candidates:
+            this = tb.tb_frame.f_locals.get("self")
+            found = next((i for i in candidates if getattr(i.function, "__self__", None) is this), candidates[0])
+        tb = tb.tb_next
+    return found
 
 
 def register(plugin: object, name: str | None = None) -> None:
@@ -192,7 +282,12 @@ def registry() -> dict[str, dict[str, Registered]]:
     out: dict[str, dict[str, Registered]] = {}
     for kind, hook_name in KINDS.items():
         found: dict[str, Registered] = {}
+        # each plugin's hook called on its own, to know which plugin registered which class and to
+        # skip only the one that raises (pm.subset_hook_caller would do it through pluggy, but
+        # needs hashable plugin objects, and a SimpleNamespace is not)
         for impl in getattr(pm.hook, hook_name).get_hookimpls():  # registration order
+            if impl.wrapper or impl.hookwrapper:
+                continue
             try:
                 classes = impl.function() or []
             except Exception as exc:

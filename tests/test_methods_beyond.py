@@ -45,10 +45,10 @@ def test_fixed_point_on_adam_differs_from_neumann_truncated_but_converges_to_the
 def test_nystrom_with_full_rank_is_the_damped_exact_solve_and_converges_to_the_closed_form(ridge):
     hyper, _ = at_ridge_optimum(ridge)
     n = ridge.problem.num_weights
-    torch.testing.assert_close(ridge.hypergradient("nystrom", rank=n, rho=0.3)["log_decay"],
+    torch.testing.assert_close(ridge.hypergradient("nystrom", rank=n, damping=0.3)["log_decay"],
                                ridge.hypergradient("exact", damping=0.3)["log_decay"], rtol=1e-10, atol=1e-14)
-    assert rel(ridge.hypergradient("nystrom", rank=n, rho=1e-7)["log_decay"], hyper) < 1e-5
-    low = ridge.hypergradient("nystrom", rank=3, rho=0.3)["log_decay"]  # random columns: finite, and not exact
+    assert rel(ridge.hypergradient("nystrom", rank=n, damping=1e-7)["log_decay"], hyper) < 1e-5
+    low = ridge.hypergradient("nystrom", rank=3, damping=0.3)["log_decay"]  # random columns: finite, and not exact
     assert torch.isfinite(low).all() and rel(low, hyper) > 1e-3
 
 

@@ -1,5 +1,5 @@
 """``exact``: IFT with the full Hessian built from HVPs and solved exactly (plus optional
-``damping``). Refuses problems with more than ``max_weights`` weights: the n×n Hessian would not fit.
+``damping``; ``curvature`` and ``hessian_batch_size`` as in every IFT method). Refuses problems with more than ``max_weights`` weights: the n×n Hessian would not fit.
 
 "Exact" means the IFT formula evaluated exactly, not the true hypergradient: where H is indefinite
 or nearly singular (the normal case for a network away from a strict minimum) H⁻¹ amplifies the
@@ -9,20 +9,17 @@ directions of tiny or negative curvature and the result can be orders of magnitu
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
 from functools import partial
 
-from hgbench import HypergradientMethod, hookimpl
+from hgbench import Curvature, Damping, hookimpl
 from hgbench.ift import ift_hypergradient
 from hgbench.linalg import dense_solve
 
 
 @dataclass
-class Exact(HypergradientMethod):
+class Exact(Damping, Curvature):
     name = "exact"
     max_weights: int = 5000
-    damping: float = 0.0
-    curvature: Literal["hessian", "ggn"] = "hessian"  # the matrix inverted: H, or the Gauss–Newton G ⪰ 0
 
     def skip(self, problem):
         reason = super().skip(problem)
@@ -42,7 +39,7 @@ class Exact(HypergradientMethod):
         if n > self.max_weights:
             raise ValueError(f"exact: {n:,} weights > max_weights={self.max_weights:,}; use cg or neumann")
         solve = partial(dense_solve, damping=self.damping)
-        return ift_hypergradient(problem.train_loss, problem.val_loss, problem.w, problem.lam, solve, problem.curvature(self.curvature))
+        return ift_hypergradient(problem.train_loss, problem.val_loss, problem.w, problem.lam, solve, self.curvature_product(problem))
 
 
 @hookimpl

@@ -22,18 +22,18 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from hgbench import HypergradientMethod, hookimpl
+from hgbench import WarmStart, hookimpl
 from hgbench.ift import fixed_point_hypergradient
 
 
 @dataclass
-class FixedPoint(HypergradientMethod):
+class FixedPoint(WarmStart):
     name = "fixed_point"
     budget: ClassVar[str] = "iterations"
     iterations: int = 5
-    warm_start: bool = False  # start from the previous hyper-step's v (one more product)
 
     def __post_init__(self):
+        super().__post_init__()
         if self.iterations < 0:
             raise ValueError(f"iterations must be >= 0, got {self.iterations}")
 

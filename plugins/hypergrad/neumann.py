@@ -24,22 +24,19 @@ import math
 from dataclasses import dataclass
 from typing import ClassVar, Literal
 
-from hgbench import HypergradientMethod, hookimpl
+from hgbench import Curvature, WarmStart, hookimpl
 from hgbench.ift import ift_hypergradient
 from hgbench.linalg import neumann_solve, power_iteration
 
 
 @dataclass
-class Neumann(HypergradientMethod):
+class Neumann(WarmStart, Curvature):
     name = "neumann"
     budget: ClassVar[str] = "iterations"
     iterations: int = 5
     alpha: float | Literal["auto"] | None = None  # None: the inner optimiser's learning rate; auto: alpha_scale / λ_max
-    curvature: Literal["hessian", "ggn"] = "hessian"  # the matrix inverted: H, or the Gauss–Newton G ⪰ 0
     alpha_scale: float = 1.0  # alpha=auto: α = alpha_scale / λ_max (the series converges for α < 2 / λ_max)
     power_iterations: int = 10  # alpha=auto: products spent estimating λ_max each hyper-step
-    warm_start: bool = False  # start from the previous hyper-step's solution (one more HVP)
-    hessian_batch_size: int | None = None  # HVPs on their own training minibatch of this size; None: the hypergradient's batch
 
     def __post_init__(self):
         super().__post_init__()
@@ -77,8 +74,8 @@ class Neumann(HypergradientMethod):
             self._used["alpha"] = alpha
             return neumann_solve(matvec, b, self.iterations, alpha, x0=x0)
 
-        curvature = problem.curvature(self.curvature, self.hessian_batch_size)
-        return ift_hypergradient(problem.train_loss, problem.val_loss, problem.w, problem.lam, self.warm_solve(solve), curvature)
+        return ift_hypergradient(problem.train_loss, problem.val_loss, problem.w, problem.lam, self.warm_solve(solve),
+                                 self.curvature_product(problem))
 
     def metrics(self):
         return dict(self._used)

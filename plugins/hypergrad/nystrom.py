@@ -4,7 +4,7 @@
 Woodbury's identity solves (H_k + ρI) v = ∂L_V/∂w through a rank×rank system.
 
 Cost: ``rank`` HVPs in one batched backward (no sequential iterations), memory: n × rank numbers.
-Exact when rank = n — it is then (H + ρI)⁻¹ — and ρ (``rho``) acts as a damping: directions the
+Exact when rank = n — it is then (H + ρI)⁻¹ — and ρ (``damping``, > 0 here) acts as a damping: directions the
 sampled columns miss are scaled by 1/ρ. The default ρ = 1 keeps those at the ``identity`` method's
 scale (a bounded error at any rank); a small ρ is accurate only once the columns span H's range —
 on the frontier's ridge (30 weights, H of full rank) ρ = 0.01 gives relative errors
@@ -16,33 +16,30 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import partial
-from typing import ClassVar, Literal
+from typing import ClassVar
 
-from hgbench import HypergradientMethod, hookimpl
+from hgbench import Curvature, Damping, hookimpl
 from hgbench.ift import ift_hypergradient
 from hgbench.linalg import nystrom_solve
 
 
 @dataclass
-class Nystrom(HypergradientMethod):
+class Nystrom(Damping, Curvature):
     name = "nystrom"
     budget: ClassVar[str] = "rank"
     rank: int = 10  # Hessian columns sampled (HVPs)
-    rho: float = 1.0  # damping ρ > 0 of the Woodbury solve: missed directions are scaled by 1/ρ
-    curvature: Literal["hessian", "ggn"] = "hessian"
-    hessian_batch_size: int | None = None  # HVPs on their own training minibatch of this size
+    damping: float = 1.0  # ρ > 0 of the Woodbury solve: missed directions are scaled by 1/ρ
 
     def __post_init__(self):
         super().__post_init__()
         if self.rank < 0:
             raise ValueError(f"rank must be >= 0, got {self.rank}")
-        if self.rho <= 0:
-            raise ValueError(f"rho must be > 0, got {self.rho}")
+        if self.damping <= 0:
+            raise ValueError(f"damping must be > 0 (nystrom scales the directions its columns miss by 1/damping), got {self.damping}")
 
     def compute(self, problem):
-        solve = partial(nystrom_solve, rank=self.rank, rho=self.rho)
-        curvature = problem.curvature(self.curvature, self.hessian_batch_size)
-        return ift_hypergradient(problem.train_loss, problem.val_loss, problem.w, problem.lam, solve, curvature)
+        solve = partial(nystrom_solve, rank=self.rank, damping=self.damping)
+        return ift_hypergradient(problem.train_loss, problem.val_loss, problem.w, problem.lam, solve, self.curvature_product(problem))
 
 
 @hookimpl
