@@ -34,7 +34,6 @@ fixed point ≤ unrolling in error at equal iterations), read off the rows budge
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from pathlib import Path
 from typing import Any
@@ -115,7 +114,7 @@ def points(exp, quick: bool, batch: int = 0) -> list[tuple[str, dict[str, Any]]]
     """(series label, method node) for every registered hypergrad method: its budgets, its
     ``curvature=ggn`` variant where it has one and the problem allows it, and for the methods in
     ``STOCHASTIC`` the Hessian on a quarter of the ``batch`` (``hessian_batch_size``)."""
-    from hgbench import registry
+    from hgbench import Curvature, registry
 
     out = []
     for name in registry.available("hypergrad"):
@@ -123,11 +122,10 @@ def points(exp, quick: bool, batch: int = 0) -> list[tuple[str, dict[str, Any]]]
         if entry.preset:  # an alias: the same method under another name
             continue
         cls = entry.cls
-        fields = {f.name for f in dataclasses.fields(cls)}
         variants = [({}, "", None)]
-        if "curvature" in fields and exp.problem.supports_ggn:
+        if issubclass(cls, Curvature) and exp.problem.supports_ggn:
             variants.append(({"curvature": "ggn"}, " (ggn)", None))
-        if "hessian_batch_size" in fields and name in STOCHASTIC and batch > 4:
+        if issubclass(cls, Curvature) and name in STOCHASTIC and batch > 4:
             variants.append(({"hessian_batch_size": batch // 4}, " (H on ¼ batch)", STOCHASTIC_BUDGETS))
         for extra, suffix, only in variants:
             budgets = QUICK_BUDGETS if quick else (only or BUDGETS)
