@@ -35,7 +35,7 @@ from hgbench.compiled import InnerLoss
 from hgbench.config import build_plugin, config_tags, to_dict
 from hgbench.errors import ConfigError, DivergenceError, HgbenchError, RecordingError, SkipRun
 from hgbench.hookspecs import RunContext, RunResult
-from hgbench.ift import HessianVectorProduct, products_done
+from hgbench.ift import HessianVectorProduct, count_products
 from hgbench.linalg import lanczos_extremes
 from hgbench.memory import PeakMemory
 from hgbench.problem import Problem, Sampler
@@ -346,8 +346,8 @@ class Experiment:
         tb, vb = self.train_sampler.next(), self.val_sampler.next()
         check = self.reference is not None and step > 0 and step % self.cfg.reference.every == 0
         rng = self._rng_snapshot() if check else None
-        products = products_done()
-        hg = self.hypergradient_flat(self.method, tb, vb)
+        with count_products() as products:
+            hg = self.hypergradient_flat(self.method, tb, vb)
         method_metrics = self.method.metrics()
         norm = torch.linalg.vector_norm(hg)
         if cuda:
@@ -357,7 +357,7 @@ class Experiment:
         if not math.isfinite(loss_f):
             raise DivergenceError("the training loss", step)
         out = {"inner_time_s": t1 - t0, "hypergrad_time_s": t2 - t1, "hypergrad_norm": norm_f, "inner_loss": loss_f,
-               "hvp_calls": products_done() - products, **{f"hypergrad/{k}": float(v) for k, v in method_metrics.items()}}
+               "hvp_calls": products.value, **{f"hypergrad/{k}": float(v) for k, v in method_metrics.items()}}
         carry = getattr(tb.x, "carry", None)
         if carry is not None and carry.final is None:
             # truncated BPTT, and the method never ran the model on its window (fixed: no tuning): run it
