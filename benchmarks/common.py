@@ -35,7 +35,7 @@ from typing import Any, Callable, Iterable, Sequence
 import torch
 
 from hgbench.provenance import git_commit
-from hgbench.runner import resolve_device  # noqa: F401 - the sections call common.resolve_device
+from hgbench.machine import resolve_device  # noqa: F401 - the sections call common.resolve_device
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -10,9 +10,9 @@ instead of about 2.6 when the double-backward graph is rebuilt).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
-from collections.abc import Iterator
 from typing import Any, Callable
 
 import torch
