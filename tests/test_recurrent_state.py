@@ -125,3 +125,24 @@ def test_no_tensor_gets_an_attribute_and_a_copied_input_runs_alike():
     for x in (b.x.clone(), b.x.to(torch.int32).to(torch.long), b.x[:, :].contiguous()):  # new tensors: the state is the batch's
         assert torch.equal(exp.problem.train_loss(exp.w, lam, b._replace(x=x)), loss)
     assert not torch.equal(exp.problem.train_loss(exp.w, lam, b._replace(state=None)), loss)  # the state matters
+
+
+def test_the_plugin_kit_checks_a_stateful_models_contract():
+    from hgbench import testing
+
+    res = testing.check_model(TinyRNN, input_shape=(4,), num_outputs=5, x=torch.randint(0, 5, (2, 4)))
+    assert "carries a recurrent state" in res.passed
+
+    class Forgetful(TinyRNNModule):
+        def forward(self, x, state=None, return_state=False):
+            return super().forward(x, None, return_state)  # ignores the state it is given
+
+    @dataclass
+    class ForgetfulRNN(TinyRNN):
+        name = "forgetful_rnn"
+
+        def build(self, input_shape, num_outputs):
+            return Forgetful(num_outputs, self.hidden)
+
+    with pytest.raises(AssertionError, match="the forward must start from state"):
+        testing.check_model(ForgetfulRNN, input_shape=(4,), num_outputs=5, x=torch.randint(0, 5, (2, 4)))
