@@ -19,7 +19,7 @@ from functools import partial
 from pathlib import Path
 
 from hgbench.benchmarks import output, plotting, problems, timing
-from hgbench.runner import resolve_device
+from hgbench.machine import resolve_device
 from hgbench.compiled import loss_gradient as _grad
 
 MODELS = ("mlp:[128]", "mlp", "cnn")

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from hgbench.benchmarks import output, plotting, problems, timing
-from hgbench.runner import resolve_device
+from hgbench.machine import resolve_device
 from hgbench.ift import HessianVectorProduct, ift_hypergradient
 from hgbench.linalg import neumann_solve
 

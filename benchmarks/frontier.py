@@ -41,7 +41,7 @@ from typing import Any
 import torch
 
 from hgbench.benchmarks import output, plotting, problems, timing, worker
-from hgbench.runner import resolve_device
+from hgbench.machine import resolve_device
 
 BUDGETS = (0, 1, 2, 5, 10, 20, 50)
 QUICK_BUDGETS = (0, 2)
@@ -183,7 +183,7 @@ def curvature_facts(exp, tb, steps: int) -> dict[str, float]:
 
 
 def measure(problem: str, quick: bool, device: torch.device, reps: int) -> list[dict[str, Any]]:
-    from hgbench.ift import products_done
+    from hgbench.ift import count_products
 
     exp, tb, vb = build(problem, quick, str(device))
     ref, residual = reference(problem, exp, tb, vb, quick)
@@ -212,9 +212,9 @@ def measure(problem: str, quick: bool, device: torch.device, reps: int) -> list[
             rows.append({**row, "status": "skipped", "note": why[:200]})
             continue
         exp.seed_rng(1000 + len(rows))  # a method's random draws (columns, minibatches) do not depend on earlier timings
-        calls = products_done()
-        hg = exp.hypergradient_flat(method, tb, vb).double()
-        row["hvp_calls"] = products_done() - calls
+        with count_products() as calls:
+            hg = exp.hypergradient_flat(method, tb, vb).double()
+        row["hvp_calls"] = calls.value
         g_norm, r_norm = torch.linalg.vector_norm(hg).item(), facts["ref_norm"]
         row["rel_err"] = torch.linalg.vector_norm(hg - ref).item() / r_norm
         row["cosine"] = (hg @ ref).item() / (g_norm * r_norm) if g_norm > 0 else float("nan")
@@ -256,7 +256,7 @@ def along_a_run(quick: bool, device: torch.device) -> list[dict[str, Any]]:
     (the reference's hypergradient drives λ, ``RUN_INNER_STEPS`` SGD steps between), and at every
     hyper-step each method, cold and ``warm_start=true`` (its own previous solution), at each
     budget, against the reference there (exact solve on the Gauss–Newton matrix)."""
-    from hgbench.ift import products_done
+    from hgbench.ift import count_products
 
     exp, tb, vb = build("mlp", quick, str(device))
     ref_method = problems.method("exact", curvature="ggn")
@@ -268,10 +268,10 @@ def along_a_run(quick: bool, device: torch.device) -> list[dict[str, Any]]:
         ref = exp.hypergradient_flat(ref_method, tb, vb).double()
         r_norm = torch.linalg.vector_norm(ref).item()
         for (label, warm, b), m in variants.items():
-            calls = products_done()
-            hg = exp.hypergradient_flat(m, tb, vb).double()
+            with count_products() as calls:
+                hg = exp.hypergradient_flat(m, tb, vb).double()
             rows.append({"problem": "mlp", "step": step, "series": label, "warm_start": warm, "budget": b,
-                         "hvp_calls": products_done() - calls, "rel_err": torch.linalg.vector_norm(hg - ref).item() / r_norm})
+                         "hvp_calls": calls.value, "rel_err": torch.linalg.vector_norm(hg - ref).item() / r_norm})
         exp.outer_optimizer.zero_grad(set_to_none=True)
         exp.lam.grad = ref.to(exp.lam.dtype)
         exp.outer_optimizer.step()

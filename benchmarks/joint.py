@@ -21,7 +21,7 @@ from pathlib import Path
 
 from hgbench.benchmarks import output, plotting, timing, worker
 from hgbench.benchmarks.stats import spread
-from hgbench.runner import resolve_device
+from hgbench.machine import resolve_device
 
 QUICK_BASE = ["dataset=digits", "model.hidden=[16]", "dataset.train_size=300", "dataset.val_size=200"]
 

@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 
+from hgbench.machine import load_average  # noqa: F401 - the CLI and studies read machine.load_average
 from hgbench.provenance import git_commit
 
 
@@ -34,13 +35,6 @@ def _cpu_model() -> str:
     if "hypervisor" in fields.get("flags", "").split():
         name += ", virtualised"
     return name
-
-
-def load_average() -> float:
-    try:
-        return os.getloadavg()[0]
-    except OSError:
-        return float("nan")
 
 
 def mem_available_gib() -> float:

@@ -17,7 +17,7 @@ import torch
 
 from hgbench.benchmarks import output, plotting, problems, worker
 from hgbench.benchmarks.stats import spread
-from hgbench.runner import resolve_device
+from hgbench.machine import resolve_device
 
 ITERATIONS = (1, 5, 10, 20, 50, 100)
 QUICK_ITERATIONS = (1, 4)

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from hgbench.benchmarks import output, plotting, worker
 from hgbench.benchmarks.stats import spread
-from hgbench.runner import resolve_device
+from hgbench.machine import resolve_device
 
 QUICK_BASE = ["dataset=digits", "model.hidden=[16]", "dataset.train_size=200", "dataset.val_size=100", "eval_every=5"]
 

@@ -35,7 +35,7 @@ import torch
 
 from hgbench.benchmarks import output, plotting, timing
 from hgbench.benchmarks.stats import mean_std
-from hgbench.runner import resolve_device
+from hgbench.machine import resolve_device
 
 PRESET = "paper_augment_mnist"
 INNER_LR = 0.05  # the preset's inner_optimizer.lr: identity's scale, so identity = Neumann with 0 terms

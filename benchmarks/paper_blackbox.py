@@ -46,7 +46,7 @@ import torch
 
 from hgbench.benchmarks import machine, output, plotting, timing
 from hgbench.benchmarks.stats import mean_std
-from hgbench.runner import resolve_device
+from hgbench.machine import resolve_device
 
 PRESET = "paper_blackbox"
 SWEEP = importlib.resources.files("hgbench.conf") / "sweep" / "optuna_weight_decay.yaml"  # the installed preset

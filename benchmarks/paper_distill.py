@@ -46,7 +46,7 @@ import torch
 
 from hgbench.benchmarks import output, plotting, timing
 from hgbench.benchmarks.stats import mean_std
-from hgbench.runner import resolve_device
+from hgbench.machine import resolve_device
 
 # (name in the tables, preset, overrides on top of the preset)
 DATASETS = (("mnist", "paper_distill_mnist", ("dataset=mnist",)),

@@ -27,7 +27,7 @@ import torch
 
 from hgbench.benchmarks import output, plotting, problems
 from hgbench.benchmarks.stats import mean_std
-from hgbench.runner import resolve_device
+from hgbench.machine import resolve_device
 
 METHODS = (("neumann", 0), ("neumann", 1), ("neumann", 5), ("neumann", 20), ("cg", 20))
 SEEDS = (0, 1, 2)

@@ -39,7 +39,7 @@ from typing import Any
 
 from hgbench.benchmarks import output, plotting, timing
 from hgbench.benchmarks.stats import mean_std
-from hgbench.runner import resolve_device
+from hgbench.machine import resolve_device
 
 SEEDS = (0, 1, 2)
 MODELS = ("linear", "mlp", "cnn", "lstm")  # "lstm": the PTB variant (its own preset)

@@ -20,7 +20,7 @@ initialisation and the dropout noise; the data slices are fixed):
   extras and initial values) — the paper's 1,691,951-hyperparameter variant at this scale.
 
 Recorded: every ``CURVE_EVERY`` hyper-steps the validation and test perplexity (the whole slices,
-the streams walked in order: ``hgbench.runner.evaluate_streams``) and, every hyper-step, the
+the streams walked in order: ``hgbench.streams.evaluate_streams``) and, every hyper-step, the
 family's metrics (the rates' means, AR and TAR); at the end ``exp.evaluate()``: train / val / test
 perplexity of the final weights. Reported: the final weights' perplexities and those at the
 best-validation point of the curve (the paper reports its best-validation checkpoint). The study
@@ -36,7 +36,7 @@ from typing import Any
 
 from hgbench.benchmarks import output, plotting, timing
 from hgbench.benchmarks.stats import mean_std
-from hgbench.runner import resolve_device
+from hgbench.machine import resolve_device
 
 PRESET = "paper_ptb"
 CONFIGS = (("fixed", "no tuning (fixed rates)", ["hypergrad=fixed", "~hypergrad.iterations"]),
@@ -72,7 +72,7 @@ def hp_values(metrics: dict[str, float]) -> dict[str, float]:
 
 
 def one_run(config: str, seed: int, device: str, quick: bool) -> tuple[dict[str, Any], list[dict[str, Any]], list[dict[str, Any]]]:
-    from hgbench.runner import evaluate_streams
+    from hgbench.streams import evaluate_streams
 
     exp = build(config, seed, device, quick)
     steps, fam = int(exp.cfg.hyper_steps), exp.problem.family
@@ -264,7 +264,8 @@ def reading(rows: list[dict[str, Any]], curve: list[dict[str, Any]], hps: list[d
               "inner learning rate, Adam (lr 0.1) on λ. The per-unit run has one DropConnect rate per weight of each layer "
               "(the authors share one 4H × H matrix of rates between the layers) and learns AR / TAR too, which the "
               "paper's 1,691,951 do not count. Every arm draws one training window per hyper-step for the hypergradient "
-              "(`fixed` runs the model on it untimed), so all three walk the streams alike and carry the state through. "
+              "and the runner carries every window's state itself (once, at the weights after the inner steps, untimed), so all "
+              "three walk the streams alike and carry the same state through. "
               "The full-size setting for a GPU is the preset `paper_ptb_awd` (not run here).", ""]
     return "\n".join(parts)
 

@@ -28,7 +28,7 @@ from typing import Any
 
 from hgbench.benchmarks import output, plotting, timing
 from hgbench.benchmarks.stats import mean_std
-from hgbench.runner import resolve_device
+from hgbench.machine import resolve_device
 
 PRESET = "paper_val_split"
 SIZES = (100, 200, 1600)

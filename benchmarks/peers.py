@@ -21,7 +21,7 @@ from pathlib import Path
 
 from hgbench.benchmarks import output, peers_accuracy, plotting, problems, timing
 from hgbench.benchmarks.peer_libs import betty_adapter, torchopt_adapter, version
-from hgbench.runner import resolve_device
+from hgbench.machine import resolve_device
 
 ITERATIONS = (5, 20)
 QUICK_ITERATIONS = (3,)

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from hgbench.benchmarks import machine, output, plotting, problems, timing, worker
-from hgbench.runner import resolve_device
+from hgbench.machine import resolve_device
 
 SIZES_M = (1, 3, 10, 30, 100, 200, 300, 400, 600, 800)
 TIMED_M = (1, 10)

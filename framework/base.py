@@ -22,11 +22,15 @@ from hgbench.ift import HessianVectorProduct, ift_hypergradient
 
 
 class Batch(NamedTuple):
-    """A minibatch: inputs, targets and the examples' indices in their split."""
+    """A minibatch: inputs, targets, the examples' indices in their split and, for a model that
+    carries a recurrent state between batches (``Model.carries_state``), the state this batch
+    starts from (None = the model's zero state). The runner owns ``state`` (``hgbench.streams``);
+    the losses only read it, so it is a constant of L_T(w, λ; batch)."""
 
     x: Tensor
     y: Tensor
     idx: Tensor | None = None
+    state: Any = None
 
 
 class Split(NamedTuple):
@@ -45,6 +49,9 @@ class DataSplits:
     num_outputs: int  # classes (or vocabulary size), or regression targets
     input_shape: tuple[int, ...] = ()
     meta: dict[str, Any] = field(default_factory=dict)  # e.g. a language model's vocabulary
+    # B for splits laid out as B parallel streams for truncated BPTT (example k·B + b is window k
+    # of stream b; ``hgbench.streams``); None: independent examples, shuffled into minibatches
+    streams: int | None = None
 
     def __post_init__(self):
         if self.task not in ("classification", "regression"):
@@ -57,7 +64,9 @@ class DataSplits:
 class ProblemContext:
     """What a hyperparameter family may use: the functional model, the task loss, the data."""
 
-    forward: Callable[..., Tensor]  # forward(w, x, **kwargs) -> outputs
+    # forward(w, x, **kwargs) -> outputs; in the context a loss gets for a batch with a recurrent
+    # state (``Batch.state``), it runs the model from that state
+    forward: Callable[..., Tensor]
     data_loss: Callable[..., Tensor]  # data_loss(outputs, y, reduction="mean")
     module: nn.Module
     w_spec: FlatSpec
@@ -334,9 +343,17 @@ class Dataset(Plugin):
 
 @dataclass
 class Model(Plugin):
-    """Builds an ``nn.Module``; hgbench calls it functionally with flat weights."""
+    """Builds an ``nn.Module``; hgbench calls it functionally with flat weights.
+
+    ``carries_state = True`` declares a model that carries a recurrent state from one batch to
+    the next (truncated BPTT over a dataset laid out as streams, ``DataSplits.streams``). Its
+    module's forward then takes ``state=`` — the state the batch starts from, None for its zero
+    state, any nesting of tuples, lists and dicts of tensors — and, with ``return_state=True``,
+    returns ``(outputs, final_state)``. The model never keeps the state itself: the runner does
+    (``Batch.state``, ``hgbench.streams``)."""
 
     kind: ClassVar[str] = "model"
+    carries_state: ClassVar[bool] = False
 
     def build(self, input_shape: tuple[int, ...], num_outputs: int) -> nn.Module:
         raise NotImplementedError

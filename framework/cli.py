@@ -20,12 +20,11 @@ from hgbench.callbacks import SWEEP_ENV, write_job_result  # noqa: E402
 from hgbench.cli_checks import check_overrides  # noqa: E402
 from hgbench.errors import HgbenchError, SkipRun, StoreError, describe  # noqa: E402
 from hgbench.hookspecs import RunResult  # noqa: E402
-from hgbench.runner import (  # noqa: E402
-    Experiment,
-    build_parts,
+from hgbench.parts import build_parts, record_unbuilt  # noqa: E402
+from hgbench.runner import Experiment  # noqa: E402
+from hgbench.stop import (  # noqa: E402
     clear_grid_stop,
     grid_stop_reason,
-    record_unbuilt,
     request_grid_stop,
     request_stop,
     stop_requested,

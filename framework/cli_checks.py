@@ -5,7 +5,7 @@ is allowed (exit 2), in single runs and ``-m`` grids alike, and no ``outputs/`` 
 
 Every value of a choice or range sweep is checked; interval sweeps (Optuna's search spaces) only
 by their key. What Hydra composes but hgbench refuses (a wrong type, an unknown ``+key``) is
-checked later, with the whole config (``hgbench.runner.build_parts``).
+checked later, with the whole config (``hgbench.parts.build_parts``).
 """
 
 from __future__ import annotations

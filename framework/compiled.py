@@ -16,18 +16,18 @@ is random by design (dropout, augmentation noise) cannot be compared: it runs co
 from __future__ import annotations
 
 import warnings
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 from torch import Tensor
 
 RTOL = {torch.float32: 1e-4, torch.float64: 1e-9}
 
-InnerLossFn = Callable[[Tensor, Tensor, Tensor, Tensor, "Tensor | None"], Tensor]
+InnerLossFn = Callable[..., Tensor]  # (w, λ, x, y, idx) or, for a batch with a recurrent state, (w, λ, x, y, idx, state)
 
 
 def loss_gradient(fn: InnerLossFn, w: Tensor, lam: Tensor, batch: tuple) -> Tensor:
-    """∂fn/∂w at (w, λ) on ``batch`` = (x, y, idx)."""
+    """∂fn/∂w at (w, λ) on ``batch`` = (x, y, idx[, state])."""
     w = w.detach().requires_grad_(True)
     (g,) = torch.autograd.grad(fn(w, lam, *batch), w)
     return g
@@ -50,10 +50,12 @@ class InnerLoss:
         self.status, self.note = ("pending" if compile else "off"), ""
         self.rel_diff: float | None = None  # compiled vs eager gradient at the check
 
-    def __call__(self, w: Tensor, lam: Tensor, x: Tensor, y: Tensor, idx: Tensor | None = None) -> Tensor:
+    def __call__(self, w: Tensor, lam: Tensor, x: Tensor, y: Tensor, idx: Tensor | None = None, state: Any = None) -> Tensor:
+        """L_T on the batch (x, y, idx); a recurrent ``state`` (truncated BPTT, never compiled) is passed on as the last argument."""
+        batch = (x, y, idx) if state is None else (x, y, idx, state)
         if self.status == "pending":
-            self.check(w, lam, (x, y, idx))
-        return self.fn(w, lam, x, y, idx)
+            self.check(w, lam, batch)
+        return self.fn(w, lam, *batch)
 
     def check(self, w: Tensor, lam: Tensor, batch: tuple) -> None:
         """Compile, compare with eager on this batch, choose; leaves every random state as it found it."""

@@ -10,6 +10,9 @@ instead of about 2.6 when the double-backward graph is rebuilt).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any, Callable
 
 import torch
@@ -23,13 +26,37 @@ MatVec = Callable[[Tensor], Tensor]
 # a curvature other than the Hessian: (w, λ) -> v ↦ C v (w requires grad; see GaussNewtonProduct)
 Curvature = Callable[[Tensor, Tensor], MatVec]
 
-_products = [0]  # curvature-vector products computed in this process (HVPs and GGN products)
+class ProductCount:
+    """How many curvature-vector products (Hessian-, Gauss–Newton- or finite-difference) were
+    computed while this counter was active (``count_products``)."""
+
+    __slots__ = ("value",)
+
+    def __init__(self) -> None:
+        self.value = 0
 
 
-def products_done() -> int:
-    """How many curvature-vector products (Hessian- or Gauss–Newton-vector) this process has
-    computed so far: the runner reads the difference around a hypergradient as ``hvp_calls``."""
-    return _products[0]
+# the counters active in this context (a ContextVar: scoped to a ``with count_products()`` block
+# and to its thread, never the whole process's)
+_active: ContextVar[tuple[ProductCount, ...]] = ContextVar("hgbench_product_counts", default=())
+
+
+@contextmanager
+def count_products() -> Iterator[ProductCount]:
+    """Count the curvature-vector products computed inside the block: ``with count_products() as
+    n: ...`` then ``n.value`` (the runner records it per hypergradient as ``hvp_calls``). Blocks
+    may nest; each counts what was computed inside it. Nothing is counted outside one."""
+    counter = ProductCount()
+    token = _active.set(_active.get() + (counter,))
+    try:
+        yield counter
+    finally:
+        _active.reset(token)
+
+
+def _count(n: int = 1) -> None:
+    for counter in _active.get():
+        counter.value += n
 
 
 class HessianVectorProduct:
@@ -41,13 +68,13 @@ class HessianVectorProduct:
 
     def __call__(self, v: Tensor) -> Tensor:
         self.calls += 1
-        _products[0] += 1
+        _count()
         return torch.autograd.grad(self.grad_w, self.w, v, retain_graph=True)[0]
 
     def batched(self, vs: Tensor) -> Tensor:
         """Rows of ``vs`` are vectors; returns their HVPs as rows (one vmapped backward)."""
         self.calls += len(vs)
-        _products[0] += len(vs)
+        _count(len(vs))
         return torch.autograd.grad(self.grad_w, self.w, vs, retain_graph=True, is_grads_batched=True)[0]
 
 
@@ -78,7 +105,7 @@ class GaussNewtonProduct:
 
     def __call__(self, v: Tensor) -> Tensor:
         self.calls += 1
-        _products[0] += 1
+        _count()
         (jv,) = torch.autograd.grad(self.jt_u, self.u, v, retain_graph=True)
         (hjv,) = torch.autograd.grad(self.g_z, self.z_leaf, jv, retain_graph=True)
         (out,) = torch.autograd.grad(self.z, self.w, hjv, retain_graph=True)
@@ -91,7 +118,7 @@ class GaussNewtonProduct:
     def batched(self, vs: Tensor) -> Tensor:
         """Rows of ``vs`` are vectors; returns their products as rows (vmapped backwards)."""
         self.calls += len(vs)
-        _products[0] += len(vs)
+        _count(len(vs))
         kw = {"retain_graph": True, "is_grads_batched": True}
         (jv,) = torch.autograd.grad(self.jt_u, self.u, vs, **kw)
         (hjv,) = torch.autograd.grad(self.g_z, self.z_leaf, jv, **kw)
@@ -163,7 +190,7 @@ def fixed_point_hypergradient(
     w_next, _ = optimizer.step(w, g, _detached_state(optimizer, state, w))
 
     def vjp(v: Tensor) -> Tensor:
-        _products[0] += 1
+        _count()
         return torch.autograd.grad(w_next, w, v, retain_graph=True)[0]
 
     v = gv_w.clone() if v0 is None else vjp(v0) + gv_w
@@ -187,7 +214,7 @@ class FiniteDifferenceHVP:
 
     def __call__(self, v: Tensor) -> Tensor:
         self.calls += 1
-        _products[0] += 1
+        _count()
         norm = torch.linalg.vector_norm(v)
         if norm == 0:
             return torch.zeros_like(v)

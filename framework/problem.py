@@ -7,6 +7,8 @@ looks inside the family: the family alone decides where λ enters the losses.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 from typing import Any, Callable
 
 import torch
@@ -47,6 +49,7 @@ class Problem:
             num_outputs=data.num_outputs,
             input_shape=data.input_shape,
             meta=data.meta,
+            streams=data.streams,
         )
         with torch.random.fork_rng(devices=[]):  # the init is seeded; the caller's RNG is left as it was
             torch.manual_seed(seed)
@@ -65,8 +68,34 @@ class Problem:
         self.lam0 = self.lam_spec.flatten(lam).clone()
 
     # --- the functional model and the two losses ---------------------------------------------
-    def forward(self, w: Tensor, x: Tensor, **kwargs: Any) -> Tensor:
+    @property
+    def carries_state(self) -> bool:
+        """Whether the model carries a recurrent state between batches (``Model.carries_state``)."""
+        return self.model.carries_state
+
+    def forward(self, w: Tensor, x: Tensor, state: Any = None, **kwargs: Any) -> Tensor:
+        """The model's outputs at flat weights ``w``; a model that carries a state starts from
+        ``state`` (None: its zero state)."""
+        if state is not None:
+            kwargs["state"] = state
         return functional_call(self.module, self.w_spec.unflatten(w), (x,), kwargs)
+
+    def forward_with_state(self, w: Tensor, x: Tensor, state: Any = None) -> tuple[Tensor, Any]:
+        """(outputs, the state the model ends in) of a model that carries a state."""
+        return functional_call(self.module, self.w_spec.unflatten(w), (x,), {"state": state, "return_state": True})
+
+    @torch.no_grad()
+    def next_state(self, w: Tensor, batch: Batch) -> Any:
+        """The state a model that carries one ends ``batch`` in, at weights ``w``: its plain
+        forward (no hyperparameter family, no gradients) from ``batch.state``."""
+        return self.forward_with_state(w.detach(), batch.x, batch.state)[1]
+
+    def context(self, batch: Batch) -> ProblemContext:
+        """The context a family's loss gets for ``batch``: its ``forward`` starts the model from
+        ``batch.state`` when the batch carries one."""
+        if batch.state is None:
+            return self.ctx
+        return dataclasses.replace(self.ctx, forward=functools.partial(self.forward, state=batch.state))
 
     def data_loss(self, out: Tensor, y: Tensor, reduction: str = "mean") -> Tensor:
         """Cross-entropy (classification; outputs (..., C) for targets (...), e.g. tokens) or
@@ -77,10 +106,10 @@ class Problem:
         return F.mse_loss(out.reshape(y.shape), y, reduction=reduction)
 
     def train_loss(self, w: Tensor, lam: Tensor, batch: Batch) -> Tensor:
-        return self.family.training_loss(w, self.lam_spec.unflatten(lam), batch, self.ctx)
+        return self.family.training_loss(w, self.lam_spec.unflatten(lam), batch, self.context(batch))
 
     def val_loss(self, w: Tensor, lam: Tensor, batch: Batch) -> Tensor:
-        return self.family.validation_loss(w, self.lam_spec.unflatten(lam), batch, self.ctx)
+        return self.family.validation_loss(w, self.lam_spec.unflatten(lam), batch, self.context(batch))
 
     @property
     def supports_ggn(self) -> bool:
@@ -91,8 +120,8 @@ class Problem:
         """(w, λ) ↦ the Gauss–Newton product of L_T on ``batch``: the model's outputs, the task
         loss on them, and the family's penalty."""
         def make(w: Tensor, lam: Tensor) -> GaussNewtonProduct:
-            penalty = lambda w_: self.family.penalty(w_, self.lam_spec.unflatten(lam), self.ctx)  # noqa: E731
-            return GaussNewtonProduct(lambda w_: self.forward(w_, batch.x), lambda z: self.data_loss(z, batch.y), penalty, w)
+            penalty = lambda w_: self.family.penalty(w_, self.lam_spec.unflatten(lam), self.context(batch))  # noqa: E731
+            return GaussNewtonProduct(lambda w_: self.forward(w_, batch.x, batch.state), lambda z: self.data_loss(z, batch.y), penalty, w)
         return make
 
     def bilevel(self, train_batch: Batch, val_batch: Batch, w: Tensor, lam: Tensor, optimizer=None, state=None) -> Bilevel:
@@ -166,6 +195,7 @@ class Sampler:
         self._perm, self._pos = None, n
 
     def next(self) -> Batch:
+        """The next minibatch (independent examples: no recurrent state)."""
         n = len(self.split.x)
         if self.batch_size == n:
             return self._full
@@ -175,6 +205,10 @@ class Sampler:
         idx = self._perm[self._pos : self._pos + self.batch_size]
         self._pos += self.batch_size
         return Batch(self.split.x[idx], self.split.y[idx], idx)
+
+    def carry_state(self, w: Tensor) -> None:
+        """Independent examples carry no state from one batch to the next (``hgbench.streams``'s
+        ``StreamSampler`` does)."""
 
     def state_dict(self) -> dict:
         """Where the sampler is in its epoch (the shared generator is saved by its owner)."""

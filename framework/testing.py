@@ -577,7 +577,29 @@ def check_model(model: Any, *, input_shape: tuple[int, ...] = (1, 8, 8), num_out
         bad = [n for n, sl in zip(spec.names, torch.split(g, [math.prod(s) for s in spec.shapes])) if not torch.isfinite(sl).all()]
         if bad:
             raise fail(label, f"in {dtype}, the outputs' gradient is not finite for {bad}")
-    return CheckResult(label, passed=[f"input {tuple(input_shape)} -> {num_outputs} outputs"])
+        if mo.carries_state:
+            _check_state(label, m, xd, out)
+    return CheckResult(label, passed=[f"input {tuple(input_shape)} -> {num_outputs} outputs"]
+                       + (["carries a recurrent state"] if mo.carries_state else []))
+
+
+def _check_state(label: str, module: Any, x: Tensor, out: Tensor) -> None:
+    """A model with ``carries_state``: ``return_state=True`` gives (the same outputs, a state of
+    tensors) and a batch started from that state gives other outputs than from zeros."""
+    from hgbench.streams import map_state
+
+    got = module(x, return_state=True)
+    if not (isinstance(got, tuple) and len(got) == 2 and isinstance(got[0], Tensor)):
+        raise fail(label, "carries_state = True: forward(x, return_state=True) must return (outputs, final_state)")
+    if not torch.equal(got[0], out) or not torch.equal(module(x, state=None), out):
+        raise fail(label, "carries_state = True: forward(x, return_state=True) and forward(x, state=None) must give the outputs of forward(x)")
+    try:
+        state = map_state(torch.Tensor.detach, got[1])
+    except TypeError as exc:
+        raise fail(label, f"carries_state = True: the state forward returns is not a state: {exc}") from None
+    if state is None or torch.equal(module(x, state=state), out):
+        raise fail(label, "carries_state = True: forward(x, state=s) with the state s it returned gives the outputs of a "
+                          "zero state: the forward must start from state")
 
 
 def check_plugin(kind: str, plugin: Any, **options: Any) -> CheckResult:

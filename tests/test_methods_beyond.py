@@ -102,7 +102,7 @@ def test_sama_skips_an_inner_optimiser_it_has_no_update_jacobian_for(ridge):
                                            ("fixed_point", {"iterations": 3})])
 def test_a_warm_start_continues_from_the_last_solution_and_costs_one_more_product(ridge, method, params):
     from hgbench.config import build_plugin
-    from hgbench.ift import products_done
+    from hgbench.ift import count_products
 
     hyper, _ = at_ridge_optimum(ridge)
     ridge.inner_optimizer = SGD(lr=0.1)
@@ -110,12 +110,12 @@ def test_a_warm_start_continues_from_the_last_solution_and_costs_one_more_produc
     warm = build_plugin("hypergrad", {"name": method, **params, "warm_start": True})
     errs, calls = [], []
     for _ in range(4):  # the same point again and again: each warm solve continues the last one
-        n = products_done()
-        errs.append(rel(ridge.hypergradient(warm)["log_decay"], hyper))
-        calls.append(products_done() - n)
-    n = products_done()
-    cold_err = rel(ridge.hypergradient(cold)["log_decay"], hyper)
-    assert products_done() - n == 3 and calls == [3, 4, 4, 4], calls
+        with count_products() as n:
+            errs.append(rel(ridge.hypergradient(warm)["log_decay"], hyper))
+        calls.append(n.value)
+    with count_products() as n:
+        cold_err = rel(ridge.hypergradient(cold)["log_decay"], hyper)
+    assert n.value == 3 and calls == [3, 4, 4, 4], calls
     assert errs[0] == pytest.approx(cold_err, rel=1e-12)
     assert errs[1] < errs[0] and errs[3] < errs[2] < errs[1], errs
     assert warm.state and not cold.state
@@ -208,3 +208,22 @@ def test_the_alpha_a_run_used_is_recorded_every_hyper_step():
     assert m1["hypergrad/alpha"] > 0 and m1["hypergrad/alpha"] == pytest.approx(1 / m1["hypergrad/eig_max"])
     assert m1["hvp_calls"] == 3 + 5  # the power iterations are counted with the series' products
     assert "eigvec" in exp.state_dict()["method_state"] and m2["hypergrad/alpha"] > 0
+
+
+def test_the_product_counter_counts_only_inside_its_block_and_nests():
+    from hgbench.ift import HessianVectorProduct, count_products
+
+    w = torch.randn(3, requires_grad=True)
+    (g,) = torch.autograd.grad((w ** 4).sum(), w, create_graph=True)
+    hvp = HessianVectorProduct(g, w)
+    hvp(torch.ones(3))  # outside any block: nobody counts it, and nothing accumulates
+    with count_products() as outer:
+        hvp(torch.ones(3))
+        with count_products() as inner:
+            hvp.batched(torch.eye(3))
+        hvp(torch.ones(3))
+    hvp(torch.ones(3))
+    assert (inner.value, outer.value, hvp.calls) == (3, 5, 7)
+    with count_products() as fresh:
+        pass
+    assert fresh.value == 0  # a new block starts from zero, whatever ran before

@@ -72,7 +72,7 @@ class TinyStreams(Dataset):
 
     def load(self):
         return DataSplits(*(stream_split(s)[0] for s in (0, 1, 2)), task="classification", num_outputs=11,
-                          input_shape=(BPTT,), meta={"streams": STREAMS})
+                          input_shape=(BPTT,), streams=STREAMS)
 
 
 TINY_LM = ["dataset=tiny_streams", "model=lstm", "model.embedding_dim=3", "model.hidden_size=3", "hyperparam=weight_decay",
@@ -102,19 +102,27 @@ def test_the_state_carries_from_window_to_window_and_resets_at_an_epoch(tiny_lm)
     exp = tiny_lm
     assert exp.streams == STREAMS and type(exp.train_sampler).__name__ == "StreamSampler"
     first = exp.train_sampler.next()
-    assert first.x.carry.initial is None and first.idx.tolist() == [0, 1]  # zeros at the start
-    exp.problem.forward(exp.w, first.x)
+    assert first.state is None and first.idx.tolist() == [0, 1]  # zeros at the start
+    with pytest.raises(RuntimeError, match="call carry_state"):  # a window is carried before the next is drawn
+        exp.train_sampler.next()
+    exp.train_sampler.carry_state(exp.w)
     second = exp.train_sampler.next()
-    assert second.idx.tolist() == [2, 3] and second.x.carry.initial is first.x.carry.final  # window k's final state
-    assert not any(t.requires_grad for layer in first.x.carry.final for t in layer)  # detached: truncated BPTT
-    exp.problem.forward(exp.w, second.x)
-    exp.problem.forward(exp.w, exp.train_sampler.next().x)
+    _, want = exp.problem.forward_with_state(exp.w, first.x)  # window 0's final state at w
+    assert second.idx.tolist() == [2, 3]
+    assert all(torch.equal(a, b) for got, ref in zip(second.state, want, strict=True) for a, b in zip(got, ref, strict=True))
+    assert not any(t.requires_grad for layer in second.state for t in layer)  # detached: truncated BPTT
+    exp.train_sampler.carry_state(exp.w)
+    exp.train_sampler.next()  # window 2, the last
+    exp.train_sampler.carry_state(exp.w)
     wrapped = exp.train_sampler.next()
-    assert wrapped.idx.tolist() == [0, 1] and wrapped.x.carry.initial is None  # an epoch boundary: zeros again
+    assert wrapped.idx.tolist() == [0, 1] and wrapped.state is None  # an epoch boundary: zeros again
     # carrying the state is continuing the sequence: window 1 from window 0's state = the tail of both windows in one go
     _, tokens = stream_split(0)
     whole = exp.problem.forward(exp.w, tokens[:, : 2 * BPTT])
-    torch.testing.assert_close(exp.problem.forward(exp.w, second.x), whole[:, BPTT:])
+    torch.testing.assert_close(exp.problem.forward(exp.w, second.x, second.state), whole[:, BPTT:])
+    # and the family's loss runs the model from the batch's state: L_T on window 1 depends on it
+    lam = exp.lam.detach()
+    assert exp.problem.train_loss(exp.w, lam, second) != exp.problem.train_loss(exp.w, lam, second._replace(state=None))
 
 
 @pytest.mark.parametrize("method", ["fixed", "identity"])
@@ -131,8 +139,7 @@ def test_every_training_window_starts_from_the_state_the_previous_one_ended_in(m
     assert len(seen) == 4  # inner_steps=1 + the hypergradient's window, twice
     for k, b in enumerate(seen):
         at_epoch_start = k % WINDOWS == 0
-        assert (b.x.carry.initial is None) == at_epoch_start, k
-        assert b.x.carry.final is not None
+        assert (b.state is None) == at_epoch_start, k
 
 
 def test_evaluation_carries_the_state_and_sequence_tasks_log_perplexity(tiny_lm):

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from hgbench import build_experiment
-from hgbench import runner
+from hgbench import machine, stop
 
 QUICK = ["experiment=quick", "hyper_steps=3", "eval_every=3", "mlflow.enabled=false"]
 NOISY = [*QUICK, "hyperparam=dropout_per_unit", "model.hidden=[8]"]  # draws dropout noise from the global RNG
@@ -42,12 +42,12 @@ def test_deterministic_algorithms_are_switched_back_after_the_run():
 
 
 def test_a_stop_ends_its_own_run_only(monkeypatch):
-    monkeypatch.setattr(runner, "_stop_requested", [])
+    monkeypatch.setattr(stop, "_stop_requested", [])
     first = build_experiment(overrides=QUICK)
-    runner.request_stop("received signal SIGTERM")
+    stop.request_stop("received signal SIGTERM")
     with pytest.raises(KeyboardInterrupt):
         first.run()
-    assert not runner.stop_requested()
+    assert not stop.stop_requested()
     assert build_experiment(overrides=QUICK).run().status == "FINISHED"
 
 
@@ -103,5 +103,5 @@ def test_an_oversubscribed_cpu_is_said_once_with_the_remedy_and_the_load_is_reco
     assert err.count("hgbench: warning: load average 5.0 on 2 cores and this run uses 2 torch threads") == 1
     assert "set num_threads=1" in err
     assert result.summary["load_avg_start"] == result.summary["load_avg_end"] == 5.0
-    assert runner.oversubscription_warning(5.0, 1, 2) is None  # one thread: nothing to change
-    assert runner.oversubscription_warning(0.5, 2, 2) is None  # a quiet machine
+    assert machine.oversubscription_warning(5.0, 1, 2) is None  # one thread: nothing to change
+    assert machine.oversubscription_warning(0.5, 2, 2) is None  # a quiet machine

@@ -191,16 +191,16 @@ def test_a_failing_recorder_flags_the_run_as_not_recorded():
 
 def test_a_requested_stop_ends_the_run_between_hyper_steps(monkeypatch):
     """What SIGTERM does under the CLI: the hyper-step in progress (and its MLflow write) completes."""
-    from hgbench import runner
+    from hgbench import stop
 
-    monkeypatch.setattr(runner, "_stop_requested", [])
+    monkeypatch.setattr(stop, "_stop_requested", [])
     exp = build_experiment(overrides=["experiment=quick", "hyper_steps=50", "mlflow.enabled=false"])
     one_step = exp.hyper_step
 
     def hyper_step(step):
         out = one_step(step)
         if step == 3:
-            runner.request_stop("received signal SIGTERM")  # arrives in the middle of step 3
+            stop.request_stop("received signal SIGTERM")  # arrives in the middle of step 3
         return out
 
     exp.hyper_step = hyper_step

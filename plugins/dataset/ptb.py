@@ -29,10 +29,11 @@ Two layouts:
   of ``size`` windows (starting at a window drawn with ``split_seed``; all windows from the start
   for ``null``), cut into B equal contiguous streams of K = size / B windows (size must be a
   multiple of B; with ``null`` the last ``n mod B`` windows are dropped). Example k·B + b is window
-  k of stream b, and ``meta["streams"] = B``: the runner then feeds window k of every stream as one
-  batch, in order, each starting from the recurrent state the previous window ended in (detached),
-  from zeros again after the last window (an epoch); evaluation walks each split the same way
-  (``hgbench.runner.StreamSampler``; ``train_batch_size`` / ``val_batch_size`` must be null or B).
+  k of stream b, and ``DataSplits.streams = B``: with a model that carries its state (``lstm``) the
+  runner then feeds window k of every stream as one batch, in order, each starting from the
+  recurrent state the previous window ended in (detached), from zeros again after the last window
+  (an epoch); evaluation walks each split the same way (``hgbench.streams``; ``train_batch_size`` /
+  ``val_batch_size`` must be null or B).
 """
 
 from __future__ import annotations
@@ -136,10 +137,8 @@ class PTB(Dataset):
                 raise ConfigError(f"{key}={size} but PTB's {split} split has only {n:,} sequences of bptt={self.bptt} tokens")
             idx = torch.randperm(n, generator=g)[:size]
             out.append(Split(s.x[idx], s.y[idx]))
-        meta = {"vocab": list(vocab)}
-        if self.streams is not None:
-            meta["streams"] = self.streams
-        return DataSplits(*out, task="classification", num_outputs=len(vocab), input_shape=(self.bptt,), meta=meta)
+        return DataSplits(*out, task="classification", num_outputs=len(vocab), input_shape=(self.bptt,), meta={"vocab": list(vocab)},
+                          streams=self.streams)
 
     def stream_layout(self, s: Split, size: int | None, key: str, split: str, g: torch.Generator) -> Split:
         """A contiguous run of ``size`` windows as ``streams`` parallel streams: row k·B + b =

@@ -6,12 +6,12 @@ dataset's ``num_outputs``. Every sequence starts from zero hidden and cell state
 batch carries a state (truncated BPTT, below); either way L_T is a plain function of w and the
 batch.
 
-Truncated BPTT (``carries_state = True`` on the module): when the input tensor has a ``carry``
-attribute (``hgbench.runner.Carry``, hung there by the runner's ``StreamSampler`` for a dataset
-laid out as parallel token streams, e.g. ``dataset=ptb dataset.streams=B``), each layer starts from
-``x.carry.initial`` — the per-layer (h, c) the previous window of the same streams ended in, or zeros
-at the start of an epoch — and the forward leaves its own final (h, c), detached, in
-``x.carry.final`` for the next window. Gradients never cross a window boundary; the state does.
+Truncated BPTT (``LSTM.carries_state = True``, ``hgbench.streams``): for a dataset laid out as
+parallel token streams (e.g. ``dataset=ptb dataset.streams=B``) the runner hands each batch the
+state the previous window of the same streams ended in (``Batch.state``); the forward then starts
+each layer from ``state`` — one (h, c) pair per layer, each (N, H), or None for zeros — and with
+``return_state=True`` also returns the per-layer (h, c) it ends in. The model keeps no state of its
+own; the runner computes and carries it. Gradients never cross a window boundary; the state does.
 
 The recurrence is written out here — a Python loop over time steps with matmuls — instead of
 ``torch.nn.LSTM``, because cuDNN's fused LSTM kernel does not support double backward, and every
@@ -132,17 +132,18 @@ class LSTMLanguageModel(nn.Module):
         self.weight_drop_sites = {f"hh{i}": (4 * s, s) for i, s in enumerate(sizes)}  # DropConnect: site -> weight_hh's shape
         self.vocab_size = vocab  # embedding dropout: one factor per word
 
-    carries_state = True  # reads x.carry.initial, writes x.carry.final (truncated BPTT; module docstring)
     records_activations = True  # forward(activations={}) fills the last layer's outputs (AR / TAR)
 
     def forward(self, x: Tensor, unit_masks: dict[str, Tensor] | None = None, weight_masks: dict[str, Tensor] | None = None,
-                word_mask: Tensor | None = None, activations: dict[str, Tensor] | None = None) -> Tensor:
+                word_mask: Tensor | None = None, activations: dict[str, Tensor] | None = None,
+                state: list[tuple[Tensor, Tensor]] | None = None, return_state: bool = False):
+        """Next-token logits (N, T, vocab) from ``state`` (per layer (h, c); None: zeros); with
+        ``return_state`` the pair (logits, the per-layer (h, c) the sequences end in)."""
         if x.dim() != 2 or x.is_floating_point():
             raise ValueError(f"lstm expects (N, T) integer token ids, got {x.dtype} of shape {tuple(x.shape)}")
         masks = check_sites(unit_masks, self.dropout_sites)
         wmasks = check_weight_sites(weight_masks, self.weight_drop_sites)
-        carry = getattr(x, "carry", None)
-        initial = None if carry is None else carry.initial
+        initial = state
         if initial is not None and (len(initial) != len(self.layers) or initial[0][0].shape[0] != x.shape[0]):
             raise ValueError(f"lstm: the carried state ({len(initial)} layers, batch {initial[0][0].shape[0]}) does not fit "
                              f"this batch ({len(self.layers)} layers, batch {x.shape[0]})")
@@ -156,21 +157,21 @@ class LSTMLanguageModel(nn.Module):
         final = []
         for i, layer in enumerate(self.layers):
             site = "output" if i == last else f"hidden{i}"
-            out, state = layer(h, None if initial is None else initial[i], wmasks.get(f"hh{i}"))
+            out, layer_state = layer(h, None if initial is None else initial[i], wmasks.get(f"hh{i}"))
             h = apply_mask(out, masks.get(site), -1, site)
-            final.append(state)
+            final.append(layer_state)
         if activations is not None:
             activations["output_raw"], activations["output"] = out, h
-        if carry is not None and x.shape[1] > 0:
-            carry.final = [(hh.detach(), cc.detach()) for hh, cc in final]
-        if self.tie_weights:
-            return F.linear(h, self.embedding.weight, self.decoder_bias)
-        return self.decoder(h)
+        logits = F.linear(h, self.embedding.weight, self.decoder_bias) if self.tie_weights else self.decoder(h)
+        if return_state:
+            return logits, (initial if x.shape[1] == 0 else final)  # an empty window leaves the state as it was
+        return logits
 
 
 @dataclass
 class LSTM(Model):
     name = "lstm"
+    carries_state = True  # forward(x, state=...) and return_state=True: truncated BPTT (module docstring)
     embedding_dim: int = 64
     hidden_size: int = 64
     num_layers: int = 2
