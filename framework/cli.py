@@ -8,19 +8,17 @@ import signal
 import sys
 import traceback
 
-os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig
 
-import hydra  # noqa: E402
-from hydra.core.hydra_config import HydraConfig  # noqa: E402
-from hydra.types import RunMode  # noqa: E402
-from omegaconf import DictConfig  # noqa: E402
-
-from hgbench import store  # noqa: E402
-from hgbench.callbacks import SWEEP_ENV, write_job_result  # noqa: E402
-from hgbench.cli_checks import check_overrides  # noqa: E402
-from hgbench.errors import HgbenchError, SkipRun, StoreError, describe  # noqa: E402
-from hgbench.hookspecs import RunResult  # noqa: E402
-from hgbench.runner import (  # noqa: E402
+from hgbench import store
+from hgbench.callbacks import SWEEP_ENV, write_job_result
+from hgbench.cli_checks import check_overrides
+from hgbench.errors import HgbenchError, SkipRun, StoreError, describe
+from hgbench.hookspecs import RunResult
+from hgbench.runner import (
     Experiment,
     build_parts,
     clear_grid_stop,
@@ -386,6 +384,11 @@ def run_job(cfg: DictConfig, hc) -> float | None:
 
 
 def main() -> None:
+    with store.scoped_env(store.NO_TELEMETRY):  # this command's, inherited by the jobs it launches
+        _main()
+
+
+def _main() -> None:
     problem = check_overrides(sys.argv[1:])  # registers the plugins' configs; Hydra's composition errors, one line each
     if problem:
         print(f"hgbench: error: {problem}", file=sys.stderr)
