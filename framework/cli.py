@@ -154,25 +154,27 @@ def _interrupt(signum, frame):
     request_stop(reason)
 
 
-def _loky_executor():
-    """joblib's reusable (loky) executor if this process started one, else None."""
-    if "joblib" not in sys.modules:
-        return None
-    try:
-        from joblib.externals.loky import reusable_executor
-
-        return reusable_executor._executor
-    except Exception:  # noqa: BLE001 - loky's internals moved
-        return None
-
-
 def _grid_workers() -> list[int]:
-    """The pids of the joblib (loky) worker processes this process started, if any."""
-    executor = _loky_executor()
-    try:
-        return [] if executor is None else list(executor._processes)
-    except Exception:  # noqa: BLE001 - loky's internals moved: nothing to forward to
-        return []
+    """The pids of the worker processes this grid started (the joblib launcher's): this process's
+    children that inherited its ``$HGBENCH_GRID_PID`` — read from /proc (Linux; elsewhere none,
+    and a SIGTERM then reaches only this process). Other children (the loky resource tracker
+    ignores SIGTERM; a server a caller started before the grid) are left alone."""
+    me, mark = os.getpid(), f"{GRID_PID_ENV}={os.getpid()}".encode()
+    pids = []
+    for entry in os.listdir("/proc") if os.path.isdir("/proc") else []:
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                ppid = int(f.read().rsplit(b")", 1)[1].split()[1])
+            if ppid != me:
+                continue
+            with open(f"/proc/{entry}/environ", "rb") as f:
+                if mark in f.read().split(b"\0"):
+                    pids.append(int(entry))
+        except (OSError, ValueError, IndexError):  # gone meanwhile, or not ours to read
+            continue
+    return pids
 
 
 @contextlib.contextmanager
@@ -220,11 +222,14 @@ def grid_signals():
 
 
 def _shutdown_workers() -> None:
-    """joblib keeps its worker processes for reuse; a finished (or stopped) grid leaves none."""
-    executor = _loky_executor()
-    if executor is not None:
-        with contextlib.suppress(Exception):
-            executor.shutdown(wait=True, kill_workers=True)
+    """joblib keeps its worker processes for reuse; a finished (or stopped) grid leaves none
+    (joblib's documented way: the reusable executor's ``shutdown``)."""
+    if not _grid_workers():
+        return
+    from joblib.externals.loky import get_reusable_executor
+
+    with contextlib.suppress(Exception):
+        get_reusable_executor().shutdown(wait=True, kill_workers=True)
 
 
 @contextlib.contextmanager
