@@ -1,7 +1,9 @@
 """The MLflow store: where it is, the experiment, one run's buffered writes, and what the store
-already knows about a job (for resuming interrupted grids). Every MLflow store access of
-hgbench goes through this module (the recorder plugin, the CLI's checks, the sweep callback, the
-report); ``mlflow`` itself is imported lazily (it takes seconds).
+already knows about a job (for resuming interrupted grids), for the recorder plugin, the CLI's
+checks and the sweep callback (the report reads its runs with its own client). Every access is
+through an ``MlflowClient`` of the store at hand, never MLflow's global tracking URI, and MLflow's
+environment settings are set only around the calls that need them (``scoped_env``); ``mlflow``
+itself is imported lazily (it takes seconds).
 
 A job is identified by its fingerprint (``hgbench.config.fingerprint``: the resolved config
 and seed, without recording options), recorded as the tag ``hgbench.fingerprint``. Relaunching a
