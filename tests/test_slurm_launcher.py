@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import stat
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -85,6 +86,59 @@ def test_a_job_slurm_ends_without_a_result_is_a_line_of_the_summary_and_no_sacct
     assert "Bypassing sacct error" not in out + err
     script = next(tmp_path.glob("multirun/*/*/.submitit/*/*_submission.sh")).read_text()
     assert "#SBATCH --array=0-1%" in script and "gpus" not in script, "the slurm_cpu preset's settings reach sbatch"
+
+
+# sbatch and srun that run an array job's tasks on this machine, one after the other, in the
+# background, with the environment SLURM gives a task: the launcher's whole path, job side too
+RUNNING_SBATCH = f"""#!{sys.executable}
+import os, re, subprocess, sys
+script = sys.argv[-1]
+text = open(script).read()
+m = re.search(r"^#SBATCH --array=0-(\\d+)", text, re.M)
+job, tasks = "4300", int(m.group(1)) + 1 if m else 1
+runs = []
+for i in range(tasks):
+    env = dict(os.environ, SLURM_JOB_ID=str(4301 + i), SLURM_ARRAY_JOB_ID=job, SLURM_ARRAY_TASK_ID=str(i),
+               SLURM_NTASKS="1", SLURM_JOB_NUM_NODES="1", SLURM_NODEID="0", SLURM_JOB_NODELIST="localhost",
+               SLURM_PROCID="0", SLURM_LOCALID="0")
+    log = lambda key: re.search(rf"^#SBATCH --{{key}}=(.*)$", text, re.M).group(1).replace("%A", job).replace("%a", str(i))
+    runs.append((env, log("output"), log("error")))
+if os.fork() == 0:  # sbatch returns at once: the tasks run detached, their output in their logs
+    os.setsid()
+    null = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(null, fd)
+    for env, out, err in runs:
+        os.makedirs(os.path.dirname(out), exist_ok=True)
+        with open(out, "w") as o, open(err, "w") as e:
+            subprocess.run(["/bin/bash", script], env=env, stdout=o, stderr=e, stdin=subprocess.DEVNULL, check=False)
+    os._exit(0)
+print(f"Submitted batch job {{job}}")
+"""
+RUNNING_SRUN = f"""#!{sys.executable}
+import os, sys
+args = sys.argv[1:]
+while args and args[0].startswith("-"):
+    args = args[2:] if args[0] in ("--output", "--error", "-o", "-e") else args[1:]
+os.execvp(args[0], args)
+"""
+
+
+@pytest.mark.slow
+def test_a_grid_runs_through_the_slurm_launcher_and_every_result_is_collected(tmp_path, monkeypatch):
+    """Without sacct or squeue (states unknown), the results are collected as their files appear."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name, text in (("sbatch", RUNNING_SBATCH), ("srun", RUNNING_SRUN)):
+        (bin_dir / name).write_text(text)
+        (bin_dir / name).chmod(0o755)
+    monkeypatch.setenv("PATH", str(bin_dir))
+    code, out, err = run_cli(monkeypatch, tmp_path, "-m", "hydra/launcher=slurm_cpu", *GRID)
+    logs = "".join(p.read_text() for p in tmp_path.glob("multirun/*/*/.submitit/*/*_log.err"))
+    assert code == 0 and "Traceback" not in err, (code, out[-3000:], err[-3000:], logs[-3000:])
+    assert "2 jobs — 2 finished" in out, out[-3000:] + logs[-3000:]
+    assert err.count("sacct is not available on this cluster") == 1
+    assert sorted(p.parent.name for p in tmp_path.glob("multirun/*/*/.submitit/*/*_result.pkl")) == ["4300_0", "4300_1"]
 
 
 class FakeJob:
