@@ -222,8 +222,9 @@ def grid_signals():
 
 
 def _shutdown_workers() -> None:
-    """joblib keeps its worker processes for reuse; a finished (or stopped) grid leaves none
-    (joblib's documented way: the reusable executor's ``shutdown``)."""
+    """joblib keeps its worker processes for reuse; a finished (or stopped) grid leaves none —
+    through loky's public ``get_reusable_executor().shutdown``, as joblib's maintainers advise
+    (joblib issue #945)."""
     if not _grid_workers():
         return
     from joblib.externals.loky import get_reusable_executor
