@@ -243,3 +243,44 @@ def test_the_report_leaves_mlflows_tracking_uri_alone(tmp_path, monkeypatch):
     runs = (tmp_path / "out" / "r" / "runs.csv").read_text().splitlines()
     assert len(runs) == 3, runs  # header + both runs, read from the other store
     assert not (tmp_path / "elsewhere.db").exists()
+
+
+def test_the_store_check_sets_its_quick_http_settings_only_around_its_own_requests(tmp_path, monkeypatch):
+    """MLflow reads its HTTP retries from the environment: the check's are there while it runs
+    (a user's own kept), and gone after."""
+    from hgbench import store
+
+    seen: dict = {}
+    real = store.ensure_experiment
+
+    def spy(uri, name):
+        seen.update({k: os.environ.get(k) for k in store.QUICK_HTTP})
+        return real(uri, name)
+
+    monkeypatch.setattr(store, "ensure_experiment", spy)
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "99")  # the user's
+    for key in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR"):
+        monkeypatch.delenv(key, raising=False)
+    store.check_store(f"sqlite:///{tmp_path}/m.db", "e")
+    assert seen == {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+                    "MLFLOW_HTTP_REQUEST_TIMEOUT": "99"}
+    assert {k: os.environ.get(k) for k in store.QUICK_HTTP} == {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": None,
+                                                                "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": None,
+                                                                "MLFLOW_HTTP_REQUEST_TIMEOUT": "99"}
+
+
+@pytest.mark.parametrize("users", [None, "false"])
+def test_the_command_switches_telemetry_off_for_its_own_run_only(tmp_path, monkeypatch, users):
+    """``hgbench`` runs with MLflow's telemetry off unless the user chose; the process's
+    environment is as before once it returns (hgbench.cli.main called in this process)."""
+    from hgbench import cli
+
+    if users is None:
+        monkeypatch.delenv("MLFLOW_DISABLE_TELEMETRY", raising=False)
+    else:
+        monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", users)
+    during: list = []
+    monkeypatch.setattr(cli, "_main", lambda: during.append(os.environ.get("MLFLOW_DISABLE_TELEMETRY")))
+    cli.main()
+    assert during == [users or "true"]
+    assert os.environ.get("MLFLOW_DISABLE_TELEMETRY") == users
