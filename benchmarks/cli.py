@@ -23,9 +23,7 @@ import time
 import traceback
 from pathlib import Path
 
-os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-
-from hgbench.benchmarks import SECTIONS, STUDIES, STUDY_OUT  # noqa: E402
+from hgbench.benchmarks import SECTIONS, STUDIES, STUDY_OUT
 
 TITLE = "hgbench performance benchmarks"
 
@@ -111,6 +109,7 @@ def assemble_readme(out: Path) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # the command's own process (not at import)
     ap = argparse.ArgumentParser(prog="hgbench-bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("sections", nargs="+", choices=[*SECTIONS, *STUDIES, "all"], metavar="SECTION",
                     help=f"one or more of: {', '.join(SECTIONS)}, all (= those); or the study {', '.join(STUDIES)} "

@@ -327,7 +327,9 @@ class HyperparamFamily(Plugin):
 
     def figures(self, lam: dict[str, Tensor]) -> dict[str, Any]:
         """Matplotlib figures of the final λ by file name (e.g. distilled images); the MLflow
-        recorder saves them as artifacts at the end of the run."""
+        recorder saves them as artifacts at the end of the run. Make them as
+        ``matplotlib.figure.Figure(...)`` objects, not with pyplot, so the user's backend (a
+        notebook's) is never switched."""
         return {}
 
 

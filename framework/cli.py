@@ -8,21 +8,19 @@ import signal
 import sys
 import traceback
 
-os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig
 
-import hydra  # noqa: E402
-from hydra.core.hydra_config import HydraConfig  # noqa: E402
-from hydra.types import RunMode  # noqa: E402
-from omegaconf import DictConfig  # noqa: E402
-
-from hgbench import store  # noqa: E402
-from hgbench.callbacks import SWEEP_ENV, write_job_result  # noqa: E402
-from hgbench.cli_checks import check_overrides  # noqa: E402
-from hgbench.errors import HgbenchError, SkipRun, StoreError, describe  # noqa: E402
-from hgbench.hookspecs import RunResult  # noqa: E402
-from hgbench.parts import build_parts, record_unbuilt  # noqa: E402
-from hgbench.runner import Experiment  # noqa: E402
-from hgbench.stop import (  # noqa: E402
+from hgbench import store
+from hgbench.callbacks import SWEEP_ENV, write_job_result
+from hgbench.cli_checks import check_overrides
+from hgbench.errors import HgbenchError, SkipRun, StoreError, describe
+from hgbench.hookspecs import RunResult
+from hgbench.parts import build_parts, record_unbuilt
+from hgbench.runner import Experiment
+from hgbench.stop import (
     clear_grid_stop,
     grid_stop_reason,
     request_grid_stop,
@@ -155,25 +153,27 @@ def _interrupt(signum, frame):
     request_stop(reason)
 
 
-def _loky_executor():
-    """joblib's reusable (loky) executor if this process started one, else None."""
-    if "joblib" not in sys.modules:
-        return None
-    try:
-        from joblib.externals.loky import reusable_executor
-
-        return reusable_executor._executor
-    except Exception:  # noqa: BLE001 - loky's internals moved
-        return None
-
-
 def _grid_workers() -> list[int]:
-    """The pids of the joblib (loky) worker processes this process started, if any."""
-    executor = _loky_executor()
-    try:
-        return [] if executor is None else list(executor._processes)
-    except Exception:  # noqa: BLE001 - loky's internals moved: nothing to forward to
-        return []
+    """The pids of the worker processes this grid started (the joblib launcher's): this process's
+    children that inherited its ``$HGBENCH_GRID_PID`` — read from /proc (Linux; elsewhere none,
+    and a SIGTERM then reaches only this process). Other children (the loky resource tracker
+    ignores SIGTERM; a server a caller started before the grid) are left alone."""
+    me, mark = os.getpid(), f"{GRID_PID_ENV}={os.getpid()}".encode()
+    pids = []
+    for entry in os.listdir("/proc") if os.path.isdir("/proc") else []:
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                ppid = int(f.read().rsplit(b")", 1)[1].split()[1])
+            if ppid != me:
+                continue
+            with open(f"/proc/{entry}/environ", "rb") as f:
+                if mark in f.read().split(b"\0"):
+                    pids.append(int(entry))
+        except (OSError, ValueError, IndexError):  # gone meanwhile, or not ours to read
+            continue
+    return pids
 
 
 @contextlib.contextmanager
@@ -221,11 +221,15 @@ def grid_signals():
 
 
 def _shutdown_workers() -> None:
-    """joblib keeps its worker processes for reuse; a finished (or stopped) grid leaves none."""
-    executor = _loky_executor()
-    if executor is not None:
-        with contextlib.suppress(Exception):
-            executor.shutdown(wait=True, kill_workers=True)
+    """joblib keeps its worker processes for reuse; a finished (or stopped) grid leaves none —
+    through loky's public ``get_reusable_executor().shutdown``, as joblib's maintainers advise
+    (joblib issue #945)."""
+    if not _grid_workers():
+        return
+    from joblib.externals.loky import get_reusable_executor
+
+    with contextlib.suppress(Exception):
+        get_reusable_executor().shutdown(wait=True, kill_workers=True)
 
 
 @contextlib.contextmanager
@@ -385,6 +389,11 @@ def run_job(cfg: DictConfig, hc) -> float | None:
 
 
 def main() -> None:
+    with store.scoped_env(store.NO_TELEMETRY):  # this command's, inherited by the jobs it launches
+        _main()
+
+
+def _main() -> None:
     problem = check_overrides(sys.argv[1:])  # registers the plugins' configs; Hydra's composition errors, one line each
     if problem:
         print(f"hgbench: error: {problem}", file=sys.stderr)

@@ -10,6 +10,7 @@ checked later, with the whole config (``hgbench.parts.build_parts``).
 
 from __future__ import annotations
 
+import argparse
 import difflib
 import re
 from typing import Any
@@ -38,20 +39,36 @@ def _closest(name: str, candidates: list[str]) -> str:
     return f" — did you mean {match[0]}?" if match else "."
 
 
+def hydra_arguments(argv: list[str]) -> argparse.Namespace:
+    """The command line as ``hydra.main`` reads it: its overrides and flags (Hydra 1.3's, the
+    version pinned in pyproject.toml). Hydra keeps its own parser private, so this is a copy of
+    its options, not a use of it; raises ``SystemExit`` on what argparse refuses."""
+    p = argparse.ArgumentParser(add_help=False, allow_abbrev=False, exit_on_error=False)
+    p.add_argument("overrides", nargs="*")
+    for flags in (("--help", "-h"), ("--hydra-help",), ("--version",), ("--resolve",), ("--run", "-r"),
+                  ("--multirun", "-m"), ("--shell-completion", "-sc")):
+        p.add_argument(*flags, action="store_true")
+    for flags in (("--cfg", "-c"), ("--package", "-p"), ("--config-path", "-cp"), ("--config-name", "-cn"),
+                  ("--config-dir", "-cd"), ("--experimental-rerun",)):
+        p.add_argument(*flags)
+    p.add_argument("--info", "-i", nargs="?", const="all")
+    return p.parse_args(argv)
+
+
 def check_overrides(argv: list[str]) -> str | None:
     """The one-line message for the first override of ``argv`` (the command line after
     ``hgbench``) that Hydra cannot compose; None when it composes (or is not Hydra's to refuse)."""
     from hydra import compose, initialize_config_module
-    from hydra._internal.utils import get_args_parser
     from hydra.core.global_hydra import GlobalHydra
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     try:
-        args = get_args_parser().parse_args(argv)
+        args = hydra_arguments(argv)
         parsed = OverridesParser.create().parse_overrides(args.overrides)
     except BaseException:  # noqa: BLE001 - a usage or syntax error: Hydra says it itself
         return None
-    if args.help or args.hydra_help or args.info or args.shell_completion or args.config_path or args.config_dir or args.config_name:
+    if (args.help or args.hydra_help or args.version or args.info or args.shell_completion or args.config_path
+            or args.config_dir or args.config_name or args.experimental_rerun):
         return None
     texts = list(args.overrides)
     variants: list[list[str]] = []  # per override: the commands to compose it as

@@ -26,10 +26,22 @@ def has_yaml(kind: str, name: str) -> bool:
 _stored: set[tuple[str, str]] = set()  # (kind, name) configs this process put in the ConfigStore
 
 
+def register_launcher() -> None:
+    """hgbench's SLURM launcher (``hydra/launcher=slurm``) made known to Hydra. Hydra finds
+    launchers by listing the ``hydra_plugins`` package's modules, which misses one installed
+    editable (``pip install -e``: the module is found by import only); registering it by its class
+    works either way (Hydra's public ``Plugins.register``; twice is once)."""
+    from hydra.core.plugins import Plugins
+    from hydra_plugins.hgbench_submitit_slurm import SlurmLauncher
+
+    Plugins.instance().register(SlurmLauncher)
+
+
 def register_plugin_configs() -> list[tuple[str, str]]:
     """Store configs for registered plugins that have no YAML file, and drop those of plugins
     unregistered since (a test's temporary plugin must not stay selectable); returns what was
-    stored."""
+    stored. Registers hgbench's SLURM launcher too."""
+    register_launcher()
     cs = ConfigStore.instance()
     stored = []
     for kind, entries in registry.registry().items():

@@ -1,4 +1,4 @@
-"""The plots of ``hgbench-report`` (matplotlib, Agg backend), from its runs and long metrics tables.
+"""The plots of ``hgbench-report`` (matplotlib), from its runs and long metrics tables.
 
 - ``val_loss_vs_time.png``: validation loss against wall-clock time (``elapsed_s`` at the steps
   where ``val_loss`` was logged): each seed thin, the mean over seeds (of loss and of time, per
@@ -17,7 +17,8 @@
   of all seeds).
 
 Only FINISHED runs are drawn. One colour per series (method, and family where families differ)
-in every plot.
+in every plot. Figures are ``matplotlib.figure.Figure`` objects saved to PNG: no pyplot, so the
+caller's matplotlib backend (a notebook's) is never switched.
 """
 
 from __future__ import annotations
@@ -25,12 +26,9 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import pandas as pd  # noqa: E402
-from matplotlib.ticker import FuncFormatter  # noqa: E402
+import pandas as pd
+from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter
 
 MEMORY_KIND = {"cpu_peak_rss_growth": "CPU: growth of peak RSS", "cuda_max_allocated": "CUDA: max allocated"}
 # below this a measurement is noise (MB): peak-RSS growth moves by pages and allocator arenas
@@ -96,12 +94,17 @@ def _categories(ax, ticks: list[str]) -> None:
 
 
 def _figure(n: int):
-    return plt.subplots(figsize=(7.5, max(2.8, 1.6 + 0.45 * n)))
+    return _subplots(figsize=(7.5, max(2.8, 1.6 + 0.45 * n)))
+
+
+def _subplots(nrows: int = 1, ncols: int = 1, *, figsize: tuple[float, float], **kwargs):
+    """``pyplot.subplots`` without pyplot: a figure of its own, not registered with any backend."""
+    fig = Figure(figsize=figsize)
+    return fig, fig.subplots(nrows, ncols, **kwargs)
 
 
 def _save(fig, path: Path) -> Path:
     fig.savefig(path, dpi=120, bbox_inches="tight")
-    plt.close(fig)
     return path
 
 
@@ -118,7 +121,7 @@ def plot_val_loss_vs_time(runs: pd.DataFrame, metrics: pd.DataFrame, colors: dic
     panels = list(wide.groupby(["dataset", "model"], sort=True))
     rel = relative_to_fixed(runs, wide)
     rows = 2 if rel is not None else 1
-    fig, axes = plt.subplots(rows, len(panels), figsize=(7.5 * len(panels), 4.8 * rows), squeeze=False)
+    fig, axes = _subplots(rows, len(panels), figsize=(7.5 * len(panels), 4.8 * rows), squeeze=False)
     if rel is not None:
         for ax, (dataset, model) in zip(axes[1], [k for k, _ in panels]):
             plot_relative(ax, rel[(rel["dataset"] == dataset) & (rel["model"] == model)], colors, f"{dataset} · {model}")
@@ -249,9 +252,7 @@ def plot_hg_cosine(runs: pd.DataFrame, metrics: pd.DataFrame, colors: dict, path
     d = metrics[metrics["key"] == "hg_cosine"].merge(runs[["run_id", "series"]], on="run_id")
     if d.empty:
         return None
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4.2))
+    fig, ax = _subplots(figsize=(7, 4.2))
     for series, s in d.groupby("series", sort=True):
         for _, one in s.groupby("run_id"):
             ax.plot(one["step"], one["value"], lw=0.8, alpha=0.4, color=colors[series])

@@ -17,18 +17,14 @@ run's (equal weight updates are not equal compute: the gradient runs' hypergradi
 from __future__ import annotations
 
 import argparse
-import os
 import shlex
 import sys
-from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 
 import pandas as pd
 
 from hgbench.rowkey import GROUP, config_columns
-
-os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 STATUSES = ["finished", "failed", "skipped"]
 # summary columns: run column -> header (the per-step hypergradient time is in milliseconds)
@@ -49,25 +45,11 @@ TAGS = {"hypergrad": "hypergrad", "family": "hyperparam", "dataset": "dataset", 
 METRICS_COLUMNS = ["run_id", "experiment", "method", "family", "dataset", "model", "seed", "status",
                    "sweep_id", "key", "step", "value", "timestamp"]
 MLFLOW_TO_STATUS = {"FINISHED": "finished", "FAILED": "failed", "KILLED": "skipped"}
+SEARCH_PAGE = 1000  # runs per request to the store
 
 
 class ReportError(Exception):
     """Something the user can fix (unknown experiment, no runs): one line, no traceback."""
-
-
-@contextmanager
-def tracking_uri(uri: str):
-    """``mlflow.search_runs`` reads the global tracking URI: set it, then restore the previous one."""
-    import mlflow
-
-    before = os.environ.get("MLFLOW_TRACKING_URI")
-    mlflow.set_tracking_uri(uri)
-    try:
-        yield
-    finally:
-        mlflow.set_tracking_uri(None)  # also unsets $MLFLOW_TRACKING_URI
-        if before is not None:
-            mlflow.set_tracking_uri(before)
 
 
 def open_store(uri: str, experiments: list[str]):
@@ -95,15 +77,32 @@ def open_store(uri: str, experiments: list[str]):
     return client, ids
 
 
-def search(uri: str, experiment_ids: dict[str, str], filter_string: str) -> pd.DataFrame:
-    import mlflow
+def search(client, experiment_ids: dict[str, str], filter_string: str) -> pd.DataFrame:
+    """The matching runs as one table, the columns of ``mlflow.search_runs`` (``run_id``,
+    ``experiment_id``, ``status``, ``start_time``, ``end_time``, ``metrics.*``, ``params.*``,
+    ``tags.*``) — read through ``client`` (its own store), never MLflow's global tracking URI."""
+    import numpy as np
     from mlflow.exceptions import MlflowException
 
-    with tracking_uri(uri):
-        try:
-            return mlflow.search_runs(experiment_ids=list(experiment_ids), filter_string=filter_string, max_results=100_000)
-        except MlflowException as exc:
-            raise ReportError(f"bad filter {filter_string!r}: {exc.message}") from None
+    runs, token = [], None
+    try:
+        while True:
+            page = client.search_runs(list(experiment_ids), filter_string, max_results=SEARCH_PAGE, page_token=token)
+            runs += page
+            token = page.token
+            if not token:
+                break
+    except MlflowException as exc:
+        raise ReportError(f"bad filter {filter_string!r}: {exc.message}") from None
+    data: dict[str, list] = {
+        "run_id": [r.info.run_id for r in runs], "experiment_id": [r.info.experiment_id for r in runs],
+        "status": [r.info.status for r in runs], "artifact_uri": [r.info.artifact_uri for r in runs],
+        "start_time": [pd.to_datetime(r.info.start_time, unit="ms", utc=True) for r in runs],
+        "end_time": [pd.to_datetime(r.info.end_time, unit="ms", utc=True) for r in runs]}
+    for kind, missing in (("metrics", np.nan), ("params", None), ("tags", None)):
+        keys = sorted({k for r in runs for k in getattr(r.data, kind)})
+        data.update({f"{kind}.{k}": [getattr(r.data, kind).get(k, missing) for r in runs] for k in keys})
+    return pd.DataFrame(data)
 
 
 def tidy_runs(df: pd.DataFrame, experiments: dict[str, str]) -> pd.DataFrame:
@@ -356,7 +355,7 @@ def report(args: argparse.Namespace) -> Path:
         filters.append(f"tags.\"hgbench.sweep_id\" = '{args.sweep_id}'")
     filter_string = " and ".join(filters)
     client, ids = open_store(uri, experiments)
-    df = search(uri, ids, filter_string)
+    df = search(client, ids, filter_string)
     if df.empty:
         raise ReportError(f"no runs matched in experiment(s) {', '.join(experiments)} at {uri}"
                           + (f" with filter: {filter_string}" if filter_string else ""))
@@ -394,9 +393,12 @@ def report(args: argparse.Namespace) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from hgbench.store import NO_TELEMETRY, scoped_env
+
     args = build_parser().parse_args(argv)
     try:
-        report(args)
+        with scoped_env(NO_TELEMETRY):
+            report(args)
     except ReportError as exc:
         print(f"hgbench-report: error: {exc}", file=sys.stderr)
         return 1

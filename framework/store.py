@@ -1,7 +1,9 @@
 """The MLflow store: where it is, the experiment, one run's buffered writes, and what the store
-already knows about a job (for resuming interrupted grids). Every MLflow store access of
-hgbench goes through this module (the recorder plugin, the CLI's checks, the sweep callback, the
-report); ``mlflow`` itself is imported lazily (it takes seconds).
+already knows about a job (for resuming interrupted grids), for the recorder plugin, the CLI's
+checks and the sweep callback (the report reads its runs with its own client). Every access is
+through an ``MlflowClient`` of the store at hand, never MLflow's global tracking URI, and MLflow's
+environment settings are set only around the calls that need them (``scoped_env``); ``mlflow``
+itself is imported lazily (it takes seconds).
 
 A job is identified by its fingerprint (``hgbench.config.fingerprint``: the resolved config
 and seed, without recording options), recorded as the tag ``hgbench.fingerprint``. Relaunching a
@@ -15,6 +17,7 @@ grid then:
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import tempfile
@@ -24,8 +27,6 @@ from pathlib import Path
 from typing import Any
 
 from hgbench.errors import StoreError
-
-os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 CHECKPOINT_ARTIFACT_DIR = "checkpoint"
 # hgbench's run status -> MLflow's (a skipped run is "KILLED" there, with tag hgbench.status=skipped)
@@ -40,6 +41,26 @@ def resolve_tracking_uri(configured: str | None = None) -> str:
     if env:
         return env
     return f"sqlite:///{(Path.cwd() / 'mlflow.db').resolve()}"
+
+
+@contextlib.contextmanager
+def scoped_env(values: dict[str, str]):
+    """Environment variables set while the block runs — each only where the user has not set it —
+    and removed after: MLflow reads its settings from the environment, and hgbench sets none for a
+    whole process (a notebook or an application importing hgbench keeps its own)."""
+    added = {k: v for k, v in values.items() if k not in os.environ}
+    os.environ.update(added)
+    try:
+        yield
+    finally:
+        for k, v in added.items():
+            if os.environ.get(k) == v:
+                os.environ.pop(k, None)
+
+
+# hgbench's commands (hgbench, hgbench-report) run with MLflow's usage telemetry off unless the
+# user set MLFLOW_DISABLE_TELEMETRY; the jobs a command launches inherit it
+NO_TELEMETRY = {"MLFLOW_DISABLE_TELEMETRY": "true"}
 
 
 UI_PORT = 5000  # mlflow ui's default port
@@ -98,6 +119,11 @@ def probe_dir(folder: Path, what: str, hint: str = "launch from a writable folde
         raise StoreError(f"cannot write {what} {folder.absolute()}: {exc.strerror or exc} ({hint})") from exc
 
 
+# the store check's HTTP settings (MLflow's defaults retry for minutes), unless the user set them
+QUICK_HTTP = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+              "MLFLOW_HTTP_REQUEST_TIMEOUT": "15"}
+
+
 def check_store(uri: str, name: str) -> str:
     """``ensure_experiment`` plus one throw-away *write* (an experiment tag, in the store's own
     transaction; for a local artifact folder a file created and removed), with few HTTP retries
@@ -110,10 +136,6 @@ def check_store(uri: str, name: str) -> str:
     db = sqlite_path(uri)
     if db is not None and not str(db).startswith("file:") and not db.exists():
         probe_dir(db.parent, "the MLflow store's folder")
-    quick = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
-             "MLFLOW_HTTP_REQUEST_TIMEOUT": "15"}
-    saved = {k: os.environ.get(k) for k in quick}
-    os.environ.update({k: v for k, v in quick.items() if saved[k] is None})
     import logging
 
     db_log = logging.getLogger("mlflow.store.db.utils")  # logs a failed write with its traceback
@@ -122,18 +144,16 @@ def check_store(uri: str, name: str) -> str:
     try:
         from mlflow.tracking import MlflowClient
 
-        exp_id = ensure_experiment(uri, name)
-        client = MlflowClient(uri)
-        client.set_experiment_tag(exp_id, "hgbench.write_check", datetime.now(timezone.utc).isoformat(timespec="seconds"))
-        location = client.get_experiment(exp_id).artifact_location or ""
+        with scoped_env(QUICK_HTTP):  # MLflow reads them at each request: only this check's are quick
+            exp_id = ensure_experiment(uri, name)
+            client = MlflowClient(uri)
+            client.set_experiment_tag(exp_id, "hgbench.write_check", datetime.now(timezone.utc).isoformat(timespec="seconds"))
+            location = client.get_experiment(exp_id).artifact_location or ""
     except Exception as exc:
         first = (str(exc).strip().splitlines() or [""])[0]
         raise StoreError(f"cannot use the MLflow store at {uri}: {type(exc).__name__}: {first[:300]}") from exc
     finally:
         db_log.setLevel(db_level)
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
     if location.startswith("file:") or location.startswith("/"):
         from urllib.parse import urlparse
         from urllib.request import url2pathname

@@ -217,9 +217,9 @@ def test_a_job_that_slurm_ends_without_a_result_is_a_line_of_the_summary(slurm_e
     """Queued to begin in an hour (sbatch --begin), then scancel'ed before it ever started: no
     result, no MLflow run — the grid says so in its summary and ends, instead of submitit's
     traceback."""
-    from submitit.slurm.slurm import SlurmJob
+    from hgbench import submitit_slurm
 
-    monkeypatch.setattr(SlurmJob, "_results_timeout_s", 1)  # submitit's wait for a slow shared filesystem
+    monkeypatch.setattr(submitit_slurm, "RESULT_GRACE_S", 1.0)  # the wait for a result on a slow shared filesystem
     cancelled: list = []
 
     def cancel_once_queued():
@@ -280,7 +280,7 @@ def test_no_sbatch_on_path_is_one_line(tmp_path, monkeypatch):
 
 
 def test_sbatch_messages_name_the_setting():
-    from hgbench.callbacks import sbatch_error_message
+    from hgbench.submitit_slurm import sbatch_error_message
 
     p = {"partition": "gpu", "gpus_per_node": 1, "cpus_per_task": 4, "mem_gb": "16", "timeout_min": 120}
     assert "hydra.launcher.timeout_min=120" in sbatch_error_message(

@@ -13,7 +13,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 # folder -> the package it is installed as (pyproject.toml's [tool.setuptools.package-dir])
-PACKAGE_DIR = {"framework": "hgbench", "plugins": "hgbench.plugins", "benchmarks": "hgbench.benchmarks", "conf": "hgbench.conf"}
+PACKAGE_DIR = {"framework": "hgbench", "plugins": "hgbench.plugins", "benchmarks": "hgbench.benchmarks", "conf": "hgbench.conf",
+               # hgbench's SLURM launcher, in the package Hydra takes launchers from
+               "hydra_plugins/hgbench_submitit_slurm": "hydra_plugins.hgbench_submitit_slurm"}
 # calls that import the module named by their first argument
 DYNAMIC = {"importlib.import_module", "import_module", "__import__", "importlib.__import__",
            "importlib.util.find_spec", "find_spec", "pkgutil.resolve_name", "resolve_name"}

@@ -1,7 +1,9 @@
 """hgbench installs one import root: the wheel, installed (not editable) into a fresh virtual
 environment, provides ``hgbench`` (framework/), ``hgbench.plugins``, ``hgbench.conf`` and
 ``hgbench.benchmarks`` and the console scripts — and none of the folder names (``framework``,
-``plugins``, ``conf``, ``benchmarks``), which would collide with any other project's."""
+``plugins``, ``conf``, ``benchmarks``), which would collide with any other project's. Besides
+it, only hgbench's SLURM launcher, in the one package Hydra takes launchers from
+(``hydra_plugins.hgbench_submitit_slurm``)."""
 
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-SOURCES = ("pyproject.toml", "README.md", "framework", "plugins", "conf", "benchmarks")
+SOURCES = ("pyproject.toml", "README.md", "framework", "plugins", "conf", "benchmarks", "hydra_plugins")
 
 pytestmark = pytest.mark.slow
 
@@ -57,8 +59,10 @@ def run_in(venv: Path, cwd: Path, *args: str, timeout: int = 300) -> subprocess.
 
 def test_the_wheel_holds_one_import_root(wheel):
     names = zipfile.ZipFile(wheel).namelist()
-    tops = {n.split("/")[0] for n in names if not n.split("/")[0].endswith(".dist-info")}
-    assert tops == {"hgbench"}, tops
+    tops = {"/".join(n.split("/")[:2]) if n.startswith("hydra_plugins/") else n.split("/")[0]
+            for n in names if not n.split("/")[0].endswith(".dist-info")}
+    assert tops == {"hgbench", "hydra_plugins/hgbench_submitit_slurm"}, tops
+    assert "hydra_plugins/__init__.py" not in names, "hydra_plugins is a namespace package, shared with Hydra's plugins"
     for path in ("hgbench/registry.py", "hgbench/plugins/hypergrad/neumann.py", "hgbench/conf/config.yaml",
                  "hgbench/conf/experiment/quick.yaml", "hgbench/benchmarks/cli.py"):
         assert path in names, path
@@ -80,6 +84,10 @@ assert hgbench.__file__.startswith(%r), hgbench.__file__
 assert not registry.failures(), registry.failures()
 assert {"neumann", "cg", "exact"} <= set(registry.available("hypergrad"))
 assert registry.get("hypergrad", "neumann").__module__ == "hgbench.plugins.hypergrad.neumann"
+from hydra.core.plugins import Plugins
+from hydra.plugins.launcher import Launcher
+launchers = [f"{c.__module__}.{c.__name__}" for c in Plugins.instance().discover(Launcher)]
+assert "hydra_plugins.hgbench_submitit_slurm.SlurmLauncher" in launchers, launchers  # Hydra finds it itself
 print("ok")
 """ % str(venv)
     out = run_in(venv, tmp_path, str(venv / "bin" / "python"), "-c", code)

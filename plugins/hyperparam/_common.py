@@ -22,11 +22,9 @@ def uniform_noise(shape, like: Tensor, fixed: bool, seed: int = 0, eps: float = 
 
 
 def image_grid(images: Tensor, titles: list[str] | None = None, ncols: int | None = None):
-    """A matplotlib figure showing (N, C, H, W) or (N, H, W) or (N, D) images (D a square)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    """A matplotlib figure showing (N, C, H, W) or (N, H, W) or (N, D) images (D a square) — a
+    ``Figure`` of its own, not pyplot's: the caller's backend is never switched."""
+    from matplotlib.figure import Figure
 
     x = images.detach().float().cpu()
     if x.dim() == 2:  # flat vectors: show square ones, else as 1-D signals
@@ -37,7 +35,8 @@ def image_grid(images: Tensor, titles: list[str] | None = None, ncols: int | Non
     n = len(x)
     ncols = ncols or min(n, 10)
     nrows = math.ceil(n / ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(1.3 * ncols, 1.4 * nrows), squeeze=False)
+    fig = Figure(figsize=(1.3 * ncols, 1.4 * nrows))
+    axes = fig.subplots(nrows, ncols, squeeze=False)
     for i, ax in enumerate(axes.flat):
         ax.axis("off")
         if i >= n:

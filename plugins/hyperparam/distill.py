@@ -199,11 +199,8 @@ def shared_scale_grid(images: torch.Tensor, titles: list[str], ncols: int | None
     """The images on ONE colour scale (shared vmin/vmax, symmetric about 0 when they take both
     signs, with a colour bar) and square pixels: what was learned, not each image stretched to its
     own range. Flat vectors of a square length are shown as squares; (N, 3, H, W) as greyscale
-    channel means."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    channel means. A ``Figure`` of its own, not pyplot's: the caller's backend is never switched."""
+    from matplotlib.figure import Figure
 
     x = images.detach().double().cpu()
     if x.dim() == 2:
@@ -220,7 +217,8 @@ def shared_scale_grid(images: torch.Tensor, titles: list[str], ncols: int | None
     n = len(x)
     ncols = ncols or min(n, 10)
     nrows = math.ceil(n / ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(1.3 * ncols + 0.8, 1.45 * nrows), squeeze=False)
+    fig = Figure(figsize=(1.3 * ncols + 0.8, 1.45 * nrows))
+    axes = fig.subplots(nrows, ncols, squeeze=False)
     im = None
     for i, ax in enumerate(axes.flat):
         ax.axis("off")

@@ -16,6 +16,7 @@ itself (URIs, experiments, buffered writes) is ``hgbench.store``; this module is
 
 from __future__ import annotations
 
+import sys
 import traceback
 
 from omegaconf import OmegaConf
@@ -30,15 +31,12 @@ HGBENCH_RECORDER = True
 
 
 def _log_figures(rec: MlflowRun, exp) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     lam = exp.problem.lam_spec.unflatten(exp.lam.detach())
     for name, fig in exp.problem.family.figures(lam).items():
         rec.client.log_figure(rec.run_id, fig, name)
-        plt.close(fig)
+        pyplot = sys.modules.get("matplotlib.pyplot")  # a figure a plugin made with pyplot: released
+        if pyplot is not None:  # (never imported here: importing pyplot picks a backend)
+            pyplot.close(fig)
 
 
 def run_name(cfg, tags: dict[str, str]) -> str:
