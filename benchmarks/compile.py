@@ -63,8 +63,7 @@ def run(out: Path, quick: bool = False, device: str = "auto", reps: int | None =
 
 
 def plot(rows, path: Path) -> None:
-    plt = plotting.pyplot()
-    fig, ax = plt.subplots(figsize=(7, 4.2))
+    fig, ax = plotting.subplots(figsize=(7, 4.2))
     x = range(len(rows))
     for off, key, label in ((-0.2, "inner_ratio", "inner step (L_T + gradient)"), (0.2, "step_ratio", "whole hyper-step (k inner + hypergradient)")):
         med = [r[f"{key}_median"] for r in rows]
@@ -79,7 +78,6 @@ def plot(rows, path: Path) -> None:
     ax.grid(True, axis="y", alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def fragment(rows, quick: bool) -> str:

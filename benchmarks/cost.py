@@ -172,9 +172,8 @@ def _f(r, key="ratio"):
 
 
 def plot(rows, path: Path) -> None:
-    plt = plotting.pyplot()
     models = sorted({r["model"] for r in rows}, key=lambda m: m != "mlp")
-    fig, axes = plt.subplots(1, len(models), figsize=(6 * len(models), 4.4), squeeze=False)
+    fig, axes = plotting.subplots(1, len(models), figsize=(6 * len(models), 4.4), squeeze=False)
     for ax, model in zip(axes[0], models, strict=True):
         rs = [r for r in rows if r["model"] == model and r["what"] == "hypergradient" and r["method"] != "identity"]
         for meth, style in (("neumann", "o-"), ("cg", "s-"), ("unroll", "^-")):
@@ -209,7 +208,6 @@ def plot(rows, path: Path) -> None:
     fig.suptitle("Hypergradient cost in plain gradients (measured side by side, same process)", fontsize=11)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def fragment(rows, quick: bool) -> str:

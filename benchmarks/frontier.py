@@ -296,10 +296,9 @@ def run_summary(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def plot_run(rows: list[dict[str, Any]], out: Path) -> Path:
-    plt = plotting.pyplot()
-    fig, ax = plt.subplots(figsize=(7, 4.6))
+    fig, ax = plotting.subplots(figsize=(7, 4.6))
     summary = run_summary(rows)
-    cmap = plt.get_cmap("tab10")
+    cmap = plotting.cmap("tab10")
     for i, (_, _, label) in enumerate(RUN_METHODS):
         for warm in (False, True):
             pts = sorted((r for r in summary if r["series"] == label and r["warm_start"] == warm), key=lambda r: r["hvp_calls"])
@@ -315,7 +314,6 @@ def plot_run(rows: list[dict[str, Any]], out: Path) -> Path:
     fig.tight_layout()
     path = out / "frontier_warm.png"
     fig.savefig(path, dpi=130)
-    plt.close(fig)
     return path
 
 
@@ -385,13 +383,12 @@ def grazzi_reading(rows: list[dict[str, Any]]) -> list[str]:
 
 # --- output ---------------------------------------------------------------------------------------
 def plot(rows: list[dict[str, Any]], problem: str, out: Path) -> Path:
-    plt = plotting.pyplot()
     # drawn: every answer except a zero one (fixed) and the reference's own (error exactly 0)
     ok = [r for r in rows if r["problem"] == problem and r["status"] == "ok" and math.isfinite(r["rel_err"])
           and math.isfinite(r["cosine"]) and r["rel_err"] > 0]
-    fig, axes = plt.subplots(1, 2, figsize=(12, 5.2))
+    fig, axes = plotting.subplots(1, 2, figsize=(12, 5.2))
     series = sorted({r["series"] for r in ok})
-    cmap = plt.get_cmap("tab20")
+    cmap = plotting.cmap("tab20")
     for i, s in enumerate(series):
         pts = sorted((r for r in ok if r["series"] == s), key=lambda r: (r["budget"] if r["budget"] != "" else 0))
         for ax, x in zip(axes, ("time_grads_median", "peak_mb"), strict=True):
@@ -418,7 +415,6 @@ def plot(rows: list[dict[str, Any]], problem: str, out: Path) -> Path:
     fig.tight_layout()
     path = out / f"frontier_{problem}.png"
     fig.savefig(path, dpi=130)
-    plt.close(fig)
     return path
 
 

@@ -148,8 +148,7 @@ def _short(config: str) -> str:
 
 
 def plot(rows, path: Path) -> None:
-    plt = plotting.pyplot()
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(12, 4.4))
+    fig, (a1, a2) = plotting.subplots(1, 2, figsize=(12, 4.4))
     labels = [f"{_short(r['config'])}\nk={r['k']}" for r in rows]
     x = range(len(rows))
     med = [r["time_ratio_median"] for r in rows]
@@ -184,7 +183,6 @@ def plot(rows, path: Path) -> None:
     a2.set_ylim(0, top * 1.3)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def fragment(rows, quick: bool) -> str:

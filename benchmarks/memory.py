@@ -102,8 +102,7 @@ def run(out: Path, quick: bool = False, device: str = "auto", reps: int | None =
 
 
 def plot(rows, path: Path) -> None:
-    plt = plotting.pyplot()
-    fig, ax = plt.subplots(figsize=(7, 4.6))
+    fig, ax = plotting.subplots(figsize=(7, 4.6))
     for meth, style in (("neumann", "o-"), ("cg", "s-"), ("unroll", "^-")):
         rs = sorted((r for r in rows if r["method"] == meth), key=lambda r: r["iterations"])
         x = [r["iterations"] for r in rs]
@@ -121,7 +120,6 @@ def plot(rows, path: Path) -> None:
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def fragment(rows, quick: bool) -> str:

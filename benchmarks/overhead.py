@@ -175,10 +175,9 @@ def run(out: Path, quick: bool = False, device: str = "auto", reps: int | None =
 
 
 def plot(rows, path: Path) -> None:
-    plt = plotting.pyplot()
     one = next(r for r in rows if r["what"] == "single_run")
     grid = next((r for r in rows if r["what"] == "grid"), None)  # None with --quick
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(12, 4.2))
+    fig, (a1, a2) = plotting.subplots(1, 2, figsize=(12, 4.2))
     labels = ["bare runner\n(Experiment.run, no MLflow)", "hgbench CLI\n(Hydra + MLflow)"]
     loop = [one["bare_runtime_s"], one["cli_runtime_s"]]
     rest = [one["bare_wall_s"] - one["bare_runtime_s"], one["cli_wall_s"] - one["cli_runtime_s"]]
@@ -196,7 +195,6 @@ def plot(rows, path: Path) -> None:
         a2.text(0.5, 0.5, "grid: not measured with --quick", ha="center", va="center")
         fig.tight_layout()
         fig.savefig(path, dpi=110)
-        plt.close(fig)
         return
     a2.bar(["sequential\n(basic launcher)", "joblib n_jobs=2"], [grid["sequential_wall_s"], grid["joblib_wall_s"]],
            color=["tab:gray", "tab:green"])
@@ -208,7 +206,6 @@ def plot(rows, path: Path) -> None:
                  color="black" if grid.get("valid", True) else "red")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def fragment(rows, quick: bool) -> str:

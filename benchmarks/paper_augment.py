@@ -128,8 +128,7 @@ def summary(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def plot(rows: list[dict[str, Any]], out: Path) -> Path:
-    plt = plotting.pyplot()
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    fig, axes = plotting.subplots(1, 3, figsize=(15, 4.2))
     for c, arm in enumerate(dict.fromkeys(r["arm"] for r in rows)):
         steps = sorted({r["step"] for r in rows if r["arm"] == arm})
         for ax, key in zip(axes, ("val_acc", "test_acc", "aug_change"), strict=True):
@@ -153,13 +152,11 @@ def plot(rows: list[dict[str, Any]], out: Path) -> Path:
     fig.tight_layout()
     path = out / "augmentation.png"
     fig.savefig(path, dpi=130)
-    plt.close(fig)
     return path
 
 
 def save_samples(exps: dict[str, Any], out: Path) -> Path:
     """Eight training images, clean and as each tuned arm's augmenter (seed 0, end of run) makes them."""
-    plt = plotting.pyplot()
     arms = [a for a in exps if a != "none"]
     x = next(iter(exps.values())).problem.data.train.x[:8]
     rows = [x]
@@ -172,7 +169,7 @@ def save_samples(exps: dict[str, Any], out: Path) -> Path:
     # one image of tiles (a row per arm), channel 0: one axes is much cheaper to draw than 8 per row
     tiles = torch.cat([torch.cat([img[0] for img in imgs.detach().cpu()], 1) for imgs in rows], 0)
     h = rows[0].shape[-2]
-    fig, ax = plt.subplots(figsize=(8 * 1.1, len(rows) * 1.2 + 0.4))
+    fig, ax = plotting.subplots(figsize=(8 * 1.1, len(rows) * 1.2 + 0.4))
     ax.imshow(tiles.numpy(), cmap="gray", vmin=-0.5, vmax=1.5, interpolation="nearest")
     ax.set_xticks([])
     ax.set_yticks([h * (i + 0.5) for i in range(len(rows))], ["clean"] + arms, fontsize=8)
@@ -181,7 +178,6 @@ def save_samples(exps: dict[str, Any], out: Path) -> Path:
     fig.tight_layout()
     path = out / "augmentations.png"
     fig.savefig(path, dpi=110)
-    plt.close(fig)
     return path
 
 

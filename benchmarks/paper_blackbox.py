@@ -265,10 +265,9 @@ def _curve(rows, side, seed, grid, budget, key="t_s", scale=None):
 
 
 def plot(rows: list[dict[str, Any]], out: Path, extend: float = EXTEND) -> Path:
-    plt = plotting.pyplot()
     b = budgets(rows)
     seeds = sorted(b)
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.6))
+    fig, axes = plotting.subplots(1, 2, figsize=(12, 4.6))
     grid = [i * extend / 400 for i in range(401)]
     gmax = max(r["grad_eq"] for r in rows)
     ggrid = [i * gmax / 400 for i in range(401)]
@@ -306,7 +305,6 @@ def plot(rows: list[dict[str, Any]], out: Path, extend: float = EXTEND) -> Path:
     fig.tight_layout()
     path = out / "blackbox.png"
     fig.savefig(path, dpi=130)
-    plt.close(fig)
     return path
 
 

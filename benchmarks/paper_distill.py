@@ -159,14 +159,12 @@ def plot_images(images: list[dict[str, Any]], dataset: str, name: str, out: Path
                  fontsize=8)
     path = out / f"distilled_{dataset}.png"
     fig.savefig(path, dpi=dpi, bbox_inches="tight")
-    plotting.pyplot().close(fig)
     return path
 
 
 def plot_curves(curve: list[dict[str, Any]], runs: list[dict[str, Any]], out: Path, dpi: int = 130) -> Path:
-    plt = plotting.pyplot()
     datasets = list(dict.fromkeys(r["dataset"] for r in curve))
-    fig, axes = plt.subplots(1, len(datasets), figsize=(6.2 * len(datasets), 4.4), squeeze=False)
+    fig, axes = plotting.subplots(1, len(datasets), figsize=(6.2 * len(datasets), 4.4), squeeze=False)
     for ax, ds in zip(axes[0], datasets, strict=True):
         chosen = chosen_setting(runs, ds)
         names = [n for n in dict.fromkeys([chosen, setting(*FIRST)]) if n is not None]
@@ -195,7 +193,6 @@ def plot_curves(curve: list[dict[str, Any]], runs: list[dict[str, Any]], out: Pa
     fig.tight_layout()
     path = out / "fresh_vs_step.png"
     fig.savefig(path, dpi=dpi)
-    plt.close(fig)
     return path
 
 

@@ -102,9 +102,8 @@ def summary(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def plot(rows: list[dict[str, Any]], out: Path) -> Path:
-    plt = plotting.pyplot()
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.4))
-    cmap = plt.get_cmap("tab10")
+    fig, axes = plotting.subplots(1, 2, figsize=(12, 4.4))
+    cmap = plotting.cmap("tab10")
     for c, m in enumerate(dict.fromkeys(r["method"] for r in rows)):
         steps = sorted({r["step"] for r in rows if r["method"] == m})
         for ax, key in zip(axes, ("cosine", "l2"), strict=True):
@@ -127,13 +126,11 @@ def plot(rows: list[dict[str, Any]], out: Path) -> Path:
     fig.tight_layout()
     path = out / "inverse_quality.png"
     fig.savefig(path, dpi=130)
-    plt.close(fig)
     return path
 
 
 def plot_steps(at_rows: list[dict[str, Any]], out: Path) -> Path:
-    plt = plotting.pyplot()
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.4))
+    fig, axes = plotting.subplots(1, 2, figsize=(12, 4.4))
     for c, name in enumerate(("neumann", "cg")):
         steps = sorted({r["i"] for r in at_rows if r["method"] == name})
         for ax, key in zip(axes, ("cosine", "l2"), strict=True):
@@ -151,7 +148,6 @@ def plot_steps(at_rows: list[dict[str, Any]], out: Path) -> Path:
     fig.tight_layout()
     path = out / "inverse_steps.png"
     fig.savefig(path, dpi=130)
-    plt.close(fig)
     return path
 
 

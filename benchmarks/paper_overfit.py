@@ -186,9 +186,8 @@ def _band(ax, rows: list[dict[str, Any]], key: str, color: str, style: str, labe
 
 
 def plot(rows: list[dict[str, Any]], out: Path) -> Path:
-    plt = plotting.pyplot()
     models = list(dict.fromkeys(r["model"] for r in rows))
-    fig, axes = plt.subplots(1, len(models), figsize=(4.6 * len(models), 4.0), squeeze=False)
+    fig, axes = plotting.subplots(1, len(models), figsize=(4.6 * len(models), 4.0), squeeze=False)
     for ax, m in zip(axes[0], models, strict=True):
         for f in FAMILIES:
             sub = [r for r in rows if r["model"] == m and r["family"] == f]
@@ -205,13 +204,11 @@ def plot(rows: list[dict[str, Any]], out: Path) -> Path:
     fig.tight_layout()
     path = out / "overfitting.png"
     fig.savefig(path, dpi=120)
-    plt.close(fig)
     return path
 
 
 def plot_lstm(rows: list[dict[str, Any]], out: Path) -> Path:
-    plt = plotting.pyplot()
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4.0))
+    fig, axes = plotting.subplots(1, 2, figsize=(10, 4.0))
     for f in FAMILIES:
         sub = [r for r in rows if r["family"] == f]
         if sub:
@@ -234,7 +231,6 @@ def plot_lstm(rows: list[dict[str, Any]], out: Path) -> Path:
     fig.tight_layout()
     path = out / "overfitting_lstm.png"
     fig.savefig(path, dpi=120)
-    plt.close(fig)
     return path
 
 

@@ -119,8 +119,7 @@ def summary(rows: list[dict[str, Any]]) -> dict[str, dict[str, tuple[float, floa
 
 
 def plot(rows: list[dict[str, Any]], curve: list[dict[str, Any]], hps: list[dict[str, Any]], out: Path) -> Path:
-    plt = plotting.pyplot()
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.4))
+    fig, axes = plotting.subplots(1, 3, figsize=(15, 4.4))
     labels = {c: lab for c, lab, _ in CONFIGS}
     for i, c in enumerate(dict.fromkeys(r["config"] for r in curve)):
         xs = sorted({r["inner_steps"] for r in curve if r["config"] == c})
@@ -151,7 +150,6 @@ def plot(rows: list[dict[str, Any]], curve: list[dict[str, Any]], hps: list[dict
     fig.tight_layout()
     path = out / "ptb.png"
     fig.savefig(path, dpi=130)
-    plt.close(fig)
     return path
 
 

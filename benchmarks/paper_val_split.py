@@ -93,9 +93,8 @@ def peaks(summ: list[dict[str, Any]]) -> dict[tuple[int, str], dict[str, Any]]:
 
 
 def plot(summ: list[dict[str, Any]], out: Path) -> Path:
-    plt = plotting.pyplot()
     sizes = sorted({r["total_size"] for r in summ})
-    fig, axes = plt.subplots(1, len(sizes), figsize=(4.2 * len(sizes), 3.8), squeeze=False)
+    fig, axes = plotting.subplots(1, len(sizes), figsize=(4.2 * len(sizes), 3.8), squeeze=False)
     pk = peaks(summ)
     for ax, n in zip(axes[0], sizes, strict=True):
         for c, (fam, name) in enumerate(FAMILIES):
@@ -119,7 +118,6 @@ def plot(summ: list[dict[str, Any]], out: Path) -> Path:
     fig.tight_layout()
     path = out / "validation_split.png"
     fig.savefig(path, dpi=130)
-    plt.close(fig)
     return path
 
 

@@ -111,9 +111,8 @@ def rewrite(out: Path) -> None:
 
 
 def plot(rows, path: Path) -> None:
-    plt = plotting.pyplot()
     iters = sorted({r["iterations"] for r in rows})
-    fig, axes = plt.subplots(1, len(iters), figsize=(6.5 * len(iters), 4.4), squeeze=False)
+    fig, axes = plotting.subplots(1, len(iters), figsize=(6.5 * len(iters), 4.4), squeeze=False)
     for ax, i in zip(axes[0], iters, strict=True):
         rs = [r for r in rows if r["iterations"] == i]
         labels = [f"{r['peer']}\n{r['peer_call']}" for r in rs]
@@ -131,7 +130,6 @@ def plot(rows, path: Path) -> None:
         ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def fragment(rows, quick: bool, notes: dict[str, str]) -> str:

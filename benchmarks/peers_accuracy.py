@@ -542,10 +542,9 @@ def headline(rows) -> list[list]:
 
 
 def plot(rows, path: Path, grid) -> None:
-    plt = plotting.pyplot()
     libs = [lib for lib in ("hgbench", "torchopt", "betty") if any(r["library"] == lib for r in rows)]
     settings = [st for st in SETTINGS if any(r["problem"] == st[0] and r["setting"] == st[1] for r in rows)]
-    fig, axes = plt.subplots(1, len(settings), figsize=(4.6 * len(settings), 4.4), squeeze=False)
+    fig, axes = plotting.subplots(1, len(settings), figsize=(4.6 * len(settings), 4.4), squeeze=False)
     width = 0.8 / len(libs)
     for ax, (problem, setting) in zip(axes[0], settings, strict=True):
         top = 1.0
@@ -572,4 +571,3 @@ def plot(rows, path: Path, grid) -> None:
         ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)

@@ -114,9 +114,8 @@ def run(out: Path, quick: bool = False, device: str = "auto", reps: int | None =
 
 
 def plot(rows, path: Path, cap: float) -> None:
-    plt = plotting.pyplot()
     ok = [r for r in rows if r["status"] == "ok"]
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(12, 4.4))
+    fig, (a1, a2) = plotting.subplots(1, 2, figsize=(12, 4.4))
     if ok:
         x = [r["num_hyperparams"] for r in ok]
         a1.plot(x, [r["peak_mb"] / 1024 for r in ok], "o-", label="peak RSS of the process (GiB)")
@@ -144,7 +143,6 @@ def plot(rows, path: Path, cap: float) -> None:
     a2.set_title("Time per hypergradient (median at 1M and 10M; else one run)", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def fragment(rows, quick, cap, largest, failure, avail) -> str:

@@ -36,7 +36,7 @@ STATEFUL_CALLS = {"matplotlib.use", "mlflow.set_tracking_uri", "mlflow.set_regis
 # ... and these never in the library (framework/, plugins/): a caller's backend or store is its own
 NEVER_CALLED = {"matplotlib.use", "mlflow.set_tracking_uri", "mlflow.set_registry_uri", "plt.switch_backend",
                 "matplotlib.pyplot.switch_backend"}
-LIBRARY = ("framework", "plugins", "hydra_plugins")
+LIBRARY = ("framework", "plugins", "benchmarks", "hydra_plugins")
 
 
 def dotted(node: ast.AST) -> str:
