@@ -72,7 +72,7 @@ def check_overrides(argv: list[str]) -> str | None:
         return None
     texts = list(args.overrides)
     variants: list[list[str]] = []  # per override: the commands to compose it as
-    for o, text in zip(parsed, texts):
+    for o, text in zip(parsed, texts, strict=True):
         if o.is_sweep_override():
             key = text.split("=", 1)[0]
             try:

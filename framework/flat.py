@@ -45,6 +45,6 @@ class FlatSpec:
         if flat.shape != (self.numel,):
             raise ValueError(f"expected a flat tensor of shape ({self.numel},), got {tuple(flat.shape)}")
         if len(self.names) <= 1:
-            return {n: flat.view(s) for n, s in zip(self.names, self.shapes)}
+            return {n: flat.view(s) for n, s in zip(self.names, self.shapes, strict=True)}
         pieces = torch.split(flat, [math.prod(s) for s in self.shapes])
-        return {n: piece.view(s) for n, s, piece in zip(self.names, self.shapes, pieces)}
+        return {n: piece.view(s) for n, s, piece in zip(self.names, self.shapes, pieces, strict=True)}

@@ -123,9 +123,9 @@ def plot_val_loss_vs_time(runs: pd.DataFrame, metrics: pd.DataFrame, colors: dic
     rows = 2 if rel is not None else 1
     fig, axes = _subplots(rows, len(panels), figsize=(7.5 * len(panels), 4.8 * rows), squeeze=False)
     if rel is not None:
-        for ax, (dataset, model) in zip(axes[1], [k for k, _ in panels]):
+        for ax, (dataset, model) in zip(axes[1], [k for k, _ in panels], strict=True):
             plot_relative(ax, rel[(rel["dataset"] == dataset) & (rel["model"] == model)], colors, f"{dataset} · {model}")
-    for ax, ((dataset, model), d) in zip(axes[0], panels):
+    for ax, ((dataset, model), d) in zip(axes[0], panels, strict=True):
         ends = []  # per series: its mean run time
         for series, s in d.groupby("series", sort=True):
             for _, one in s.groupby("run_id"):  # each seed at its own times, thin
@@ -235,7 +235,7 @@ def plot_hypergrad_time(runs: pd.DataFrame, metrics: pd.DataFrame, colors: dict,
     fig, ax = _figure(len(groups))
     box = ax.boxplot([g["value"] * 1000 for _, g in groups], positions=range(len(groups)), widths=0.6, orientation="horizontal",
                      patch_artist=True, flierprops={"ms": 3, "alpha": 0.5}, medianprops={"color": "k", "lw": 1.5})
-    for patch, (_, g) in zip(box["boxes"], groups):
+    for patch, (_, g) in zip(box["boxes"], groups, strict=True):
         patch.set(facecolor=colors[g["series"].iloc[0]], alpha=0.75)
     ax.set(xlabel="hypergradient time per hyper-step (ms)",
            title="hypergradient time, all hyper-steps of all seeds\n(box: quartiles; line: median; whiskers: 1.5 IQR)")

@@ -125,7 +125,7 @@ def _from(row: dict[str, Any]) -> str:
 
 def _table(header: list[str], rows: list[list[str]], indent: str = "  ") -> list[str]:
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    line = lambda r: (indent + "  ".join(c.ljust(w) for c, w in zip(r, widths))).rstrip()  # noqa: E731
+    line = lambda r: (indent + "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True))).rstrip()  # noqa: E731
     return [line(header), line(["-" * w for w in widths]), *map(line, rows)]
 
 

@@ -221,7 +221,7 @@ def launch(launcher: Any, job_overrides: Sequence[Sequence[str]], initial_job_id
     said = io.StringIO()  # submitit prints sbatch's refusal before raising it: said in one line instead
     try:
         with contextlib.redirect_stderr(said):
-            jobs = executor.map_array(launcher, *zip(*job_params))
+            jobs = executor.map_array(launcher, *zip(*job_params, strict=True))
     except FailedJobError as exc:
         cause = exc.__cause__
         if not isinstance(cause, subprocess.CalledProcessError):

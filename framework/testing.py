@@ -574,7 +574,7 @@ def check_model(model: Any, *, input_shape: tuple[int, ...] = (1, 8, 8), num_out
             raise fail(label, f"in {dtype}, functional_call with flat weights differs from the module's own forward "
                               f"(max |Δ| {(fout - out).abs().max().item():.3g}): keep no weights outside named_parameters()")
         (g,) = torch.autograd.grad(fout.double().square().sum(), w)
-        bad = [n for n, sl in zip(spec.names, torch.split(g, [math.prod(s) for s in spec.shapes])) if not torch.isfinite(sl).all()]
+        bad = [n for n, sl in zip(spec.names, torch.split(g, [math.prod(s) for s in spec.shapes]), strict=True) if not torch.isfinite(sl).all()]
         if bad:
             raise fail(label, f"in {dtype}, the outputs' gradient is not finite for {bad}")
         if mo.carries_state:

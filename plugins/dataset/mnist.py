@@ -108,7 +108,7 @@ class Mnist(Dataset):
     def load(self) -> DataSplits:
         g = torch.Generator().manual_seed(self.split_seed)
         if self.total_size is None:
-            pools = zip(read_pickle(), ("train", "val", "test"), (self.train_size, self.val_size, self.test_size))
+            pools = zip(read_pickle(), ("train", "val", "test"), (self.train_size, self.val_size, self.test_size), strict=True)
             splits = [draw(x, y, {f"{k}_size": n}, g, f"MNIST's {k} part")[0] for (x, y), k, n in pools]
         else:  # one pool from the train part: validation first, then training (a fraction never changes the pool)
             (x, y), _, (tx, ty) = read_pickle()

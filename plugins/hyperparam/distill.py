@@ -191,7 +191,7 @@ class Distill(HyperparamFamily):
     def figures(self, lam):
         titles = [str(int(c)) for c in self._labels.cpu()]
         if self.learn_labels:
-            titles = [f"{t}: {p:.2f}" for t, p in zip(titles, F.softmax(lam["label_logits"], -1).max(-1).values.tolist())]
+            titles = [f"{t}: {p:.2f}" for t, p in zip(titles, F.softmax(lam["label_logits"], -1).max(-1).values.tolist(), strict=True)]
         return {"distilled.png": shared_scale_grid(lam["images"], titles, ncols=self.per_class if self.per_class > 1 else None)}
 
 

@@ -78,7 +78,7 @@ class WeightDecay(HyperparamFamily):
         if self.max_decay is not None:
             out["capped_share"] = (d >= math.log(self.max_decay)).double().mean().item()
         if self.granularity == "per_tensor":
-            out.update({f"decay/{name}": v for name, v in zip(self._tensor_names, self.decay(d).tolist())})
+            out.update({f"decay/{name}": v for name, v in zip(self._tensor_names, self.decay(d).tolist(), strict=True)})
         return out
 
 
