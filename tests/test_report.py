@@ -132,7 +132,7 @@ def table(text):
         cells = [c.strip() for c in line.strip("|").split("|")]
         if len(cells) != len(header):
             break  # the next table
-        rows.append(dict(zip(header, cells)))
+        rows.append(dict(zip(header, cells, strict=True)))
     return rows
 
 
