@@ -65,9 +65,9 @@ def test_off_by_default_and_never_checked(data):
 
 
 @pytest.mark.slow
-def test_compiled_run_matches_eager_and_is_recorded(tmp_path):
+def test_compiled_run_matches_eager_and_is_recorded(tmp_path, copy_store):
     """A real torch.compile of the MLP inner step: checked, then the same trajectory as eager."""
-    uri = f"sqlite:///{tmp_path / 'store.db'}"
+    uri = f"sqlite:///{copy_store(tmp_path / 'store.db')}"
     ov = ["dataset=digits", "model.hidden=[32]", "hyper_steps=4", "eval_every=2", "dtype=float64",
           f"mlflow.tracking_uri={uri}"]
     eager = build_experiment(overrides=ov)

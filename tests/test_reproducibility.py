@@ -75,11 +75,11 @@ GRID = ["hypergrad=neumann,unroll", "hyperparam=weight_decay_per_param,dropout_p
 
 
 @pytest.fixture(scope="module")
-def cli_runs(tmp_path_factory):
+def cli_runs(tmp_path_factory, copy_store):
     """Two fresh processes at once, one sqlite store: process A runs every method × family with
     seeds 0 and 1, process B the same with seed 0 (each job a fresh ``Experiment``)."""
     root = tmp_path_factory.mktemp("repro")
-    uri = f"sqlite:///{root / 'mlflow.db'}"
+    uri = f"sqlite:///{copy_store(root / 'mlflow.db')}"
     client = MlflowClient(uri)  # the store exists before the two processes start
     for name in ("A", "B"):
         client.create_experiment(f"{EXPERIMENT}_{name}", artifact_location=(root / "mlartifacts" / name).as_uri())
