@@ -29,7 +29,10 @@ def only_run(tmp_path):
 
 @pytest.mark.slow
 def test_run_records_params_metrics_and_tags(tmp_path, mlflow_db):
-    out = hgbench(tmp_path, *SMALL)
+    """The command's main() in this process (what a process of its own adds — exit code, one-line
+    errors — is test_bad_input_through_the_real_command's; many processes recording at once:
+    test_concurrency.py)."""
+    out = hgbench_in_process(tmp_path, *SMALL)
     assert out.returncode == 0, out.stderr
     assert "FINISHED" in out.stdout and "mlflow ui --backend-store-uri sqlite:///" in out.stdout
     client, run = only_run(tmp_path)
