@@ -42,7 +42,9 @@ def test_a_compile_error_falls_back_to_eager(data):
 
 def test_a_random_loss_is_compiled_but_marked_unverified(data):
     def noisy(w, lam, x, y, idx=None):
-        return quadratic(w * (torch.rand_like(w) > 0.5), lam, x, y)
+        # continuous noise: a 0/1 mask over these 5 weights is the same after the check's extra draw
+        # for about 1 global random state in 30, and which one a test meets depends on the tests before it
+        return quadratic(w * torch.rand_like(w), lam, x, y)
 
     loss = InnerLoss(noisy, compile=True)
     loss.compiled = noisy  # stands in for the compiled graph
