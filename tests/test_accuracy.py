@@ -1,6 +1,8 @@
 """Hypergradient accuracy as a measured quantity: MINRES, Lanczos and the Gauss–Newton curvature
 against dense float64 computations, and the per-run accuracy checks (``reference.every``)."""
 
+from itertools import pairwise
+
 import pytest
 import torch
 from helpers import hgbench_in_process
@@ -29,7 +31,7 @@ def test_minres_solves_symmetric_indefinite_systems_like_a_dense_solve(damping):
     torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
     # the residual never grows with more iterations (CG's can, on an indefinite matrix)
     res = [torch.linalg.vector_norm(a @ minres_solve(lambda v: a @ v, b, iterations=k) - b).item() for k in range(1, 30)]
-    assert all(r2 <= r1 * (1 + 1e-10) for r1, r2 in zip(res, res[1:]))
+    assert all(r2 <= r1 * (1 + 1e-10) for r1, r2 in pairwise(res))
     # and a tolerance stops it early, with the residual it promises
     x = minres_solve(lambda v: a @ v, b, iterations=200, tol=1e-6)
     assert torch.linalg.vector_norm(a @ x - b) <= 1e-6 * torch.linalg.vector_norm(b) * 1.01
@@ -146,7 +148,7 @@ def test_accuracy_checks_measure_the_method_against_the_reference_and_change_not
         assert "the training Hessian is indefinite" in on.info["hessian_indefinite"]
 
 
-def test_accuracy_metrics_are_recorded_at_their_steps_through_the_cli(tmp_path):
+def test_accuracy_metrics_are_recorded_at_their_steps_through_the_cli(tmp_path, mlflow_db):
     out = hgbench_in_process(tmp_path, *REF, "reference=exact_damped", "reference.every=2", "mlflow.experiment=acc")
     assert out.returncode == 0, out.stderr[-2000:]
     assert "accuracy at the last check vs the reference (exact)" in out.stdout

@@ -28,8 +28,11 @@ def only_run(tmp_path):
 
 
 @pytest.mark.slow
-def test_run_records_params_metrics_and_tags(tmp_path):
-    out = hgbench(tmp_path, *SMALL)
+def test_run_records_params_metrics_and_tags(tmp_path, mlflow_db):
+    """The command's main() in this process (what a process of its own adds — exit code, one-line
+    errors — is test_bad_input_through_the_real_command's; many processes recording at once:
+    test_concurrency.py)."""
+    out = hgbench_in_process(tmp_path, *SMALL)
     assert out.returncode == 0, out.stderr
     assert "FINISHED" in out.stdout and "mlflow ui --backend-store-uri sqlite:///" in out.stdout
     client, run = only_run(tmp_path)
@@ -60,7 +63,7 @@ def test_run_records_params_metrics_and_tags(tmp_path):
 
 
 @pytest.mark.slow
-def test_diverging_hypergradient_ends_the_run_as_failed(tmp_path):
+def test_diverging_hypergradient_ends_the_run_as_failed(tmp_path, mlflow_db):
     out = hgbench_in_process(tmp_path, *SMALL, "hypergrad.alpha=1e6", "hypergrad.iterations=20")
     assert out.returncode == 1
     assert "not finite at hyper-step 1" in out.stdout
@@ -72,7 +75,7 @@ def test_diverging_hypergradient_ends_the_run_as_failed(tmp_path):
 
 
 @pytest.mark.slow
-def test_too_large_for_exact_is_skipped_with_its_reason(tmp_path):
+def test_too_large_for_exact_is_skipped_with_its_reason(tmp_path, mlflow_db):
     out = hgbench_in_process(tmp_path, *SMALL, "hypergrad=exact", "hypergrad.max_weights=1000")
     assert out.returncode == 0 and "SKIPPED" in out.stdout
     _, run = only_run(tmp_path)
@@ -160,7 +163,7 @@ def test_bad_input_through_the_real_command(tmp_path):
     assert out.stderr == "hgbench: error: hypergrad.iterations='abc': 'neumann' expects int\n"
 
 
-def test_a_bug_in_a_plugin_shows_its_traceback_and_is_recorded(tmp_path, monkeypatch):
+def test_a_bug_in_a_plugin_shows_its_traceback_and_is_recorded(tmp_path, mlflow_db, monkeypatch):
     """A config mistake is one line; a plugin's own bug (here a TypeError in its load()) is not
     hidden as one: its traceback is shown, and the run is recorded as FAILED."""
     from dataclasses import dataclass
@@ -194,7 +197,7 @@ def test_a_bug_in_a_plugin_shows_its_traceback_and_is_recorded(tmp_path, monkeyp
     assert run.info.status == "FAILED" and run.data.tags["hgbench.error"].startswith("TypeError")
 
 
-def test_a_bug_in_a_plugins_own_checks_does_not_stop_the_grid(tmp_path, monkeypatch):
+def test_a_bug_in_a_plugins_own_checks_does_not_stop_the_grid(tmp_path, mlflow_db, monkeypatch):
     """A TypeError raised while the config is built (a plugin's __post_init__) in a grid: its
     traceback is shown, the job is recorded FAILED, and the other jobs run."""
     from dataclasses import dataclass

@@ -42,7 +42,9 @@ def test_a_compile_error_falls_back_to_eager(data):
 
 def test_a_random_loss_is_compiled_but_marked_unverified(data):
     def noisy(w, lam, x, y, idx=None):
-        return quadratic(w * (torch.rand_like(w) > 0.5), lam, x, y)
+        # continuous noise: a 0/1 mask over these 5 weights is the same after the check's extra draw
+        # for about 1 global random state in 30, and which one a test meets depends on the tests before it
+        return quadratic(w * torch.rand_like(w), lam, x, y)
 
     loss = InnerLoss(noisy, compile=True)
     loss.compiled = noisy  # stands in for the compiled graph
@@ -65,9 +67,9 @@ def test_off_by_default_and_never_checked(data):
 
 
 @pytest.mark.slow
-def test_compiled_run_matches_eager_and_is_recorded(tmp_path):
+def test_compiled_run_matches_eager_and_is_recorded(tmp_path, copy_store):
     """A real torch.compile of the MLP inner step: checked, then the same trajectory as eager."""
-    uri = f"sqlite:///{tmp_path / 'store.db'}"
+    uri = f"sqlite:///{copy_store(tmp_path / 'store.db')}"
     ov = ["dataset=digits", "model.hidden=[32]", "hyper_steps=4", "eval_every=2", "dtype=float64",
           f"mlflow.tracking_uri={uri}"]
     eager = build_experiment(overrides=ov)

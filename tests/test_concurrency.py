@@ -100,12 +100,14 @@ def stop(proc: subprocess.Popen) -> None:
 
 
 @pytest.fixture(scope="module")
-def mlflow_server(tmp_path_factory):
-    """``mlflow server`` on 127.0.0.1:<free port>, sqlite backend, proxied artifacts; skipped with
-    the reason when it does not come up in time; always stopped at the end."""
+def mlflow_server(tmp_path_factory, copy_store):
+    """``mlflow server`` on 127.0.0.1:<free port>, sqlite backend (its schema already made:
+    ``copy_store``), proxied artifacts; skipped with the reason when it does not come up in time;
+    always stopped at the end."""
     if sys.platform == "win32":
         pytest.skip("the server fixture uses POSIX process groups")
     root = tmp_path_factory.mktemp("mlflow-server")
+    copy_store(root / "srv.db")
     exe = shutil.which("mlflow", path=str(Path(sys.executable).parent))
     base = [exe] if exe else [sys.executable, "-m", "mlflow"]
     env = {**os.environ, **NO_PROXY, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "MLFLOW_DISABLE_TELEMETRY": "true"}

@@ -41,7 +41,7 @@ def assert_disjoint(d):
 
 def assert_images(d, sizes, shape, lo=0.0, hi=1.0):
     assert d.task == "classification" and d.num_outputs == 10 and d.input_shape == shape
-    for split, n in zip((d.train, d.val, d.test), sizes):
+    for split, n in zip((d.train, d.val, d.test), sizes, strict=True):
         assert split.x.shape == (n, *shape) and split.x.dtype == torch.float32
         assert split.y.shape == (n,) and split.y.dtype == torch.int64
         assert lo <= split.x.min() and split.x.max() <= hi
@@ -51,7 +51,7 @@ def assert_images(d, sizes, shape, lo=0.0, hi=1.0):
 
 
 def assert_same(a, b):
-    for s, t in zip((a.train, a.val, a.test), (b.train, b.val, b.test)):
+    for s, t in zip((a.train, a.val, a.test), (b.train, b.val, b.test), strict=True):
         assert torch.equal(s.x, t.x) and torch.equal(s.y, t.y)
 
 
@@ -210,7 +210,7 @@ def test_fashion_mnist_reads_idx_files_from_any_root(tmp_path):
             test_images = images
     d = load("fashion_mnist", root=str(tmp_path), train_size=8, val_size=4, test_size=None)
     assert_images(d, (8, 4, 5), (784,))
-    got = {row.tobytes(): int(label) for row, label in zip((d.test.x * 255).round().to(torch.uint8).numpy(), d.test.y)}
+    got = {row.tobytes(): int(label) for row, label in zip((d.test.x * 255).round().to(torch.uint8).numpy(), d.test.y, strict=True)}
     assert got == {img.reshape(-1).tobytes(): i % 10 for i, img in enumerate(test_images)}
 
 
@@ -300,7 +300,7 @@ def test_ptb_sizes_count_sequences_drawn_by_split_seed():
     assert d.input_shape == (20,) and d.num_outputs == 10000
     _, ids = ptb.corpus()
     windows = ptb.sequences(ids["train"], 20)
-    for x, y in zip(d.train.x, d.train.y):
+    for x, y in zip(d.train.x, d.train.y, strict=True):
         k = (windows.x == x).all(1).nonzero()
         assert len(k) >= 1 and torch.equal(windows.y[k[0, 0]], y)
     a, b, c = (load("ptb", bptt=20, train_size=10, val_size=10, test_size=5, split_seed=s) for s in (1, 1, 2))
@@ -323,7 +323,7 @@ def cifar_dir(tmp_path):
         labels = [int(v) for v in rng.integers(0, 10, n)]
         with open(folder / f, "wb") as fh:
             pickle.dump({b"batch_label": f.encode(), b"labels": labels, b"data": data, b"filenames": [b"x.png"] * n}, fh)
-        rows.update({("test" if f == "test_batch" else "train", r.tobytes()): lab for r, lab in zip(data, labels)})
+        rows.update({("test" if f == "test_batch" else "train", r.tobytes()): lab for r, lab in zip(data, labels, strict=True)})
     names = [b"airplane", b"automobile", b"bird", b"cat", b"deer", b"dog", b"frog", b"horse", b"ship", b"truck"]
     with open(folder / "batches.meta", "wb") as fh:
         pickle.dump({b"num_cases_per_batch": 6, b"label_names": names, b"num_vis": 3072}, fh)
@@ -331,7 +331,7 @@ def cifar_dir(tmp_path):
 
 
 def as_rows(split):
-    return [(r.tobytes(), int(lab)) for r, lab in zip((split.x * 255).round().to(torch.uint8).reshape(len(split.x), -1).numpy(), split.y)]
+    return [(r.tobytes(), int(lab)) for r, lab in zip((split.x * 255).round().to(torch.uint8).reshape(len(split.x), -1).numpy(), split.y, strict=True)]
 
 
 def test_cifar10_round_trips_the_pickle_format(cifar_dir):

@@ -204,7 +204,7 @@ def mlflow_runs(cwd: Path):
 
 
 @pytest.mark.slow
-def test_the_installed_plugin_runs_in_a_grid_with_no_yaml(site, tmp_path):
+def test_the_installed_plugin_runs_in_a_grid_with_no_yaml(site, tmp_path, mlflow_db):
     out = hgbench(tmp_path, env_with(site), "-m", "hypergrad=damped_neumann,neumann", *TINY)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "2 jobs — 2 finished" in out.stdout
@@ -218,7 +218,7 @@ def test_the_installed_plugin_runs_in_a_grid_with_no_yaml(site, tmp_path):
 
 
 @pytest.mark.slow
-def test_plugins_that_fail_to_load_are_reported_and_the_others_still_run(site, tmp_path):
+def test_plugins_that_fail_to_load_are_reported_and_the_others_still_run(site, tmp_path, mlflow_db):
     env = env_with(broken_distributions(tmp_path / "broken"), site)
     out = hgbench(tmp_path, env, "hypergrad=damped_neumann", "hypergrad.damping=0.1", "dataset=digits", "hyper_steps=2",
                   "inner_steps=1", "dataset.train_size=100", "dataset.val_size=50", "dataset.test_size=50")

@@ -134,6 +134,6 @@ def test_weight_decay_granularities_are_one_penalty_at_three_resolutions():
     lam = torch.log(torch.tensor([0.1, 0.2, 0.3, 0.4], dtype=torch.float64))
     tensors = e.problem.w_spec.unflatten(w)
     data = e.problem.data_loss(e.problem.forward(w, batch.x), batch.y)
-    expected = data + 0.5 * sum(d * (t * t).sum() for d, t in zip(lam.exp(), tensors.values()))
+    expected = data + 0.5 * sum(d * (t * t).sum() for d, t in zip(lam.exp(), tensors.values(), strict=True))
     torch.testing.assert_close(e.problem.train_loss(w, lam, batch), expected, rtol=1e-12, atol=0)
     assert set(e.problem.family.metrics({"log_decay": lam})) >= {f"decay/{n}" for n in tensors}

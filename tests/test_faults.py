@@ -41,7 +41,7 @@ def interrupt(client, run):
 # --- 1. the kill between the checkpoint and the metrics: test_resume.py's killed grid is killed
 # right there (injected); here, what an older hgbench could leave behind ------------------------------
 
-def test_a_checkpoint_ahead_of_the_store_is_refused_and_the_job_starts_over(tmp_path):
+def test_a_checkpoint_ahead_of_the_store_is_refused_and_the_job_starts_over(tmp_path, mlflow_db):
     """What an older hgbench (checkpoint written before the metrics were flushed) could leave:
     a resume from it would skip the steps the store never got."""
     job = ["-m", *QUICK, "hyper_steps=12", "checkpoint.every=4", "checkpoint.keep=true", "mlflow.experiment=ahead"]
@@ -67,7 +67,7 @@ def test_a_checkpoint_ahead_of_the_store_is_refused_and_the_job_starts_over(tmp_
 
 # --- 2. unreadable checkpoints -------------------------------------------------------------------
 
-def test_an_unreadable_checkpoint_falls_back_to_its_artifact_then_to_a_fresh_start(tmp_path):
+def test_an_unreadable_checkpoint_falls_back_to_its_artifact_then_to_a_fresh_start(tmp_path, mlflow_db):
     job = ["-m", *QUICK, "hyper_steps=12", "checkpoint.every=4", "checkpoint.keep=true", "mlflow.experiment=torn"]
     assert hgbench_in_process(tmp_path, *job).returncode == 0
     client = client_for(tmp_path)
@@ -98,7 +98,7 @@ def test_an_unreadable_checkpoint_falls_back_to_its_artifact_then_to_a_fresh_sta
 
 # --- 3. stores and folders that cannot be written ------------------------------------------------
 
-def test_a_read_only_store_fails_in_seconds_before_any_training(tmp_path, monkeypatch):
+def test_a_read_only_store_fails_in_seconds_before_any_training(tmp_path, mlflow_db, monkeypatch):
     assert hgbench_in_process(tmp_path, *QUICK, "hyper_steps=1", "mlflow.experiment=ro").returncode == 0
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///file:{tmp_path / 'mlflow.db'}?mode=ro&uri=true")
     for grid in ([], ["-m"]):
@@ -127,7 +127,7 @@ def test_an_unwritable_launch_folder_is_one_line(tmp_path):
 
 
 @pytest.mark.filterwarnings("ignore:hgbench. plugin")
-def test_a_full_disk_at_the_checkpoint_ends_the_run_failed_and_leaves_no_torn_file(tmp_path, monkeypatch):
+def test_a_full_disk_at_the_checkpoint_ends_the_run_failed_and_leaves_no_torn_file(tmp_path, mlflow_db, monkeypatch):
     import hgbench.plugins.recorder.checkpoint as ck
 
     def torn_save(obj, f):
@@ -147,7 +147,7 @@ def test_a_full_disk_at_the_checkpoint_ends_the_run_failed_and_leaves_no_torn_fi
 
 
 @pytest.mark.filterwarnings("ignore:hgbench. plugin")
-def test_a_full_disk_under_the_store_stops_the_run_with_bounded_output(tmp_path, monkeypatch):
+def test_a_full_disk_under_the_store_stops_the_run_with_bounded_output(tmp_path, mlflow_db, monkeypatch):
     from hgbench.store import MlflowRun
 
     real = MlflowRun.flush
@@ -169,7 +169,7 @@ def test_a_full_disk_under_the_store_stops_the_run_with_bounded_output(tmp_path,
 
 # --- 4. signals ----------------------------------------------------------------------------------
 
-def test_sigterm_to_a_single_run_is_one_summary_and_exit_143(tmp_path, monkeypatch):
+def test_sigterm_to_a_single_run_is_one_summary_and_exit_143(tmp_path, mlflow_db, monkeypatch):
     from hgbench.runner import Experiment
 
     real = Experiment.hyper_step
@@ -192,7 +192,7 @@ def test_sigterm_to_a_single_run_is_one_summary_and_exit_143(tmp_path, monkeypat
     assert run.info.status == "KILLED" and run.data.tags["hgbench.status"] == "interrupted"
 
 
-def test_sigterm_in_a_sequential_grid_stops_it_with_its_summary(tmp_path, monkeypatch):
+def test_sigterm_in_a_sequential_grid_stops_it_with_its_summary(tmp_path, mlflow_db, monkeypatch):
     from hgbench.runner import Experiment
 
     real = Experiment.hyper_step
@@ -233,7 +233,7 @@ def _session_processes(sid: int) -> list[str]:
 
 
 @pytest.mark.slow
-def test_sigterm_to_a_joblib_grid_ends_it_with_its_summary_and_no_process_left(tmp_path):
+def test_sigterm_to_a_joblib_grid_ends_it_with_its_summary_and_no_process_left(tmp_path, mlflow_db):
     client = client_for(tmp_path)
     args = ["-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", *QUICK, "hyper_steps=3000",
             "mlflow.flush_every_s=0.2", "seed=0,1,2", "mlflow.experiment=termgrid"]
@@ -290,7 +290,7 @@ def test_the_sources_of_a_plugin_package_are_part_of_its_digest(tmp_path, monkey
     package_digest.cache_clear()
 
 
-def test_a_finished_job_is_run_again_when_its_code_changed(tmp_path, monkeypatch):
+def test_a_finished_job_is_run_again_when_its_code_changed(tmp_path, mlflow_db, monkeypatch):
     import hgbench.config as config
 
     job = ["-m", *QUICK, "hyper_steps=2", "mlflow.experiment=code"]

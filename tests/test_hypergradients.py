@@ -6,6 +6,8 @@
 - a tiny tanh MLP with per-weight decay: central finite differences of L_V(w*(λ)).
 """
 
+from itertools import pairwise
+
 import pytest
 import torch
 
@@ -58,7 +60,7 @@ def test_neumann_error_decreases_with_iterations_on_ridge(ridge):
         torch.linalg.norm(ridge.hypergradient("neumann", iterations=i, alpha=alpha)["log_decay"] - hyper).item()
         for i in (0, 2, 10, 50, 400)
     ]
-    assert all(a > b for a, b in zip(errors, errors[1:])), errors
+    assert all(a > b for a, b in pairwise(errors)), errors
     assert errors[-1] < 1e-6 * torch.linalg.norm(hyper).item()
 
 

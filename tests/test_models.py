@@ -204,7 +204,7 @@ def test_functional_call_with_flat_views_matches_the_module(key):
     g = torch.Generator().manual_seed(1)
     w = (spec.flatten(named) + 0.1 * torch.randn(spec.numel, generator=g, dtype=F64)).requires_grad_(True)
     with torch.no_grad():  # the module holds the same (perturbed) weights
-        for (n, p), v in zip(net.named_parameters(), spec.unflatten(w.detach()).values()):
+        for p, v in zip(net.parameters(), spec.unflatten(w.detach()).values(), strict=True):
             p.copy_(v)
     masks = masks_for(net, n=4)
     for kwargs in ({}, {"unit_masks": masks}):
@@ -350,7 +350,7 @@ def test_hand_written_lstm_matches_torch_nn_lstm(tie):
     loss = lambda o: torch.nn.functional.cross_entropy(o.reshape(-1, 11), y.reshape(-1))  # noqa: E731
     ours = torch.autograd.grad(loss(out), [p for l in net.layers for p in (l.weight_ih, l.weight_hh)])
     theirs = torch.autograd.grad(loss(ref_out), [p for r in refs for p in (r.weight_ih_l0, r.weight_hh_l0)])
-    for a, b in zip(ours, theirs):
+    for a, b in zip(ours, theirs, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
 
 
@@ -367,7 +367,7 @@ def test_group_norm_matches_torch_group_norm():
     torch.testing.assert_close(ours(x), ref(x), rtol=1e-10, atol=1e-12)
     ga = torch.autograd.grad(ours(x).sin().sum(), (x, ours.weight))
     gb = torch.autograd.grad(ref(x).sin().sum(), (x, ref.weight))
-    for a, b in zip(ga, gb):
+    for a, b in zip(ga, gb, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
 
 

@@ -94,7 +94,7 @@ print("ok")
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stdout + out.stderr
 
 
-def test_the_installed_hgbench_runs(venv, tmp_path):
+def test_the_installed_hgbench_runs(venv, tmp_path, mlflow_db):
     """The console script runs a tiny job from the installed configs (``pkg://hgbench.conf``)."""
     out = run_in(venv, tmp_path, str(venv / "bin" / "hgbench"), "dataset=digits", "model.hidden=[8]", "hyper_steps=2",
                  "inner_steps=2", "progress=false", "num_threads=1", f"mlflow.tracking_uri=sqlite:///{tmp_path}/mlflow.db")

@@ -98,11 +98,12 @@ def run_main(*args):
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory):
+def store(tmp_path_factory, copy_store):
     """A grid (neumann, identity × seeds 0, 1; a 64-16-10 MLP), then a second sweep on the default
     64-128-10 MLP: neumann with a step size that diverges (FAILED) and exact, refusing its 9,610
     weights (more than max_weights = 5,000: SKIPPED)."""
     root = tmp_path_factory.mktemp("report")
+    copy_store(root / "mlflow.db")
     grid = hgbench(root, "-m", "hypergrad=neumann,identity", "seed=0,1", "model.hidden=[16]", *SMALL)
     assert grid.returncode == 0, grid.stderr[-3000:]
     bad = hgbench(root, "-m", "hypergrad=neumann,exact", "inner_optimizer.lr=1e6", *SMALL)
@@ -132,7 +133,7 @@ def table(text):
         cells = [c.strip() for c in line.strip("|").split("|")]
         if len(cells) != len(header):
             break  # the next table
-        rows.append(dict(zip(header, cells)))
+        rows.append(dict(zip(header, cells, strict=True)))
     return rows
 
 
@@ -298,7 +299,7 @@ def curve(val_losses, seconds, hypergrad_s, memory):
     return out + [("runtime_s", steps, seconds * (steps + 1)), ("peak_memory_mb", steps, memory)]
 
 
-def test_an_optuna_sweep_enters_as_its_best_trial(tmp_path):
+def test_an_optuna_sweep_enters_as_its_best_trial(tmp_path, mlflow_db):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = MlflowClient(uri)
     exp = client.create_experiment("cmp", artifact_location=(tmp_path / "mlartifacts").as_uri())
@@ -409,7 +410,7 @@ def test_parameters_that_differ_only_between_methods_are_no_extra_column():
     assert "hypergrad.iterations" not in agg and len(agg) == 2
 
 
-def test_accuracy_columns_are_the_median_of_each_runs_checks_and_get_a_cosine_plot(tmp_path):
+def test_accuracy_columns_are_the_median_of_each_runs_checks_and_get_a_cosine_plot(tmp_path, mlflow_db):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = MlflowClient(uri)
     exp = client.create_experiment("acc", artifact_location=(tmp_path / "mlartifacts").as_uri())

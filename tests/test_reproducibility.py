@@ -49,7 +49,7 @@ def first_difference(a: dict, b: dict) -> str:
         return f"metric keys differ: {sorted(set(a) ^ set(b))}"
     for k in sorted(a):
         if a[k] != b[k]:
-            i = next((i for i, (x, y) in enumerate(zip(a[k], b[k])) if x != y), min(len(a[k]), len(b[k])))
+            i = next((i for i, (x, y) in enumerate(zip(a[k], b[k], strict=False)) if x != y), min(len(a[k]), len(b[k])))
             return f"{k}: first difference at entry {i}: {a[k][i:i + 1]} vs {b[k][i:i + 1]}"
     return "identical"
 
@@ -75,18 +75,18 @@ GRID = ["hypergrad=neumann,unroll", "hyperparam=weight_decay_per_param,dropout_p
 
 
 @pytest.fixture(scope="module")
-def cli_runs(tmp_path_factory):
+def cli_runs(tmp_path_factory, copy_store):
     """Two fresh processes at once, one sqlite store: process A runs every method × family with
     seeds 0 and 1, process B the same with seed 0 (each job a fresh ``Experiment``)."""
     root = tmp_path_factory.mktemp("repro")
-    uri = f"sqlite:///{root / 'mlflow.db'}"
+    uri = f"sqlite:///{copy_store(root / 'mlflow.db')}"
     client = MlflowClient(uri)  # the store exists before the two processes start
     for name in ("A", "B"):
         client.create_experiment(f"{EXPERIMENT}_{name}", artifact_location=(root / "mlartifacts" / name).as_uri())
     args = {"A": ["seed=0,1"], "B": ["seed=0"]}
     with ThreadPoolExecutor(max_workers=2) as pool:
         outs = dict(zip(args, pool.map(lambda k: hgbench(root, "-m", *GRID, *args[k], *COMMON, f"mlflow.experiment={EXPERIMENT}_{k}",
-                                                         f"hydra.sweep.dir=multirun/{k}"), args)))
+                                                         f"hydra.sweep.dir=multirun/{k}"), args), strict=True))
     runs = {}
     for name, out in outs.items():
         assert out.returncode == 0, f"process {name}:\n{out.stdout[-2000:]}\n{out.stderr[-3000:]}"

@@ -55,7 +55,7 @@ def steps(client, run, key="elapsed_s"):
 
 
 @pytest.mark.slow
-def test_a_killed_grid_resumes_exactly_and_records_no_run_twice(tmp_path):
+def test_a_killed_grid_resumes_exactly_and_records_no_run_twice(tmp_path, mlflow_db):
     """Only the grid that is killed runs as a process of its own (SIGKILL); the reference and the
     relaunches run the same command in this process (bitwise equal across processes:
     test_reproducibility.py)."""
@@ -94,7 +94,7 @@ def test_a_killed_grid_resumes_exactly_and_records_no_run_twice(tmp_path):
     assert len(runs(client, "grid")) == 3
 
 
-def test_a_job_running_elsewhere_is_not_started_twice_and_a_dead_one_is_rerun(tmp_path, monkeypatch):
+def test_a_job_running_elsewhere_is_not_started_twice_and_a_dead_one_is_rerun(tmp_path, mlflow_db, monkeypatch):
     from hgbench.api import compose_config
     from hgbench.config import config_tags, fingerprint
 
@@ -121,7 +121,7 @@ def test_a_job_running_elsewhere_is_not_started_twice_and_a_dead_one_is_rerun(tm
     assert {r.data.tags["hgbench.fingerprint"] for r in got.values()} == {fingerprint(cfg)}
 
 
-def test_resume_false_runs_a_finished_job_again(tmp_path, monkeypatch):
+def test_resume_false_runs_a_finished_job_again(tmp_path, mlflow_db, monkeypatch):
     args = ["-m", "experiment=quick", "hyper_steps=2", "mlflow.experiment=again"]
     assert run_cli(monkeypatch, tmp_path, *args)[0] == 0
     code, out, _ = run_cli(monkeypatch, tmp_path, *args)
@@ -148,13 +148,13 @@ def test_checkpoint_round_trip_continues_bit_for_bit(tmp_path, family):
         assert rest.summary[key] == whole.summary[key], key
 
 
-def test_a_plugin_that_raises_in_a_hook_is_reported_and_the_run_goes_on(tmp_path):
+def test_a_plugin_that_raises_in_a_hook_is_reported_and_the_run_goes_on(tmp_path, copy_store):
     class Faulty:
         @hookimpl
         def on_hyper_step(self, run, step, metrics):
             raise RuntimeError("recorder bug")
 
-    uri = f"sqlite:///{tmp_path / 'm.db'}"
+    uri = f"sqlite:///{copy_store(tmp_path / 'm.db')}"
     registry.register(Faulty(), name="faulty")
     try:
         with pytest.warns(UserWarning, match="'faulty' failed in on_hyper_step"):

@@ -160,9 +160,10 @@ def test_the_cli_reports_a_tampered_cifar_folder_in_one_line(tmp_path):
     folder = write_cifar(tmp_path / "cifar-10-batches-py")
     marker = tmp_path / "pwned"
     (folder / "test_batch").write_bytes(pickle.dumps(Payload(os.system, f"touch {marker}")))
-    out = subprocess.run([sys.executable, "-m", "hgbench.cli", "dataset=cifar10", f"dataset.root={folder}",
-                          "dataset.train_size=16", "dataset.val_size=4", "dataset.test_size=4", "model.hidden=[8]",
-                          "hyper_steps=1", "mlflow.enabled=false"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    from helpers import hgbench_in_process  # the command's main(), in this process: the payload would run here too
+
+    out = hgbench_in_process(tmp_path, "dataset=cifar10", f"dataset.root={folder}", "dataset.train_size=16", "dataset.val_size=4",
+                             "dataset.test_size=4", "model.hidden=[8]", "hyper_steps=1", "mlflow.enabled=false")
     text = out.stdout + out.stderr
     assert out.returncode != 0 and "Traceback" not in text, text[-3000:]
     assert "refused to load the global" in text and str(folder / "test_batch") in text, text[-3000:]
@@ -368,7 +369,7 @@ def test_every_documented_or_started_server_binds_127_0_0_1():
 
 
 @pytest.mark.slow
-def test_the_browse_line_printed_after_a_run_binds_127_0_0_1(tmp_path):
+def test_the_browse_line_printed_after_a_run_binds_127_0_0_1(tmp_path, mlflow_db):
     from helpers import hgbench_in_process
 
     out = hgbench_in_process(tmp_path, "dataset=digits", "model.hidden=[8]", "hyper_steps=1",

@@ -23,7 +23,7 @@ def runs_of(cwd, experiment="hgbench"):
 
 
 @pytest.mark.slow
-def test_failing_and_skipped_jobs_do_not_stop_the_grid(tmp_path):
+def test_failing_and_skipped_jobs_do_not_stop_the_grid(tmp_path, mlflow_db):
     # α = 1e6 diverges at the first hyper-step; iterations = -1 cannot even be built
     out = hgbench(tmp_path, "-m", "hypergrad=neumann", "hypergrad.alpha=1e6,0.05", "hypergrad.iterations=20,-1", *TINY)
     assert out.returncode == 1, "a failed job makes the sweep exit non-zero"
@@ -42,7 +42,7 @@ def test_failing_and_skipped_jobs_do_not_stop_the_grid(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_skipped_combination_is_recorded_with_its_reason(tmp_path):
+def test_a_skipped_combination_is_recorded_with_its_reason(tmp_path, mlflow_db):
     skip = tmp_path
     out = hgbench(skip, "-m", "hypergrad=exact,cg", *TINY, "model.hidden=[128]")  # 9,610 weights
     assert out.returncode == 0, "skipping is not failing"
@@ -67,11 +67,12 @@ OWN_TINY_TEST = {"paper_ptb_awd": "tests/test_paper_ptb.py (40 streams: its spli
 
 
 @pytest.mark.slow
-def test_every_single_run_experiment_runs(tmp_path):
+def test_every_single_run_experiment_runs(tmp_path, mlflow_db):
     singles = [p.stem for p in (CONF / "experiment").glob("*.yaml")
                if "MULTIRUN" not in p.read_text() and "sweeper" not in p.read_text() and p.stem not in OWN_TINY_TEST]
-    # small evaluation splits (every dataset has these keys): the presets run as they are otherwise
-    out = hgbench(tmp_path, "-m", f"experiment={','.join(singles)}", "hyper_steps=2", "eval_every=1",
+    # small evaluation splits (every dataset has these keys) and two inner steps per hyper-step (the
+    # presets' 5 to 10 more of the same code took half the test's time): the presets run as they are otherwise
+    out = hgbench(tmp_path, "-m", f"experiment={','.join(singles)}", "hyper_steps=2", "inner_steps=2", "eval_every=1",
                   "dataset.val_size=10", "dataset.test_size=10", "mlflow.experiment=presets")
     assert out.returncode == 0, out.stderr[-3000:]
     client, runs = runs_of(tmp_path, "presets")
@@ -87,7 +88,7 @@ def test_every_single_run_experiment_runs(tmp_path):
 
 
 @pytest.mark.slow
-def test_methods_x_seeds_sweep_preset(tmp_path):
+def test_methods_x_seeds_sweep_preset(tmp_path, mlflow_db):
     out = hgbench(tmp_path, "sweep=methods_x_seeds", "seed=0", "hyper_steps=2", "eval_every=1", "model.hidden=[8]")
     assert out.returncode == 0, out.stderr[-3000:]
     _, runs = runs_of(tmp_path, "methods_x_seeds")
@@ -97,7 +98,7 @@ def test_methods_x_seeds_sweep_preset(tmp_path):
 
 
 @pytest.mark.slow
-def test_optuna_black_box_baseline(tmp_path):
+def test_optuna_black_box_baseline(tmp_path, mlflow_db):
     out = hgbench(tmp_path, "sweep=optuna_weight_decay", "hydra.sweeper.n_trials=3", "hyper_steps=2", "eval_every=1")
     assert out.returncode == 0, out.stderr[-3000:]
     _, runs = runs_of(tmp_path, "methods_x_seeds")

@@ -1,0 +1,38 @@
+"""The suite's own machinery (tests/conftest.py): the pre-made MLflow store and the scheduling lists."""
+
+from pathlib import Path
+
+from mlflow.tracking import MlflowClient
+
+import conftest
+
+TESTS = Path(__file__).resolve().parent
+
+
+def test_a_copied_store_opens_at_the_current_schema_and_is_its_own(tmp_path, copy_store):
+    """MLflow refuses to open a store whose schema is behind its own (it would have to migrate):
+    a run written to a copy proves the template is at head. The copy's Default experiment keeps
+    its artifacts beside it, and writing to one copy leaves the template (the next copy) empty."""
+    (tmp_path / "a").mkdir()
+    a = copy_store(tmp_path / "a" / "mlflow.db")
+    client = MlflowClient(f"sqlite:///{a}")
+    assert [e.name for e in client.search_experiments()] == ["Default"]
+    assert client.get_experiment("0").artifact_location == str(tmp_path / "a" / "mlruns" / "0")
+    exp = client.create_experiment("x", artifact_location=(tmp_path / "a" / "mlartifacts").as_uri())
+    run = client.create_run(exp)
+    client.log_metric(run.info.run_id, "m", 1.0, step=3)
+    client.set_terminated(run.info.run_id)
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "m")] == [3]
+
+    b = MlflowClient(f"sqlite:///{copy_store(tmp_path / 'b.db')}")
+    assert [e.name for e in b.search_experiments()] == ["Default"]
+    assert b.get_experiment("0").artifact_location == str(tmp_path / "mlruns" / "0")
+
+
+def test_the_scheduling_lists_name_test_files_that_exist():
+    """A misspelt name would silently spread a file's tests over both workers (two SLURM
+    clusters at once) or stop sorting it first."""
+    files = {p.name for p in TESTS.glob("test_*.py")}
+    assert conftest.ONE_WORKER <= files, conftest.ONE_WORKER - files
+    assert set(conftest.LONGEST_FIRST) <= files, set(conftest.LONGEST_FIRST) - files
+    assert len(set(conftest.LONGEST_FIRST)) == len(conftest.LONGEST_FIRST)
