@@ -148,6 +148,7 @@ def test_accuracy_checks_measure_the_method_against_the_reference_and_change_not
         assert "the training Hessian is indefinite" in on.info["hessian_indefinite"]
 
 
+@pytest.mark.slow
 def test_accuracy_metrics_are_recorded_at_their_steps_through_the_cli(tmp_path, mlflow_db):
     out = hgbench_in_process(tmp_path, *REF, "reference=exact_damped", "reference.every=2", "mlflow.experiment=acc")
     assert out.returncode == 0, out.stderr[-2000:]

@@ -197,6 +197,7 @@ def test_a_bug_in_a_plugin_shows_its_traceback_and_is_recorded(tmp_path, mlflow_
     assert run.info.status == "FAILED" and run.data.tags["hgbench.error"].startswith("TypeError")
 
 
+@pytest.mark.slow
 def test_a_bug_in_a_plugins_own_checks_does_not_stop_the_grid(tmp_path, mlflow_db, monkeypatch):
     """A TypeError raised while the config is built (a plugin's __post_init__) in a grid: its
     traceback is shown, the job is recorded FAILED, and the other jobs run."""

@@ -41,6 +41,7 @@ def interrupt(client, run):
 # --- 1. the kill between the checkpoint and the metrics: test_resume.py's killed grid is killed
 # right there (injected); here, what an older hgbench could leave behind ------------------------------
 
+@pytest.mark.slow
 def test_a_checkpoint_ahead_of_the_store_is_refused_and_the_job_starts_over(tmp_path, mlflow_db):
     """What an older hgbench (checkpoint written before the metrics were flushed) could leave:
     a resume from it would skip the steps the store never got."""
@@ -67,6 +68,7 @@ def test_a_checkpoint_ahead_of_the_store_is_refused_and_the_job_starts_over(tmp_
 
 # --- 2. unreadable checkpoints -------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_an_unreadable_checkpoint_falls_back_to_its_artifact_then_to_a_fresh_start(tmp_path, mlflow_db):
     job = ["-m", *QUICK, "hyper_steps=12", "checkpoint.every=4", "checkpoint.keep=true", "mlflow.experiment=torn"]
     assert hgbench_in_process(tmp_path, *job).returncode == 0
@@ -98,6 +100,7 @@ def test_an_unreadable_checkpoint_falls_back_to_its_artifact_then_to_a_fresh_sta
 
 # --- 3. stores and folders that cannot be written ------------------------------------------------
 
+@pytest.mark.slow
 def test_a_read_only_store_fails_in_seconds_before_any_training(tmp_path, mlflow_db, monkeypatch):
     assert hgbench_in_process(tmp_path, *QUICK, "hyper_steps=1", "mlflow.experiment=ro").returncode == 0
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///file:{tmp_path / 'mlflow.db'}?mode=ro&uri=true")
@@ -126,6 +129,7 @@ def test_an_unwritable_launch_folder_is_one_line(tmp_path):
     assert out.returncode == 2 and out.stderr.strip().startswith("hgbench: error: cannot write the output folder /proc/multirun/")
 
 
+@pytest.mark.slow
 @pytest.mark.filterwarnings("ignore:hgbench. plugin")
 def test_a_full_disk_at_the_checkpoint_ends_the_run_failed_and_leaves_no_torn_file(tmp_path, mlflow_db, monkeypatch):
     import hgbench.plugins.recorder.checkpoint as ck
@@ -146,6 +150,7 @@ def test_a_full_disk_at_the_checkpoint_ends_the_run_failed_and_leaves_no_torn_fi
     assert run.info.status == "FAILED" and max(steps(client_for(tmp_path), run)) == 4
 
 
+@pytest.mark.slow
 @pytest.mark.filterwarnings("ignore:hgbench. plugin")
 def test_a_full_disk_under_the_store_stops_the_run_with_bounded_output(tmp_path, mlflow_db, monkeypatch):
     from hgbench.store import MlflowRun
@@ -169,6 +174,7 @@ def test_a_full_disk_under_the_store_stops_the_run_with_bounded_output(tmp_path,
 
 # --- 4. signals ----------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_sigterm_to_a_single_run_is_one_summary_and_exit_143(tmp_path, mlflow_db, monkeypatch):
     from hgbench.runner import Experiment
 
@@ -192,6 +198,7 @@ def test_sigterm_to_a_single_run_is_one_summary_and_exit_143(tmp_path, mlflow_db
     assert run.info.status == "KILLED" and run.data.tags["hgbench.status"] == "interrupted"
 
 
+@pytest.mark.slow
 def test_sigterm_in_a_sequential_grid_stops_it_with_its_summary(tmp_path, mlflow_db, monkeypatch):
     from hgbench.runner import Experiment
 
@@ -290,6 +297,7 @@ def test_the_sources_of_a_plugin_package_are_part_of_its_digest(tmp_path, monkey
     package_digest.cache_clear()
 
 
+@pytest.mark.slow
 def test_a_finished_job_is_run_again_when_its_code_changed(tmp_path, mlflow_db, monkeypatch):
     import hgbench.config as config
 

@@ -436,6 +436,7 @@ def converge(exp, steps: int = 300, lbfgs_iterations: int = 1000):
     polish_fully(exp)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("key", list(TINY))
 def test_ift_hypergradient_matches_finite_differences(request, key):
     """exact and cg hypergradients = central differences of L_V(w*(λ)) along the largest coordinate

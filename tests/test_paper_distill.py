@@ -38,6 +38,7 @@ def test_paper_distill_fashion_preset_runs_tiny_and_scores_fresh_models_on_valid
     assert "distill/fresh_val_acc" not in without and without["distill/fresh_test_acc"] == with_val["distill/fresh_test_acc"]
 
 
+@pytest.mark.slow
 def test_the_distillation_study_chooses_on_validation_and_judges_by_fresh_models(tmp_path, monkeypatch):
     """``hgbench-bench paper_distill --quick``: both presets (on a tiny digits problem), every cell of
     the grid for each, the cell with the best fresh VALIDATION accuracy chosen and run with every

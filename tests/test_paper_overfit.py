@@ -10,6 +10,10 @@ import pytest
 INIT_DECAY = {"linear": 0.0366, "lstm": 2.0e-6}  # the authors' log decays −4 and log(1e-6) under exp(λ)·w², in ½·d·w²
 
 
+# the study's quick run, through the real framework: an end-to-end run
+pytestmark = pytest.mark.slow
+
+
 @pytest.fixture(scope="module")
 def study(tmp_path_factory):
     """The quick study on the linear model and the LSTM (the MLP and CNN run the same code with

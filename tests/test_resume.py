@@ -94,6 +94,7 @@ def test_a_killed_grid_resumes_exactly_and_records_no_run_twice(tmp_path, mlflow
     assert len(runs(client, "grid")) == 3
 
 
+@pytest.mark.slow
 def test_a_job_running_elsewhere_is_not_started_twice_and_a_dead_one_is_rerun(tmp_path, mlflow_db, monkeypatch):
     from hgbench.api import compose_config
     from hgbench.config import config_tags, fingerprint
@@ -121,6 +122,7 @@ def test_a_job_running_elsewhere_is_not_started_twice_and_a_dead_one_is_rerun(tm
     assert {r.data.tags["hgbench.fingerprint"] for r in got.values()} == {fingerprint(cfg)}
 
 
+@pytest.mark.slow
 def test_resume_false_runs_a_finished_job_again(tmp_path, mlflow_db, monkeypatch):
     args = ["-m", "experiment=quick", "hyper_steps=2", "mlflow.experiment=again"]
     assert run_cli(monkeypatch, tmp_path, *args)[0] == 0

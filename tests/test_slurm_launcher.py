@@ -65,6 +65,7 @@ def test_no_sbatch_on_path_is_one_line_before_anything_is_submitted(tmp_path, mo
 SACCT_OFF = 'echo "sacct: error: Slurm accounting storage is disabled" >&2; exit 1'
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sacct", [SACCT_OFF, None], ids=["accounting-off", "no-sacct"])
 def test_a_job_slurm_ends_without_a_result_is_a_line_of_the_summary_and_no_sacct_is_said_once(tmp_path, monkeypatch, sacct):
     """Accepted (array job 4242), never run: squeue says PENDING twice, then CANCELLED; sacct
