@@ -1,5 +1,7 @@
 """Helpers shared by the tests (importable: tests/ is on pytest's pythonpath)."""
 
+import ast
+
 import torch
 
 
@@ -133,3 +135,15 @@ def healthy(port: int) -> bool:
             return r.status == 200
     except OSError:
         return False
+
+
+def dotted(node: ast.AST) -> str:
+    """The dotted name an expression spells (``a.b.c``; a call in it as ``f()``; "?" for anything
+    else): what the static checks of the source match against."""
+    if isinstance(node, ast.Name):
+        return node.id
+    if isinstance(node, ast.Attribute):
+        return f"{dotted(node.value)}.{node.attr}"
+    if isinstance(node, ast.Call):
+        return dotted(node.func) + "()"
+    return "?"

@@ -11,6 +11,8 @@ import ast
 import tomllib
 from pathlib import Path
 
+from helpers import dotted
+
 ROOT = Path(__file__).resolve().parent.parent
 # folder -> the package it is installed as (pyproject.toml's [tool.setuptools.package-dir])
 PACKAGE_DIR = {"framework": "hgbench", "plugins": "hgbench.plugins", "benchmarks": "hgbench.benchmarks", "conf": "hgbench.conf",
@@ -20,13 +22,6 @@ PACKAGE_DIR = {"framework": "hgbench", "plugins": "hgbench.plugins", "benchmarks
 DYNAMIC = {"importlib.import_module", "import_module", "__import__", "importlib.__import__",
            "importlib.util.find_spec", "find_spec", "pkgutil.resolve_name", "resolve_name"}
 
-
-def dotted(node: ast.AST) -> str:
-    if isinstance(node, ast.Name):
-        return node.id
-    if isinstance(node, ast.Attribute):
-        return f"{dotted(node.value)}.{node.attr}"
-    return "?"
 
 
 def leading_text(node: ast.AST) -> str | None:

@@ -24,6 +24,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers import dotted
 
 ROOT = Path(__file__).resolve().parent.parent
 FOLDERS = ("framework", "plugins", "benchmarks", "hydra_plugins")
@@ -38,15 +39,6 @@ NEVER_CALLED = {"matplotlib.use", "mlflow.set_tracking_uri", "mlflow.set_registr
                 "matplotlib.pyplot.switch_backend"}
 LIBRARY = ("framework", "plugins", "benchmarks", "hydra_plugins")
 
-
-def dotted(node: ast.AST) -> str:
-    if isinstance(node, ast.Name):
-        return node.id
-    if isinstance(node, ast.Attribute):
-        return f"{dotted(node.value)}.{node.attr}"
-    if isinstance(node, ast.Call):
-        return dotted(node.func) + "()"
-    return "?"
 
 
 def is_private(name: str) -> bool:

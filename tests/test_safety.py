@@ -20,6 +20,7 @@ import pytest
 from hgbench import registry
 from hgbench.plugins.dataset import cifar10, mnist
 from hgbench.plugins.dataset.cifar10 import UnsafePickleError
+from helpers import dotted
 
 ROOT = Path(__file__).resolve().parent.parent
 ANY_ADDRESS = ".".join(["0"] * 4)  # the wildcard address, spelled so this file does not contain it
@@ -196,13 +197,6 @@ def shipped_python_files():
             if not any(part in (".venv", "build", "__pycache__") or part.endswith(".egg-info") for part in p.parts):
                 yield p
 
-
-def dotted(node: ast.AST) -> str:
-    if isinstance(node, ast.Name):
-        return node.id
-    if isinstance(node, ast.Attribute):
-        return f"{dotted(node.value)}.{node.attr}"
-    return "?"
 
 
 def keyword_is(call: ast.Call, name: str, value) -> bool:
