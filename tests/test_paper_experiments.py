@@ -36,9 +36,9 @@ def test_boston_reads_the_real_csv_standardised_with_training_statistics():
 
 
 def test_boston_without_mlxtend_names_the_install_command(monkeypatch):
-    from hgbench.plugins.dataset import boston
+    from hgbench.plugins.dataset import _common, boston
 
-    monkeypatch.setattr(boston, "find_spec", lambda name: None)
+    monkeypatch.setattr(_common, "find_spec", lambda name: None)
     with pytest.raises(ModuleNotFoundError, match=r"pip install mlxtend==0\.25\.0"):
         boston.csv_path()
 

