@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import inspect
 from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar, Literal, NamedTuple
 
@@ -264,11 +265,97 @@ class WarmStart(HypergradientMethod):
         return warm
 
 
+PRECONDITIONERS = ("none", "jacobi", "nystrom")
+
+
+def _takes(function: Callable[..., Any], name: str) -> bool:
+    try:
+        params = inspect.signature(function).parameters
+    except (TypeError, ValueError):
+        return False
+    return name in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
+
+
 @dataclass
-class KrylovMethod(WarmStart, Damping, Curvature):
+class Preconditioner(HypergradientMethod):
+    """A Krylov method whose solve can be preconditioned: ``preconditioner`` picks P ≈ C + μI
+    (C the curvature, μ = ``damping`` + ``preconditioner_shift``), applied as v ↦ P⁻¹v
+    (``hgbench.linalg``):
+
+    - ``none``: plain;
+    - ``jacobi``: diag(C) — exact from n unit-vector products when the weights number at most
+      ``preconditioner_rank``, else Hutchinson's estimate from ``preconditioner_rank``
+      Rademacher probes (a baseline: weights with only their decay on the diagonal gain nothing);
+    - ``nystrom``: the randomized rank-``preconditioner_rank`` Nyström sketch of C (Frangella,
+      Tropp & Udell 2023): ``preconditioner_rank`` products in one batched backward.
+
+    The preconditioner is built at the first hyper-step and rebuilt every ``refresh_every``
+    hyper-steps — in between it is reused at the new w (a stale P changes the speed, never the
+    answer) — and kept in ``state`` (so in checkpoints). ``preconditioner_metrics()`` are the
+    numbers of the last build: refreshes so far and the products this hyper-step's build took."""
+
+    preconditioner: Literal["none", "jacobi", "nystrom"] = "none"  # P ≈ curvature + damping: none | jacobi | nystrom
+    preconditioner_rank: int = 100  # nystrom: the sketch's rank; jacobi: Hutchinson probes (exact diagonal when n ≤ this)
+    refresh_every: int = 10  # rebuild the preconditioner every this many hyper-steps (1: every step), reuse it in between
+    preconditioner_shift: float = 0.0  # added to damping in P only (regularises P where the system has no damping)
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.preconditioner not in PRECONDITIONERS:
+            raise ValueError(f"preconditioner must be one of {', '.join(PRECONDITIONERS)}, got {self.preconditioner!r}")
+        if self.preconditioner_rank < 1:
+            raise ValueError(f"preconditioner_rank must be >= 1, got {self.preconditioner_rank}")
+        if self.refresh_every < 1:
+            raise ValueError(f"refresh_every must be >= 1, got {self.refresh_every}")
+        if self.preconditioner_shift < 0:
+            raise ValueError(f"preconditioner_shift must be >= 0, got {self.preconditioner_shift}")
+        self._built: dict[str, float] = {}
+
+    def preconditioner_metrics(self) -> dict[str, float]:
+        return dict(self._built)
+
+    def build_preconditioner(self, matvec: Callable[[Tensor], Tensor], b: Tensor, problem: Bilevel,
+                             damping: float = 0.0) -> Callable[[Tensor], Tensor] | None:
+        """v ↦ P⁻¹v for the system (C + damping·I) x = b, C the curvature whose products
+        ``matvec`` computes; None for ``none``. Rebuilt (counting the products it takes) when
+        there is none yet, when its size no longer fits, or every ``refresh_every`` calls."""
+        from hgbench import linalg
+        from hgbench.ift import count_products
+
+        if self.preconditioner == "none":
+            return None
+        mu = damping + self.preconditioner_shift
+        st = self.state
+        keys = {"jacobi": ("pc_diag",), "nystrom": ("pc_u", "pc_eigs")}[self.preconditioner]
+        have = all(k in st for k in keys) and int(st.get("pc_n", torch.tensor(-1))) == b.numel()
+        age = int(st["pc_age"]) if "pc_age" in st else 0
+        refresh = not have or age >= self.refresh_every
+        built = 0
+        if refresh:
+            with count_products() as n:
+                if self.preconditioner == "jacobi":
+                    st["pc_diag"], _exact = linalg.diagonal(matvec, b, self.preconditioner_rank)
+                else:
+                    st["pc_u"], st["pc_eigs"] = linalg.nystrom_sketch(matvec, b, self.preconditioner_rank)
+            built = n.value
+            st["pc_n"] = torch.tensor(b.numel())
+            st["pc_refreshes"] = torch.tensor(int(st["pc_refreshes"]) + 1 if "pc_refreshes" in st else 1)
+            age = 0
+        st["pc_age"] = torch.tensor(age + 1)
+        self._built = {"preconditioner_refreshes": float(st["pc_refreshes"]), "preconditioner_products": float(built)}
+        if self.preconditioner == "jacobi":
+            return linalg.DiagonalPreconditioner(st["pc_diag"].to(b.device, b.dtype), mu)
+        return linalg.NystromPreconditioner(st["pc_u"].to(b.device, b.dtype), st["pc_eigs"].to(b.device, b.dtype), mu)
+
+
+@dataclass
+class KrylovMethod(Preconditioner, WarmStart, Damping, Curvature):
     """IFT with (H + damping·I)⁻¹∂L_V/∂w from an iterative solver, ``solver(matvec, b,
     iterations=, tol=, damping=, x0=)`` (``hgbench.linalg.cg_solve``, ``minres_solve``): a new
-    Krylov method is a subclass setting its ``name`` and ``solver = <that function>``."""
+    Krylov method is a subclass setting its ``name`` and ``solver = <that function>``. A solver
+    that also takes ``M=`` (v ↦ P⁻¹v) can be preconditioned (``Preconditioner``), and one that
+    takes ``info=`` (a dict it fills with ``iterations``) reports the iterations it used, logged
+    every hyper-step as ``hypergrad/iterations``."""
 
     budget: ClassVar[str | None] = "iterations"
     solver: ClassVar[Callable[..., Tensor]]
@@ -283,12 +370,26 @@ class KrylovMethod(WarmStart, Damping, Curvature):
             raise ValueError(f"tol must be >= 0, got {self.tol}")
         if not callable(getattr(type(self), "solver", None)):
             raise TypeError(f"{type(self).__name__} is a KrylovMethod without a solver: set solver = <function> in the class")
+        if self.preconditioner != "none" and not _takes(type(self).solver, "M"):
+            raise ValueError(f"{self.name or type(self).__name__}'s solver takes no preconditioner (M=); use preconditioner=none")
+        self._info: dict[str, float] = {}
 
     def compute(self, problem: Bilevel) -> Tensor:
         # through the class: a plain function stays unbound (a staticmethod works too)
-        solve = functools.partial(type(self).solver, iterations=self.iterations, tol=self.tol, damping=self.damping)
+        solver = type(self).solver
+        self._info = {}
+        settings = {"info": self._info} if _takes(solver, "info") else {}
+        base = functools.partial(solver, iterations=self.iterations, tol=self.tol, damping=self.damping, **settings)
+
+        def solve(matvec: Callable[[Tensor], Tensor], b: Tensor, x0: Tensor | None = None) -> Tensor:
+            m = self.build_preconditioner(matvec, b, problem, self.damping)
+            return base(matvec, b, x0=x0) if m is None else base(matvec, b, x0=x0, M=m)
+
         return ift_hypergradient(problem.train_loss, problem.val_loss, problem.w, problem.lam,
                                  self.warm_solve(solve), self.curvature_product(problem))
+
+    def metrics(self) -> dict[str, float]:
+        return {**{k: float(v) for k, v in self._info.items()}, **self.preconditioner_metrics()}
 
 
 @dataclass
