@@ -108,6 +108,19 @@ class Plugin:
         return dataclasses.asdict(self)
 
 
+class GaussNewtonParts(NamedTuple):
+    """The pieces of L_T = ℓ(f(w; x), y) + P(w, λ) that a Kronecker-factored curvature
+    (``hgbench.kfac``) needs: the model as a module (its parameters named as in ``w_spec``), the
+    training batch's inputs and targets, the task, and the penalty ``penalty(w, λ)``."""
+
+    module: nn.Module
+    w_spec: FlatSpec
+    x: Tensor
+    y: Tensor
+    task: str
+    penalty: Callable[[Tensor, Tensor], Tensor]
+
+
 @dataclass
 class Bilevel:
     """Everything a hypergradient method may use, at one point (w, λ).
@@ -130,6 +143,19 @@ class Bilevel:
     # owns), and batch -> the Bilevel on it: for curvature on its own batch (``hessian_batch_size``)
     sample_train: Callable[[int], Batch] | None = None
     on_train_batch: Callable[[Batch], "Bilevel"] | None = None
+    # the model, batch and penalty behind ``ggn`` (K-FAC, ``hgbench.kfac``); None where ``ggn`` is
+    # None or the batch carries a recurrent state
+    gauss_newton_parts: GaussNewtonParts | None = None
+
+    def parts(self, batch_size: int | None = None) -> GaussNewtonParts:
+        """``gauss_newton_parts``, or those of a fresh training minibatch of ``batch_size``."""
+        if batch_size is not None:
+            if self.sample_train is None or self.on_train_batch is None:
+                raise ValueError("hessian_batch_size needs a problem that can draw training batches (Bilevel.sample_train)")
+            return self.on_train_batch(self.sample_train(batch_size)).parts()
+        if self.gauss_newton_parts is None:
+            raise ValueError(GGN_UNAVAILABLE.replace("curvature='ggn'", "K-FAC"))
+        return self.gauss_newton_parts
 
     def curvature(self, kind: str, batch_size: int | None = None) -> Callable[[Tensor, Tensor], Callable[[Tensor], Tensor]] | None:
         """The curvature a method solves with: None for the Hessian (the IFT's own), the
@@ -265,7 +291,7 @@ class WarmStart(HypergradientMethod):
         return warm
 
 
-PRECONDITIONERS = ("none", "jacobi", "nystrom")
+PRECONDITIONERS = ("none", "jacobi", "nystrom", "kfac")
 
 
 def _takes(function: Callable[..., Any], name: str) -> bool:
@@ -287,14 +313,19 @@ class Preconditioner(HypergradientMethod):
       ``preconditioner_rank``, else Hutchinson's estimate from ``preconditioner_rank``
       Rademacher probes (a baseline: weights with only their decay on the diagonal gain nothing);
     - ``nystrom``: the randomized rank-``preconditioner_rank`` Nyström sketch of C (Frangella,
-      Tropp & Udell 2023): ``preconditioner_rank`` products in one batched backward.
+      Tropp & Udell 2023): ``preconditioner_rank`` products in one batched backward;
+    - ``kfac``: K-FAC of the Gauss–Newton matrix (``hgbench.kfac``, curvlinops: the ``kfac``
+      extra) plus the penalty's mean diagonal, inverted exactly; Linear and Conv2d layers only
+      (``skip`` names any other layer). Its build is a forward and backward passes of the batch,
+      not curvature-vector products (``preconditioner_products`` is 0); it is not in the
+      checkpoint (rebuilt after a resume).
 
     The preconditioner is built at the first hyper-step and rebuilt every ``refresh_every``
     hyper-steps — in between it is reused at the new w (a stale P changes the speed, never the
     answer) — and kept in ``state`` (so in checkpoints). ``preconditioner_metrics()`` are the
     numbers of the last build: refreshes so far and the products this hyper-step's build took."""
 
-    preconditioner: Literal["none", "jacobi", "nystrom"] = "none"  # P ≈ curvature + damping: none | jacobi | nystrom
+    preconditioner: Literal["none", "jacobi", "nystrom", "kfac"] = "none"  # P ≈ curvature + damping: none | jacobi | nystrom | kfac
     preconditioner_rank: int = 100  # nystrom: the sketch's rank; jacobi: Hutchinson probes (exact diagonal when n ≤ this)
     refresh_every: int = 10  # rebuild the preconditioner every this many hyper-steps (1: every step), reuse it in between
     preconditioner_shift: float = 0.0  # added to damping in P only (regularises P where the system has no damping)
@@ -311,6 +342,16 @@ class Preconditioner(HypergradientMethod):
             raise ValueError(f"preconditioner_shift must be >= 0, got {self.preconditioner_shift}")
         self._built: dict[str, float] = {}
 
+    def skip(self, problem: Any) -> str | None:
+        """``kfac`` needs curvlinops and a model whose layers it covers."""
+        if self.preconditioner == "kfac":
+            from hgbench import kfac
+
+            reason = kfac.unsupported(problem)
+            if reason:
+                return f"preconditioner=kfac: {reason}"
+        return super().skip(problem)
+
     def preconditioner_metrics(self) -> dict[str, float]:
         return dict(self._built)
 
@@ -326,8 +367,11 @@ class Preconditioner(HypergradientMethod):
             return None
         mu = damping + self.preconditioner_shift
         st = self.state
-        keys = {"jacobi": ("pc_diag",), "nystrom": ("pc_u", "pc_eigs")}[self.preconditioner]
+        keys = {"jacobi": ("pc_diag",), "nystrom": ("pc_u", "pc_eigs"), "kfac": ()}[self.preconditioner]
         have = all(k in st for k in keys) and int(st.get("pc_n", torch.tensor(-1))) == b.numel()
+        if self.preconditioner == "kfac":  # curvlinops' operator: kept on the method, not in the state
+            op = self.__dict__.get("_kfac")
+            have = have and op is not None and (op.dtype, op.device) == (b.dtype, b.device)
         age = int(st["pc_age"]) if "pc_age" in st else 0
         refresh = not have or age >= self.refresh_every
         built = 0
@@ -335,8 +379,13 @@ class Preconditioner(HypergradientMethod):
             with count_products() as n:
                 if self.preconditioner == "jacobi":
                     st["pc_diag"], _exact = linalg.diagonal(matvec, b, self.preconditioner_rank)
-                else:
+                elif self.preconditioner == "nystrom":
                     st["pc_u"], st["pc_eigs"] = linalg.nystrom_sketch(matvec, b, self.preconditioner_rank)
+                else:
+                    from hgbench import kfac
+
+                    parts = problem.parts(getattr(self, "hessian_batch_size", None))
+                    self.__dict__["_kfac"], _ = kfac.build(parts, problem.w, problem.lam, mu)
             built = n.value
             st["pc_n"] = torch.tensor(b.numel())
             st["pc_refreshes"] = torch.tensor(int(st["pc_refreshes"]) + 1 if "pc_refreshes" in st else 1)
@@ -345,7 +394,9 @@ class Preconditioner(HypergradientMethod):
         self._built = {"preconditioner_refreshes": float(st["pc_refreshes"]), "preconditioner_products": float(built)}
         if self.preconditioner == "jacobi":
             return linalg.DiagonalPreconditioner(st["pc_diag"].to(b.device, b.dtype), mu)
-        return linalg.NystromPreconditioner(st["pc_u"].to(b.device, b.dtype), st["pc_eigs"].to(b.device, b.dtype), mu)
+        if self.preconditioner == "nystrom":
+            return linalg.NystromPreconditioner(st["pc_u"].to(b.device, b.dtype), st["pc_eigs"].to(b.device, b.dtype), mu)
+        return self.__dict__["_kfac"]
 
 
 @dataclass

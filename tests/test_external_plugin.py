@@ -139,7 +139,7 @@ def test_hgbench_plugins_json_and_kind_filter(capsys):
     assert {p["name"]: (p["type"], p["default"]) for p in cg["parameters"]} == {
         "iterations": ("int", 10), "tol": ("float", 0.0), "damping": ("float", 0.0), "curvature": ("'hessian' | 'ggn'", "hessian"),
         "warm_start": ("bool", False), "hessian_batch_size": ("int | null", None),
-        "preconditioner": ("'none' | 'jacobi' | 'nystrom'", "none"), "preconditioner_rank": ("int", 100),
+        "preconditioner": ("'none' | 'jacobi' | 'nystrom' | 'kfac'", "none"), "preconditioner_rank": ("int", 100),
         "refresh_every": ("int", 10), "preconditioner_shift": ("float", 0.0)}
     with pytest.raises(SystemExit):
         main(["--kind", "nope"])

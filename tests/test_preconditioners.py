@@ -133,7 +133,7 @@ def test_a_run_logs_iterations_and_refreshes(ridge):
 
 def test_preconditioner_options_are_checked():
     cg = registry.get("hypergrad", "cg")
-    for bad, match in (({"preconditioner": "ilu"}, "preconditioner must be one of none, jacobi, nystrom"),
+    for bad, match in (({"preconditioner": "ilu"}, "preconditioner must be one of none, jacobi, nystrom, kfac"),
                        ({"preconditioner_rank": 0}, "preconditioner_rank must be >= 1"),
                        ({"refresh_every": 0}, "refresh_every must be >= 1"),
                        ({"preconditioner_shift": -1.0}, "preconditioner_shift must be >= 0")):
@@ -141,3 +141,14 @@ def test_preconditioner_options_are_checked():
             cg(**bad)
     assert registry.get("hypergrad", "cg_jacobi")().preconditioner == "jacobi"
     assert registry.get("hypergrad", "minres")(preconditioner="nystrom").preconditioner == "nystrom"
+
+
+def test_the_frontier_lists_the_preconditioned_variants_without_edits(ridge):
+    """``hgbench-bench frontier`` builds its method list from the registry: the preset variants
+    are there at every budget of their iterations, beside ``cg``."""
+    from hgbench.benchmarks import frontier
+
+    nodes = frontier.points(ridge, quick=True)
+    series = {label for label, _ in nodes}
+    assert {"cg", "cg_nystrom", "cg_jacobi", "cg_nystrom (ggn)", "cg_kfac", "kfac"} <= series
+    assert [n["iterations"] for label, n in nodes if label == "cg_nystrom"] == list(frontier.QUICK_BUDGETS)

@@ -2,11 +2,11 @@
 tolerance ``tol`` and ``damping`` added to the Hessian's diagonal). ``warm_start``: start from the
 previous hyper-step's solution (residual b − H·x₀; one more HVP), which w's small moves between
 hyper-steps make a good guess. ``hessian_batch_size``: HVPs on a training minibatch of their own.
-``preconditioner``: preconditioned CG (``jacobi``, ``nystrom``; ``preconditioner_rank``,
+``preconditioner``: preconditioned CG (``jacobi``, ``nystrom``, ``kfac``; ``preconditioner_rank``,
 ``refresh_every``, ``preconditioner_shift``) — the same solution in fewer iterations where the
 preconditioner captures the curvature's top. The options are ``hgbench.KrylovMethod``'s.
 
-``cg_nystrom`` and ``cg_jacobi`` are ``cg`` with that preconditioner preset, registered as
+``cg_nystrom``, ``cg_jacobi`` and ``cg_kfac`` are ``cg`` with that preconditioner preset, registered as
 methods of their own (not aliases) so that every list of methods — ``hgbench-bench frontier``, a
 sweep over ``hypergrad=`` — measures them beside plain ``cg``.
 
@@ -35,7 +35,7 @@ class CGNystrom(CG):
     """``cg`` with ``preconditioner=nystrom`` preset."""
 
     name = "cg_nystrom"
-    preconditioner: Literal["none", "jacobi", "nystrom"] = "nystrom"  # P ≈ curvature + damping: none | jacobi | nystrom
+    preconditioner: Literal["none", "jacobi", "nystrom", "kfac"] = "nystrom"  # P ≈ curvature + damping: none | jacobi | nystrom | kfac
 
 
 @dataclass
@@ -43,9 +43,17 @@ class CGJacobi(CG):
     """``cg`` with ``preconditioner=jacobi`` preset (a baseline)."""
 
     name = "cg_jacobi"
-    preconditioner: Literal["none", "jacobi", "nystrom"] = "jacobi"  # P ≈ curvature + damping: none | jacobi | nystrom
+    preconditioner: Literal["none", "jacobi", "nystrom", "kfac"] = "jacobi"  # P ≈ curvature + damping: none | jacobi | nystrom | kfac
+
+
+@dataclass
+class CGKfac(CG):
+    """``cg`` with ``preconditioner=kfac`` preset (needs curvlinops: the ``kfac`` extra)."""
+
+    name = "cg_kfac"
+    preconditioner: Literal["none", "jacobi", "nystrom", "kfac"] = "kfac"  # P ≈ curvature + damping: none | jacobi | nystrom | kfac
 
 
 @hookimpl
 def register_hypergradients():
-    return [CG, CGNystrom, CGJacobi]
+    return [CG, CGNystrom, CGJacobi, CGKfac]
