@@ -3,20 +3,27 @@ study's convex problem (multinomial logistic regression on mnist_5k, 7,850 weigh
 weight at 1e-3, float32, batch 128; reference: float64 CG to a relative residual of 1e-12) — and
 along a run of hyper-steps, where the Nyström sketch is reused and rebuilt every ``refresh_every``:
 
-    python -m hgbench.benchmarks.preconditioning [--steps 20]
+    python -m hgbench.benchmarks.preconditioning [--steps 20] [--reps 7] [--only point|run|torchopt]
 
 Prints one line per solver: the iterations each level needs (of ``peers_accuracy.GRID``) and the
 products they cost with the sketch; then, along the run (``tol`` = 1e-4 on the residual, the
 runner's own ``hvp_calls`` and ``hypergrad/iterations``), the median iterations and products per
 hyper-step after the first. Counts, not timings: they do not depend on the machine's load.
+Then (with TorchOpt installed, the ``bench`` extra) CPU and wall time against TorchOpt's
+``solve_cg`` at its defaults and given the same Nyström preconditioner (``solve_cg(M=…)``),
+interleaved repetitions, the load recorded.
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
+import time
+import warnings
 
 import torch
+
+from hgbench.machine import load_average
 
 VARIANTS = (("cg", {}), ("cg jacobi (Hutchinson, 100 probes)", {"preconditioner": "jacobi"}),
             ("cg nystrom rank 50", {"preconditioner": "nystrom", "preconditioner_rank": 50}),
@@ -72,13 +79,97 @@ def along_a_run(steps: int) -> None:
                   f"{mean:.1f} (sketch rebuilt {refreshes:.0f}× in {steps} steps)", flush=True)
 
 
+def _clock(fn) -> tuple[float, float]:
+    """(process CPU seconds, wall seconds) of one call."""
+    c0, t0 = time.process_time(), time.perf_counter()
+    fn()
+    return time.process_time() - c0, time.perf_counter() - t0
+
+
+def _med(xs: list[float]) -> str:
+    q = statistics.quantiles(xs, n=4) if len(xs) > 1 else [xs[0]] * 3
+    return f"{1e3 * statistics.median(xs):7.1f} ms [{1e3 * q[0]:.1f}–{1e3 * q[2]:.1f}]"
+
+
+def against_torchopt(reps: int) -> None:
+    """hgbench's CG with the Nyström preconditioner (rank 100; its sketch amortised over
+    ``refresh_every`` = 10 hyper-steps) against TorchOpt's ``solve_cg`` at its defaults and given
+    the same preconditioner (``solve_cg(M=…)``), at the iteration count each needs for 1e-2 and
+    1e-4 on the convex problem at one point: CPU and wall time, ``reps`` interleaved repetitions
+    (median [quartiles]), the load average before and after."""
+    from hgbench.benchmarks import peers_accuracy as pa
+    from hgbench.benchmarks import problems
+    from hgbench.benchmarks.peer_libs import torchopt_adapter, version
+    from hgbench.linalg import NystromPreconditioner
+
+    if not version("torchopt"):
+        print("TorchOpt is not installed (pip install -e '.[bench]'): no comparison")
+        return
+    exp = pa.convex_experiment("cpu", False)
+    tb, vb = exp.train_sampler.next(), exp.val_sampler.next()
+    ref, _ = pa.reference(exp, tb, vb)
+    torch.manual_seed(0)
+    sketch = problems.method("cg", preconditioner="nystrom", iterations=1, refresh_every=10**9)
+    exp.hypergradient_flat(sketch, tb, vb)
+    p_inv = NystromPreconditioner(sketch.state["pc_u"], sketch.state["pc_eigs"])
+
+    def m_inv(v):  # TorchOpt hands over its pytree: here a tuple holding the one flat tensor
+        return tuple(p_inv(t) for t in v) if isinstance(v, (tuple, list)) else p_inv(v)
+
+    def hg_cached(i):  # the sketch already built: a hyper-step between two rebuilds
+        m = problems.method("cg", preconditioner="nystrom", iterations=i, refresh_every=10**9)
+        m.load_state_dict(dict(sketch.state))
+        return lambda: exp.hypergradient_flat(m, tb, vb)
+
+    def hg_fresh(i):  # a hyper-step that rebuilds the sketch
+        return lambda: exp.hypergradient_flat(problems.method("cg", preconditioner="nystrom", iterations=i), tb, vb)
+
+    cands = {"hgbench cg (plain)": lambda i: (lambda: exp.hypergradient_flat(problems.method("cg", iterations=i), tb, vb)),
+             "hgbench cg nystrom": hg_cached,
+             "torchopt solve_cg() defaults": lambda i: torchopt_adapter(exp, tb, vb, "cg", i, None, rtol=None),
+             "torchopt solve_cg(M=same P)": lambda i: torchopt_adapter(exp, tb, vb, "cg", i, None, rtol=None, M=m_inv)}
+    for level in pa.LEVELS:
+        need = {}
+        for label, make in cands.items():
+            need[label] = next((i for i in pa.GRID if pa.rel_err(make(i)(), ref) <= level), None)
+        fns = {label: cands[label](i) for label, i in need.items() if i is not None}
+        fresh = hg_fresh(need["hgbench cg nystrom"]) if need["hgbench cg nystrom"] else None
+        for fn in [*fns.values(), *([fresh] if fresh else [])]:
+            fn()  # warm-up
+        load0 = load_average()
+        times: dict[str, list[tuple[float, float]]] = {k: [] for k in [*fns, "sketch rebuild"]}
+        for _ in range(reps):  # interleaved: every candidate once per round
+            for label, fn in fns.items():
+                times[label].append(_clock(fn))
+            if fresh:
+                times["sketch rebuild"].append(_clock(fresh))
+        print(f"to {level:g} (load average {load0:.2f} -> {load_average():.2f}; {reps} interleaved reps; CPU time, wall time)")
+        for label, ts in times.items():
+            if not ts:
+                continue
+            it = need.get(label, need["hgbench cg nystrom"])
+            print(f"  {label:30s} iterations {it!s:4s} CPU {_med([c for c, _ in ts])}  wall {_med([w for _, w in ts])}")
+        if fresh and times["sketch rebuild"]:
+            cpu = [f - c for (f, _), (c, _) in zip(times["sketch rebuild"], times["hgbench cg nystrom"], strict=True)]
+            print(f"  the sketch alone (rebuild − cached, CPU): {_med(cpu)}; amortised over refresh_every=10: "
+                  f"{1e3 * statistics.median(cpu) / 10:.1f} ms per hyper-step", flush=True)
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--reps", type=int, default=7)
+    p.add_argument("--only", choices=["point", "run", "torchopt"], default=None)
     a = p.parse_args(argv)
     torch.set_num_threads(1)
-    at_one_point()
-    along_a_run(a.steps)
+    warnings.filterwarnings("ignore", category=FutureWarning)  # TorchOpt's functorch.vjp deprecation, once per call
+    print(f"torch {torch.__version__}, 1 thread, load average {load_average():.2f}", flush=True)
+    if a.only in (None, "point"):
+        at_one_point()
+    if a.only in (None, "run"):
+        along_a_run(a.steps)
+    if a.only in (None, "torchopt"):
+        against_torchopt(a.reps)
 
 
 if __name__ == "__main__":
