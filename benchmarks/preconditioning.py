@@ -3,13 +3,14 @@ study's convex problem (multinomial logistic regression on mnist_5k, 7,850 weigh
 weight at 1e-3, float32, batch 128; reference: float64 CG to a relative residual of 1e-12) — and
 along a run of hyper-steps, where the Nyström sketch is reused and rebuilt every ``refresh_every``:
 
-    python -m hgbench.benchmarks.preconditioning [--steps 20] [--reps 7] [--only point|run|torchopt]
+    python -m hgbench.benchmarks.preconditioning [--steps 20] [--reps 7] [--only point|run|mlp|torchopt]
 
 Prints one line per solver: the iterations each level needs (of ``peers_accuracy.GRID``) and the
 products they cost with the sketch; then, along the run (``tol`` = 1e-4 on the residual, the
 runner's own ``hvp_calls`` and ``hypergrad/iterations``), the median iterations and products per
 hyper-step after the first. Counts, not timings: they do not depend on the machine's load.
-Then (with TorchOpt installed, the ``bench`` extra) CPU and wall time against TorchOpt's
+Then the frontier's digits MLP: the error of ``kfac`` and of each CG variant (Gauss–Newton) at a
+few iteration counts. Then (with TorchOpt installed, the ``bench`` extra) CPU and wall time against TorchOpt's
 ``solve_cg`` at its defaults and given the same Nyström preconditioner (``solve_cg(M=…)``),
 interleaved repetitions, the load recorded.
 """
@@ -77,6 +78,35 @@ def along_a_run(steps: int) -> None:
             refreshes = out[-1].get("hypergrad/preconditioner_refreshes", 0)
             print(f"  {label:22s} {'warm' if warm else 'cold'}: iterations {its:.0f}, products median {hvps:.0f} / mean "
                   f"{mean:.1f} (sketch rebuilt {refreshes:.0f}× in {steps} steps)", flush=True)
+
+
+def on_the_mlp() -> None:
+    """The frontier's ``mlp`` problem (digits, 64-32-10 MLP, one decay per weight, float64, at
+    4000 SGD steps: the Hessian indefinite) against its reference (the dense Gauss–Newton solve):
+    the error of ``kfac`` and of each CG variant on the Gauss–Newton matrix at a few iteration
+    counts (products in brackets)."""
+    from hgbench.benchmarks import frontier, problems
+    from hgbench.ift import count_products
+
+    exp, tb, vb = frontier.build("mlp", quick=False)
+    ref, _ = frontier.reference("mlp", exp, tb, vb, quick=False)
+
+    def err(method) -> tuple[float, int]:
+        torch.manual_seed(0)
+        with count_products() as n:
+            hg = exp.hypergradient_flat(method, tb, vb).double()
+        return (torch.linalg.vector_norm(hg - ref) / torch.linalg.vector_norm(ref)).item(), n.value
+
+    print("the frontier's digits MLP (2,410 weights), against the dense Gauss–Newton solve: relative error (products)")
+    for name, kw in (("identity", {}), ("kfac", {}), ("kfac", {"damping": 0.01})):
+        e, n = err(problems.method(name, **kw))
+        print(f"  {name} {kw or ''}: {e:.2g} ({n})")
+    for name, kw in (("cg", {}), ("cg_jacobi", {}), ("cg_nystrom", {}), ("cg_kfac", {}), ("cg_kfac", {"preconditioner_shift": 0.1})):
+        cells = []
+        for it in (5, 10, 20, 50, 100):
+            e, n = err(problems.method(name, curvature="ggn", iterations=it, **kw))
+            cells.append(f"{it}: {e:.2g} ({n})")
+        print(f"  {name} (ggn) {kw or ''}: " + "   ".join(cells), flush=True)
 
 
 def _clock(fn) -> tuple[float, float]:
@@ -159,7 +189,7 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--reps", type=int, default=7)
-    p.add_argument("--only", choices=["point", "run", "torchopt"], default=None)
+    p.add_argument("--only", choices=["point", "run", "mlp", "torchopt"], default=None)
     a = p.parse_args(argv)
     torch.set_num_threads(1)
     warnings.filterwarnings("ignore", category=FutureWarning)  # TorchOpt's functorch.vjp deprecation, once per call
@@ -168,6 +198,8 @@ def main(argv: list[str] | None = None) -> None:
         at_one_point()
     if a.only in (None, "run"):
         along_a_run(a.steps)
+    if a.only in (None, "mlp"):
+        on_the_mlp()
     if a.only in (None, "torchopt"):
         against_torchopt(a.reps)
 
