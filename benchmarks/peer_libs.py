@@ -37,9 +37,12 @@ def version(dist: str) -> str | None:
         return None
 
 
-def torchopt_adapter(exp, tb, vb, solve_name: str, i: int, alpha: float | None, rtol: float | None = 0.0):
+def torchopt_adapter(exp, tb, vb, solve_name: str, i: int, alpha: float | None, rtol: float | None = 0.0,
+                     init=None, M=None):
     """``alpha=None``: TorchOpt's default Neumann step (1); ``rtol=None``: its default CG
-    tolerance (1e-5, with atol=0); the equal-iteration table uses rtol=0 (all i iterations)."""
+    tolerance (1e-5, with atol=0); the equal-iteration table uses rtol=0 (all i iterations).
+    ``init``, ``M`` (``cg`` only): TorchOpt's own ``solve_cg(init=…, M=…)`` — a warm start and a
+    preconditioner v ↦ P⁻¹v, TorchOpt given what hgbench's ``cg`` has."""
     import torchopt
     from torchopt.diff.implicit import custom_root
 
@@ -54,7 +57,8 @@ def torchopt_adapter(exp, tb, vb, solve_name: str, i: int, alpha: float | None, 
     if solve_name == "neumann":
         solve = torchopt.linear_solve.solve_inv(ns=True, maxiter=i, **({} if alpha is None else {"alpha": alpha}))
     elif solve_name == "cg":
-        solve = torchopt.linear_solve.solve_cg(maxiter=i, **tol)
+        extra = {k: v for k, v in (("init", init), ("M", M)) if v is not None}
+        solve = torchopt.linear_solve.solve_cg(maxiter=i, **tol, **extra)
     else:
         solve = torchopt.linear_solve.solve_normal_cg(maxiter=i, **tol)
 

@@ -16,7 +16,7 @@ import importlib
 
 _WHERE = {
     **dict.fromkeys(("Batch", "Bilevel", "Curvature", "DataSplits", "Damping", "Dataset", "HyperparamFamily",
-                     "HypergradientMethod", "KrylovMethod", "Model", "Plugin", "Split", "WarmStart"), "hgbench.base"),
+                     "HypergradientMethod", "KrylovMethod", "Model", "Plugin", "Preconditioner", "Split", "WarmStart"), "hgbench.base"),
     **dict.fromkeys(("ConfigError", "DataError", "DivergenceError", "HgbenchError", "SkipRun", "UnknownPluginError"),
                     "hgbench.errors"),
     "hookimpl": "hgbench.registry",

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import inspect
 from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar, Literal, NamedTuple
 
@@ -107,6 +108,19 @@ class Plugin:
         return dataclasses.asdict(self)
 
 
+class GaussNewtonParts(NamedTuple):
+    """The pieces of L_T = ℓ(f(w; x), y) + P(w, λ) that a Kronecker-factored curvature
+    (``hgbench.kfac``) needs: the model as a module (its parameters named as in ``w_spec``), the
+    training batch's inputs and targets, the task, and the penalty ``penalty(w, λ)``."""
+
+    module: nn.Module
+    w_spec: FlatSpec
+    x: Tensor
+    y: Tensor
+    task: str
+    penalty: Callable[[Tensor, Tensor], Tensor]
+
+
 @dataclass
 class Bilevel:
     """Everything a hypergradient method may use, at one point (w, λ).
@@ -129,6 +143,19 @@ class Bilevel:
     # owns), and batch -> the Bilevel on it: for curvature on its own batch (``hessian_batch_size``)
     sample_train: Callable[[int], Batch] | None = None
     on_train_batch: Callable[[Batch], "Bilevel"] | None = None
+    # the model, batch and penalty behind ``ggn`` (K-FAC, ``hgbench.kfac``); None where ``ggn`` is
+    # None or the batch carries a recurrent state
+    gauss_newton_parts: GaussNewtonParts | None = None
+
+    def parts(self, batch_size: int | None = None) -> GaussNewtonParts:
+        """``gauss_newton_parts``, or those of a fresh training minibatch of ``batch_size``."""
+        if batch_size is not None:
+            if self.sample_train is None or self.on_train_batch is None:
+                raise ValueError("hessian_batch_size needs a problem that can draw training batches (Bilevel.sample_train)")
+            return self.on_train_batch(self.sample_train(batch_size)).parts()
+        if self.gauss_newton_parts is None:
+            raise ValueError(GGN_UNAVAILABLE.replace("curvature='ggn'", "K-FAC"))
+        return self.gauss_newton_parts
 
     def curvature(self, kind: str, batch_size: int | None = None) -> Callable[[Tensor, Tensor], Callable[[Tensor], Tensor]] | None:
         """The curvature a method solves with: None for the Hessian (the IFT's own), the
@@ -264,11 +291,122 @@ class WarmStart(HypergradientMethod):
         return warm
 
 
+PRECONDITIONERS = ("none", "jacobi", "nystrom", "kfac")
+
+
+def _takes(function: Callable[..., Any], name: str) -> bool:
+    try:
+        params = inspect.signature(function).parameters
+    except (TypeError, ValueError):
+        return False
+    return name in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
+
+
 @dataclass
-class KrylovMethod(WarmStart, Damping, Curvature):
+class Preconditioner(HypergradientMethod):
+    """A Krylov method whose solve can be preconditioned: ``preconditioner`` picks P ≈ C + μI
+    (C the curvature, μ = ``damping`` + ``preconditioner_shift``), applied as v ↦ P⁻¹v
+    (``hgbench.linalg``):
+
+    - ``none``: plain;
+    - ``jacobi``: diag(C) — exact from n unit-vector products when the weights number at most
+      ``preconditioner_rank``, else Hutchinson's estimate from ``preconditioner_rank``
+      Rademacher probes (a baseline: weights with only their decay on the diagonal gain nothing);
+    - ``nystrom``: the randomized rank-``preconditioner_rank`` Nyström sketch of C (Frangella,
+      Tropp & Udell 2023): ``preconditioner_rank`` products in one batched backward;
+    - ``kfac``: K-FAC of the Gauss–Newton matrix (``hgbench.kfac``, curvlinops: the ``kfac``
+      extra) plus the penalty's mean diagonal, inverted exactly; Linear and Conv2d layers only
+      (``skip`` names any other layer). Its build is a forward and backward passes of the batch,
+      not curvature-vector products (``preconditioner_products`` is 0); it is not in the
+      checkpoint (rebuilt after a resume).
+
+    The preconditioner is built at the first hyper-step and rebuilt every ``refresh_every``
+    hyper-steps — in between it is reused at the new w (a stale P changes the speed, never the
+    answer) — and kept in ``state`` (so in checkpoints). ``preconditioner_metrics()`` are the
+    numbers of the last build: refreshes so far and the products this hyper-step's build took."""
+
+    preconditioner: Literal["none", "jacobi", "nystrom", "kfac"] = "none"  # P ≈ curvature + damping: none | jacobi | nystrom | kfac
+    preconditioner_rank: int = 100  # nystrom: the sketch's rank; jacobi: Hutchinson probes (exact diagonal when n ≤ this)
+    refresh_every: int = 10  # rebuild the preconditioner every this many hyper-steps (1: every step), reuse it in between
+    preconditioner_shift: float = 0.0  # added to damping in P only (regularises P where the system has no damping)
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.preconditioner not in PRECONDITIONERS:
+            raise ValueError(f"preconditioner must be one of {', '.join(PRECONDITIONERS)}, got {self.preconditioner!r}")
+        if self.preconditioner_rank < 1:
+            raise ValueError(f"preconditioner_rank must be >= 1, got {self.preconditioner_rank}")
+        if self.refresh_every < 1:
+            raise ValueError(f"refresh_every must be >= 1, got {self.refresh_every}")
+        if self.preconditioner_shift < 0:
+            raise ValueError(f"preconditioner_shift must be >= 0, got {self.preconditioner_shift}")
+        self._built: dict[str, float] = {}
+
+    def skip(self, problem: Any) -> str | None:
+        """``kfac`` needs curvlinops and a model whose layers it covers."""
+        if self.preconditioner == "kfac":
+            from hgbench import kfac
+
+            reason = kfac.unsupported(problem)
+            if reason:
+                return f"preconditioner=kfac: {reason}"
+        return super().skip(problem)
+
+    def preconditioner_metrics(self) -> dict[str, float]:
+        return dict(self._built)
+
+    def build_preconditioner(self, matvec: Callable[[Tensor], Tensor], b: Tensor, problem: Bilevel,
+                             damping: float = 0.0) -> Callable[[Tensor], Tensor] | None:
+        """v ↦ P⁻¹v for the system (C + damping·I) x = b, C the curvature whose products
+        ``matvec`` computes; None for ``none``. Rebuilt (counting the products it takes) when
+        there is none yet, when its size no longer fits, or every ``refresh_every`` calls."""
+        from hgbench import linalg
+        from hgbench.ift import count_products
+
+        if self.preconditioner == "none":
+            return None
+        mu = damping + self.preconditioner_shift
+        st = self.state
+        keys = {"jacobi": ("pc_diag",), "nystrom": ("pc_u", "pc_eigs"), "kfac": ()}[self.preconditioner]
+        have = all(k in st for k in keys) and int(st.get("pc_n", torch.tensor(-1))) == b.numel()
+        if self.preconditioner == "kfac":  # curvlinops' operator: kept on the method, not in the state
+            op = self.__dict__.get("_kfac")
+            have = have and op is not None and (op.dtype, op.device) == (b.dtype, b.device)
+        age = int(st["pc_age"]) if "pc_age" in st else 0
+        refresh = not have or age >= self.refresh_every
+        built = 0
+        if refresh:
+            with count_products() as n:
+                if self.preconditioner == "jacobi":
+                    st["pc_diag"], _exact = linalg.diagonal(matvec, b, self.preconditioner_rank)
+                elif self.preconditioner == "nystrom":
+                    st["pc_u"], st["pc_eigs"] = linalg.nystrom_sketch(matvec, b, self.preconditioner_rank)
+                else:
+                    from hgbench import kfac
+
+                    parts = problem.parts(getattr(self, "hessian_batch_size", None))
+                    self.__dict__["_kfac"], _ = kfac.build(parts, problem.w, problem.lam, mu)
+            built = n.value
+            st["pc_n"] = torch.tensor(b.numel())
+            st["pc_refreshes"] = torch.tensor(int(st["pc_refreshes"]) + 1 if "pc_refreshes" in st else 1)
+            age = 0
+        st["pc_age"] = torch.tensor(age + 1)
+        self._built = {"preconditioner_refreshes": float(st["pc_refreshes"]), "preconditioner_products": float(built)}
+        if self.preconditioner == "jacobi":
+            return linalg.DiagonalPreconditioner(st["pc_diag"].to(b.device, b.dtype), mu)
+        if self.preconditioner == "nystrom":
+            return linalg.NystromPreconditioner(st["pc_u"].to(b.device, b.dtype), st["pc_eigs"].to(b.device, b.dtype), mu)
+        return self.__dict__["_kfac"]
+
+
+@dataclass
+class KrylovMethod(Preconditioner, WarmStart, Damping, Curvature):
     """IFT with (H + damping·I)⁻¹∂L_V/∂w from an iterative solver, ``solver(matvec, b,
     iterations=, tol=, damping=, x0=)`` (``hgbench.linalg.cg_solve``, ``minres_solve``): a new
-    Krylov method is a subclass setting its ``name`` and ``solver = <that function>``."""
+    Krylov method is a subclass setting its ``name`` and ``solver = <that function>``. A solver
+    that also takes ``M=`` (v ↦ P⁻¹v) can be preconditioned (``Preconditioner``), and one that
+    takes ``info=`` (a dict it fills with ``iterations``) reports the iterations it used, logged
+    every hyper-step as ``hypergrad/iterations``."""
 
     budget: ClassVar[str | None] = "iterations"
     solver: ClassVar[Callable[..., Tensor]]
@@ -283,12 +421,26 @@ class KrylovMethod(WarmStart, Damping, Curvature):
             raise ValueError(f"tol must be >= 0, got {self.tol}")
         if not callable(getattr(type(self), "solver", None)):
             raise TypeError(f"{type(self).__name__} is a KrylovMethod without a solver: set solver = <function> in the class")
+        if self.preconditioner != "none" and not _takes(type(self).solver, "M"):
+            raise ValueError(f"{self.name or type(self).__name__}'s solver takes no preconditioner (M=); use preconditioner=none")
+        self._info: dict[str, float] = {}
 
     def compute(self, problem: Bilevel) -> Tensor:
         # through the class: a plain function stays unbound (a staticmethod works too)
-        solve = functools.partial(type(self).solver, iterations=self.iterations, tol=self.tol, damping=self.damping)
+        solver = type(self).solver
+        self._info = {}
+        settings = {"info": self._info} if _takes(solver, "info") else {}
+        base = functools.partial(solver, iterations=self.iterations, tol=self.tol, damping=self.damping, **settings)
+
+        def solve(matvec: Callable[[Tensor], Tensor], b: Tensor, x0: Tensor | None = None) -> Tensor:
+            m = self.build_preconditioner(matvec, b, problem, self.damping)
+            return base(matvec, b, x0=x0) if m is None else base(matvec, b, x0=x0, M=m)
+
         return ift_hypergradient(problem.train_loss, problem.val_loss, problem.w, problem.lam,
                                  self.warm_solve(solve), self.curvature_product(problem))
+
+    def metrics(self) -> dict[str, float]:
+        return {**{k: float(v) for k, v in self._info.items()}, **self.preconditioner_metrics()}
 
 
 @dataclass

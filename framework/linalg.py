@@ -56,12 +56,18 @@ def power_iteration(matvec: MatVec, like: Tensor, steps: int, v0: Tensor | None 
 
 
 def cg_solve(matvec: MatVec, b: Tensor, iterations: int, tol: float = 0.0, damping: float = 0.0,
-             x0: Tensor | None = None) -> Tensor:
+             x0: Tensor | None = None, M: MatVec | None = None, info: dict | None = None) -> Tensor:
     """Conjugate gradient on (H + damping·I) x = b, from x = 0 or from the guess ``x0`` (a warm
     start: the residual b − (H + damping·I) x0 costs one more Hessian-vector product).
 
     Runs ``iterations`` steps, or stops earlier once ‖r‖ ≤ tol·‖b‖ when ``tol > 0`` (that check
     reads one number per step from the device). Assumes H + damping·I is positive definite.
+
+    ``M``: a preconditioner, v ↦ P⁻¹v for a symmetric positive-definite P ≈ H + damping·I
+    (``NystromPreconditioner``, ``DiagonalPreconditioner``, …): preconditioned CG, the same
+    solution in fewer steps when P⁻¹(H + damping·I) is better conditioned; the stopping test stays
+    on the true residual ‖r‖. ``info`` (a dict), if given, receives ``iterations``: the products
+    the loop used (the warm start's residual not included).
     """
     if x0 is None:
         x = torch.zeros_like(b)
@@ -71,38 +77,58 @@ def cg_solve(matvec: MatVec, b: Tensor, iterations: int, tol: float = 0.0, dampi
         r = b - matvec(x0)
         if damping:
             r = r.sub(x0, alpha=damping)
-    p = r.clone()
+    z = r if M is None else M(r)
+    p = z.clone()
     rs = r @ r
+    rz = rs if M is None else r @ z
     stop = (tol * torch.linalg.vector_norm(b)).item() if tol > 0 else None
+    used = 0
     for _ in range(iterations):
         if stop is not None and rs.sqrt().item() <= stop:
             break
         ap = matvec(p)
+        used += 1
         if damping:
             ap = ap.add(p, alpha=damping)
-        step = rs / (p @ ap)  # 0-dim tensors: no host sync
-        x.addcmul_(step, p)  # fused x += step·p, r -= step·Ap, p = r + β·p: no temporaries
+        pap = p @ ap
+        step = torch.where(pap != 0, rz / pap, 0.0)  # 0-dim tensors: no host sync; 0 once converged exactly
+        x.addcmul_(step, p)  # fused x += step·p, r -= step·Ap, p = z + β·p: no temporaries
         r.addcmul_(step, ap, value=-1)
         del ap  # freed before the next HVP: peak memory stays that of the first iteration
         rs_new = r @ r
-        p.mul_(rs_new / rs).add_(r)
+        if M is None:
+            p.mul_(torch.where(rs != 0, rs_new / rs, 0.0)).add_(r)
+            rz = rs_new
+        else:
+            z = M(r)
+            rz_new = r @ z
+            p.mul_(torch.where(rz != 0, rz_new / rz, 0.0)).add_(z)
+            rz = rz_new
         rs = rs_new
+    if info is not None:
+        info["iterations"] = used
     return x
+
+
+def products(matvec: MatVec, rows: Tensor, chunk: int | None = None) -> Tensor:
+    """H vᵢ for every row vᵢ of ``rows`` (k × n), as rows: one batched backward
+    (``matvec.batched``, ``is_grads_batched``) per ``chunk`` rows where the product has one, else
+    one product per row. The sketch step of the Nyström solve and preconditioner and of the dense
+    and diagonal builds."""
+    batched = getattr(matvec, "batched", None)
+    chunk = chunk or max(1, len(rows))
+    out = []
+    for start in range(0, len(rows), chunk):
+        block = rows[start : start + chunk]
+        out.append(batched(block) if batched is not None else torch.stack([matvec(e) for e in block]))
+    return torch.cat(out) if out else rows.new_zeros(rows.shape)
 
 
 def dense_solve(matvec: MatVec, b: Tensor, damping: float = 0.0, chunk: int = 256) -> Tensor:
     """Build H column by column from HVPs (batched when ``matvec.batched`` exists) and solve exactly."""
     n = b.numel()
     eye = torch.eye(n, dtype=b.dtype, device=b.device)
-    batched = getattr(matvec, "batched", None)
-    cols = []
-    for start in range(0, n, chunk):
-        block = eye[start : start + chunk]
-        if batched is not None:
-            cols.append(batched(block))
-        else:
-            cols.append(torch.stack([matvec(e) for e in block]))
-    h = torch.cat(cols)  # rows = H e_j = columns of the symmetric H
+    h = products(matvec, eye, chunk)  # rows = H e_j = columns of the symmetric H
     h = 0.5 * (h + h.T)
     if damping:
         h.diagonal().add_(damping)
@@ -130,8 +156,7 @@ def nystrom_solve(matvec: MatVec, b: Tensor, rank: int, damping: float) -> Tenso
     idx = torch.randperm(n)[:k].to(b.device)
     rows = torch.zeros(k, n, dtype=b.dtype, device=b.device)
     rows[torch.arange(k, device=b.device), idx] = 1
-    batched = getattr(matvec, "batched", None)
-    ct = batched(rows) if batched is not None else torch.stack([matvec(e) for e in rows])  # k×n: rows are Cᵀ
+    ct = products(matvec, rows)  # k×n: rows are Cᵀ
     m = rho * ct[:, idx] + ct @ ct.T  # ρW + CᵀC, W = H[S, S]
     m = 0.5 * (m + m.T)  # symmetric up to rounding: made exactly so
     rhs = ct @ b
@@ -143,14 +168,20 @@ def nystrom_solve(matvec: MatVec, b: Tensor, rank: int, damping: float) -> Tenso
 
 
 def minres_solve(matvec: MatVec, b: Tensor, iterations: int, tol: float = 0.0, damping: float = 0.0,
-                 x0: Tensor | None = None) -> Tensor:
+                 x0: Tensor | None = None, M: MatVec | None = None, info: dict | None = None) -> Tensor:
     """MINRES (Paige & Saunders, 1975) on (H + damping·I) x = b, from x = 0 or from the guess
     ``x0`` (a warm start: the residual b − (H + damping·I) x0 costs one more Hessian-vector
     product): for symmetric H that may be indefinite, where CG can break down. Each step minimises
     ‖b − (H + damping·I)x‖ over the Krylov space, so the residual never grows. Runs ``iterations``
     steps, or stops once the residual estimate ≤ tol·‖b‖ (``tol > 0``), or when the Krylov space
     is exhausted (then x is exact). Reads a few numbers per step from the device.
+
+    ``M``: a symmetric positive-definite preconditioner v ↦ P⁻¹v (as scipy's ``minres``): the
+    same solution, the residual then minimised — and ``tol`` measured — in the P⁻¹-norm
+    (‖r‖_{P⁻¹} ≤ tol·‖b‖_{P⁻¹}). ``info`` (a dict), if given, receives ``iterations``.
     """
+    if info is not None:
+        info["iterations"] = 0
     if x0 is None:
         x = torch.zeros_like(b)
         r = b
@@ -159,14 +190,14 @@ def minres_solve(matvec: MatVec, b: Tensor, iterations: int, tol: float = 0.0, d
         r = b - matvec(x0)
         if damping:
             r = r.sub(x0, alpha=damping)
-    stop = tol * torch.linalg.vector_norm(b).item()
-    beta1 = torch.linalg.vector_norm(r).item()
+    stop = tol * (torch.linalg.vector_norm(b) if M is None else (b @ M(b)).clamp_min(0).sqrt()).item()
+    y = r.clone() if M is None else M(r)
+    beta1 = torch.linalg.vector_norm(r).item() if M is None else max((r @ y).item(), 0.0) ** 0.5
     if beta1 == 0:
         return x
     eps = torch.finfo(b.dtype).eps
     r1 = r.clone()
     r2 = r.clone()
-    y = r.clone()
     w = torch.zeros_like(b)
     w2 = torch.zeros_like(b)
     oldb, beta, dbar, epsln, phibar, cs, sn = 0.0, beta1, 0.0, 0.0, beta1, -1.0, 0.0
@@ -180,7 +211,11 @@ def minres_solve(matvec: MatVec, b: Tensor, iterations: int, tol: float = 0.0, d
         alfa = (v @ y).item()
         y = y - (alfa / beta) * r2
         r1, r2 = r2, y
-        oldb, beta = beta, torch.linalg.vector_norm(y).item()
+        if M is None:
+            oldb, beta = beta, torch.linalg.vector_norm(y).item()
+        else:
+            y = M(r2)
+            oldb, beta = beta, max((r2 @ y).item(), 0.0) ** 0.5
         # the previous plane rotation, then a new one that zeroes beta
         oldeps = epsln
         delta = cs * dbar + sn * alfa
@@ -193,6 +228,8 @@ def minres_solve(matvec: MatVec, b: Tensor, iterations: int, tol: float = 0.0, d
         w1, w2 = w2, w
         w = (v - oldeps * w1 - delta * w2) / gamma
         x = x + phi * w
+        if info is not None:
+            info["iterations"] = itn + 1
         if beta <= eps * beta1 or (tol > 0 and abs(phibar) <= stop):
             break  # the Krylov space is exhausted (x exact), or the residual is small enough
     return x
@@ -229,3 +266,89 @@ def lanczos_extremes(matvec: MatVec, n: int, steps: int, like: Tensor, seed: int
         t += torch.diag(off, 1) + torch.diag(off, -1)
     ritz = torch.linalg.eigvalsh(t)
     return ritz[-1].item(), ritz[0].item()
+
+
+# --- preconditioners: v ↦ P⁻¹v for P ≈ H + μI, symmetric positive definite (the ``M`` of cg_solve and minres_solve)
+
+
+def nystrom_sketch(matvec: MatVec, like: Tensor, rank: int) -> tuple[Tensor, Tensor]:
+    """The randomized rank-``rank`` Nyström approximation Â = U diag(Λ) Uᵀ of a symmetric
+    positive semi-definite H (Frangella, Tropp & Udell, "Randomized Nyström preconditioning",
+    SIAM J. Matrix Anal. Appl. 2023, Algorithm 2.1; Tropp et al. 2017): a Gaussian test matrix Ω
+    (torch's global RNG: seeded by the run), orthonormalised; Y = HΩ in one batched product
+    (``products``: ``rank`` HVPs); a shift ν = √n·eps·‖Y‖ for stability; then Â_ν = Y_ν
+    (ΩᵀY_ν)⁻¹ Y_νᵀ through a Cholesky factor and a thin SVD, and Λ = max(0, σ² − ν). Returns (U,
+    Λ), U n × r with orthonormal columns and Λ descending, keeping only the r ≤ ``rank``
+    eigenvalues above eps·Λ₁ (on a rank-deficient H the rest are zero and carry nothing).
+
+    Where H is indefinite (the Hessian away from a minimum) ΩᵀY_ν has negative eigenvalues and has
+    no Cholesky factor: its eigendecomposition with the negative part clipped is used instead, so
+    the result is still a positive semi-definite low-rank matrix — a valid preconditioner, not an
+    approximation of H.
+    """
+    n = like.numel()
+    k = min(rank, n)
+    if k <= 0:
+        return like.new_zeros(n, 0), like.new_zeros(0)
+    omega = torch.randn(n, k, dtype=torch.float64).to(like.device, like.dtype)
+    omega, _ = torch.linalg.qr(omega)
+    y = products(matvec, omega.T.contiguous()).T  # n × k: H Ω
+    eps = torch.finfo(like.dtype).eps
+    nu = (n**0.5) * eps * torch.linalg.matrix_norm(y, ord=2)
+    y_nu = y + nu * omega
+    core = omega.T @ y_nu
+    core = 0.5 * (core + core.T)
+    chol, bad = torch.linalg.cholesky_ex(core)
+    if not bad:
+        b = torch.linalg.solve_triangular(chol, y_nu.T, upper=False).T  # Y_ν C⁻ᵀ
+    else:  # indefinite: the positive part of the core only
+        d, q = torch.linalg.eigh(core)
+        keep = d > eps * d.abs().max()
+        b = y_nu @ (q[:, keep] / d[keep].sqrt())
+    u, sigma, _ = torch.linalg.svd(b, full_matrices=False)
+    lam = (sigma**2 - nu).clamp_min(0)
+    keep = lam > eps * lam.max().clamp_min(torch.finfo(like.dtype).tiny)
+    return u[:, keep], lam[keep]
+
+
+class NystromPreconditioner:
+    """P⁻¹ = (λ_r + μ) U (Λ + μI)⁻¹ Uᵀ + (I − UUᵀ) from a Nyström sketch (U, Λ) of H
+    (``nystrom_sketch``) for the system (H + μI) x = b (Frangella, Tropp & Udell 2023, eq. 5.3;
+    λ_r the smallest kept eigenvalue): the top of the spectrum is mapped to λ_r + μ, the rest
+    left as it is, so P⁻¹(H + μI) has condition number about (λ_r + μ)/(λ_min + μ). Symmetric
+    positive definite whenever λ_r + μ > 0; the identity when the sketch is empty."""
+
+    def __init__(self, u: Tensor, eigs: Tensor, mu: float = 0.0):
+        self.u, self.eigs, self.mu = u, eigs, mu
+        self.scale = ((eigs[-1] + mu) / (eigs + mu)) - 1 if len(eigs) else eigs
+
+    def __call__(self, v: Tensor) -> Tensor:
+        if not len(self.eigs):
+            return v
+        # (λ_r+μ) U (Λ+μ)⁻¹ Uᵀ v + v − U Uᵀ v = v + U ((λ_r+μ)/(Λ+μ) − 1) Uᵀ v
+        return v + self.u @ (self.scale * (self.u.T @ v))
+
+
+def diagonal(matvec: MatVec, like: Tensor, probes: int, chunk: int = 256) -> tuple[Tensor, bool]:
+    """H's diagonal: exactly from n unit-vector products when n ≤ ``probes`` (batched by
+    ``chunk``), else Hutchinson's estimate diag(H) ≈ mean over ``probes`` Rademacher vectors z of
+    z ⊙ Hz (unbiased, noisy: ``probes`` products; torch's global RNG). Returns (diagonal, exact)."""
+    n = like.numel()
+    if n <= probes:
+        eye = torch.eye(n, dtype=like.dtype, device=like.device)
+        return products(matvec, eye, chunk).diagonal().clone(), True
+    z = (torch.randint(0, 2, (probes, n)) * 2 - 1).to(like.device, like.dtype)
+    return (z * products(matvec, z, chunk)).mean(0), False
+
+
+class DiagonalPreconditioner:
+    """P⁻¹ = diag(|d| + μ)⁻¹ (Jacobi), with entries below eps·max floored there: positive
+    definite even where the (estimated) diagonal has negative or zero entries."""
+
+    def __init__(self, diag: Tensor, mu: float = 0.0):
+        d = diag.abs() + mu
+        floor = torch.finfo(d.dtype).eps * d.max().clamp_min(torch.finfo(d.dtype).tiny)
+        self.inv = 1 / d.clamp_min(floor)
+
+    def __call__(self, v: Tensor) -> Tensor:
+        return self.inv * v

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.func import functional_call
 
-from hgbench.base import Batch, Bilevel, DataSplits, Dataset, HyperparamFamily, Model, ProblemContext, Split
+from hgbench.base import Batch, Bilevel, DataSplits, Dataset, GaussNewtonParts, HyperparamFamily, Model, ProblemContext, Split
 from hgbench.errors import HgbenchError, SkipRun
 from hgbench.flat import FlatSpec
 from hgbench.ift import GaussNewtonProduct
@@ -124,6 +124,11 @@ class Problem:
             return GaussNewtonProduct(lambda w_: self.forward(w_, batch.x, batch.state), lambda z: self.data_loss(z, batch.y), penalty, w)
         return make
 
+    def gauss_newton_parts(self, batch: Batch) -> GaussNewtonParts:
+        """The module, ``batch`` and penalty behind ``ggn_product`` (for K-FAC, ``hgbench.kfac``)."""
+        return GaussNewtonParts(self.module, self.w_spec, batch.x, batch.y, self.data.task,
+                                lambda w_, lam: self.family.penalty(w_, self.lam_spec.unflatten(lam), self.context(batch)))
+
     def bilevel(self, train_batch: Batch, val_batch: Batch, w: Tensor, lam: Tensor, optimizer=None, state=None) -> Bilevel:
         return Bilevel(
             train_loss=lambda w_, l_: self.train_loss(w_, l_, train_batch),
@@ -133,6 +138,7 @@ class Problem:
             inner_optimizer=optimizer,
             inner_state=state,
             ggn=self.ggn_product(train_batch) if self.supports_ggn else None,
+            gauss_newton_parts=self.gauss_newton_parts(train_batch) if self.supports_ggn and train_batch.state is None else None,
             sample_train=self.sample_train,
             on_train_batch=lambda b: self.bilevel(b, val_batch, w, lam, optimizer, state),
         )

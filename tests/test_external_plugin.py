@@ -138,7 +138,9 @@ def test_hgbench_plugins_json_and_kind_filter(capsys):
     assert cg["origin"] == "built-in" and cg["module"] == "hgbench.plugins.hypergrad.cg" and cg["config"] == "dataclass defaults"
     assert {p["name"]: (p["type"], p["default"]) for p in cg["parameters"]} == {
         "iterations": ("int", 10), "tol": ("float", 0.0), "damping": ("float", 0.0), "curvature": ("'hessian' | 'ggn'", "hessian"),
-        "warm_start": ("bool", False), "hessian_batch_size": ("int | null", None)}
+        "warm_start": ("bool", False), "hessian_batch_size": ("int | null", None),
+        "preconditioner": ("'none' | 'jacobi' | 'nystrom' | 'kfac'", "none"), "preconditioner_rank": ("int", 100),
+        "refresh_every": ("int", 10), "preconditioner_shift": ("float", 0.0)}
     with pytest.raises(SystemExit):
         main(["--kind", "nope"])
 

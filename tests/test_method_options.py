@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import pytest
 import torch
 
-from hgbench import ConfigError, Curvature, Damping, KrylovMethod, WarmStart, registry
+from hgbench import ConfigError, Curvature, Damping, KrylovMethod, Preconditioner, WarmStart, registry
 from hgbench.api import compose_config
 from hgbench.cli_checks import check_overrides
 from hgbench.config import build_plugin
@@ -17,7 +17,8 @@ from hgbench.linalg import cg_solve, minres_solve
 
 from test_hypergradients import at_ridge_optimum
 
-SHARED = {"curvature": Curvature, "hessian_batch_size": Curvature, "damping": Damping, "warm_start": WarmStart}
+SHARED = {"curvature": Curvature, "hessian_batch_size": Curvature, "damping": Damping, "warm_start": WarmStart,
+          **dict.fromkeys(("preconditioner", "preconditioner_rank", "refresh_every", "preconditioner_shift"), Preconditioner)}
 
 
 def methods():
@@ -67,7 +68,8 @@ def test_a_misspelt_option_is_refused_naming_the_valid_ones():
     # on the command line, before Hydra runs
     line = check_overrides(["hypergrad=cg", "hypergrad.curvatur=ggn"])
     assert line is not None and "did you mean hypergrad.curvature?" in line
-    assert "curvature, damping, hessian_batch_size, iterations, name, tol, warm_start" in line
+    assert "curvature, damping, hessian_batch_size, iterations, name, preconditioner, preconditioner_rank, preconditioner_shift, " \
+           "refresh_every, tol, warm_start" in line
     # nystrom's damping is no longer called rho
     line = check_overrides(["hypergrad=nystrom", "hypergrad.rho=0.3"])
     assert line is not None and "unknown key 'rho'" in line and "damping" in line
@@ -98,7 +100,8 @@ def test_a_new_krylov_method_is_a_few_lines_and_has_every_shared_option(ridge):
 
     hyper, _ = at_ridge_optimum(ridge)
     assert {f.name for f in dataclasses.fields(SteepestDescent)} == {
-        "curvature", "hessian_batch_size", "damping", "warm_start", "iterations", "tol"}
+        "curvature", "hessian_batch_size", "damping", "warm_start", "iterations", "tol",
+        "preconditioner", "preconditioner_rank", "refresh_every", "preconditioner_shift"}
     exact = ridge.hypergradient("exact")["log_decay"]
     assert rel(exact, hyper) < 1e-8
     got = ridge.hypergradient(SteepestDescent(iterations=3000))["log_decay"]
@@ -113,6 +116,8 @@ def test_a_new_krylov_method_is_a_few_lines_and_has_every_shared_option(ridge):
     assert rel(ridge.hypergradient(warm)["log_decay"], exact) < 1e-6
     with pytest.raises(ValueError, match="iterations must be >= 0"):
         SteepestDescent(iterations=-1)
+    with pytest.raises(ValueError, match="steepest_descent's solver takes no preconditioner"):
+        SteepestDescent(preconditioner="nystrom")  # its solver has no M=
 
     @dataclass
     class NoSolver(KrylovMethod):
