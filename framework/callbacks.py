@@ -88,6 +88,21 @@ def _check_output_dir(folder: str, key: str) -> None:
         sys.exit(2)
 
 
+def _measure_grid_load(config: DictConfig) -> bool:
+    """``num_threads=auto`` in a grid whose jobs run on this machine (Hydra's basic launcher, one
+    after another, or joblib's, several at once): the load is measured once, before the first job,
+    for all of them (``$HGBENCH_GRID_LOAD``) — each job measuring it would count the grid's own
+    earlier or sibling jobs as other work. Cluster launchers' jobs measure their own machine."""
+    from hgbench.machine import GRID_LOAD_ENV, load_average
+
+    target = str(config.hydra.launcher.get("_target_", ""))
+    if not (target.endswith("BasicLauncher") or "joblib" in target):
+        os.environ.pop(GRID_LOAD_ENV, None)
+        return False
+    os.environ[GRID_LOAD_ENV] = repr(load_average())
+    return True
+
+
 _own_sweep_id: list[str] = []  # the sweep id SweepCallback set, dropped when the launch fails
 
 
@@ -101,6 +116,7 @@ def drop_own_sweep_id() -> None:
 class SweepCallback(Callback):
     def __init__(self) -> None:
         self._set_sweep_id = False
+        self._set_grid_load = False
         self._browse: list[str] = []
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
@@ -129,11 +145,16 @@ class SweepCallback(Callback):
                     os.environ.pop(SWEEP_ENV, None)
                 print(f"hgbench: error: {exc}", file=sys.stderr)
                 sys.exit(2)
+        self._set_grid_load = _measure_grid_load(config)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         results = read_job_results(config.hydra.sweep.dir)
         print("\n".join([format_sweep_summary(results), *(f"  {line}" for line in self._browse)]), flush=True)
         if self._set_sweep_id:  # the id was this sweep's: the next sweep in the process gets its own
             os.environ.pop(SWEEP_ENV, None)
+        if self._set_grid_load:
+            from hgbench.machine import GRID_LOAD_ENV
+
+            os.environ.pop(GRID_LOAD_ENV, None)
         if any(r["status"] == "FAILED" or r.get("recording_failed") for r in results):
             sys.exit(1)

@@ -112,18 +112,38 @@ def hydra_tags(hc) -> dict[str, str]:
     if hc.mode == RunMode.MULTIRUN:
         tags["hgbench.sweep_id"] = os.environ.get(SWEEP_ENV) or os.path.basename(str(hc.sweep.dir))
         tags["hgbench.job_num"] = str(hc.job.num)
-    return tags
+    return {**tags, **_auto_threads}
+
+
+# what num_threads=auto chose for the job running in this process, and why (its MLflow tag)
+_auto_threads: dict[str, str] = {}
 
 
 def configure_threads(cfg: DictConfig, hc) -> None:
-    """``num_threads`` if set; under the joblib launcher, the cores shared out between its jobs."""
+    """``num_threads``: an integer as given; ``auto``: the cores free at the start (the grid's
+    start, for a grid's local jobs) shared out between the jobs running at once, said in one
+    line; null: torch's default. Under the joblib launcher its jobs share the cores (null: all
+    of them, auto: the free ones)."""
     import torch
 
+    from hgbench import machine
+
     n = cfg.num_threads
-    if n is None and "joblib" in hc.launcher._target_:
-        jobs = hc.launcher.get("n_jobs") or -1
-        cpus = os.cpu_count() or 1
-        n = max(1, cpus // (cpus if jobs < 0 else jobs))
+    cpus = os.cpu_count() or 1
+    joblib = "joblib" in hc.launcher._target_
+    jobs = 1
+    if joblib:
+        n_jobs = hc.launcher.get("n_jobs") or -1
+        jobs = cpus if n_jobs < 0 else n_jobs
+    if n == "auto":
+        grid_load = os.environ.get(machine.GRID_LOAD_ENV) if hc.mode == RunMode.MULTIRUN else None
+        load = float(grid_load) if grid_load else machine.load_average()
+        n, note = machine.auto_threads(load, cpus, jobs, ceiling=torch.get_num_threads() if jobs == 1 else None,
+                                       when=" at the grid's start" if grid_load else "")
+        _auto_threads["hgbench.num_threads_auto"] = note
+        print(f"hgbench: num_threads=auto: {note}", flush=True)
+    elif n is None and joblib:
+        n = max(1, cpus // jobs)
     if n:
         torch.set_num_threads(int(n))
 
@@ -251,6 +271,7 @@ def job_process_state(cfg: DictConfig, hc):
             yield
     finally:
         torch.set_num_threads(threads)
+        _auto_threads.clear()
 
 
 def resume_wanted(cfg: DictConfig, multirun: bool) -> bool:
