@@ -59,6 +59,22 @@ def test_aggregate_keeps_tasks_apart():
     assert len(agg) == 8
 
 
+def test_the_table_shows_the_load_and_flags_runtimes_timed_above_the_cores():
+    runs = hand_runs().assign(load_avg_start=[0.2, 0.3, 3.5, 9.0, 0.0, 0.1, 0.0], load_avg_end=[1.1, 1.2, 1.0, 9.0, 0.0, 1.9, 0.0],
+                              **{"tags.hgbench.cpu_count": "2"})
+    agg = aggregate(runs).set_index("method")
+    assert agg.loc["a", "load_max"] == 3.5 and agg.loc["a", "contended_n"] == 1  # the failed run's 9.0 is not a timing
+    assert agg.loc["c", "contended_n"] == 0
+    table = summary_table(agg.reset_index()).splitlines()
+    header = [h.strip() for h in table[0].strip("|").split("|")]
+    assert header[-1] == "load (max)"
+    row = {r.split("|")[1].strip(): [c.strip() for c in r.strip("|").split("|")] for r in table[2:]}
+    assert row["a"][header.index("runtime (s)")] == "20.00 ± 10 *" and row["a"][-1] == "3.5"
+    assert row["c"][header.index("runtime (s)")] == "5.000" and row["c"][-1] == "1.9"
+    # runs recorded before the core count was (no tag): the load is shown, nothing is flagged
+    assert "*" not in summary_table(aggregate(runs.drop(columns="tags.hgbench.cpu_count")))
+
+
 def test_number_format():
     assert fmt(2.20834, 0.011234) == "2.208 ± 0.011"
     assert fmt(1234.6, 56.7) == "1,235 ± 57"
