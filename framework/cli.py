@@ -120,10 +120,10 @@ _auto_threads: dict[str, str] = {}
 
 
 def configure_threads(cfg: DictConfig, hc) -> None:
-    """``num_threads``: an integer as given; ``auto``: the cores free at the start (the grid's
-    start, for a grid's local jobs) shared out between the jobs running at once, said in one
-    line; null: torch's default. Under the joblib launcher its jobs share the cores (null: all
-    of them, auto: the free ones)."""
+    """``num_threads``: an integer as given; null: torch's default; ``auto``: the cores the load
+    average leaves free at the start (a local grid's start, for its jobs), shared out between the
+    jobs running at once — on a cluster (submitit), the cores the scheduler gave the job — said in
+    one line. Under the joblib launcher its jobs share the cores (null: all of them)."""
     import torch
 
     from hgbench import machine
@@ -136,10 +136,15 @@ def configure_threads(cfg: DictConfig, hc) -> None:
         n_jobs = hc.launcher.get("n_jobs") or -1
         jobs = cpus if n_jobs < 0 else n_jobs
     if n == "auto":
-        grid_load = os.environ.get(machine.GRID_LOAD_ENV) if hc.mode == RunMode.MULTIRUN else None
-        load = float(grid_load) if grid_load else machine.load_average()
-        n, note = machine.auto_threads(load, cpus, jobs, ceiling=torch.get_num_threads() if jobs == 1 else None,
-                                       when=" at the grid's start" if grid_load else "")
+        if "submitit" in hc.launcher._target_:
+            # the node's load average counts other jobs on other cores: torch's default, which
+            # follows the cores the job was given
+            n, note = None, f"{torch.get_num_threads()} torch threads (a cluster job: the cores its scheduler gave it)"
+        else:
+            grid_load = os.environ.get(machine.GRID_LOAD_ENV) if hc.mode == RunMode.MULTIRUN else None
+            load = float(grid_load) if grid_load else machine.load_average()
+            n, note = machine.auto_threads(load, cpus, jobs, ceiling=torch.get_num_threads() if jobs == 1 else None,
+                                           when=" at the grid's start" if grid_load else "")
         _auto_threads["hgbench.num_threads_auto"] = note
         print(f"hgbench: num_threads=auto: {note}", flush=True)
     elif n is None and joblib:

@@ -80,6 +80,14 @@ def test_auto_under_joblib_shares_the_free_cores(two_busy_cores, monkeypatch):
         assert torch.get_num_threads() == 8 // 3  # null: all the cores shared out, as before
 
 
+def test_auto_on_a_cluster_takes_the_cores_the_scheduler_gave(two_busy_cores, capsys):
+    """The node's load average counts other jobs on other cores: not this job's business."""
+    hc = _hc("hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher", mode="MULTIRUN")
+    with cli.job_process_state(OmegaConf.create({"num_threads": "auto"}), hc):
+        assert torch.get_num_threads() == 2
+    assert "2 torch threads (a cluster job" in capsys.readouterr().out
+
+
 def test_a_run_says_and_records_what_auto_chose(two_busy_cores, tmp_path, monkeypatch, mlflow_db):
     from mlflow.tracking import MlflowClient
 
