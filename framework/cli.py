@@ -123,7 +123,7 @@ def configure_threads(cfg: DictConfig, hc) -> None:
     """``num_threads``: an integer as given; null: torch's default; ``auto``: the cores the load
     average leaves free at the start (a local grid's start, for its jobs), shared out between the
     jobs running at once — on a cluster (submitit), the cores the scheduler gave the job — said in
-    one line. Under the joblib launcher its jobs share the cores (null: all of them)."""
+    one line when the run starts. Under the joblib launcher its jobs share the cores (null: all of them)."""
     import torch
 
     from hgbench import machine
@@ -145,12 +145,18 @@ def configure_threads(cfg: DictConfig, hc) -> None:
             load = float(grid_load) if grid_load else machine.load_average()
             n, note = machine.auto_threads(load, cpus, jobs, ceiling=torch.get_num_threads() if jobs == 1 else None,
                                            when=" at the grid's start" if grid_load else "")
-        _auto_threads["hgbench.num_threads_auto"] = note
-        print(f"hgbench: num_threads=auto: {note}", flush=True)
+        _auto_threads["hgbench.num_threads_auto"] = note  # said when the run starts (announce_threads)
     elif n is None and joblib:
         n = max(1, cpus // jobs)
-    if n:
-        torch.set_num_threads(int(n))
+    if isinstance(n, int) and not isinstance(n, bool) and n > 0:  # anything else is the schema's to refuse
+        torch.set_num_threads(n)
+
+
+def announce_threads() -> None:
+    """What ``num_threads=auto`` chose, in one line, as the run starts (a refused command says
+    nothing but its error)."""
+    if _auto_threads:
+        print(f"hgbench: num_threads=auto: {_auto_threads['hgbench.num_threads_auto']}", flush=True)
 
 
 # the pid of the process that launched the grid: its launcher's worker processes see it too
@@ -390,6 +396,7 @@ def run_job(cfg: DictConfig, hc) -> float | None:
                 exp, resumed_from = Experiment(cfg, parts), None
         if result is None:
             try:
+                announce_threads()
                 result = exp.run(tags, resumed_from=resumed_from)
             except KeyboardInterrupt as exc:  # SIGTERM / Ctrl-C: recorded as KILLED by the run itself
                 result = getattr(exp, "last_result", None) or RunResult("KILLED", {}, {}, exc)

@@ -62,6 +62,8 @@ def test_configure_threads_adapts_auto_only(two_busy_cores, monkeypatch, capsys,
     with cli.job_process_state(OmegaConf.create({"num_threads": setting}), _hc()):
         assert torch.get_num_threads() == expected
         tag = cli.hydra_tags(_hc()).get("hgbench.num_threads_auto")
+        assert capsys.readouterr().out == ""  # said when the run starts, not before a refusal
+        cli.announce_threads()
     out = capsys.readouterr().out
     if setting == "auto":
         assert out.count("hgbench: num_threads=auto: ") == 1 and tag and tag.startswith(f"{expected} torch thread")
@@ -85,6 +87,7 @@ def test_auto_on_a_cluster_takes_the_cores_the_scheduler_gave(two_busy_cores, ca
     hc = _hc("hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher", mode="MULTIRUN")
     with cli.job_process_state(OmegaConf.create({"num_threads": "auto"}), hc):
         assert torch.get_num_threads() == 2
+        cli.announce_threads()
     assert "2 torch threads (a cluster job" in capsys.readouterr().out
 
 
