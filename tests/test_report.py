@@ -154,7 +154,9 @@ def table(text):
 
 
 def parse(cell):
-    """'2.208 ± 0.011' -> (2.208, 0.011); '0.5000' -> (0.5, None); '—' -> (None, None)."""
+    """'2.208 ± 0.011' -> (2.208, 0.011); '0.5000' -> (0.5, None); '—' -> (None, None); a runtime's
+    flag for a load above the cores ('0.016 *') is left off."""
+    cell = cell.removesuffix(" *")
     if cell == "—":
         return None, None
     mean, _, std = cell.partition(" ± ")
@@ -192,6 +194,10 @@ def test_summary_rows_counts_and_means_match_mlflow(store, report):
         done = [r for r in runs if r.data.tags["hgbench.hypergrad"] == method and r.info.status == "FINISHED"]
         everyone = [r for r in runs if r.data.tags["hgbench.hypergrad"] == method]
         assert len(done) == 2
+        loads = [max(r.data.metrics["load_avg_start"], r.data.metrics["load_avg_end"]) for r in done]
+        contended = any(load > int(r.data.tags["hgbench.cpu_count"]) for load, r in zip(loads, done, strict=True))
+        assert rows[method]["runtime (s)"].endswith(" *") == contended
+        assert float(rows[method]["load (max)"]) == pytest.approx(max(loads), abs=0.051)
         for header, key in FINAL.items():
             values = pd.Series([final(client, r, key) for r in done])
             mean, std = parse(rows[method][header])
