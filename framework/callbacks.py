@@ -55,6 +55,32 @@ def _shown(r: dict[str, Any]) -> str:
     return "UNRECORDED" if r.get("recording_failed") else r["status"]
 
 
+def contended(r: dict[str, Any]) -> bool:
+    """A job whose 1-minute load average (at its start or end, its own threads included) was above
+    the cores of its machine: other work competed for them, and its runtime shows it."""
+    loads = [r.get(k) for k in ("load_avg_start", "load_avg_end") if isinstance(r.get(k), (int, float))]
+    cores = r.get("cores")
+    return bool(loads and cores and max(loads) > cores)
+
+
+def _numbers(r: dict[str, Any]) -> str:
+    """A finished job's final losses, last hypergradient cosine, runtime, memory and load."""
+    if r["status"] != "FINISHED":
+        return ""
+    out = "  ".join(f"{k}={r[k]:.4f}" for k in ("val_loss", "test_loss") if isinstance(r.get(k), float))
+    out += "".join(f"  {k}={r[k]:.2f}" for k in ("val_ppl", "test_ppl") if isinstance(r.get(k), float))
+    if isinstance(r.get("hg_cosine"), float):
+        out += f"  hg_cosine={r['hg_cosine']:.3f}"
+    if isinstance(r.get("runtime_s"), (int, float)):
+        out += f"  {r['runtime_s']:.1f} s{'*' if contended(r) else ''}"
+    if isinstance(r.get("peak_memory_mb"), (int, float)):
+        out += f"  {r['peak_memory_mb']:.1f} MB"
+    loads = [r.get(k) for k in ("load_avg_start", "load_avg_end")]
+    if all(isinstance(x, (int, float)) for x in loads):
+        out += f"  load {loads[0]:.1f}→{loads[1]:.1f}"
+    return out
+
+
 def format_sweep_summary(results: list[dict[str, Any]], expected: int | None = None) -> str:
     counts: dict[str, int] = {}
     for r in results:
@@ -64,15 +90,17 @@ def format_sweep_summary(results: list[dict[str, Any]], expected: int | None = N
     if expected is not None and expected > len(results):
         lines.append(f"  {expected - len(results)} job(s) left no result (killed?)")
     for r in results:
-        done = r["status"] == "FINISHED"
-        vals = "  ".join(f"{k}={r[k]:.4f}" for k in ("val_loss", "test_loss") if done and isinstance(r.get(k), float))
-        vals += "".join(f"  {k}={r[k]:.2f}" for k in ("val_ppl", "test_ppl") if done and isinstance(r.get(k), float))
         why = f"  ({r['error']})" if r.get("error") else ""
         if r.get("reused"):
             why += "  (finished earlier: not run again)"
         if r.get("recording_failed"):
             why += "  (NOT RECORDED in MLflow: its results are only in its output above)"
-        lines.append(f"  #{r.get('job_num', '?'):<3} {_shown(r):<11} {r.get('overrides', '')}  {vals}{why}")
+        lines.append(f"  #{r.get('job_num', '?'):<3} {_shown(r):<11} {r.get('overrides', '')}  {_numbers(r)}{why}")
+    flagged = [r for r in results if r["status"] == "FINISHED" and contended(r)]
+    if flagged:
+        cores = sorted({r["cores"] for r in flagged})
+        lines.append(f"  * runtime measured at a load average above the {'/'.join(map(str, cores))} cores (other work "
+                     "competed for them): slower than the method itself; compare runtimes taken at a lower load")
     return "\n".join(lines)
 
 
@@ -88,6 +116,21 @@ def _check_output_dir(folder: str, key: str) -> None:
         sys.exit(2)
 
 
+def _measure_grid_load(config: DictConfig) -> bool:
+    """``num_threads=auto`` in a grid whose jobs run on this machine (Hydra's basic launcher, one
+    after another, or joblib's, several at once): the load is measured once, before the first job,
+    for all of them (``$HGBENCH_GRID_LOAD``) — each job measuring it would count the grid's own
+    earlier or sibling jobs as other work. Cluster launchers' jobs measure their own machine."""
+    from hgbench.machine import GRID_LOAD_ENV, load_average
+
+    target = str(config.hydra.launcher.get("_target_", ""))
+    if not (target.endswith("BasicLauncher") or "joblib" in target):
+        os.environ.pop(GRID_LOAD_ENV, None)
+        return False
+    os.environ[GRID_LOAD_ENV] = repr(load_average())
+    return True
+
+
 _own_sweep_id: list[str] = []  # the sweep id SweepCallback set, dropped when the launch fails
 
 
@@ -101,7 +144,9 @@ def drop_own_sweep_id() -> None:
 class SweepCallback(Callback):
     def __init__(self) -> None:
         self._set_sweep_id = False
+        self._set_grid_load = False
         self._browse: list[str] = []
+        self._browse_args: tuple[str, str] | None = None
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         _check_output_dir(config.hydra.run.dir, "hydra.run.dir")
@@ -123,17 +168,28 @@ class SweepCallback(Callback):
 
             try:
                 uri = resolve_tracking_uri(mlflow_cfg.tracking_uri)
-                self._browse = browse_lines(uri, check_store(uri, str(mlflow_cfg.experiment)))
+                self._browse_args = (uri, check_store(uri, str(mlflow_cfg.experiment)))
+                self._browse = browse_lines(*self._browse_args)
             except StoreError as exc:  # stop before launching jobs that could record nothing
                 if self._set_sweep_id:
                     os.environ.pop(SWEEP_ENV, None)
                 print(f"hgbench: error: {exc}", file=sys.stderr)
                 sys.exit(2)
+        self._set_grid_load = _measure_grid_load(config)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         results = read_job_results(config.hydra.sweep.dir)
-        print("\n".join([format_sweep_summary(results), *(f"  {line}" for line in self._browse)]), flush=True)
+        browse = self._browse
+        if self._browse_args:  # and a compare-runs link for the grid's recorded runs
+            from hgbench.store import browse_lines
+
+            browse = browse_lines(*self._browse_args, run_ids=[r["mlflow_run_id"] for r in results if r.get("mlflow_run_id")])
+        print("\n".join([format_sweep_summary(results), *(f"  {line}" for line in browse)]), flush=True)
         if self._set_sweep_id:  # the id was this sweep's: the next sweep in the process gets its own
             os.environ.pop(SWEEP_ENV, None)
+        if self._set_grid_load:
+            from hgbench.machine import GRID_LOAD_ENV
+
+            os.environ.pop(GRID_LOAD_ENV, None)
         if any(r["status"] == "FAILED" or r.get("recording_failed") for r in results):
             sys.exit(1)

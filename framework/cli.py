@@ -112,20 +112,51 @@ def hydra_tags(hc) -> dict[str, str]:
     if hc.mode == RunMode.MULTIRUN:
         tags["hgbench.sweep_id"] = os.environ.get(SWEEP_ENV) or os.path.basename(str(hc.sweep.dir))
         tags["hgbench.job_num"] = str(hc.job.num)
-    return tags
+    return {**tags, **_auto_threads}
+
+
+# what num_threads=auto chose for the job running in this process, and why (its MLflow tag)
+_auto_threads: dict[str, str] = {}
 
 
 def configure_threads(cfg: DictConfig, hc) -> None:
-    """``num_threads`` if set; under the joblib launcher, the cores shared out between its jobs."""
+    """``num_threads``: an integer as given; null: torch's default; ``auto``: the cores the load
+    average leaves free at the start (a local grid's start, for its jobs), shared out between the
+    jobs running at once — on a cluster (submitit), the cores the scheduler gave the job — said in
+    one line when the run starts. Under the joblib launcher its jobs share the cores (null: all of them)."""
     import torch
 
+    from hgbench import machine
+
     n = cfg.num_threads
-    if n is None and "joblib" in hc.launcher._target_:
-        jobs = hc.launcher.get("n_jobs") or -1
-        cpus = os.cpu_count() or 1
-        n = max(1, cpus // (cpus if jobs < 0 else jobs))
-    if n:
-        torch.set_num_threads(int(n))
+    cpus = os.cpu_count() or 1
+    joblib = "joblib" in hc.launcher._target_
+    jobs = 1
+    if joblib:
+        n_jobs = hc.launcher.get("n_jobs") or -1
+        jobs = cpus if n_jobs < 0 else n_jobs
+    if n == "auto":
+        if "submitit" in hc.launcher._target_:
+            # the node's load average counts other jobs on other cores: torch's default, which
+            # follows the cores the job was given
+            n, note = None, f"{torch.get_num_threads()} torch threads (a cluster job: the cores its scheduler gave it)"
+        else:
+            grid_load = os.environ.get(machine.GRID_LOAD_ENV) if hc.mode == RunMode.MULTIRUN else None
+            load = float(grid_load) if grid_load else machine.load_average()
+            n, note = machine.auto_threads(load, cpus, jobs, ceiling=torch.get_num_threads() if jobs == 1 else None,
+                                           when=" at the grid's start" if grid_load else "")
+        _auto_threads["hgbench.num_threads_auto"] = note  # said when the run starts (announce_threads)
+    elif n is None and joblib:
+        n = max(1, cpus // jobs)
+    if isinstance(n, int) and not isinstance(n, bool) and n > 0:  # anything else is the schema's to refuse
+        torch.set_num_threads(n)
+
+
+def announce_threads() -> None:
+    """What ``num_threads=auto`` chose, in one line, as the run starts (a refused command says
+    nothing but its error)."""
+    if _auto_threads:
+        print(f"hgbench: num_threads=auto: {_auto_threads['hgbench.num_threads_auto']}", flush=True)
 
 
 # the pid of the process that launched the grid: its launcher's worker processes see it too
@@ -251,6 +282,7 @@ def job_process_state(cfg: DictConfig, hc):
             yield
     finally:
         torch.set_num_threads(threads)
+        _auto_threads.clear()
 
 
 def resume_wanted(cfg: DictConfig, multirun: bool) -> bool:
@@ -364,6 +396,7 @@ def run_job(cfg: DictConfig, hc) -> float | None:
                 exp, resumed_from = Experiment(cfg, parts), None
         if result is None:
             try:
+                announce_threads()
                 result = exp.run(tags, resumed_from=resumed_from)
             except KeyboardInterrupt as exc:  # SIGTERM / Ctrl-C: recorded as KILLED by the run itself
                 result = getattr(exp, "last_result", None) or RunResult("KILLED", {}, {}, exc)
@@ -375,7 +408,9 @@ def run_job(cfg: DictConfig, hc) -> float | None:
         "overrides": " ".join(hc.overrides.task),
         "status": result.status,
         "error": None if result.error is None else str(result.error) if result.status == "KILLED" else f"{type(result.error).__name__}: {result.error}",
-        **{k: s.get(k) for k in ("val_loss", "test_loss", "val_acc", "test_acc", "val_ppl", "test_ppl", "runtime_s", "peak_memory_mb")},
+        **{k: s.get(k) for k in ("val_loss", "test_loss", "val_acc", "test_acc", "val_ppl", "test_ppl", "runtime_s", "peak_memory_mb",
+                                 "load_avg_start", "load_avg_end", "hg_cosine")},
+        "cores": os.cpu_count(),
         "mlflow_run_id": result.info.get("mlflow_run_id"),
         "reused": earlier is not None,
         "recording_failed": bool(result.recording_errors),

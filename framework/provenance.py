@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import os
 import platform
 import subprocess
 from pathlib import Path
@@ -84,4 +85,5 @@ def provenance_tags() -> dict[str, str]:
         "hgbench.python_version": platform.python_version(),
         "hgbench.host": platform.node(),
         "hgbench.torch_threads": str(torch.get_num_threads()),
+        "hgbench.cpu_count": str(os.cpu_count()),
     }

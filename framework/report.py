@@ -199,6 +199,12 @@ def aggregate(runs: pd.DataFrame) -> pd.DataFrame:
         if m in done:
             g = done.groupby(key)[m]
             stats.update({f"{m}_mean": g.mean(), f"{m}_std": g.std(), f"{m}_n": g.count()})
+    loads = [c for c in ("load_avg_start", "load_avg_end") if c in done]
+    if loads:  # the load each row's runs were timed under: its highest, and how many were contended
+        load = done[loads].max(axis=1)
+        cores = pd.to_numeric(done["tags.hgbench.cpu_count"], errors="coerce") if "tags.hgbench.cpu_count" in done else pd.Series(float("nan"), index=done.index)
+        g = lambda x: x.groupby([done[c] for c in key])  # noqa: E731
+        stats.update({"load_max": g(load).max(), "contended_n": g(load > cores).sum().astype(int)})
     out = counts.join(pd.DataFrame(stats), how="left") if stats else counts
     out = out.reset_index()
     out.columns.name = None
@@ -236,12 +242,25 @@ def markdown_table(header: list[str], rows: list[list]) -> str:
     return "\n".join(lines + ["| " + " | ".join(cell(c) for c in row) + " |" for row in rows])
 
 
+LOAD_COLUMNS = ("load_max", "contended_n")  # aggregate's load columns (not row keys)
+CONTENDED_NOTE = ("`*` runtime measured at a 1-minute load average above the machine's cores (at the start or "
+                  "end of at least one of the row's runs; the load counts the run's own threads): other work "
+                  "competed for the cores, so it is slower than the method itself — compare runtimes taken at a lower load.")
+
+
 def summary_table(agg: pd.DataFrame) -> str:
     metrics = [m for m in FINAL if f"{m}_mean" in agg and agg[f"{m}_mean"].notna().any()]
     counts = [c for c in agg.columns if c.startswith("n_") and (c != "n_duplicates" or agg[c].any())]
-    key = [c for c in agg.columns if not c.startswith("n_") and not c.endswith(("_mean", "_std", "_n"))]
-    header = key + [c[2:] for c in counts] + [FINAL[m] for m in metrics]
-    rows = [[r[c] for c in key] + [int(r[c]) for c in counts] + [fmt(r[f"{m}_mean"], r[f"{m}_std"]) for m in metrics]
+    key = [c for c in agg.columns if not c.startswith("n_") and not c.endswith(("_mean", "_std", "_n")) and c not in LOAD_COLUMNS]
+    load = "load_max" in agg and agg["load_max"].notna().any()
+    header = key + [c[2:] for c in counts] + [FINAL[m] for m in metrics] + (["load (max)"] if load else [])
+
+    def value(r, m: str) -> str:
+        text = fmt(r[f"{m}_mean"], r[f"{m}_std"])
+        return text + " *" if m == "runtime_s" and text != "—" and r.get("contended_n", 0) > 0 else text
+
+    rows = [[r[c] for c in key] + [int(r[c]) for c in counts] + [value(r, m) for m in metrics]
+            + ([f"{r['load_max']:.1f}" if pd.notna(r["load_max"]) else "—"] if load else [])
             for _, r in agg.iterrows()]
     return markdown_table(header, rows)
 
@@ -267,6 +286,8 @@ def write_summary(path: Path, *, name, uri, experiments, sweep_id, filter_string
         "(its latest run) and the rest show under `duplicates`. Failed and skipped runs are counted, "
         "never aggregated. "
         "`hypergrad / step`: the run's mean `hypergrad_time_s` over its hyper-steps, in ms. "
+        "`load (max)`: the highest 1-minute load average at the start or end of the row's FINISHED runs "
+        "(MLflow's `load_avg_start` / `load_avg_end`), the load their runtimes were measured under. "
         "`peak memory`: on CPU the growth of the process's peak RSS during the run, on CUDA "
         "`max_memory_allocated` (`peak_memory.png` draws a bar only where it is resolved above noise). "
         "`ppl`: perplexity, exp of the cross-entropy per token (sequence tasks). `fresh test acc`: "
@@ -274,6 +295,8 @@ def write_summary(path: Path, *, name, uri, experiments, sweep_id, filter_string
         "(mean over the family's `fresh_seeds`), beside the same recipe on random real and on class-mean images.", "",
         summary_table(agg), "",
     ]
+    if "contended_n" in agg and agg["contended_n"].fillna(0).gt(0).any():
+        lines += [CONTENDED_NOTE, ""]
     optuna = runs[runs["sweeper"].eq("optuna").fillna(False).astype(bool)]
     if len(optuna):
         lines += ["## Optuna baselines", "",

@@ -25,14 +25,13 @@ import torch
 from omegaconf import DictConfig
 from torch import Tensor
 
-from hgbench import accuracy, checkpoint, registry, stop
+from hgbench import accuracy, checkpoint, machine, registry, stop
 from hgbench.base import Batch, HypergradientMethod
 from hgbench.compiled import InnerLoss
 from hgbench.config import build_plugin, config_tags, to_dict
 from hgbench.errors import ConfigError, DivergenceError, HgbenchError, RecordingError, SkipRun
 from hgbench.hookspecs import RunContext, RunResult
 from hgbench.ift import count_products
-from hgbench.machine import load_average, warn_if_oversubscribed
 from hgbench.memory import PeakMemory
 from hgbench.parts import Parts, build_parts
 from hgbench.problem import Problem
@@ -110,9 +109,9 @@ class Experiment:
         summary: dict[str, Any] = {"num_weights": self.problem.num_weights, "num_hyperparams": self.problem.num_hyperparams}
         hook.on_run_start()
         step = self.step
-        summary["load_avg_start"] = load_average()  # recorded: timings can be judged later
+        summary["load_avg_start"] = machine.load_average()  # recorded: timings can be judged later
         if self.device.type == "cpu":
-            warn_if_oversubscribed(summary["load_avg_start"])
+            machine.warn_if_oversubscribed(summary["load_avg_start"])
         try:
             _check_recording(ctx, step)
             stop.check_stop()
@@ -158,7 +157,7 @@ class Experiment:
             status, error = "FAILED", exc
             summary["failed_step"] = getattr(exc, "step", step)
         summary["runtime_s"] = time.perf_counter() - self.t_start
-        summary["load_avg_end"] = load_average()
+        summary["load_avg_end"] = machine.load_average()
         summary["peak_memory_mb"] = self.memory.peak_mb()
         summary["memory_kind"] = self.memory.kind
         summary["hyper_steps_done"] = self.step

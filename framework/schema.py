@@ -63,7 +63,7 @@ class RunSchema:
     eval_every: int | None = at_least(1)
     eval_batch_size: int = at_least(1)
     progress: bool | Literal["auto"] = field()
-    num_threads: int | None = at_least(1)
+    num_threads: int | Literal["auto"] | None = at_least(1)
     deterministic: bool = field()
     compile: bool = field()
     on_nonfinite: Literal["fail", "skip"] = field()
@@ -99,7 +99,7 @@ def _check_node(values: dict[str, Any], schema: type, prefix: str) -> None:
         if not matches_type(value, tp):
             raise ConfigError(f"{full}={value!r}: expected {type_name(tp)}")
         low = f.metadata.get("min")
-        if low is not None and value is not None and value < low:
+        if low is not None and isinstance(value, (int, float)) and not isinstance(value, bool) and value < low:
             raise ConfigError(f"{full}={value!r}: must be >= {low}")
 
 

@@ -108,6 +108,36 @@ def test_progress_bar_shows_hyper_steps_and_val_loss_only_when_asked(capsys):
     assert "hyper-step" not in capsys.readouterr().err
 
 
+def test_without_a_terminal_progress_is_a_line_every_tenth_with_an_eta(capsys):
+    """progress=auto on a non-terminal stderr (as here, captured): no bar, one line per 10 % of
+    the hyper-steps, each with the elapsed time, an ETA and the latest validation loss."""
+    build_experiment(overrides=["experiment=quick", "hyper_steps=20", "eval_every=5", "progress=auto"]).run()
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if "hyper-step" in ln]
+    assert [ln.split("hyper-step ")[1].split(" ")[0] for ln in lines] == [f"{s}/20" for s in range(2, 21, 2)]
+    assert all(ln.startswith("hgbench: neumann·weight_decay·digits: ") and " elapsed, " in ln for ln in lines)
+    assert all("ETA " in ln for ln in lines[:-1]) and lines[-1].split(", ")[2] == "done"
+    assert [ln.rsplit(" ", 1)[1] for ln in lines[:4]] == ["0", "0", "5", "5"]  # "val_loss … at step N": the latest evaluation
+    assert lines[-1].endswith("at step 20")
+    assert "\r" not in "".join(lines) and "it/s" not in "".join(lines)  # not tqdm's bar
+
+
+def test_a_slow_run_without_a_terminal_says_its_progress_every_minute(monkeypatch):
+    """Hyper-steps that take minutes each: a line every minute, between the 10 % marks, whose ETA
+    follows from the time per hyper-step so far."""
+    from hgbench.plugins.recorder import progress
+
+    now = [0.0]
+    monkeypatch.setattr(progress, "_clock", lambda: now[0])
+    lines = progress.ProgressLines("m", total=100)
+    assert lines.step(0, {"val_loss": 2.5}) is None  # the clock starts at step 0
+    said = {}
+    for step in range(1, 11):
+        now[0] += 25.0  # 25 s per hyper-step
+        said[step] = lines.step(step, {})
+    assert [s for s, line in said.items() if line] == [3, 6, 9, 10]  # 75 s, 150 s, 225 s; and 10 %
+    assert said[3].endswith("hyper-step 3/100 (3 %), 1 min 15 s elapsed, ETA 40 min 25 s, val_loss 2.5000 at step 0")
+
+
 def test_eval_every_null_gives_about_thirty_points_per_run():
     """eval_every: null (the default) scales with hyper_steps: a 90-step run is evaluated every 3
     steps, not twice (as a fixed 100 would)."""

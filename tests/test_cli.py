@@ -39,7 +39,11 @@ def test_run_records_params_metrics_and_tags(tmp_path, mlflow_db):
     # the printed commands run in a fresh shell (the venv's mlflow by its path) and the link opens
     # the experiment's runs table, not MLflow's GenAI overview
     assert f"browse it: {Path(sys.executable).with_name('mlflow')} ui --backend-store-uri sqlite:///" in out.stdout
-    assert f"then open http://127.0.0.1:5000/#/experiments/{run.info.experiment_id}/runs?workflowType=machine_learning" in out.stdout
+    assert (f"then open http://127.0.0.1:5000/#/experiments/{run.info.experiment_id}/runs?workflowType=machine_learning"
+            "&viewStateShareKey=hgbench") in out.stdout
+    from hgbench import store  # the view that link names is the experiment's (tests/test_mlflow_ui.py opens it)
+
+    assert client.get_experiment(run.info.experiment_id).tags[store.VIEW_TAG] == store.default_view()
     assert list(tmp_path.rglob("*.log")) == []  # Hydra's per-job log file stayed empty: not written at all
     (ds,) = client.get_run(run.info.run_id).inputs.dataset_inputs  # the UI's Dataset column
     assert ds.dataset.name == "digits" and ds.dataset.source_type == "hgbench" and '"train_size": 200' in ds.dataset.source
@@ -252,6 +256,11 @@ def test_a_run_on_a_tracking_server_points_at_the_server_ui():
     info["mlflow_experiment_id"] = "7"
     text = format_summary(compose_config(), RunResult("FINISHED", summary, info))
     assert "browse it: open http://127.0.0.1:5000/#/experiments/7/runs?workflowType=machine_learning" in text
+    from hgbench.store import browse_lines
+
+    assert browse_lines("http://h:1/", "7", run_ids=["a", "b"]) == [
+        "browse it: open http://h:1/#/experiments/7/runs?workflowType=machine_learning&viewStateShareKey=hgbench",
+        "compare these 2 runs: open http://h:1/#/compare-runs?runs=%5B%22a%22%2C%22b%22%5D&experiments=%5B%227%22%5D"]
 
 
 def test_the_summary_of_a_sequence_task_shows_perplexity():

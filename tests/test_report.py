@@ -59,6 +59,22 @@ def test_aggregate_keeps_tasks_apart():
     assert len(agg) == 8
 
 
+def test_the_table_shows_the_load_and_flags_runtimes_timed_above_the_cores():
+    runs = hand_runs().assign(load_avg_start=[0.2, 0.3, 3.5, 9.0, 0.0, 0.1, 0.0], load_avg_end=[1.1, 1.2, 1.0, 9.0, 0.0, 1.9, 0.0],
+                              **{"tags.hgbench.cpu_count": "2"})
+    agg = aggregate(runs).set_index("method")
+    assert agg.loc["a", "load_max"] == 3.5 and agg.loc["a", "contended_n"] == 1  # the failed run's 9.0 is not a timing
+    assert agg.loc["c", "contended_n"] == 0
+    table = summary_table(agg.reset_index()).splitlines()
+    header = [h.strip() for h in table[0].strip("|").split("|")]
+    assert header[-1] == "load (max)"
+    row = {r.split("|")[1].strip(): [c.strip() for c in r.strip("|").split("|")] for r in table[2:]}
+    assert row["a"][header.index("runtime (s)")] == "20.00 ± 10 *" and row["a"][-1] == "3.5"
+    assert row["c"][header.index("runtime (s)")] == "5.000" and row["c"][-1] == "1.9"
+    # runs recorded before the core count was (no tag): the load is shown, nothing is flagged
+    assert "*" not in summary_table(aggregate(runs.drop(columns="tags.hgbench.cpu_count")))
+
+
 def test_number_format():
     assert fmt(2.20834, 0.011234) == "2.208 ± 0.011"
     assert fmt(1234.6, 56.7) == "1,235 ± 57"
@@ -138,7 +154,9 @@ def table(text):
 
 
 def parse(cell):
-    """'2.208 ± 0.011' -> (2.208, 0.011); '0.5000' -> (0.5, None); '—' -> (None, None)."""
+    """'2.208 ± 0.011' -> (2.208, 0.011); '0.5000' -> (0.5, None); '—' -> (None, None); a runtime's
+    flag for a load above the cores ('0.016 *') is left off."""
+    cell = cell.removesuffix(" *")
     if cell == "—":
         return None, None
     mean, _, std = cell.partition(" ± ")
@@ -176,6 +194,10 @@ def test_summary_rows_counts_and_means_match_mlflow(store, report):
         done = [r for r in runs if r.data.tags["hgbench.hypergrad"] == method and r.info.status == "FINISHED"]
         everyone = [r for r in runs if r.data.tags["hgbench.hypergrad"] == method]
         assert len(done) == 2
+        loads = [max(r.data.metrics["load_avg_start"], r.data.metrics["load_avg_end"]) for r in done]
+        contended = any(load > int(r.data.tags["hgbench.cpu_count"]) for load, r in zip(loads, done, strict=True))
+        assert rows[method]["runtime (s)"].endswith(" *") == contended
+        assert float(rows[method]["load (max)"]) == pytest.approx(max(loads), abs=0.051)
         for header, key in FINAL.items():
             values = pd.Series([final(client, r, key) for r in done])
             mean, std = parse(rows[method][header])

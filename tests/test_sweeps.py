@@ -126,3 +126,17 @@ def test_sweep_summary_formatting():
     assert "val_loss=0.5000" in text and "boom" in text and "val_loss=2.3" not in text
     text = format_sweep_summary([{"job_num": 0, "status": "FINISHED", "overrides": "seed=0", "val_loss": 5.0, "val_ppl": 148.41}])
     assert "val_loss=5.0000  val_ppl=148.41" in text  # sequence tasks: perplexity too
+
+
+def test_sweep_summary_shows_runtime_memory_and_load_and_flags_a_contended_runtime():
+    from hgbench.callbacks import format_sweep_summary
+
+    job = {"status": "FINISHED", "val_loss": 0.5, "test_loss": 0.6, "hg_cosine": 0.91234, "runtime_s": 12.34,
+           "peak_memory_mb": 18.6, "cores": 2}
+    text = format_sweep_summary([{**job, "job_num": 0, "overrides": "seed=0", "load_avg_start": 0.4, "load_avg_end": 1.9},
+                                {**job, "job_num": 1, "overrides": "seed=1", "load_avg_start": 1.2, "load_avg_end": 4.5}])
+    quiet, busy = text.splitlines()[1:3]
+    assert quiet.endswith("val_loss=0.5000  test_loss=0.6000  hg_cosine=0.912  12.3 s  18.6 MB  load 0.4→1.9")
+    assert busy.endswith("12.3 s*  18.6 MB  load 1.2→4.5")
+    assert text.splitlines()[-1].startswith("  * runtime measured at a load average above the 2 cores")
+    assert "*" not in format_sweep_summary([{**job, "job_num": 0, "overrides": "", "load_avg_start": 0.1, "load_avg_end": 2.0}])

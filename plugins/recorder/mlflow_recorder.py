@@ -24,7 +24,7 @@ from omegaconf import OmegaConf
 from hgbench import hookimpl
 from hgbench.config import NOT_IN_FINGERPRINT, flatten
 from hgbench.registry import KINDS
-from hgbench.store import MLFLOW_STATUS, MlflowRun, copy_history
+from hgbench.store import MLFLOW_STATUS, MlflowRun, copy_history, ensure_default_view
 
 # this plugin records results: a failure in its hooks flags the run as not recorded
 HGBENCH_RECORDER = True
@@ -98,6 +98,7 @@ def on_run_start(run):
         params.update(num_weights=exp.problem.num_weights, num_hyperparams=exp.problem.num_hyperparams)
     rec = MlflowRun(run.config.mlflow, run.tags, params, default_name=run_name(run.config, run.tags))
     rec.client.log_text(rec.run_id, OmegaConf.to_yaml(run.config), "config.yaml")
+    ensure_default_view(rec.client, rec.experiment_id)  # the link the run prints opens on its numbers
     if exp is not None:
         _log_dataset(rec, run)
     if run.resumed_from and exp is not None:
