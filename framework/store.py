@@ -138,10 +138,11 @@ def sqlite_state(db: Path) -> SqliteState:
 
 @functools.lru_cache(maxsize=1)
 def schema_head() -> str:
-    """The schema revision this MLflow writes (its migrations' head)."""
-    from mlflow.store.db.utils import _get_latest_schema_revision
+    """The schema revision this MLflow writes: the head of the alembic migrations it ships."""
+    import mlflow.store
+    from alembic.script import ScriptDirectory
 
-    return _get_latest_schema_revision()
+    return ScriptDirectory(str(Path(mlflow.store.__file__).parent / "db_migrations")).get_current_head()
 
 
 def check_not_half_migrated(db: Path, state: SqliteState) -> None:
@@ -172,15 +173,12 @@ def check_not_half_migrated(db: Path, state: SqliteState) -> None:
 
 
 def _migrate_new_store(path: Path) -> None:
-    """MLflow's own creation of a store at ``path``: every migration, and the Default experiment."""
-    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+    """MLflow's own creation of a store at ``path``: every migration, and the Default experiment
+    (connections not pooled: none is left open on the file once it is renamed)."""
     from mlflow.tracking import MlflowClient
 
-    uri = f"sqlite:///{path}"
-    MlflowClient(uri).search_experiments(max_results=1)
-    engine = SqlAlchemyStore._engine_map.pop(uri, None)  # no connection left open on the temporary name
-    if engine is not None:
-        engine.dispose()
+    with scoped_env({"MLFLOW_SQLALCHEMYSTORE_POOLCLASS": "NullPool"}):
+        MlflowClient(f"sqlite:///{path}").search_experiments(max_results=1)
 
 
 def _create_sqlite_store(db: Path) -> None:

@@ -121,7 +121,7 @@ def test_a_creation_that_fails_half_way_leaves_no_store(tmp_path, copy_store, mo
     assert store.sqlite_state(db).revision == store.schema_head()
 
 
-def test_a_half_migrated_store_is_refused_in_one_line_and_left_untouched(tmp_path, copy_store, monkeypatch):
+def test_a_half_migrated_store_is_refused_in_one_line_and_left_untouched(tmp_path, copy_store, monkeypatch, capsys):
     """What simultaneous first launches left before: MLflow's leftover table of an interrupted
     migration. The launch stops in one line naming the table and the repair (exit 2), before
     MLflow is asked (it would try to migrate the file again); the repair it gives works."""
@@ -138,6 +138,10 @@ def test_a_half_migrated_store_is_refused_in_one_line_and_left_untouched(tmp_pat
     assert "DROP TABLE _alembic_tmp_latest_metrics" in lines[0] and "mlflow db upgrade" in lines[0]
     assert "holds 0 runs" in lines[0] and "Traceback" not in err
     assert digest(db) == before and "hgbench run" not in out
+    from hgbench.report import main as report  # the report, which only reads, refuses it too
+
+    assert report(["--tracking-uri", f"sqlite:///{db}", "--out-dir", str(tmp_path / "report")]) == 1
+    assert "half-migrated" in capsys.readouterr().err and digest(db) == before
     with sqlite3.connect(db) as con:  # the repair it names (the upgrade has nothing left to do here)
         con.execute("DROP TABLE _alembic_tmp_latest_metrics")
     con.close()
@@ -299,7 +303,8 @@ def launch(cwd: Path, *args: str, script: str | None = None) -> subprocess.Popen
 
 
 def finish(procs: list[subprocess.Popen]) -> list[tuple[int, str, str]]:
-    return [(p.returncode, *p.communicate(timeout=300)) for p in procs]
+    outs = [p.communicate(timeout=300) for p in procs]
+    return [(p.returncode, *o) for p, o in zip(procs, outs, strict=True)]
 
 
 def by_status(client: MlflowClient, experiment: str) -> dict[str, list]:
