@@ -12,7 +12,10 @@ grid then:
 - does not start a job that is RUNNING right now in a live process;
 - marks a run left RUNNING by a dead process (same host: its pid is gone; another host: no
   metric for ``resume_stale_after_s``) as interrupted (MLflow status KILLED), and reruns the job,
-  from the latest checkpoint of an interrupted run if there is one.
+  from the latest checkpoint of an interrupted run if there is one;
+- and, before any of that, claims the job (``claim_job``: a lease in a sqlite store), so that of
+  two launches of the same job at once one runs it and the other skips it.
+A sqlite store is created once however many launches open it first (``prepare_store``).
 """
 
 from __future__ import annotations
