@@ -62,7 +62,7 @@ ONE_WORKER = {"test_cluster.py", "test_bench.py", "test_concurrency.py", "test_e
 # Units are handed out in collection order (xdist's reordering by test count is off): the longest
 # files go first, so that the last units handed out are short single tests that even the workers out.
 LONGEST_FIRST = ["test_cluster.py", "test_bench.py", "test_concurrency.py", "test_reproducibility.py", "test_packaging.py", "test_external_plugin.py",
-                 "test_faults.py", "test_resume.py", "test_models.py", "test_sweeps.py", "test_compile.py", "test_paper_distill.py", "test_api.py",
+                 "test_faults.py", "test_resume.py", "test_simultaneous.py", "test_models.py", "test_sweeps.py", "test_compile.py", "test_paper_distill.py", "test_api.py",
                  "test_cli.py", "test_report.py", "test_paper_overfit.py", "test_datasets.py"]
 
 

@@ -365,3 +365,22 @@ def test_the_same_grid_launched_twice_at_once_runs_each_job_once(tmp_path, mlflo
     assert len(folders) == 2, folders
     for folder in folders:
         assert sorted(p.name for p in folder.iterdir() if p.is_dir() and p.name.isdigit()) == ["0", "1"]
+
+
+def test_each_launch_has_an_output_folder_of_its_own(tmp_path, monkeypatch):
+    """Two launches in the same second (here: one after the other in this process) never share
+    Hydra's ``outputs/<day>/<time>`` or ``multirun/<day>/<time>`` folder: each gets a suffix of
+    its own, which the processes it starts inherit."""
+    from hgbench.callbacks import LAUNCH_ENV
+
+    monkeypatch.delenv(LAUNCH_ENV, raising=False)
+    dirs = []
+    for _ in range(2):
+        code, out, err = run_cli(monkeypatch, tmp_path, "--cfg", "hydra", "--resolve")
+        assert code == 0, err
+        dirs.append([line.split(": ", 1)[1] for line in out.splitlines() if line.strip().startswith("dir: ")])
+    (run1, sweep1), (run2, sweep2) = dirs
+    assert run1.startswith("outputs/") and sweep1.startswith("multirun/")
+    assert run1.rsplit("-", 1)[1] == sweep1.rsplit("-", 1)[1]  # one suffix per launch
+    assert run1 != run2 and sweep1 != sweep2
+    assert LAUNCH_ENV not in os.environ  # not left to the next launch
