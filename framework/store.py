@@ -322,8 +322,8 @@ class MlflowRun:
         self.uri = resolve_tracking_uri(cfg.tracking_uri)
         self.experiment = str(cfg.experiment)
         self.flush_every_s = float(cfg.flush_every_s)
+        self.experiment_id = ensure_experiment(self.uri, self.experiment)  # first: a new store is made whole before a client opens it
         self.client = MlflowClient(self.uri)
-        self.experiment_id = ensure_experiment(self.uri, self.experiment)
         run = self.client.create_run(self.experiment_id, tags=tags, run_name=cfg.run_name or default_name)
         self.run_id = run.info.run_id
         self.log_params(params)

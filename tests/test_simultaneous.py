@@ -3,13 +3,12 @@ sqlite store make it once and whole (a half-migrated store is refused in one lin
 and a job launched twice at once — a single run relaunched with ``resume=true``, the same grid
 twice — is run by one process and skipped by the other: one FINISHED run per job, every step
 once, and each launch in an output folder of its own. The claim and the store's creation are
-tried in this process (threads) and in forked processes (no interpreter start-up); the
+tried in this process (threads) and in small processes started at one moment; the
 ``hgbench`` processes at the end are the issue's probe, made small."""
 
 from __future__ import annotations
 
 import hashlib
-import multiprocessing
 import os
 import signal
 import sqlite3
@@ -25,7 +24,45 @@ from mlflow.tracking import MlflowClient
 
 from hgbench import store
 
-FORK = multiprocessing.get_context("fork")
+# N processes doing one thing at the same moment: each imports what it needs, says "ready", waits
+# for the "go" file, does it, prints its result, and waits for the "end" file before exiting
+# (so that what one holds, it holds while the others try)
+AT_ONCE = """
+import os, sys, time
+from pathlib import Path
+from hgbench import store
+go, end, uri = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
+print("ready", flush=True)
+while not go.exists():
+    time.sleep(0.01)
+try:
+    {action}
+except BaseException as exc:
+    print(f"{{type(exc).__name__}}: {{exc}}".replace(chr(10), " "), flush=True)
+while not end.exists():
+    time.sleep(0.01)
+os._exit(0)  # no release: what it holds is left as a killed process leaves it
+"""
+
+
+def at_once(tmp_path: Path, uri: str, action: str, n: int) -> list[tuple[int, str]]:
+    """(pid, result line) of ``n`` processes running ``action`` at the same moment."""
+    go, end = tmp_path / "go", tmp_path / "end"
+    env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"}
+    procs = [subprocess.Popen([sys.executable, "-c", AT_ONCE.format(action=action), str(go), str(end), uri],
+                              cwd=tmp_path, env=env, stdout=subprocess.PIPE, text=True) for _ in range(n)]
+    try:
+        assert [p.stdout.readline().strip() for p in procs] == ["ready"] * n
+        go.touch()
+        results = [(p.pid, p.stdout.readline().strip()) for p in procs]
+    finally:
+        end.touch()
+        for p in procs:
+            p.wait(timeout=120)
+            p.stdout.close()
+    go.unlink()
+    end.unlink()
+    return results
 
 
 def digest(path: Path) -> str:
@@ -33,39 +70,25 @@ def digest(path: Path) -> str:
 
 
 # --- 1. a fresh store, many first launches --------------------------------------------------------
-def _first_launch(uri: str, barrier, out) -> None:
-    """A launch's first touch of the store: the pre-flight check, then one run."""
-    try:
-        barrier.wait(timeout=60)
-        exp_id = store.check_store(uri, "hgbench")
-        MlflowClient(uri).create_run(exp_id)
-        out.put("ok")
-    except BaseException as exc:  # reported to the test, whatever it is
-        out.put(f"{type(exc).__name__}: {exc}")
-
-
 @pytest.mark.slow
 def test_simultaneous_first_launches_make_the_store_once_and_whole(tmp_path):
-    """Four processes open a store that does not exist yet, at the same moment (without the lock
-    and the rename, MLflow migrates it four times at once: ``table _alembic_tmp_… already
-    exists``, ``duplicate column name``, a store nothing can open again)."""
+    """Four processes open a store that does not exist yet, at the same moment, as a launch does
+    first: the pre-flight check, then a run (without the lock and the rename, MLflow migrates it
+    four times at once: ``table _alembic_tmp_… already exists``, ``duplicate column name``, a
+    store nothing can open again)."""
     db = tmp_path / "mlflow.db"
     uri = f"sqlite:///{db}"
     n = 4
-    barrier, out = FORK.Barrier(n), FORK.Queue()
-    procs = [FORK.Process(target=_first_launch, args=(uri, barrier, out)) for _ in range(n)]
-    for p in procs:
-        p.start()
-    results = [out.get(timeout=240) for _ in procs]
-    for p in procs:
-        p.join(timeout=60)
-    assert results == ["ok"] * n, results
+    action = ("from mlflow.tracking import MlflowClient; exp_id = store.check_store(uri, 'hgbench'); "
+              "MlflowClient(uri).create_run(exp_id); print('ok', flush=True)")
+    results = at_once(tmp_path, uri, action, n)
+    assert [r for _, r in results] == ["ok"] * n, results
     state = store.sqlite_state(db)
     assert state.revision == store.schema_head() and not any(t.startswith("_alembic_tmp_") for t in state.tables)
     client = MlflowClient(uri)
     (exp,) = [e for e in client.search_experiments() if e.name == "hgbench"]
     assert len(client.search_runs([exp.experiment_id])) == n
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["mlflow.db", "mlflow.db.lock"]  # no temporary store left
+    assert sorted(p.name for p in tmp_path.iterdir() if p.is_file()) == ["mlflow.db", "mlflow.db.lock"]  # no temporary store left
 
 
 def test_the_store_is_created_once_by_threads_at_once(tmp_path, copy_store, monkeypatch):
@@ -197,28 +220,15 @@ def test_of_threads_claiming_a_job_at_once_exactly_one_gets_it(tmp_path, copy_st
     again.release()
 
 
-def _claim_in_a_process(uri: str, before, after, out) -> None:
-    before.wait(timeout=60)
-    claim, holder = store.claim_job(uri, "job-a", stale_after_s=60)
-    out.put((os.getpid(), claim is not None, None if holder is None else holder.pid))
-    after.wait(timeout=60)  # every process has tried while the winner still runs
-    os._exit(0)  # dies holding it: no release
-
-
 def test_of_processes_claiming_a_job_at_once_one_gets_it_and_its_death_frees_it(tmp_path, copy_store):
     db = copy_store(tmp_path / "mlflow.db")
     uri = f"sqlite:///{db}"
-    n = 4
-    before, after, out = FORK.Barrier(n), FORK.Barrier(n), FORK.Queue()
-    procs = [FORK.Process(target=_claim_in_a_process, args=(uri, before, after, out)) for _ in range(n)]
-    for p in procs:
-        p.start()
-    got = [out.get(timeout=120) for _ in procs]
-    for p in procs:
-        p.join(timeout=60)
-    winners = [pid for pid, won, _ in got if won]
+    action = ("claim, holder = store.claim_job(uri, 'job-a', stale_after_s=60); "
+              "print('won' if claim else f'lost to {holder.pid}', flush=True)")
+    got = at_once(tmp_path, uri, action, 4)
+    winners = [pid for pid, said in got if said == "won"]
     assert len(winners) == 1, got
-    assert {holder for _, won, holder in got if not won} == {winners[0]}
+    assert {said for _, said in got if said != "won"} == {f"lost to {winners[0]}"}
     assert [r[2] for r in _claims(db)] == winners  # its claim is still there, its process is gone
     claim, holder = store.claim_job(uri, "job-a", stale_after_s=60)  # so it is taken over
     assert claim is not None and holder is None
