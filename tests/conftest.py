@@ -132,7 +132,7 @@ def mlflow_db(tmp_path, copy_store) -> Path:
 def the_checkout_stays_clean():
     """No test writes MLflow stores, artifacts or Hydra folders into the checkout."""
     root = Path(__file__).resolve().parent.parent
-    names = ("mlruns", "mlartifacts", "mlflow.db", "outputs", "multirun")
+    names = ("mlruns", "mlartifacts", "mlflow.db", "mlflow.db.lock", "outputs", "multirun")
     before = {n for n in names if (root / n).exists()}
     yield
     left = sorted(n for n in names if (root / n).exists() and n not in before)
