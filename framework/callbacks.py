@@ -30,6 +30,19 @@ SWEEP_ENV = "HGBENCH_SWEEP_ID"
 # the folder of this Python (a venv's bin/, a conda env's bin/): the SLURM presets' setup line
 OmegaConf.register_new_resolver("hgbench.python_bin", lambda: os.path.dirname(os.path.abspath(sys.executable)), replace=True)
 
+# a launch's own suffix for its output folder (conf/config.yaml: hydra.run.dir, hydra.sweep.dir):
+# two launches in the same second never share ``outputs/<day>/<second>-<id>`` or
+# ``multirun/<day>/<second>-<id>``. Set once per launch (``hgbench.cli`` starts each launch
+# without one) and inherited by the jobs' processes (joblib workers, submitit jobs).
+LAUNCH_ENV = "HGBENCH_LAUNCH_ID"
+
+
+def launch_id() -> str:
+    return os.environ.setdefault(LAUNCH_ENV, uuid.uuid4().hex[:6])
+
+
+OmegaConf.register_new_resolver("hgbench.launch_id", launch_id, replace=True)
+
 
 def new_sweep_id() -> str:
     return f"{datetime.now():%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:6]}"

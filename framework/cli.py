@@ -14,7 +14,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from hgbench import store
-from hgbench.callbacks import SWEEP_ENV, write_job_result
+from hgbench.callbacks import LAUNCH_ENV, SWEEP_ENV, write_job_result
 from hgbench.cli_checks import check_overrides
 from hgbench.errors import HgbenchError, SkipRun, StoreError, describe
 from hgbench.hookspecs import RunResult
@@ -336,6 +336,36 @@ def previous_result(cfg: DictConfig) -> tuple[RunResult | None, str | None, dict
     return None, found.run.info.run_id, found.state
 
 
+_claims: list[store.Claim] = []  # the claim on the job this process runs now (released by ``app``)
+
+
+def claim_or_skip(cfg: DictConfig) -> RunResult | None:
+    """Claim the job in the store before looking at what the store holds for it, so that of two
+    launches of the same job at once one runs it and the other skips it (a SKIPPED result, said
+    in one line naming the process that runs it). None: claimed, or a store without claims."""
+    import sqlite3
+
+    from hgbench.config import fingerprint
+
+    uri = store.resolve_tracking_uri(cfg.mlflow.tracking_uri)
+    try:
+        claim, holder = store.claim_job(uri, fingerprint(cfg), float(cfg.resume_stale_after_s))
+    except sqlite3.Error as exc:
+        raise StoreError(f"cannot claim the job in the MLflow store at {uri}: {type(exc).__name__}: {exc}") from exc
+    if claim is not None:
+        _claims.append(claim)
+    if holder is None:
+        return None
+    why = f"this job is being run now by {holder.describe()} (its claim in the store); not started twice"
+    print(f"hgbench: {why}", flush=True)
+    return RunResult("SKIPPED", {}, {}, SkipRun(why))
+
+
+def release_claims() -> None:
+    while _claims:
+        _claims.pop().release()
+
+
 def _fail(exc: BaseException) -> None:
     print(f"hgbench: error: {describe(exc)}", file=sys.stderr)
     sys.exit(2)
@@ -345,7 +375,10 @@ def _fail(exc: BaseException) -> None:
 def app(cfg: DictConfig) -> float | None:
     hc = HydraConfig.get()
     with job_process_state(cfg, hc):
-        return run_job(cfg, hc)
+        try:
+            return run_job(cfg, hc)
+        finally:  # the run's end is recorded by now: the next launch of this job finds it
+            release_claims()
 
 
 def run_job(cfg: DictConfig, hc) -> float | None:
@@ -372,7 +405,14 @@ def run_job(cfg: DictConfig, hc) -> float | None:
         check_store(cfg)
     except StoreError as exc:
         _fail(exc)
-    earlier, resumed_from, state = previous_result(cfg) if resume_wanted(cfg, multirun) else (None, None, None)
+    earlier, resumed_from, state = None, None, None
+    if resume_wanted(cfg, multirun):
+        try:
+            earlier = claim_or_skip(cfg)
+        except StoreError as exc:
+            _fail(exc)
+        if earlier is None:
+            earlier, resumed_from, state = previous_result(cfg)
     if earlier is not None:
         result = earlier
     else:
@@ -412,7 +452,7 @@ def run_job(cfg: DictConfig, hc) -> float | None:
                                  "load_avg_start", "load_avg_end", "hg_cosine")},
         "cores": os.cpu_count(),
         "mlflow_run_id": result.info.get("mlflow_run_id"),
-        "reused": earlier is not None,
+        "reused": earlier is not None and earlier.status == "FINISHED",
         "recording_failed": bool(result.recording_errors),
     })
     if result.status == "KILLED" and not multirun:
@@ -434,6 +474,7 @@ def _main() -> None:
         print(f"hgbench: error: {problem}", file=sys.stderr)
         sys.exit(2)
     clear_grid_stop()
+    os.environ.pop(LAUNCH_ENV, None)  # this launch's output folder gets its own suffix
     code = 0
     try:
         with grid_signals():
@@ -446,6 +487,7 @@ def _main() -> None:
         request_grid_stop(reason)
     finally:
         _shutdown_workers()
+        os.environ.pop(LAUNCH_ENV, None)
     if grid_stop_reason():
         code = exit_code(grid_stop_reason())
     clear_grid_stop()

@@ -56,11 +56,17 @@ def open_store(uri: str, experiments: list[str]):
     """An MlflowClient and {experiment id: name}; ReportError listing what exists if a name does not."""
     from mlflow.tracking import MlflowClient
 
-    from hgbench.store import sqlite_path
+    from hgbench.store import StoreError, check_not_half_migrated, plain_sqlite_path, sqlite_path, sqlite_state
 
     db = sqlite_path(uri)
     if db is not None and not db.exists():  # MlflowClient would create an empty store
         raise ReportError(f"no MLflow store at {uri} (run hgbench first, or pass --tracking-uri)")
+    plain = plain_sqlite_path(uri)
+    if plain is not None and plain.is_file():  # MLflow would try to migrate a half-migrated one again
+        try:
+            check_not_half_migrated(plain, sqlite_state(plain))
+        except StoreError as exc:
+            raise ReportError(str(exc)) from None
     client = MlflowClient(uri)
     ids, missing = {}, []
     for name in experiments:

@@ -12,12 +12,16 @@ grid then:
 - does not start a job that is RUNNING right now in a live process;
 - marks a run left RUNNING by a dead process (same host: its pid is gone; another host: no
   metric for ``resume_stale_after_s``) as interrupted (MLflow status KILLED), and reruns the job,
-  from the latest checkpoint of an interrupted run if there is one.
+  from the latest checkpoint of an interrupted run if there is one;
+- and, before any of that, claims the job (``claim_job``: a lease in a sqlite store), so that of
+  two launches of the same job at once one runs it and the other skips it.
+A sqlite store is created once however many launches open it first (``prepare_store``).
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import platform
 import tempfile
@@ -134,11 +138,150 @@ def sqlite_path(uri: str) -> Path | None:
     return Path(uri[len("sqlite:///") :]) if uri.startswith("sqlite:///") else None
 
 
+# --- a sqlite store is created once, whatever the number of first launches -------------------
+# MLflow creates a new sqlite store's schema with ~60 migrations, in place, in whichever process
+# opens it first; several first launches at once migrate it together and leave it half-migrated
+# (``table _alembic_tmp_… already exists``), which no later launch, nor ``mlflow db upgrade``,
+# gets past. Here the store is made under a lock file beside it (``mlflow.db.lock``), migrated in
+# a temporary file of the same folder and renamed into place once complete: a store is either
+# absent or whole, and a first launch killed mid-way leaves nothing behind. A store found
+# half-migrated (by an older hgbench or another program) is refused in one line saying how to
+# repair it, before MLflow is asked (it would try to migrate it again).
+CREATE_LOCK_TIMEOUT_S = 600  # creating a store takes seconds; a lock held longer is reported
+MIGRATION_LEFTOVER = "_alembic_tmp_"
+
+
+def plain_sqlite_path(uri: str) -> Path | None:
+    """The file of a ``sqlite:///`` store given by path (None for other stores, sqlite's
+    ``file:`` URI form and in-memory databases)."""
+    db = sqlite_path(uri.split("?", 1)[0])
+    if db is None or str(db).startswith("file:") or str(db) in ("", ":memory:"):
+        return None
+    return db
+
+
+@dataclass
+class SqliteState:
+    tables: set[str]
+    revision: str | None  # alembic's schema revision, None when the table or its row is missing
+
+    @property
+    def empty(self) -> bool:
+        return not self.tables
+
+
+def sqlite_state(db: Path) -> SqliteState:
+    """The tables and schema revision of a sqlite file, read without changing it."""
+    import sqlite3
+
+    con = sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True, timeout=30)
+    try:
+        tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        revision = None
+        if "alembic_version" in tables:
+            row = con.execute("SELECT version_num FROM alembic_version").fetchone()
+            revision = row[0] if row else None
+        return SqliteState(tables, revision)
+    finally:
+        con.close()
+
+
+@functools.lru_cache(maxsize=1)
+def schema_head() -> str:
+    """The schema revision this MLflow writes: the head of the alembic migrations it ships."""
+    import mlflow.store
+    from alembic.script import ScriptDirectory
+
+    return ScriptDirectory(str(Path(mlflow.store.__file__).parent / "db_migrations")).get_current_head()
+
+
+def check_not_half_migrated(db: Path, state: SqliteState) -> None:
+    """Refuse, in one line with the repair, a store that an interrupted schema migration left
+    half-done: MLflow's leftover ``_alembic_tmp_*`` tables, or tables without a schema revision."""
+    leftovers = sorted(t for t in state.tables if t.startswith(MIGRATION_LEFTOVER))
+    if not leftovers and (state.empty or state.revision is not None):
+        return
+    runs = "?"
+    if "runs" in state.tables:
+        import sqlite3
+
+        with contextlib.suppress(sqlite3.Error):
+            con = sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True, timeout=30)
+            try:
+                runs = str(con.execute("SELECT COUNT(*) FROM runs").fetchone()[0])
+            finally:
+                con.close()
+    else:
+        runs = "0"
+    what = (f"an interrupted schema migration left table{'s' if len(leftovers) > 1 else ''} {', '.join(leftovers)}"
+            if leftovers else "it has MLflow tables but no schema revision (its creation was interrupted)")
+    drop = "; ".join(f"DROP TABLE {t}" for t in leftovers)
+    repair = (f"cp {db} {db}.bak && sqlite3 {db} '{drop}' && mlflow db upgrade sqlite:///{db.resolve()}"
+              if leftovers else f"mv {db} {db}.broken")
+    raise StoreError(f"the MLflow store {db} is half-migrated ({what}; it holds {runs} runs) — repair it: {repair}"
+                     + (" — or, holding no runs, delete it" if runs == "0" else ""))
+
+
+def _migrate_new_store(path: Path) -> None:
+    """MLflow's own creation of a store at ``path``: every migration, and the Default experiment
+    (connections not pooled: none is left open on the file once it is renamed)."""
+    from mlflow.tracking import MlflowClient
+
+    with scoped_env({"MLFLOW_SQLALCHEMYSTORE_POOLCLASS": "NullPool"}):
+        MlflowClient(f"sqlite:///{path}").search_experiments(max_results=1)
+
+
+def _create_sqlite_store(db: Path) -> None:
+    """A complete store at ``db``: migrated in a temporary file beside it, renamed into place."""
+    db.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=db.parent, prefix=f".{db.name}.creating-", suffix=".db")
+    os.close(fd)
+    try:
+        _migrate_new_store(Path(tmp))
+        os.replace(tmp, db)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(tmp)
+
+
+def prepare_store(uri: str) -> None:
+    """Make sure a sqlite store is whole before MLflow opens it: create it if it is missing or
+    empty, exactly once across processes (a lock file beside it), and refuse a half-migrated one
+    (``StoreError``, one line with the repair). A store whose schema is MLflow's current one is
+    only looked at (milliseconds, no lock). Other stores: nothing to do."""
+    db = plain_sqlite_path(uri)
+    if db is None:
+        return
+    if db.is_file():
+        state = sqlite_state(db)
+        check_not_half_migrated(db, state)
+        if not state.empty and state.revision == schema_head():
+            return
+    from filelock import FileLock, Timeout
+
+    lock = Path(f"{db}.lock")
+    try:
+        with FileLock(str(lock), timeout=CREATE_LOCK_TIMEOUT_S):
+            state = sqlite_state(db) if db.is_file() else SqliteState(set(), None)
+            check_not_half_migrated(db, state)
+            if state.empty:
+                _create_sqlite_store(db)
+            elif state.revision != schema_head():
+                # an older schema: MLflow's own answer (it refuses, or adds missing tables), one process at a time
+                from mlflow.tracking import MlflowClient
+
+                MlflowClient(uri).search_experiments(max_results=1)
+    except Timeout as exc:
+        raise StoreError(f"another process has been creating the MLflow store {db} for {CREATE_LOCK_TIMEOUT_S} s "
+                         f"(it holds the lock file {lock}); wait for it, or stop it") from exc
+
+
 def ensure_experiment(uri: str, name: str) -> str:
     """Create the store's schema and the experiment once (call it before parallel jobs start)."""
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
+    prepare_store(uri)
     client = MlflowClient(uri)
     exp = client.get_experiment_by_name(name)
     if exp is not None:
@@ -183,6 +326,13 @@ def check_store(uri: str, name: str) -> str:
     db = sqlite_path(uri)
     if db is not None and not str(db).startswith("file:") and not db.exists():
         probe_dir(db.parent, "the MLflow store's folder")
+    try:
+        prepare_store(uri)
+    except StoreError:
+        raise
+    except Exception as exc:
+        first = (str(exc).strip().splitlines() or [""])[0]
+        raise StoreError(f"cannot use the MLflow store at {uri}: {type(exc).__name__}: {first[:300]}") from exc
     import logging
 
     db_log = logging.getLogger("mlflow.store.db.utils")  # logs a failed write with its traceback
@@ -219,8 +369,8 @@ class MlflowRun:
         self.uri = resolve_tracking_uri(cfg.tracking_uri)
         self.experiment = str(cfg.experiment)
         self.flush_every_s = float(cfg.flush_every_s)
+        self.experiment_id = ensure_experiment(self.uri, self.experiment)  # first: a new store is made whole before a client opens it
         self.client = MlflowClient(self.uri)
-        self.experiment_id = ensure_experiment(self.uri, self.experiment)
         run = self.client.create_run(self.experiment_id, tags=tags, run_name=cfg.run_name or default_name)
         self.run_id = run.info.run_id
         self.log_params(params)
@@ -407,3 +557,130 @@ def latest_checkpoint(uri: str, runs: list[Any], warn=print) -> Checkpoint | Non
                 continue
             return Checkpoint(run, state, where)
     return None
+
+
+# --- each job run by one process at a time: a claim in the store --------------------------------
+# Before a job that resumes (grids; ``resume=true``) looks at what the store holds for it, its
+# process claims it: a row keyed by the job's fingerprint in the table ``hgbench_claims`` of the
+# sqlite store, written in one sqlite transaction that first reads the row already there — so of
+# two launches of the same job at once exactly one gets it. The claim is a lease: it names its
+# host and pid and carries a heartbeat, renewed by a thread while the job runs; it is released
+# (the row deleted) once the run's end is recorded. A claim whose process is gone (same host), or
+# whose heartbeat is older than ``resume_stale_after_s``, is taken over, as a RUNNING run is. The
+# other launch skips the job and says who runs it; a later one finds it FINISHED. Stores other
+# than a sqlite file have no claim table: there, a job RUNNING in a live process is not started
+# twice (``previous_runs``), but two launches in the same second can still both start it.
+CLAIMS_TABLE = "hgbench_claims"
+
+
+@dataclass
+class Holder:
+    """The process that holds a job's claim."""
+    host: str
+    pid: int
+    since: float  # epoch seconds
+    heartbeat: float
+
+    def describe(self) -> str:
+        from datetime import datetime, timezone
+
+        since = datetime.fromtimestamp(self.since, timezone.utc).strftime("%H:%M:%S UTC")
+        return f"pid {self.pid} on {self.host}, since {since}"
+
+
+_held_tokens: set[str] = set()  # the claims this process holds (a second claim from it is refused too)
+
+
+def _claims_db(db: Path):
+    import sqlite3
+
+    con = sqlite3.connect(str(db), timeout=60, isolation_level=None)
+    con.execute("PRAGMA busy_timeout = 60000")
+    return con
+
+
+def _holder_alive(holder: Holder, token: str, stale_after_s: float) -> bool:
+    if time.time() - holder.heartbeat >= stale_after_s:
+        return False
+    if holder.host != platform.node():
+        return True
+    if holder.pid == os.getpid():
+        return token in _held_tokens
+    try:
+        os.kill(holder.pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class Claim:
+    """This process's claim on a job; ``release()`` it once the run's end is recorded."""
+
+    def __init__(self, db: Path, fingerprint: str, token: str, heartbeat_s: float):
+        import threading
+
+        self.db, self.fingerprint, self.token = db, fingerprint, token
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, args=(heartbeat_s,), name="hgbench-claim-heartbeat", daemon=True)
+        self._thread.start()
+
+    def _beat(self, every_s: float) -> None:
+        import sqlite3
+
+        while not self._stop.wait(every_s):
+            with contextlib.suppress(sqlite3.Error, OSError):  # a missed beat: the next one renews it
+                con = _claims_db(self.db)
+                try:
+                    con.execute(f"UPDATE {CLAIMS_TABLE} SET heartbeat = ? WHERE fingerprint = ? AND token = ?",
+                                (time.time(), self.fingerprint, self.token))
+                finally:
+                    con.close()
+
+    def release(self) -> None:
+        import sqlite3
+
+        self._stop.set()
+        self._thread.join(timeout=5)
+        _held_tokens.discard(self.token)
+        with contextlib.suppress(sqlite3.Error, OSError):  # not deleted: it expires with this process
+            con = _claims_db(self.db)
+            try:
+                con.execute(f"DELETE FROM {CLAIMS_TABLE} WHERE fingerprint = ? AND token = ?", (self.fingerprint, self.token))
+            finally:
+                con.close()
+
+
+def claim_job(uri: str, fingerprint: str, stale_after_s: float = 900) -> tuple[Claim | None, Holder | None]:
+    """Claim a job for this process: ``(claim, None)``; ``(None, holder)`` when another live
+    process holds it; ``(None, None)`` for a store without claims (not a sqlite file)."""
+    import uuid
+
+    db = plain_sqlite_path(uri)
+    if db is None or not db.is_file():
+        return None, None
+    token = uuid.uuid4().hex
+    now = time.time()
+    con = _claims_db(db)
+    try:
+        con.execute("BEGIN IMMEDIATE")  # the write lock first: no other claim between the read and the write
+        try:
+            con.execute(f"CREATE TABLE IF NOT EXISTS {CLAIMS_TABLE} (fingerprint TEXT PRIMARY KEY, token TEXT NOT NULL, "
+                        "host TEXT NOT NULL, pid INTEGER NOT NULL, since REAL NOT NULL, heartbeat REAL NOT NULL)")
+            row = con.execute(f"SELECT host, pid, since, heartbeat, token FROM {CLAIMS_TABLE} WHERE fingerprint = ?",
+                              (fingerprint,)).fetchone()
+            if row is not None and _holder_alive(Holder(*row[:4]), row[4], stale_after_s):
+                con.execute("ROLLBACK")
+                return None, Holder(*row[:4])
+            con.execute(f"INSERT OR REPLACE INTO {CLAIMS_TABLE} VALUES (?, ?, ?, ?, ?, ?)",
+                        (fingerprint, token, platform.node(), os.getpid(), now, now))
+            con.execute("COMMIT")
+        except BaseException:
+            if con.in_transaction:
+                con.execute("ROLLBACK")
+            raise
+    finally:
+        con.close()
+    _held_tokens.add(token)
+    return Claim(db, fingerprint, token, heartbeat_s=max(0.5, min(60.0, stale_after_s / 4))), None

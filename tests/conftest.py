@@ -63,7 +63,7 @@ ONE_WORKER = {"test_cluster.py", "test_bench.py", "test_concurrency.py", "test_e
 # files go first, so that the last units handed out are short single tests that even the workers out.
 LONGEST_FIRST = ["test_cluster.py", "test_bench.py", "test_concurrency.py", "test_reproducibility.py", "test_packaging.py", "test_external_plugin.py",
                  "test_mlflow_ui.py",  # ~2 min where Chromium is installed (a server and a browser), else skipped
-                 "test_faults.py", "test_resume.py", "test_models.py", "test_sweeps.py", "test_compile.py", "test_paper_distill.py", "test_api.py",
+                 "test_faults.py", "test_resume.py", "test_simultaneous.py", "test_models.py", "test_sweeps.py", "test_compile.py", "test_paper_distill.py", "test_api.py",
                  "test_cli.py", "test_report.py", "test_paper_overfit.py", "test_datasets.py"]
 
 
@@ -133,7 +133,7 @@ def mlflow_db(tmp_path, copy_store) -> Path:
 def the_checkout_stays_clean():
     """No test writes MLflow stores, artifacts or Hydra folders into the checkout."""
     root = Path(__file__).resolve().parent.parent
-    names = ("mlruns", "mlartifacts", "mlflow.db", "outputs", "multirun")
+    names = ("mlruns", "mlartifacts", "mlflow.db", "mlflow.db.lock", "outputs", "multirun")
     before = {n for n in names if (root / n).exists()}
     yield
     left = sorted(n for n in names if (root / n).exists() and n not in before)
