@@ -93,9 +93,9 @@ def test_hgbench_plugins_lists_an_alias_with_the_values_it_presets():
 
     from hgbench.plugin_list import collect, render
 
-    aliases = [(k, n, e) for k, entries in registry.registry().items() for n, e in entries.items() if e.preset]
+    aliases = [(k, n) for k, entries in registry.registry().items() for n, e in entries.items() if e.preset]
     assert aliases  # weight_decay_per_param at least
-    for kind, name, entry in aliases:
+    for kind, name in aliases:
         (row,) = [r for r in collect(kind)["plugins"][kind] if r["name"] == name]
         listed = {p["name"]: p["default"] for p in row["parameters"]}
         built = build_plugin(kind, {"name": name})  # what `<kind>=<name>` runs with
