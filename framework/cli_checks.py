@@ -86,12 +86,14 @@ def preflight(argv: list[str]) -> str | None:
         parsed = _parser().parse_overrides(args.overrides)
     except BaseException:  # noqa: BLE001 - a usage or syntax error: Hydra says it itself
         return None
-    problem = None if any(getattr(args, flag) for flag in NO_JOB) else _uri_overrides_problem(parsed)
+    if any(getattr(args, flag) for flag in NO_JOB if flag != "cfg"):  # no job: what Hydra prints composes the config
+        if not args.version:
+            register_plugin_configs()
+        return None
+    problem = None if args.cfg else _uri_overrides_problem(parsed)
     if problem:  # before the plugins, and torch with them, are imported
         return problem
-    if not args.version:
-        register_plugin_configs()
-    problem, configs, multirun = _composed(argv)
+    problem, configs, multirun = _composed(argv)  # registers the plugins' configs
     if problem or not configs:
         return problem
     return check_jobs(configs, multirun)
