@@ -174,7 +174,7 @@ def _composed(argv: list[str]) -> tuple[str | None, list, bool]:
         loader = GlobalHydra.instance().config_loader()
         first = [v[0] for v in variants if v]
         trials = [first] + [[*(x for x in first if x != v[0]), other] for v in variants for other in v[1:]]
-        i = 0
+        i, expanded = 0, False
         while i < len(trials):
             overrides = trials[i]
             i += 1
@@ -184,7 +184,8 @@ def _composed(argv: list[str]) -> tuple[str | None, list, bool]:
                 return _missing_option(exc, overrides, loader), [], False
             except ConfigCompositionException as exc:
                 return _unknown_key(exc, overrides, loader), [], False
-            if i == 1:  # a sweep preset's own grid: each of its values too
+            if i == 1 and not expanded:  # a sweep preset's own grid: each of its values too
+                expanded = True
                 preset = _sweeper_params(configs[0], {o.key_or_group for o in parsed})
                 try:
                     more = _variants(parser.parse_overrides(preset), preset)
@@ -196,7 +197,7 @@ def _composed(argv: list[str]) -> tuple[str | None, list, bool]:
                     configs, i = [], 0
     if args.cfg is not None:
         return None, [], False
-    multirun = bool(args.multirun) or str(configs[0].hydra.get("mode")) == "MULTIRUN"
+    multirun = bool(args.multirun) or str(configs[0].hydra.get("mode")).endswith("MULTIRUN")  # a sweep preset's hydra.mode
     return None, configs, multirun
 
 

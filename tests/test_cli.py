@@ -394,6 +394,23 @@ def test_a_grid_job_whose_value_a_plugin_refuses_is_not_refused_early():
     assert "unknown hyperparam 'nope'" in preflight(["-m", "dataset=digits", "hyperparam.name=weight_decay,nope"])
 
 
+def test_every_value_of_a_sweep_presets_grid_is_checked(tmp_path, monkeypatch):
+    """A `sweep=` preset's own grid (hydra.sweeper.params) is checked value by value like a
+    command line's, as a grid; the command line's own values win over the preset's."""
+    import yaml
+
+    from hgbench.cli_checks import _composed
+
+    params = yaml.safe_load((CONF / "sweep" / "methods_x_seeds.yaml").read_text())["hydra"]["sweeper"]["params"]
+    problem, configs, multirun = _composed(["sweep=methods_x_seeds", "seed=5"])
+    assert problem is None and multirun
+    assert sorted({c.hypergrad.name for c in configs}) == sorted(params["hypergrad"].split(","))
+    assert {c.seed for c in configs} == {5}
+    hide_fashion_mnist(monkeypatch)
+    code, _, err = run_cli(monkeypatch, tmp_path, "sweep=methods_x_seeds", "dataset=fashion_mnist")
+    assert code == 2 and "dataset 'fashion_mnist': missing" in err and list(tmp_path.iterdir()) == []
+
+
 def test_store_uri_hints(tmp_path, monkeypatch):
     """What a tracking URI's string shows is wrong, with the URI to write instead; nothing is
     created while looking."""
@@ -417,32 +434,44 @@ def test_store_uri_hints(tmp_path, monkeypatch):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]
 
 
-@pytest.mark.slow
-def test_the_cli_module_and_a_refusal_load_neither_torch_nor_mlflow(tmp_path):
-    """A refused command answers before the heavy imports: `import hgbench.cli` loads neither
-    torch nor MLflow, a store URI given on the command line is refused before torch, and a typo
-    (which needs the plugins, so torch) never loads MLflow. One process of its own (this one has
-    them all)."""
+def heavy_imports_after(tmp_path, *commands) -> dict:
+    """In a fresh interpreter: which of torch and MLflow are loaded after `import hgbench.cli`
+    ("import") and after each of ``commands`` (an argv, run through ``hgbench.cli.main`` in turn),
+    with each command's exit code and stderr."""
     code = """if True:
         import contextlib, io, json, sys
         import hgbench.cli as cli
         heavy = lambda: sorted(m for m in ("torch", "mlflow") if m in sys.modules)
         seen = {"import": heavy()}
-        for name, argv in (("uri", ["mlflow.tracking_uri=runs.db"]), ("typo", ["hyper_step=1"])):
+        for i, argv in enumerate(json.loads(sys.argv[1])):
             sys.argv = ["hgbench", *argv]
             with contextlib.redirect_stderr(io.StringIO()) as err:
                 try:
                     cli.main()
                 except SystemExit as exc:
-                    seen[name + "_exit"] = exc.code
-            seen[name] = heavy()
-            seen[name + "_err"] = err.getvalue()
+                    seen[f"exit{i}"] = exc.code
+            seen[f"after{i}"], seen[f"err{i}"] = heavy(), err.getvalue()
         print(json.dumps(seen))
     """
-    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    out = subprocess.run([sys.executable, "-c", code, json.dumps(commands)], cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
-    seen = json.loads(out.stdout)
-    assert seen["import"] == [] and seen["uri"] == [] and seen["typo"] == ["torch"], seen
-    assert seen["uri_exit"] == seen["typo_exit"] == 2
-    assert "sqlite:///runs.db" in seen["uri_err"] and "did you mean hyper_steps?" in seen["typo_err"]
     assert list(tmp_path.iterdir()) == []
+    return json.loads(out.stdout)
+
+
+def test_the_cli_module_and_a_refused_store_uri_load_neither_torch_nor_mlflow(tmp_path):
+    """A refused command answers before the heavy imports where it can: `import hgbench.cli`
+    loads neither torch nor MLflow, and a store URI given on the command line is refused before
+    either (one interpreter of its own: this one has them all)."""
+    seen = heavy_imports_after(tmp_path, ["mlflow.tracking_uri=runs.db"])
+    assert seen["import"] == [] and seen["after0"] == [], seen
+    assert seen["exit0"] == 2 and "write sqlite:///runs.db" in seen["err0"]
+
+
+@pytest.mark.slow
+def test_a_typo_is_refused_without_importing_mlflow(tmp_path):
+    """A typo needs the plugins' configs (so torch), never MLflow."""
+    seen = heavy_imports_after(tmp_path, ["hyper_step=1"], ["-m", "seed=0,1", "hyper_steps=3,abc"])
+    assert seen["after0"] == seen["after1"] == ["torch"], seen
+    assert seen["exit0"] == seen["exit1"] == 2
+    assert "did you mean hyper_steps?" in seen["err0"] and "hyper_steps='abc': expected int" in seen["err1"]
