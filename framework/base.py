@@ -494,6 +494,13 @@ class Dataset(Plugin):
     def load(self) -> DataSplits:
         raise NotImplementedError
 
+    def check_available(self) -> None:
+        """Raise ``FileNotFoundError`` / ``ModuleNotFoundError`` (saying how to install what is
+        missing) when ``load()`` could not find its data — cheaply: files and packages are looked
+        for, nothing is read. The CLI calls it before a run or grid starts, so a missing dataset
+        stops the command before anything is created. The default finds nothing missing (data
+        that is generated, or bundled with a required package)."""
+
 
 @dataclass
 class Model(Plugin):

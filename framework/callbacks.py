@@ -1,5 +1,7 @@
 """Hydra callbacks for sweeps (``hgbench -m ...``), registered in ``conf/config.yaml``.
 
+- before a single run: reach the MLflow store (``check_store``) before Hydra creates the run's
+  folder, so a store that cannot be used leaves no ``outputs/`` behind;
 - before the first job: give the sweep an id (``$HGBENCH_SWEEP_ID``, inherited by every job and
   recorded as the tag ``hgbench.sweep_id``) and create the MLflow store and experiment once, so
   parallel jobs (joblib, submitit) never race to create a fresh sqlite schema;
@@ -163,6 +165,14 @@ class SweepCallback(Callback):
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         _check_output_dir(config.hydra.run.dir, "hydra.run.dir")
+        if config.mlflow.enabled:  # before Hydra creates the run's folder: a refused store leaves none
+            from hgbench.store import StoreError, check_store, resolve_tracking_uri
+
+            try:
+                check_store(resolve_tracking_uri(config.mlflow.tracking_uri), str(config.mlflow.experiment))
+            except StoreError as exc:
+                print(f"hgbench: error: {exc}", file=sys.stderr)
+                sys.exit(2)
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         _check_output_dir(config.hydra.sweep.dir, "hydra.sweep.dir")

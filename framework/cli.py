@@ -1,4 +1,13 @@
-"""The ``hgbench`` command: a Hydra app (overrides as arguments, ``-m`` for multirun)."""
+"""The ``hgbench`` command: a Hydra app (overrides as arguments, ``-m`` for multirun).
+
+Exit status of a single run: 0 FINISHED (or finished earlier, not run again), 1 FAILED or not
+recorded, 2 refused before anything started (``hgbench.cli_checks.preflight``), 3 SKIPPED (a
+combination a plugin cannot run, or the same job running elsewhere: nothing was trained),
+128 + n stopped by signal n (130 Ctrl-C, 143 SIGTERM). A grid: 0 when no job failed (skipped ones
+included), 1 when one did, 2 refused, 128 + n stopped.
+
+Importing this module loads neither torch nor MLflow (a refused command answers before they are
+needed): what needs them is imported where it is used."""
 
 from __future__ import annotations
 
@@ -15,11 +24,9 @@ from omegaconf import DictConfig
 
 from hgbench import store
 from hgbench.callbacks import LAUNCH_ENV, SWEEP_ENV, write_job_result
-from hgbench.cli_checks import check_overrides
+from hgbench.cli_checks import preflight
 from hgbench.errors import HgbenchError, SkipRun, StoreError, describe
 from hgbench.hookspecs import RunResult
-from hgbench.parts import build_parts, record_unbuilt
-from hgbench.runner import Experiment
 from hgbench.stop import (
     clear_grid_stop,
     grid_stop_reason,
@@ -32,6 +39,9 @@ from hgbench.stop import (
 # data files or an optional package that are not installed (their messages say how to install
 # them). Reported in one line, no traceback; anything else is a bug and shows its traceback.
 USER_ERRORS = (HgbenchError, FileNotFoundError, ModuleNotFoundError)
+
+# a single run's exit status when it was SKIPPED (see the module's docstring for the others)
+EXIT_SKIPPED = 3
 
 
 def format_summary(cfg: DictConfig, result: RunResult) -> str:
@@ -384,6 +394,9 @@ def app(cfg: DictConfig) -> float | None:
 def run_job(cfg: DictConfig, hc) -> float | None:
     """One job: check and build the config once, check the store, reuse or resume an earlier
     run of the same job, run it, print its summary and leave its result file for the sweep."""
+    from hgbench.parts import build_parts, record_unbuilt
+    from hgbench.runner import Experiment
+
     multirun = hc.mode == RunMode.MULTIRUN
     if grid_stop_reason():  # a signal stopped the grid before this job began: it is not started
         write_job_result(hc.runtime.output_dir, {
@@ -459,6 +472,8 @@ def run_job(cfg: DictConfig, hc) -> float | None:
         sys.exit(exit_code(str(result.error)))
     if (result.status == "FAILED" or result.recording_errors) and not multirun:
         sys.exit(1)
+    if result.status == "SKIPPED" and not multirun:  # nothing was trained: a script must be able to tell
+        sys.exit(EXIT_SKIPPED)
     # the objective for sweepers such as Optuna; None marks a failed or skipped trial
     return s.get("val_loss") if result.status == "FINISHED" else None
 
@@ -469,7 +484,7 @@ def main() -> None:
 
 
 def _main() -> None:
-    problem = check_overrides(sys.argv[1:])  # registers the plugins' configs; Hydra's composition errors, one line each
+    problem = preflight(sys.argv[1:])  # registers the plugins' configs; refuses before Hydra creates anything
     if problem:
         print(f"hgbench: error: {problem}", file=sys.stderr)
         sys.exit(2)

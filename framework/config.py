@@ -11,7 +11,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from hgbench import registry
 from hgbench.base import Plugin
-from hgbench.errors import ConfigError
+from hgbench.errors import ConfigError, ConfigTypeError
 
 
 def to_dict(node: Any) -> dict[str, Any]:
@@ -55,18 +55,18 @@ def matches_type(value: Any, tp: Any) -> bool:
 
 
 def check_params(kind: str, cls: type[Plugin], params: dict[str, Any]) -> None:
-    """Raise ConfigError for an unknown key or a value of the wrong type."""
+    """Raise ConfigTypeError for an unknown key or a value of the wrong type."""
     fields = {f.name for f in dataclasses.fields(cls)}
     hints = typing.get_type_hints(cls)
     for key, value in params.items():
         if key not in fields:
             allowed = ", ".join(sorted(fields)) or "(none)"
-            raise ConfigError(
+            raise ConfigTypeError(
                 f"{kind}.{key}: unknown parameter of {kind} {cls.name!r} (value {value!r}). Allowed: {allowed}"
             )
         tp = hints.get(key, Any)
         if not matches_type(value, tp):
-            raise ConfigError(f"{kind}.{key}={value!r}: {cls.name!r} expects {type_name(tp)}")
+            raise ConfigTypeError(f"{kind}.{key}={value!r}: {cls.name!r} expects {type_name(tp)}")
 
 
 def build_plugin(kind: str, node: Any, **overrides: Any) -> Plugin:
@@ -75,7 +75,7 @@ def build_plugin(kind: str, node: Any, **overrides: Any) -> Plugin:
     params.update(overrides)
     name = params.pop("name", None)
     if not name:
-        raise ConfigError(f"{kind}.name is missing. Available: {', '.join(registry.available(kind))}")
+        raise ConfigTypeError(f"{kind}.name is missing. Available: {', '.join(registry.available(kind))}")
     found = registry.entry(kind, name)
     cls = found.cls
     params = {**(found.preset or {}), **params}  # an alias's presets, under explicit values

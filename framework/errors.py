@@ -23,6 +23,11 @@ class ConfigError(HgbenchError, ValueError):
     """A configuration value that is wrong: names the key, the value and what is allowed."""
 
 
+class ConfigTypeError(ConfigError):
+    """A key that does not exist or a value of the wrong type (a typo, as opposed to a value out of
+    range): refused for the whole command, in grids too, before anything runs."""
+
+
 class DataError(HgbenchError, ValueError):
     """A dataset's files are there but unreadable or inconsistent; names the file."""
 

@@ -56,10 +56,11 @@ def origin(source: str, entry_points: dict[str, importlib.metadata.EntryPoint] |
     return {"origin": "run time", "module": module, "entry_point": None, "distribution": None, "version": None}
 
 
-def parameters(cls: type) -> list[dict[str, Any]]:
-    """The plugin's dataclass fields: name, type (as config errors name it) and default."""
+def parameters(cls: type, preset: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """The plugin's dataclass fields: name, type (as config errors name it) and default — for an
+    alias (``Plugin.aliases``), the value it presets."""
     hints = typing.get_type_hints(cls)
-    defaults = cls.defaults()
+    defaults = {**cls.defaults(), **(preset or {})}
     return [
         {"name": f.name, "type": type_name(hints.get(f.name, Any)), "default": defaults[f.name]}
         for f in dataclasses.fields(cls)
@@ -84,7 +85,7 @@ def collect(kind: str | None = None) -> dict[str, Any]:
                 "source": entry.source,
                 **origin(entry.source, eps),
                 "config": f"conf/{k}/{name}.yaml" if has_yaml(k, name) else "dataclass defaults",
-                "parameters": parameters(entry.cls),
+                "parameters": parameters(entry.cls, entry.preset),
             })
         out["plugins"][k] = rows
     if kind is None:

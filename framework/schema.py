@@ -15,7 +15,7 @@ from typing import Any, Literal, get_type_hints
 from omegaconf import DictConfig
 
 from hgbench.config import matches_type, to_dict, type_name
-from hgbench.errors import ConfigError
+from hgbench.errors import ConfigError, ConfigTypeError
 
 GROUPS = ("dataset", "model", "hyperparam", "hypergrad", "inner_optimizer", "outer_optimizer")
 
@@ -76,7 +76,7 @@ class RunSchema:
     mlflow: MlflowSchema = field()
 
 
-def _check_node(values: dict[str, Any], schema: type, prefix: str) -> None:
+def _check_node(values: dict[str, Any], schema: type, prefix: str, ranges: bool = True) -> None:
     hints = get_type_hints(schema)
     names = {f.name for f in fields(schema)}
     allowed_extra = GROUPS if schema is RunSchema else ()
@@ -85,31 +85,32 @@ def _check_node(values: dict[str, Any], schema: type, prefix: str) -> None:
         if key in allowed_extra:
             continue
         if key not in names:
-            raise ConfigError(f"{full}={value!r}: unknown config key. Allowed here: {', '.join(sorted(names | set(allowed_extra)))}")
+            raise ConfigTypeError(f"{full}={value!r}: unknown config key. Allowed here: {', '.join(sorted(names | set(allowed_extra)))}")
     for f in fields(schema):
         full = f"{prefix}{f.name}"
         if f.name not in values:
-            raise ConfigError(f"{full}: missing (conf/config.yaml sets every top-level key; is this config composed from it?)")
+            raise ConfigTypeError(f"{full}: missing (conf/config.yaml sets every top-level key; is this config composed from it?)")
         value, tp = values[f.name], hints[f.name]
         if isinstance(tp, type) and hasattr(tp, "__dataclass_fields__"):
             if not isinstance(value, dict):
-                raise ConfigError(f"{full}={value!r}: expected a group of keys ({', '.join(g.name for g in fields(tp))})")
-            _check_node(value, tp, full + ".")
+                raise ConfigTypeError(f"{full}={value!r}: expected a group of keys ({', '.join(g.name for g in fields(tp))})")
+            _check_node(value, tp, full + ".", ranges)
             continue
         if not matches_type(value, tp):
-            raise ConfigError(f"{full}={value!r}: expected {type_name(tp)}")
+            raise ConfigTypeError(f"{full}={value!r}: expected {type_name(tp)}")
         low = f.metadata.get("min")
-        if low is not None and isinstance(value, (int, float)) and not isinstance(value, bool) and value < low:
+        if ranges and low is not None and isinstance(value, (int, float)) and not isinstance(value, bool) and value < low:
             raise ConfigError(f"{full}={value!r}: must be >= {low}")
 
 
-def check_run_config(cfg: DictConfig | dict) -> None:
-    """Raise ConfigError for the first missing or unknown key, wrong type or out-of-range value."""
+def check_run_config(cfg: DictConfig | dict, ranges: bool = True) -> None:
+    """Raise ConfigError for the first missing or unknown key, wrong type (both ConfigTypeError)
+    or out-of-range value (``ranges=False``: keys and types only)."""
     values = to_dict(cfg)
     for group in GROUPS:
         if not isinstance(values.get(group), dict):
-            raise ConfigError(f"{group}: missing or not a group; pick one with {group}=<name>")
-    _check_node(values, RunSchema, "")
+            raise ConfigTypeError(f"{group}: missing or not a group; pick one with {group}=<name>")
+    _check_node(values, RunSchema, "", ranges)
 
 
 def instantiate_checked(node: DictConfig, key: str) -> Any:

@@ -24,6 +24,7 @@ import contextlib
 import functools
 import os
 import platform
+import re
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -132,6 +133,51 @@ def browse_lines(uri: str, experiment_id: str | None, run_ids: list[str] | None 
     if run_ids and experiment_id is not None:
         lines.append(f"compare these {len(run_ids)} runs: open {compare_link(base, run_ids, [experiment_id])}")
     return lines
+
+
+_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*):")
+_DB_SUFFIXES = (".db", ".sqlite", ".sqlite3")
+
+
+def uri_problem(uri: str) -> str | None:
+    """What is wrong with a tracking URI that the string itself shows — and, for a SQLite file,
+    whether its folder exists — as the rest of a one-line message with the URI to use instead;
+    None when nothing is. Pure: MLflow is not imported and nothing is created, so the CLI checks
+    it before anything starts. (What the store itself says — unreachable, read-only — is
+    ``check_store``'s.)"""
+    m = _SCHEME.match(uri)
+    scheme = m.group(1).lower() if m and len(m.group(1)) > 1 else ""  # one letter: a Windows drive
+    if uri in ("databricks", "databricks-uc"):  # MLflow's names for a Databricks workspace
+        return None
+    if scheme in ("", "file"):
+        if scheme == "file":
+            from urllib.parse import urlsplit
+
+            path = urlsplit(uri).path
+        else:
+            path = uri
+        if path.lower().endswith(_DB_SUFFIXES):
+            return f"a file path, not a store URI: for a SQLite file write sqlite:///{path}"
+        what = "MLflow's folder store (file:)" if scheme else "a folder path, not a store URI; MLflow's folder store"
+        return (f"{what} is refused by MLflow 3 (in maintenance mode): record to a SQLite file instead, "
+                f"e.g. sqlite:///{os.path.normpath(path)}.db, or to a tracking server (http://host:port)")
+    if scheme != "sqlite":
+        return None
+    rest = uri[len("sqlite:"):]
+    if not rest.startswith("///"):
+        path = rest[2:] if rest.startswith("//") else rest
+        if not path or path.startswith("/"):
+            return None  # sqlite:// (in memory) or sqlite:/x: MLflow's own message
+        return f"a SQLite URI has three slashes before a relative path (four before an absolute one): did you mean sqlite:///{path}?"
+    path = rest[3:].split("?", 1)[0]
+    if not path or path.startswith("file:") or path == ":memory:":
+        return None
+    folder = Path(path).parent
+    if not folder.is_dir():
+        if folder.exists():
+            return f"the store's folder {folder.absolute()} is not a folder: correct the path"
+        return f"the store's folder {folder.absolute()} does not exist: create it (mkdir -p {folder}) or correct the path"
+    return None
 
 
 def sqlite_path(uri: str) -> Path | None:

@@ -81,6 +81,17 @@ def run_cli(monkeypatch, cwd, *args):
     return code, out.getvalue(), err.getvalue()
 
 
+def failure_report(out) -> str:
+    """What a failed ``hgbench`` command (a ``hgbench_in_process`` or ``subprocess.run`` result)
+    said about why, for an assertion's message: the reasons are on stdout (each run's ``reason:``
+    line, a grid's summary with one line per job) and the errors on stderr."""
+    lines = out.stdout.splitlines()
+    start = max((i for i, line in enumerate(lines) if line.startswith("hgbench sweep ")), default=len(lines))
+    said = [line for line in lines[:start] if "reason:" in line or line.startswith("hgbench run")] + lines[start:]
+    return (f"exit {out.returncode}\n--- stdout (runs' reasons, the grid's summary) ---\n" + "\n".join(said)[-4000:]
+            + f"\n--- stderr ---\n{out.stderr[-3000:]}")
+
+
 def hgbench_in_process(cwd, *args):
     """``hgbench`` in this process, as a CompletedProcess-like result (returncode, stdout, stderr):
     the same ``main()`` as the command — Hydra, launcher, callbacks, recording — without the

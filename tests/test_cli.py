@@ -80,8 +80,12 @@ def test_diverging_hypergradient_ends_the_run_as_failed(tmp_path, mlflow_db):
 
 @pytest.mark.slow
 def test_too_large_for_exact_is_skipped_with_its_reason(tmp_path, mlflow_db):
+    """A skipped single run exits 3 (README: exit status): nothing was trained, which a script
+    must be able to tell from a finished run (0)."""
+    from hgbench.cli import EXIT_SKIPPED
+
     out = hgbench_in_process(tmp_path, *SMALL, "hypergrad=exact", "hypergrad.max_weights=1000")
-    assert out.returncode == 0 and "SKIPPED" in out.stdout
+    assert out.returncode == EXIT_SKIPPED == 3 and "SKIPPED" in out.stdout
     _, run = only_run(tmp_path)
     assert run.info.status == "KILLED" and run.data.tags["hgbench.status"] == "skipped"
     assert "max_weights=1,000" in run.data.tags["hgbench.skip_reason"]
@@ -123,7 +127,7 @@ def test_bad_input_fails_before_training_with_a_clear_error(tmp_path, monkeypatc
     for piece in expected:
         assert _registered(piece) in err, err
     assert "Traceback" not in err
-    assert not (tmp_path / "mlflow.db").exists()  # nothing was started
+    assert list(tmp_path.iterdir()) == []  # nothing was started: no outputs/, no mlflow.db
 
 
 @pytest.mark.parametrize("args,line", [
@@ -242,6 +246,7 @@ def test_an_unreachable_store_stops_the_job_before_any_work(tmp_path, monkeypatc
     assert code == 2
     assert "hgbench: error: cannot use the MLflow store at http://127.0.0.1:9" in err
     assert "hgbench run" not in out  # nothing was trained
+    assert list(tmp_path.iterdir()) == []  # refused before Hydra made a run folder
 
 
 def test_a_run_on_a_tracking_server_points_at_the_server_ui():
@@ -297,3 +302,180 @@ def test_runs_are_named_after_their_configuration():
                                  "mlflow.experiment=x hydra.launcher.n_jobs=2 hyper_steps=50"}
     assert run_name(cfg, tags) == "neumann·weight_decay·digits·mlp·s1·iterations=5·inner_lr=0.2·hyper_steps=50"
     assert run_name(cfg, {}) == "neumann·weight_decay·digits·mlp·s1"
+
+
+# --- help, refusals that leave nothing behind, exit statuses ------------------------------------
+
+CONF = Path(__file__).resolve().parent.parent / "conf"
+
+
+def assert_app_help(out: str) -> None:
+    """`hgbench --help` as Hydra apps give it: each group (plugin kinds, presets, optimisers) with
+    its options, then the composed config, so every top-level key."""
+    from hgbench import compose_config, registry
+
+    groups = {kind: registry.available(kind) for kind in registry.KINDS}
+    groups |= {d.name: sorted(p.stem for p in d.glob("*.yaml")) for d in CONF.iterdir() if d.is_dir() and d.name != "hydra"}
+    assert len(groups) >= 9
+    for group, options in groups.items():
+        assert f"\n{group}: {', '.join(sorted(options))}\n" in out, group
+    for key in compose_config():
+        if key != "hydra":
+            assert f"\n{key}:" in out, key
+    assert "--hydra-help" in out and "hgbench-plugins" in out and "3 skipped" in out
+
+
+def test_info_and_cfg_work_and_create_nothing(tmp_path, monkeypatch):
+    """`--info` and `--cfg job` (which compose the config, as `--help` does, so need the plugins'
+    configs registered first) work and create nothing. `--help`, `-h` and `--hydra-help`:
+    test_the_help_flags (slow: Hydra's help lists the groups at seconds a flag)."""
+    import yaml
+
+    from hgbench import compose_config
+
+    code, out, err = run_cli(monkeypatch, tmp_path, "--info", "defaults")
+    assert code == 0 and "hypergrad/neumann" in out and "dataset/mnist_5k" in out, err
+    code, out, _ = run_cli(monkeypatch, tmp_path, "--cfg", "job", "hypergrad=cg", "seed=3")
+    job = yaml.safe_load(out)
+    assert code == 0 and list(job) == [k for k in compose_config() if k != "hydra"]
+    assert job["hypergrad"]["name"] == "cg" and job["seed"] == 3
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.slow
+def test_the_help_flags(tmp_path, monkeypatch):
+    for flag in ("--help", "-h"):
+        code, out, err = run_cli(monkeypatch, tmp_path, flag)
+        assert code == 0, err
+        assert_app_help(out)
+    code, out, _ = run_cli(monkeypatch, tmp_path, "--hydra-help")
+    assert code == 0 and "== Flags ==" in out and "hydra/launcher: " in out and "slurm" in out
+    assert list(tmp_path.iterdir()) == []
+
+
+def hide_fashion_mnist(monkeypatch):
+    """This machine as one without the Debian package dataset-fashion-mnist: the plugin finds none
+    of its files (in whatever folder it looks)."""
+    from hgbench.plugins.dataset import fashion_mnist
+
+    monkeypatch.setattr(fashion_mnist, "_find", lambda root, stem: None)
+
+
+@pytest.mark.parametrize("args,env,message", [
+    (["hyper_steps=abc"], None, "hyper_steps='abc': expected int"),
+    (["hyper_steps=2.5"], None, "hyper_steps=2.5: expected int"),
+    (["hypergrad.iterations=abc"], None, "hypergrad.iterations='abc': 'neumann' expects int"),
+    (["-m", "seed=0,1", "hyper_steps=10,abc"], None, "hyper_steps='abc': expected int"),  # a later value of a grid
+    (["-m", "hypergrad=neumann,cg", "hypergrad.iterations=5,x"], None, "hypergrad.iterations='x': "),
+    (["mlflow.tracking_uri=sqlite:////nonexistent/dir/mlflow.db"], None,
+     "mlflow.tracking_uri=sqlite:////nonexistent/dir/mlflow.db: the store's folder /nonexistent/dir does not exist"),
+    (["mlflow.tracking_uri=sqlite://x.db"], None, "did you mean sqlite:///x.db?"),
+    (["mlflow.tracking_uri=runs.db"], None, "a file path, not a store URI: for a SQLite file write sqlite:///runs.db"),
+    (["-m", "seed=0,1"], "./mlruns", "$MLFLOW_TRACKING_URI=./mlruns: a folder path, not a store URI"),
+    ([], "sqlite:////nonexistent/dir/mlflow.db", "$MLFLOW_TRACKING_URI=sqlite:////nonexistent/dir/mlflow.db: the store's folder"),
+    (["experiment=paper_distill_fashion_mnist"], None, "dataset 'fashion_mnist': missing train-images-idx3-ubyte.gz"),
+    (["-m", "experiment=quick,paper_distill_fashion_mnist"], None, "install the Debian package with: sudo apt-get install -y dataset-fashion-mnist"),
+])
+def test_a_refused_command_leaves_nothing_behind(tmp_path, monkeypatch, args, env, message):
+    """Wrong types, unusable store URIs and missing data are refused before Hydra creates a run
+    folder and before the store is touched — single runs and every value of a grid: one line,
+    exit 2, and the launch folder stays empty (no outputs/, multirun/, mlflow.db)."""
+    hide_fashion_mnist(monkeypatch)
+    if env:
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", env)
+    code, out, err = run_cli(monkeypatch, tmp_path, *args)
+    assert code == 2 and out == "", out
+    assert err.startswith("hgbench: error: ") and message in err and err.count("\n") == 1, err
+    assert list(tmp_path.iterdir()) == []
+    assert not Path("/nonexistent").exists()
+
+
+def test_a_grid_job_whose_value_a_plugin_refuses_is_not_refused_early():
+    """In a grid only what is a typo (an unknown key or plugin, a wrong type) refuses the whole
+    command: a value that one job's plugin refuses fails that job alone, recorded (see
+    test_sweeps.py), while the rest of the grid runs."""
+    from hgbench.cli_checks import preflight
+
+    assert preflight(["-m", "dataset=digits", "hypergrad.iterations=5,-1"]) is None
+    assert "iterations must be >= 0, got -1" in preflight(["dataset=digits", "hypergrad.iterations=-1"])
+    assert "unknown hyperparam 'nope'" in preflight(["-m", "dataset=digits", "hyperparam.name=weight_decay,nope"])
+
+
+def test_every_value_of_a_sweep_presets_grid_is_checked():
+    """A `sweep=` preset's own grid (hydra.sweeper.params) is checked value by value like a
+    command line's, as a grid; the command line's own values win over the preset's."""
+    import yaml
+
+    from hgbench.cli_checks import _composed
+
+    params = yaml.safe_load((CONF / "sweep" / "methods_x_seeds.yaml").read_text())["hydra"]["sweeper"]["params"]
+    problem, configs, multirun = _composed(["sweep=methods_x_seeds", "seed=5"])
+    assert problem is None and multirun
+    assert sorted({c.hypergrad.name for c in configs}) == sorted(params["hypergrad"].split(","))
+    assert {c.seed for c in configs} == {5}
+
+
+def test_store_uri_hints(tmp_path, monkeypatch):
+    """What a tracking URI's string shows is wrong, with the URI to write instead; nothing is
+    created while looking."""
+    from hgbench.store import uri_problem
+
+    monkeypatch.chdir(tmp_path)
+    missing = tmp_path / "no" / "such"
+    assert uri_problem(f"sqlite:///{missing}/mlflow.db") == (
+        f"the store's folder {missing} does not exist: create it (mkdir -p {missing}) or correct the path")
+    assert "did you mean sqlite:///x.db?" in uri_problem("sqlite://x.db")
+    assert "did you mean sqlite:///runs/x.db?" in uri_problem("sqlite:runs/x.db")
+    assert uri_problem("runs.db").endswith("write sqlite:///runs.db")
+    assert uri_problem("/data/runs.sqlite").endswith("write sqlite:////data/runs.sqlite")
+    for folder_store in ("./mlruns", "mlruns", "file:./mlruns"):
+        assert "e.g. sqlite:///mlruns.db, or to a tracking server" in uri_problem(folder_store), folder_store
+    (tmp_path / "afile").write_text("")
+    assert "is not a folder" in uri_problem("sqlite:///afile/mlflow.db")
+    for fine in ("sqlite:///mlflow.db", f"sqlite:///{tmp_path}/mlflow.db", f"sqlite:///file:{tmp_path}/x.db?mode=ro&uri=true",
+                 "http://127.0.0.1:5000", "https://mlflow.example.org", "postgresql://u:p@db/mlflow", "databricks"):
+        assert uri_problem(fine) is None, fine
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]
+
+
+def heavy_imports_after(tmp_path, *commands) -> dict:
+    """In a fresh interpreter: which of torch and MLflow are loaded after `import hgbench.cli`
+    ("import") and after each of ``commands`` (an argv, run through ``hgbench.cli.main`` in turn),
+    with each command's exit code and stderr."""
+    code = """if True:
+        import contextlib, io, json, sys
+        import hgbench.cli as cli
+        heavy = lambda: sorted(m for m in ("torch", "mlflow") if m in sys.modules)
+        seen = {"import": heavy()}
+        for i, argv in enumerate(json.loads(sys.argv[1])):
+            sys.argv = ["hgbench", *argv]
+            with contextlib.redirect_stderr(io.StringIO()) as err:
+                try:
+                    cli.main()
+                except SystemExit as exc:
+                    seen[f"exit{i}"] = exc.code
+            seen[f"after{i}"], seen[f"err{i}"] = heavy(), err.getvalue()
+        print(json.dumps(seen))
+    """
+    out = subprocess.run([sys.executable, "-c", code, json.dumps(commands)], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert list(tmp_path.iterdir()) == []
+    return json.loads(out.stdout)
+
+
+def test_the_cli_module_and_a_refused_store_uri_load_neither_torch_nor_mlflow(tmp_path):
+    """A refused command answers before the heavy imports where it can: `import hgbench.cli`
+    loads neither torch nor MLflow, and a store URI given on the command line is refused before
+    either (one interpreter of its own: this one has them all)."""
+    seen = heavy_imports_after(tmp_path, ["mlflow.tracking_uri=runs.db"])
+    assert seen["import"] == [] and seen["after0"] == [], seen
+    assert seen["exit0"] == 2 and "write sqlite:///runs.db" in seen["err0"]
+
+
+@pytest.mark.slow
+def test_a_typo_is_refused_without_importing_mlflow(tmp_path):
+    """A typo needs the plugins' configs (so torch), never MLflow."""
+    seen = heavy_imports_after(tmp_path, ["hyper_step=1"], ["-m", "seed=0,1", "hyper_steps=3,abc"])
+    assert seen["after0"] == seen["after1"] == ["torch"], seen
+    assert seen["exit0"] == seen["exit1"] == 2
+    assert "did you mean hyper_steps?" in seen["err0"] and "hyper_steps='abc': expected int" in seen["err1"]

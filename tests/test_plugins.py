@@ -86,6 +86,27 @@ def test_an_alias_is_the_plugin_with_its_presets():
     assert build_plugin("hyperparam", {"name": "weight_decay"}).granularity == "global"
 
 
+def test_hgbench_plugins_lists_an_alias_with_the_values_it_presets():
+    """`hgbench-plugins` shows what `hyperparam=weight_decay_per_param` runs with (granularity
+    per_param), not the plugin class's own defaults (global); every alias, every parameter."""
+    import re
+
+    from hgbench.plugin_list import collect, render
+
+    aliases = [(k, n) for k, entries in registry.registry().items() for n, e in entries.items() if e.preset]
+    assert aliases  # weight_decay_per_param at least
+    for kind, name in aliases:
+        (row,) = [r for r in collect(kind)["plugins"][kind] if r["name"] == name]
+        listed = {p["name"]: p["default"] for p in row["parameters"]}
+        built = build_plugin(kind, {"name": name})  # what `<kind>=<name>` runs with
+        assert listed == {f.name: getattr(built, f.name) for f in dataclasses.fields(built)}, name
+    data = collect("hyperparam")
+    by = {r["name"]: {p["name"]: p["default"] for p in r["parameters"]} for r in data["plugins"]["hyperparam"]}
+    assert by["weight_decay_per_param"]["granularity"] == "per_param" and by["weight_decay"]["granularity"] == "global"
+    text = render(data)
+    assert re.search(r"\n  weight_decay_per_param +granularity +'global' \| 'per_tensor' \| 'per_param' +per_param ", text), text
+
+
 def test_unknown_name_lists_the_available_ones():
     with pytest.raises(UnknownPluginError) as err:
         registry.get("hypergrad", "neuman")

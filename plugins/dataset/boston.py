@@ -60,6 +60,9 @@ class Boston(Dataset):
         if given > 506:
             raise ConfigError(f"train_size + val_size + test_size = {given} but boston has 506 rows")
 
+    def check_available(self) -> None:
+        csv_path()
+
     def load(self) -> DataSplits:
         x, y = table()
         train, val, test = split_arrays(x, y, (self.train_size, self.val_size, self.test_size), self.split_seed)

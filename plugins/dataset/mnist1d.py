@@ -64,6 +64,12 @@ class Mnist1d(Dataset):
     def __post_init__(self):
         check_sizes(self)
 
+    def check_available(self) -> None:
+        from importlib.util import find_spec
+
+        if find_spec("mnist1d") is None:
+            raise ModuleNotFoundError(f"dataset 'mnist1d' needs the PyPI package mnist1d; install it with: {INSTALL}")
+
     def load(self) -> DataSplits:
         d = generate()
         g = torch.Generator().manual_seed(self.split_seed)

