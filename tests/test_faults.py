@@ -316,15 +316,45 @@ def test_a_finished_job_is_run_again_when_its_code_changed(tmp_path, mlflow_db, 
     assert [r.info.status for r in runs(client_for(tmp_path), "code")] == ["FINISHED", "FINISHED"]
 
 
-def test_a_plugin_module_edited_in_place_changes_the_fingerprint(monkeypatch):
-    """The built-in plugins' package is hashed like any plugin's: editing a module of it (here: its
-    digest as if a file changed) gives the job another fingerprint."""
+def test_a_plugin_module_edited_in_place_changes_the_fingerprint_of_the_jobs_using_it_only(monkeypatch):
+    """A built-in plugin's own code is hashed (its module and the built-in modules it imports):
+    editing it (here: its digest as if a file changed) gives the jobs using it another
+    fingerprint; editing a plugin a job does not use changes nothing for that job."""
     from hgbench import provenance
     from hgbench.api import compose_config
     from hgbench.config import fingerprint
 
-    cfg = compose_config(QUICK)
-    before = fingerprint(cfg)
-    real = provenance.package_digest
-    monkeypatch.setattr(provenance, "package_digest", lambda p: "edited" if p == "hgbench.plugins" else real(p))
-    assert fingerprint(cfg) != before
+    neumann, cg = compose_config(QUICK), compose_config([*QUICK, "hypergrad=cg"])
+    before = fingerprint(neumann), fingerprint(cg)
+    real = provenance.module_digest
+    monkeypatch.setattr(provenance, "module_digest", lambda m, within: "edited" if m == "hgbench.plugins.hypergrad.neumann" else real(m, within))
+    assert fingerprint(neumann) != before[0]
+    assert fingerprint(cg) == before[1]
+
+
+def test_a_plugin_digest_covers_the_modules_it_imports_and_no_other(tmp_path, monkeypatch):
+    from hgbench.provenance import module_digest
+
+    pkg = tmp_path / "my_builtins"
+    (pkg / "kind").mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    (pkg / "kind" / "__init__.py").write_text("")
+    (pkg / "kind" / "_common.py").write_text("SCALE = 1.0\n")
+    (pkg / "kind" / "mine.py").write_text("from my_builtins.kind._common import SCALE\nfrom . import helper\n")
+    (pkg / "kind" / "helper.py").write_text("X = 1\n")
+    (pkg / "kind" / "other.py").write_text("Y = 1\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+
+    def digest():
+        module_digest.cache_clear()
+        return module_digest("my_builtins.kind.mine", "my_builtins")
+
+    before = digest()
+    (pkg / "kind" / "other.py").write_text("Y = 2\n")  # a plugin it does not import
+    assert digest() == before
+    for dep in ("_common.py", "helper.py", "mine.py"):  # itself, and what it imports (absolute, relative)
+        (pkg / "kind" / dep).write_text((pkg / "kind" / dep).read_text() + "# edited\n")
+        after = digest()
+        assert after != before, dep
+        before = after
+    module_digest.cache_clear()
