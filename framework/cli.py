@@ -25,7 +25,9 @@ from hgbench.stop import (
     grid_stop_reason,
     request_grid_stop,
     request_stop,
+    set_in_job,
     stop_requested,
+    watch_parent,
 )
 
 # errors in building a run that are the user's to fix: a config mistake (hgbench's own errors),
@@ -191,6 +193,36 @@ def _sigterm_handler(handler):
             signal.signal(signal.SIGTERM, previous)
 
 
+@contextlib.contextmanager
+def _sigint_handler(handler):
+    """``handler`` for SIGINT while the block runs (None: unchanged), the previous one put back after."""
+    previous = None
+    if handler is not None:
+        with contextlib.suppress(ValueError):  # not the main thread
+            previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
+
+
+def _ctrl_c_grid(signum, frame):
+    """Ctrl-C in the process that launched a grid with worker processes (joblib): as a first
+    SIGTERM — the workers' running jobs end KILLED (Ctrl-C reaches them too; a SIGTERM is
+    forwarded in case it did not), no other job starts, and the grid ends with its summary, so
+    no run is left RUNNING. Without workers, or a second time: KeyboardInterrupt, at once."""
+    if grid_stop_reason() or not _grid_workers():
+        raise KeyboardInterrupt
+    reason = f"received signal {_signal_name(signum)}"
+    request_grid_stop(reason)
+    for pid in _grid_workers():
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGTERM)
+    print(f"hgbench: {reason}: stopping — running jobs end after their current hyper-step, "
+          "the others are not started (Ctrl-C again: at once)", file=sys.stderr, flush=True)
+
+
 def _stop_grid(signum, frame):
     """SIGTERM outside a job — in the process that launched a grid, or a grid worker between
     jobs: the grid stops. Running jobs (in worker processes, which get the signal forwarded) end
@@ -214,7 +246,7 @@ def grid_signals():
     """The launching process's SIGTERM handler (``_stop_grid``) while Hydra runs, put back after."""
     os.environ[GRID_PID_ENV] = str(os.getpid())
     try:
-        with _sigterm_handler(_stop_grid):
+        with _sigterm_handler(_stop_grid), _sigint_handler(_ctrl_c_grid):
             yield
     finally:
         os.environ.pop(GRID_PID_ENV, None)
@@ -246,10 +278,15 @@ def job_process_state(cfg: DictConfig, hc):
     if in_worker and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:  # a grid worker's first job
         with contextlib.suppress(ValueError):  # not the main thread: no handlers there
             signal.signal(signal.SIGTERM, _stop_grid)
+            signal.signal(signal.SIGINT, _stop_grid)  # Ctrl-C between jobs: no job starts, the worker lives
+    if in_worker and os.environ[GRID_PID_ENV].isdigit():
+        watch_parent(int(os.environ[GRID_PID_ENV]))  # a worker whose grid was killed stops
+    set_in_job(True)
     try:
-        with _sigterm_handler(_interrupt):
+        with _sigterm_handler(_interrupt), _sigint_handler(signal.default_int_handler if in_worker else None):
             yield
     finally:
+        set_in_job(False)
         torch.set_num_threads(threads)
 
 
