@@ -117,13 +117,15 @@ class SweepCallback(Callback):
             from hgbench.store import (
                 StoreError,
                 browse_lines,
+                check_checkpoint_dir,
                 check_store,
                 resolve_tracking_uri,
             )
 
             try:
                 uri = resolve_tracking_uri(mlflow_cfg.tracking_uri)
-                self._browse = browse_lines(uri, check_store(uri, str(mlflow_cfg.experiment)))
+                check_checkpoint_dir(config.checkpoint)
+                self._browse = browse_lines(uri, check_store(uri, str(mlflow_cfg.experiment), float(config.resume_stale_after_s)))
             except StoreError as exc:  # stop before launching jobs that could record nothing
                 if self._set_sweep_id:
                     os.environ.pop(SWEEP_ENV, None)

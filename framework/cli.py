@@ -45,7 +45,8 @@ def format_summary(cfg: DictConfig, result: RunResult) -> str:
             lines.append(f"  MLflow run {info['mlflow_run_id']} in experiment '{info['mlflow_experiment']}' at {info['mlflow_tracking_uri']}")
         return "\n".join(lines)
     # a run whose recording failed is never announced as FINISHED: its results are only here
-    status = result.status if not result.recording_errors else f"{result.status.lower()} but NOT RECORDED"
+    complete, recorded = recording_report(result)
+    status = result.status if complete else f"{result.status.lower()} but NOT RECORDED" + (" in full" if "mlflow_run_id" in info else "")
     lines = [
         f"hgbench run {status} in {s.get('runtime_s', 0):.1f} s — {names} "
         f"({s['num_weights']:,} weights, {s['num_hyperparams']:,} hyperparameter{'s' if s['num_hyperparams'] != 1 else ''}, "
@@ -82,20 +83,63 @@ def format_summary(cfg: DictConfig, result: RunResult) -> str:
         uri = info["mlflow_tracking_uri"]
         lines.append(f"  MLflow run {info['mlflow_run_id']} in experiment '{info['mlflow_experiment']}' at {uri}")
         lines += [f"  {line}" for line in store.browse_lines(uri, info.get("mlflow_experiment_id"))]
-    if result.recording_errors:
-        e = result.recording_errors[0]
-        lines.append(f"  WARNING: recording failed ({e.source}: {e.error}); this run's results are only in this output")
+    lines += recorded
     for e in result.plugin_errors:
         if e not in result.recording_errors:
             lines.append(f"  WARNING: plugin {e.source!r} failed ({e.error})")
     return "\n".join(lines)
 
 
+def store_complete(result: RunResult) -> bool:
+    """Whether the MLflow store holds all of a run: its status, every metric, its end-of-run tags
+    (what the MLflow recorder reports in ``result.info``). Without MLflow: no recorder failed."""
+    info = result.info
+    if not result.recording_errors:
+        return True
+    if "mlflow_run_id" not in info:
+        return False
+    return (info.get("mlflow_status") == store.MLFLOW_STATUS.get(result.status) and bool(info.get("mlflow_end_written"))
+            and not info.get("mlflow_unwritten_metrics"))
+
+
+def recording_report(result: RunResult) -> tuple[bool, list[str]]:
+    """(the store holds all of the run, the summary's lines saying exactly what was and was not
+    recorded — none when everything was)."""
+    if not result.recording_errors:
+        return True, []
+    info, errors = result.info, result.recording_errors
+    failed = "; ".join(f"{e.source}: {e.error}" for e in errors)
+    complete = store_complete(result)
+    if "mlflow_run_id" not in info:
+        return False, [f"  WARNING: recording failed ({failed}); nothing of this run is in the MLflow store: its results are only in this output"]
+    run_id, held = info["mlflow_run_id"], info.get("mlflow_status")
+    upto = info.get("mlflow_recorded_step", -1)
+    steps = f"its metrics up to hyper-step {upto}" if upto >= 0 else "no metric"
+    if complete:
+        return True, [f"  recorded: MLflow run {run_id} as {held}, with every metric ({steps}), tags and artifacts",
+                      *(f"  NOT recorded: what {e.source} writes ({e.error})" for e in errors)]
+    missing = [f"{info['mlflow_unwritten_metrics']} metric values"] if info.get("mlflow_unwritten_metrics") else []
+    if not info.get("mlflow_end_written"):
+        missing.append("the end-of-run metrics, tags and artifacts")
+    if held is None:
+        held_note = "RUNNING (its final status could not be written; the next launch on this store marks it interrupted)"
+    elif held != store.MLFLOW_STATUS.get(result.status):
+        held_note = f"{held} (not {result.status}: it is incomplete)"
+    else:
+        held_note = held
+    return False, [f"  WARNING: recording failed ({failed})",
+                   f"  recorded: MLflow run {run_id} as {held_note}, with {steps}",
+                   f"  NOT recorded: {', '.join(missing) or 'the final status'} — only in this output"]
+
+
 def check_store(cfg: DictConfig) -> None:
-    """Reach the MLflow store (and create the experiment) before any work, so a wrong URI or
-    missing credentials stop the job at once instead of losing what it computes."""
+    """Reach the MLflow store (and create the experiment) and write into every folder the run
+    will write (checkpoints; the store checks its artifact folder) before any work, so a wrong
+    URI, missing credentials or a full disk stop the job at once instead of losing what it computes."""
+    store.check_checkpoint_dir(cfg.checkpoint)
     if cfg.mlflow.enabled:
-        store.check_store(store.resolve_tracking_uri(cfg.mlflow.tracking_uri), str(cfg.mlflow.experiment))
+        store.check_store(store.resolve_tracking_uri(cfg.mlflow.tracking_uri), str(cfg.mlflow.experiment),
+                          float(cfg.resume_stale_after_s))
 
 
 def _plugin_short_name(target: str) -> str:
@@ -415,7 +459,7 @@ def run_job(cfg: DictConfig, hc) -> float | None:
         **{k: s.get(k) for k in ("val_loss", "test_loss", "val_acc", "test_acc", "val_ppl", "test_ppl", "runtime_s", "peak_memory_mb")},
         "mlflow_run_id": result.info.get("mlflow_run_id"),
         "reused": earlier is not None,
-        "recording_failed": bool(result.recording_errors),
+        "recording_failed": not store_complete(result),
     })
     if result.status == "KILLED" and not multirun:
         sys.exit(exit_code(str(result.error)))
