@@ -53,15 +53,17 @@ class ReportError(Exception):
 
 
 def open_store(uri: str, experiments: list[str]):
-    """An MlflowClient and {experiment id: name}; ReportError listing what exists if a name does not."""
+    """An MlflowClient and {experiment id: name}; ReportError listing what exists if a name does not.
+    Runs that dead processes left RUNNING are marked interrupted first (``store.mark_dead_runs``)."""
     from mlflow.tracking import MlflowClient
 
-    from hgbench.store import sqlite_path
+    from hgbench.store import mark_dead_runs, sqlite_path
 
     db = sqlite_path(uri)
     if db is not None and not db.exists():  # MlflowClient would create an empty store
         raise ReportError(f"no MLflow store at {uri} (run hgbench first, or pass --tracking-uri)")
     client = MlflowClient(uri)
+    mark_dead_runs(uri)  # a run whose process is gone reads as interrupted, not RUNNING forever
     ids, missing = {}, []
     for name in experiments:
         exp = client.get_experiment_by_name(name)

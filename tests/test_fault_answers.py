@@ -78,6 +78,7 @@ def test_a_folder_or_a_read_only_uri_as_the_store_is_refused_in_milliseconds(tmp
     assert store.check_store(f"sqlite:///{mlflow_db}", "x")  # the same file, writable: used
 
 
+@pytest.mark.slow
 def test_every_folder_a_run_writes_and_the_store_are_checked_on_a_full_disk(tmp_path, mlflow_db, copy_store, tmpfs, monkeypatch):
     """Launch folder, checkpoint folder, artifact folder, the store's own disk: each full one is
     one line and exit 2, in seconds, before any training — never a traceback from Hydra or a run
@@ -200,7 +201,8 @@ def _dead_pid() -> int:
 
 
 def test_a_run_whose_process_is_gone_is_marked_interrupted_by_the_next_launch_of_anything(tmp_path, mlflow_db):
-    """Without ``resume``, in another experiment: any launch on the store marks it."""
+    """Without ``resume``, in another experiment: any launch on the store (its pre-flight check,
+    ``check_store``, which every run and grid calls) marks it, and so does a report."""
     uri = f"sqlite:///{mlflow_db}"
     client = MlflowClient(uri)
     exp = client.create_experiment("old")
@@ -211,14 +213,19 @@ def test_a_run_whose_process_is_gone_is_marked_interrupted_by_the_next_launch_of
     elsewhere_busy = client.create_run(exp, tags={"hgbench.host": "other-host", "hgbench.pid": "1"})
     not_ours = client.create_run(exp)  # a run of another tool: no hgbench tags, never touched
 
-    out = hgbench_in_process(tmp_path, *QUICK, "hyper_steps=1", "resume=false", "mlflow.experiment=new")
-    assert out.returncode == 0, out.stderr[-2000:]
+    store.check_store(uri, "new")
     status = {r.info.run_id: (r.info.status, r.data.tags.get("hgbench.status")) for r in runs(client, "old")}
     assert status[dead.info.run_id] == ("KILLED", "interrupted")
     assert status[elsewhere_quiet.info.run_id] == ("KILLED", "interrupted")  # no sign of life for resume_stale_after_s
     assert client.get_run(dead.info.run_id).data.tags["hgbench.error"] == "interrupted: its process is gone (killed?)"
     for run in (alive, elsewhere_busy, not_ours):
         assert status[run.info.run_id] == ("RUNNING", None)
+
+    from hgbench.report import open_store
+
+    later = client.create_run(exp, tags={**here, "hgbench.pid": str(_dead_pid())})
+    open_store(uri, ["old"])
+    assert client.get_run(later.info.run_id).info.status == "KILLED"
 
 
 def _session_processes(sid: int) -> list[str]:
