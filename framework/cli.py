@@ -287,7 +287,8 @@ def _stop_grid(signum, frame):
 
 @contextlib.contextmanager
 def grid_signals():
-    """The launching process's SIGTERM handler (``_stop_grid``) while Hydra runs, put back after."""
+    """The launching process's SIGTERM and SIGINT handlers (``_stop_grid``, ``_ctrl_c_grid``)
+    while Hydra runs, put back after."""
     os.environ[GRID_PID_ENV] = str(os.getpid())
     try:
         with _sigterm_handler(_stop_grid), _sigint_handler(_ctrl_c_grid):
