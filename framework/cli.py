@@ -23,6 +23,7 @@ from hgbench.runner import Experiment
 from hgbench.stop import (
     clear_grid_stop,
     grid_stop_reason,
+    repeated,
     request_grid_stop,
     request_stop,
     set_in_job,
@@ -191,11 +192,15 @@ def exit_code(reason: str) -> int:
 def _interrupt(signum, frame):
     """SIGTERM during a job (a cluster's scancel, a killed grid) ends the run as KILLED after the
     current hyper-step, so no MLflow write is cut in half, and no further job of the grid starts in
-    this process; a second SIGTERM interrupts at once."""
+    this process; a second SIGTERM interrupts at once (one more than ``SAME_REQUEST_S`` after the
+    first: a Ctrl-C reaches a grid worker directly and forwarded by its launcher). SIGINT in a
+    grid worker's job does the same."""
     reason = f"received signal {_signal_name(signum)}"
     request_grid_stop(reason)
     if stop_requested():
-        raise KeyboardInterrupt(reason)
+        if repeated("run"):
+            raise KeyboardInterrupt(reason)
+        return
     request_stop(reason)
 
 
@@ -274,7 +279,9 @@ def _stop_grid(signum, frame):
     summary; a second SIGTERM stops at once."""
     reason = f"received signal {_signal_name(signum)}"
     if grid_stop_reason():
-        raise KeyboardInterrupt(reason)
+        if repeated("grid"):
+            raise KeyboardInterrupt(reason)
+        return  # the same request, delivered twice
     request_grid_stop(reason)
     workers = _grid_workers()
     for pid in workers:
@@ -328,7 +335,9 @@ def job_process_state(cfg: DictConfig, hc):
         watch_parent(int(os.environ[GRID_PID_ENV]))  # a worker whose grid was killed stops
     set_in_job(True)
     try:
-        with _sigterm_handler(_interrupt), _sigint_handler(signal.default_int_handler if in_worker else None):
+        # in a grid worker Ctrl-C is a stop after the hyper-step, as SIGTERM: a KeyboardInterrupt could
+        # cut an MLflow write in half and leave the store locked, the run RUNNING
+        with _sigterm_handler(_interrupt), _sigint_handler(_interrupt if in_worker else None):
             yield
     finally:
         set_in_job(False)

@@ -10,12 +10,27 @@ is ``__main__``, and a joblib worker gets a fresh copy of its globals with every
 
 from __future__ import annotations
 
+import time
+
 _stop_requested: list[str] = []  # the reasons a stop of the current run was asked for
 _grid_stop: list[str] = []  # the reasons a stop of the grid was asked for
+_since: dict[str, float] = {}  # when the first stop of the run / of the grid was asked for (monotonic)
+
+# signals this close to the first are the same request delivered twice (Ctrl-C reaches every
+# process of the terminal's group, and the launching process forwards it to its workers), not
+# the "second signal" that stops at once
+SAME_REQUEST_S = 1.0
 
 
 def request_stop(reason: str) -> None:
+    if not _stop_requested:
+        _since["run"] = time.monotonic()
     _stop_requested.append(reason)
+
+
+def repeated(what: str) -> bool:
+    """Whether a stop of ``what`` ("run" or "grid") was asked for more than ``SAME_REQUEST_S`` ago."""
+    return what in _since and time.monotonic() - _since[what] > SAME_REQUEST_S
 
 
 def stop_requested() -> bool:
@@ -30,9 +45,12 @@ def check_stop() -> None:
 
 def clear_stop() -> None:
     _stop_requested.clear()
+    _since.pop("run", None)
 
 
 def request_grid_stop(reason: str) -> None:
+    if not _grid_stop:
+        _since["grid"] = time.monotonic()
     _grid_stop.append(reason)
 
 
@@ -42,6 +60,7 @@ def grid_stop_reason() -> str | None:
 
 def clear_grid_stop() -> None:
     _grid_stop.clear()
+    _since.pop("grid", None)
 
 
 # --- a grid worker whose launching process is gone ------------------------------------------------

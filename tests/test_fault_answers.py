@@ -290,6 +290,26 @@ def test_the_workers_of_a_grid_whose_launcher_is_killed_stop_within_seconds(tmp_
     assert all("the grid's launching process" in r.data.tags["hgbench.error"] for r in got)
 
 
+def test_a_signal_delivered_twice_is_one_request_and_a_later_one_stops_at_once(monkeypatch):
+    """Ctrl-C reaches a grid worker from the terminal and again forwarded by its launcher: that is
+    still a stop after the hyper-step; a signal more than ``SAME_REQUEST_S`` later stops at once."""
+    from hgbench import cli, stop
+
+    clock = [100.0]
+    monkeypatch.setattr(stop.time, "monotonic", lambda: clock[0])
+    try:
+        cli._interrupt(signal.SIGINT, None)
+        clock[0] += 0.01
+        cli._interrupt(signal.SIGTERM, None)  # the forwarded copy: no KeyboardInterrupt
+        assert stop.stop_requested() and stop.grid_stop_reason() == "received signal SIGINT"
+        clock[0] += stop.SAME_REQUEST_S
+        with pytest.raises(KeyboardInterrupt, match="received signal SIGTERM"):
+            cli._interrupt(signal.SIGTERM, None)
+    finally:
+        stop.clear_stop()
+        stop.clear_grid_stop()
+
+
 CHILD = """
 import sys, time
 from hgbench import stop
