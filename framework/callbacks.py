@@ -185,13 +185,15 @@ class SweepCallback(Callback):
             from hgbench.store import (
                 StoreError,
                 browse_lines,
+                check_checkpoint_dir,
                 check_store,
                 resolve_tracking_uri,
             )
 
             try:
                 uri = resolve_tracking_uri(mlflow_cfg.tracking_uri)
-                self._browse_args = (uri, check_store(uri, str(mlflow_cfg.experiment)))
+                check_checkpoint_dir(config.checkpoint)
+                self._browse_args = (uri, check_store(uri, str(mlflow_cfg.experiment), float(config.resume_stale_after_s)))
                 self._browse = browse_lines(*self._browse_args)
             except StoreError as exc:  # stop before launching jobs that could record nothing
                 if self._set_sweep_id:

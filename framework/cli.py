@@ -30,9 +30,12 @@ from hgbench.hookspecs import RunResult
 from hgbench.stop import (
     clear_grid_stop,
     grid_stop_reason,
+    repeated,
     request_grid_stop,
     request_stop,
+    set_in_job,
     stop_requested,
+    watch_parent,
 )
 
 # errors in building a run that are the user's to fix: a config mistake (hgbench's own errors),
@@ -53,7 +56,8 @@ def format_summary(cfg: DictConfig, result: RunResult) -> str:
             lines.append(f"  MLflow run {info['mlflow_run_id']} in experiment '{info['mlflow_experiment']}' at {info['mlflow_tracking_uri']}")
         return "\n".join(lines)
     # a run whose recording failed is never announced as FINISHED: its results are only here
-    status = result.status if not result.recording_errors else f"{result.status.lower()} but NOT RECORDED"
+    complete, recorded = recording_report(result)
+    status = result.status if complete else f"{result.status.lower()} but NOT RECORDED" + (" in full" if "mlflow_run_id" in info else "")
     lines = [
         f"hgbench run {status} in {s.get('runtime_s', 0):.1f} s — {names} "
         f"({s['num_weights']:,} weights, {s['num_hyperparams']:,} hyperparameter{'s' if s['num_hyperparams'] != 1 else ''}, "
@@ -90,20 +94,63 @@ def format_summary(cfg: DictConfig, result: RunResult) -> str:
         uri = info["mlflow_tracking_uri"]
         lines.append(f"  MLflow run {info['mlflow_run_id']} in experiment '{info['mlflow_experiment']}' at {uri}")
         lines += [f"  {line}" for line in store.browse_lines(uri, info.get("mlflow_experiment_id"))]
-    if result.recording_errors:
-        e = result.recording_errors[0]
-        lines.append(f"  WARNING: recording failed ({e.source}: {e.error}); this run's results are only in this output")
+    lines += recorded
     for e in result.plugin_errors:
         if e not in result.recording_errors:
             lines.append(f"  WARNING: plugin {e.source!r} failed ({e.error})")
     return "\n".join(lines)
 
 
+def store_complete(result: RunResult) -> bool:
+    """Whether the MLflow store holds all of a run: its status, every metric, its end-of-run tags
+    (what the MLflow recorder reports in ``result.info``). Without MLflow: no recorder failed."""
+    info = result.info
+    if not result.recording_errors:
+        return True
+    if "mlflow_run_id" not in info:
+        return False
+    return (info.get("mlflow_status") == store.MLFLOW_STATUS.get(result.status) and bool(info.get("mlflow_end_written"))
+            and not info.get("mlflow_unwritten_metrics"))
+
+
+def recording_report(result: RunResult) -> tuple[bool, list[str]]:
+    """(the store holds all of the run, the summary's lines saying exactly what was and was not
+    recorded — none when everything was)."""
+    if not result.recording_errors:
+        return True, []
+    info, errors = result.info, result.recording_errors
+    failed = "; ".join(f"{e.source}: {e.error}" for e in errors)
+    complete = store_complete(result)
+    if "mlflow_run_id" not in info:
+        return False, [f"  WARNING: recording failed ({failed}); nothing of this run is in the MLflow store: its results are only in this output"]
+    run_id, held = info["mlflow_run_id"], info.get("mlflow_status")
+    upto = info.get("mlflow_recorded_step", -1)
+    steps = f"its metrics up to hyper-step {upto}" if upto >= 0 else "no metric"
+    if complete:
+        return True, [f"  recorded: MLflow run {run_id} as {held}, with every metric ({steps}), tags and artifacts",
+                      *(f"  NOT recorded: what {e.source} writes ({e.error})" for e in errors)]
+    missing = [f"{info['mlflow_unwritten_metrics']} metric values"] if info.get("mlflow_unwritten_metrics") else []
+    if not info.get("mlflow_end_written"):
+        missing.append("the end-of-run metrics, tags and artifacts")
+    if held is None:
+        held_note = "RUNNING (its final status could not be written; the next launch on this store marks it interrupted)"
+    elif held != store.MLFLOW_STATUS.get(result.status):
+        held_note = f"{held} (not {result.status}: it is incomplete)"
+    else:
+        held_note = held
+    return False, [f"  WARNING: recording failed ({failed})",
+                   f"  recorded: MLflow run {run_id} as {held_note}, with {steps}",
+                   f"  NOT recorded: {', '.join(missing) or 'the final status'} — only in this output"]
+
+
 def check_store(cfg: DictConfig) -> None:
-    """Reach the MLflow store (and create the experiment) before any work, so a wrong URI or
-    missing credentials stop the job at once instead of losing what it computes."""
+    """Reach the MLflow store (and create the experiment) and write into every folder the run
+    will write (checkpoints; the store checks its artifact folder) before any work, so a wrong
+    URI, missing credentials or a full disk stop the job at once instead of losing what it computes."""
+    store.check_checkpoint_dir(cfg.checkpoint)
     if cfg.mlflow.enabled:
-        store.check_store(store.resolve_tracking_uri(cfg.mlflow.tracking_uri), str(cfg.mlflow.experiment))
+        store.check_store(store.resolve_tracking_uri(cfg.mlflow.tracking_uri), str(cfg.mlflow.experiment),
+                          float(cfg.resume_stale_after_s))
 
 
 def _plugin_short_name(target: str) -> str:
@@ -186,11 +233,15 @@ def exit_code(reason: str) -> int:
 def _interrupt(signum, frame):
     """SIGTERM during a job (a cluster's scancel, a killed grid) ends the run as KILLED after the
     current hyper-step, so no MLflow write is cut in half, and no further job of the grid starts in
-    this process; a second SIGTERM interrupts at once."""
+    this process; a second SIGTERM interrupts at once (one more than ``SAME_REQUEST_S`` after the
+    first: a Ctrl-C reaches a grid worker directly and forwarded by its launcher). SIGINT in a
+    grid worker's job does the same."""
     reason = f"received signal {_signal_name(signum)}"
     request_grid_stop(reason)
     if stop_requested():
-        raise KeyboardInterrupt(reason)
+        if repeated("run"):
+            raise KeyboardInterrupt(reason)
+        return
     request_stop(reason)
 
 
@@ -232,6 +283,36 @@ def _sigterm_handler(handler):
             signal.signal(signal.SIGTERM, previous)
 
 
+@contextlib.contextmanager
+def _sigint_handler(handler):
+    """``handler`` for SIGINT while the block runs (None: unchanged), the previous one put back after."""
+    previous = None
+    if handler is not None:
+        with contextlib.suppress(ValueError):  # not the main thread
+            previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
+
+
+def _ctrl_c_grid(signum, frame):
+    """Ctrl-C in the process that launched a grid with worker processes (joblib): as a first
+    SIGTERM — the workers' running jobs end KILLED (Ctrl-C reaches them too; a SIGTERM is
+    forwarded in case it did not), no other job starts, and the grid ends with its summary, so
+    no run is left RUNNING. Without workers, or a second time: KeyboardInterrupt, at once."""
+    if grid_stop_reason() or not _grid_workers():
+        raise KeyboardInterrupt
+    reason = f"received signal {_signal_name(signum)}"
+    request_grid_stop(reason)
+    for pid in _grid_workers():
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGTERM)
+    print(f"hgbench: {reason}: stopping — running jobs end after their current hyper-step, "
+          "the others are not started (Ctrl-C again: at once)", file=sys.stderr, flush=True)
+
+
 def _stop_grid(signum, frame):
     """SIGTERM outside a job — in the process that launched a grid, or a grid worker between
     jobs: the grid stops. Running jobs (in worker processes, which get the signal forwarded) end
@@ -239,7 +320,9 @@ def _stop_grid(signum, frame):
     summary; a second SIGTERM stops at once."""
     reason = f"received signal {_signal_name(signum)}"
     if grid_stop_reason():
-        raise KeyboardInterrupt(reason)
+        if repeated("grid"):
+            raise KeyboardInterrupt(reason)
+        return  # the same request, delivered twice
     request_grid_stop(reason)
     workers = _grid_workers()
     for pid in workers:
@@ -252,10 +335,11 @@ def _stop_grid(signum, frame):
 
 @contextlib.contextmanager
 def grid_signals():
-    """The launching process's SIGTERM handler (``_stop_grid``) while Hydra runs, put back after."""
+    """The launching process's SIGTERM and SIGINT handlers (``_stop_grid``, ``_ctrl_c_grid``)
+    while Hydra runs, put back after."""
     os.environ[GRID_PID_ENV] = str(os.getpid())
     try:
-        with _sigterm_handler(_stop_grid):
+        with _sigterm_handler(_stop_grid), _sigint_handler(_ctrl_c_grid):
             yield
     finally:
         os.environ.pop(GRID_PID_ENV, None)
@@ -287,10 +371,17 @@ def job_process_state(cfg: DictConfig, hc):
     if in_worker and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:  # a grid worker's first job
         with contextlib.suppress(ValueError):  # not the main thread: no handlers there
             signal.signal(signal.SIGTERM, _stop_grid)
+            signal.signal(signal.SIGINT, _stop_grid)  # Ctrl-C between jobs: no job starts, the worker lives
+    if in_worker and os.environ[GRID_PID_ENV].isdigit():
+        watch_parent(int(os.environ[GRID_PID_ENV]))  # a worker whose grid was killed stops
+    set_in_job(True)
     try:
-        with _sigterm_handler(_interrupt):
+        # in a grid worker Ctrl-C is a stop after the hyper-step, as SIGTERM: a KeyboardInterrupt could
+        # cut an MLflow write in half and leave the store locked, the run RUNNING
+        with _sigterm_handler(_interrupt), _sigint_handler(_interrupt if in_worker else None):
             yield
     finally:
+        set_in_job(False)
         torch.set_num_threads(threads)
         _auto_threads.clear()
 
@@ -466,7 +557,7 @@ def run_job(cfg: DictConfig, hc) -> float | None:
         "cores": os.cpu_count(),
         "mlflow_run_id": result.info.get("mlflow_run_id"),
         "reused": earlier is not None and earlier.status == "FINISHED",
-        "recording_failed": bool(result.recording_errors),
+        "recording_failed": not store_complete(result),
     })
     if result.status == "KILLED" and not multirun:
         sys.exit(exit_code(str(result.error)))

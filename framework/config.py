@@ -105,10 +105,11 @@ def _digest(d: Any) -> str:
 def code_versions(cfg: Any) -> dict[str, str]:
     """The code a run's results come from: torch's version, hgbench's version and a digest of its
     framework sources, and for each plugin used its distribution's version and a digest of its
-    package's sources (so editing a plugin in place, without a version bump, counts too)."""
+    package's sources (so editing a plugin in place, without a version bump, counts too) — of a
+    built-in plugin, its own module and the built-in modules it imports, not the other plugins."""
     import torch
 
-    from hgbench.provenance import distribution_version, package_digest
+    from hgbench.provenance import distribution_version, module_digest, package_digest
 
     out = {"torch": torch.__version__, "hgbench": f"{distribution_version('hgbench')} {package_digest('hgbench')}"}
     for kind in registry.KINDS:
@@ -118,9 +119,13 @@ def code_versions(cfg: Any) -> dict[str, str]:
         except Exception:  # noqa: BLE001 - an unknown plugin: the run fails before computing anything
             continue
         parts = cls.__module__.split(".")
-        # a built-in plugin's code is its own package inside hgbench's namespace, not the framework's
-        top = ".".join(parts[:2]) if parts[0] == "hgbench" and len(parts) > 2 else parts[0]
-        out[kind] = f"{distribution_version(top)} {package_digest(top)}"
+        if parts[0] == "hgbench" and len(parts) > 2:
+            # a built-in plugin's code: its own module and the built-in modules it imports, not the
+            # other built-in plugins (editing a plugin no job uses reruns no job)
+            top = ".".join(parts[:2])
+            out[kind] = f"{distribution_version(top)} {module_digest(cls.__module__, top)}"
+        else:
+            out[kind] = f"{distribution_version(parts[0])} {package_digest(parts[0])}"
     return out
 
 

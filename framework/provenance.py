@@ -46,6 +46,65 @@ def package_digest(package: str) -> str:
     return h.hexdigest()[:12]
 
 
+def _imported_modules(tree, module: str, is_package: bool) -> set[str]:
+    """The modules an AST's import statements may name (``from a import b``: ``a`` and ``a.b``)."""
+    import ast
+
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:  # relative: from the module's package
+                package = module if is_package else module.rpartition(".")[0]
+                for _ in range(node.level - 1):
+                    package = package.rpartition(".")[0]
+                base = f"{package}.{base}".rstrip(".") if base else package
+            names.add(base)
+            names.update(f"{base}.{alias.name}" for alias in node.names)
+    return names
+
+
+@functools.lru_cache(maxsize=None)
+def module_digest(module: str, within: str) -> str:
+    """A short digest of the sources of ``module`` and of every module of the package ``within``
+    it imports, transitively (with the ``__init__`` of each package on the way): the code one
+    built-in plugin runs, so that editing a plugin changes the fingerprint of the jobs that use
+    it and of no other job."""
+    import ast
+    import hashlib
+    import importlib.util
+
+    seen: dict[str, Path] = {}
+    todo = [module]
+    while todo:
+        name = todo.pop()
+        parts = name.split(".")
+        for i in range(len(within.split(".")), len(parts) + 1):  # the module and its packages
+            sub = ".".join(parts[:i])
+            if sub in seen:
+                continue
+            try:
+                spec = importlib.util.find_spec(sub)
+            except (ImportError, ValueError):
+                spec = None
+            if spec is None or not spec.origin or not Path(spec.origin).is_file():
+                continue
+            seen[sub] = Path(spec.origin)
+            try:
+                tree = ast.parse(seen[sub].read_bytes())
+            except SyntaxError:
+                continue
+            for imported in _imported_modules(tree, sub, bool(spec.submodule_search_locations)):
+                if imported.startswith(within + ".") and imported not in seen:
+                    todo.append(imported)
+    h = hashlib.sha256()
+    for name in sorted(seen):
+        h.update(name.encode() + b"\0" + seen[name].read_bytes() + b"\0")
+    return h.hexdigest()[:12]
+
+
 @functools.lru_cache(maxsize=None)
 def distribution_version(package: str) -> str:
     """'name==version' of the installed distribution that provides a top-level package: found

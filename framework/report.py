@@ -53,10 +53,11 @@ class ReportError(Exception):
 
 
 def open_store(uri: str, experiments: list[str]):
-    """An MlflowClient and {experiment id: name}; ReportError listing what exists if a name does not."""
+    """An MlflowClient and {experiment id: name}; ReportError listing what exists if a name does not.
+    Runs that dead processes left RUNNING are marked interrupted first (``store.mark_dead_runs``)."""
     from mlflow.tracking import MlflowClient
 
-    from hgbench.store import StoreError, check_not_half_migrated, plain_sqlite_path, sqlite_path, sqlite_state
+    from hgbench.store import StoreError, check_not_half_migrated, mark_dead_runs, plain_sqlite_path, sqlite_path, sqlite_state
 
     db = sqlite_path(uri)
     if db is not None and not db.exists():  # MlflowClient would create an empty store
@@ -68,6 +69,7 @@ def open_store(uri: str, experiments: list[str]):
         except StoreError as exc:
             raise ReportError(str(exc)) from None
     client = MlflowClient(uri)
+    mark_dead_runs(uri)  # a run whose process is gone reads as interrupted, not RUNNING forever
     ids, missing = {}, []
     for name in experiments:
         exp = client.get_experiment_by_name(name)

@@ -342,17 +342,40 @@ def ensure_experiment(uri: str, name: str) -> str:
         return client.get_experiment_by_name(name).experiment_id
 
 
+PROBE_BYTES = 64 * 1024  # what the write check writes: a config file, a checkpoint's first block
+
+
 def probe_dir(folder: Path, what: str, hint: str = "launch from a writable folder, or set mlflow.tracking_uri / $MLFLOW_TRACKING_URI") -> None:
-    """Prove that files can be created in ``folder`` (or, if it does not exist yet, in its nearest
-    existing parent) by creating and removing one; raises ``StoreError`` naming the folder."""
+    """Prove that files can be written in ``folder`` (or, if it does not exist yet, in its nearest
+    existing parent) by writing ``PROBE_BYTES`` to a new file, syncing and removing it — a full
+    disk fails here (ENOSPC), not halfway through a run; raises ``StoreError`` naming the folder."""
     probe = folder
     while not probe.exists() and probe != probe.parent:
         probe = probe.parent
     try:
-        with tempfile.NamedTemporaryFile(dir=probe, prefix=".hgbench-write-check-"):
-            pass
+        with tempfile.NamedTemporaryFile(dir=probe, prefix=".hgbench-write-check-") as f:
+            # some data, synced: a full disk still lets an empty file be created (a free inode)
+            f.write(b"\0" * PROBE_BYTES)
+            f.flush()
+            os.fsync(f.fileno())
     except OSError as exc:
         raise StoreError(f"cannot write {what} {folder.absolute()}: {exc.strerror or exc} ({hint})") from exc
+
+
+def checkpoint_dir(checkpoint_cfg) -> Path | None:
+    """The folder a run writes its checkpoints to (``checkpoint.dir``, else ./checkpoints in the
+    launch folder); None when ``checkpoint.every`` is 0."""
+    if int(checkpoint_cfg.every) <= 0:
+        return None
+    return Path(checkpoint_cfg.dir or Path.cwd() / "checkpoints").expanduser().resolve()
+
+
+def check_checkpoint_dir(checkpoint_cfg) -> None:
+    """The pre-flight write check of the checkpoint folder (``probe_dir``): a full or read-only
+    one is one line before any work, not a failed run at its first checkpoint."""
+    folder = checkpoint_dir(checkpoint_cfg)
+    if folder is not None:
+        probe_dir(folder, "the checkpoint folder", hint="free some space there, or set checkpoint.dir")
 
 
 # the store check's HTTP settings (MLflow's defaults retry for minutes), unless the user set them
@@ -360,18 +383,21 @@ QUICK_HTTP = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_BACKO
               "MLFLOW_HTTP_REQUEST_TIMEOUT": "15"}
 
 
-def check_store(uri: str, name: str) -> str:
+def check_store(uri: str, name: str, stale_after_s: float = 900) -> str:
     """``ensure_experiment`` plus one throw-away *write* (an experiment tag, in the store's own
     transaction; for a local artifact folder a file created and removed), with few HTTP retries
     and a short timeout: a pre-flight check that a wrong address, missing credentials or a
     read-only store fail in seconds, before any work, not at the end of a run. A sqlite file
     whose folder is not writable is refused before MLflow tries (and retries for minutes) to
-    create it. Raises ``StoreError``; returns the experiment id."""
+    create it; a sqlite file that is a folder, read-only or on a full disk is refused before
+    MLflow is asked (``probe_sqlite``). Runs that dead processes left RUNNING are then marked
+    interrupted (``mark_dead_runs``). Raises ``StoreError``; returns the experiment id."""
     from datetime import datetime, timezone
 
     db = sqlite_path(uri)
     if db is not None and not str(db).startswith("file:") and not db.exists():
         probe_dir(db.parent, "the MLflow store's folder")
+    probe_sqlite(uri)  # a folder, a read-only file, a full disk: refused before MLflow (or the creation below) is asked
     try:
         prepare_store(uri)
     except StoreError:
@@ -403,13 +429,71 @@ def check_store(uri: str, name: str) -> str:
 
         folder = Path(url2pathname(urlparse(location).path)) if location.startswith("file:") else Path(location)
         probe_dir(folder, "the MLflow artifact folder")
+    mark_dead_runs(uri, stale_after_s)
     return exp_id
+
+
+def probe_sqlite(uri: str) -> None:
+    """A sqlite store refused in milliseconds, before MLflow is asked (it retries for minutes):
+    a path that is a folder, a ``mode=ro`` URI, a file or folder this process may not write, a
+    store on a full disk — each found by sqlite itself taking a write lock and writing its
+    journal (``BEGIN IMMEDIATE`` on a scratch table, rolled back: nothing in the store changes).
+    Raises ``StoreError`` in one line; a store that does not exist yet is left to MLflow."""
+    import sqlite3
+    from urllib.parse import parse_qs, urlparse
+
+    db = sqlite_path(uri)
+    if db is None:
+        return
+    target, query = str(db), {}
+    if target.startswith("file:"):
+        parsed = urlparse(target)
+        target, query = parsed.path, parse_qs(parsed.query)
+    path = Path(target)
+    if path.is_dir():
+        raise StoreError(f"cannot use the MLflow store at {uri}: {path} is a folder, not a sqlite file "
+                         f"(give the file inside it, e.g. sqlite:///{path / 'mlflow.db'})")
+    if not path.exists():
+        return
+    if query.get("mode", [""])[-1] == "ro":
+        raise StoreError(f"cannot use the MLflow store at {uri}: it is opened read-only (mode=ro); hgbench records into it")
+    try:
+        con = sqlite3.connect(f"file:{path}?mode=rw", uri=True, timeout=30, isolation_level=None)
+    except sqlite3.Error as exc:
+        raise StoreError(f"cannot use the MLflow store at {uri}: {exc} (is it a file this user may write?)") from exc
+    try:
+        con.execute("BEGIN IMMEDIATE")  # the write lock: refused on a read-only file or folder
+        # a page's worth of data through the journal: refused on a full disk
+        con.execute("CREATE TABLE hgbench_write_check_ (x BLOB)")
+        con.execute("INSERT INTO hgbench_write_check_ VALUES (zeroblob(?))", (PROBE_BYTES,))
+        con.execute("ROLLBACK")
+    except sqlite3.Error as exc:
+        full = "full" in str(exc).lower()
+        hint = "free some space on its disk" if full else "is it a sqlite file this user may write, in a writable folder?"
+        raise StoreError(f"cannot use the MLflow store at {uri}: sqlite3.{type(exc).__name__}: {exc} ({hint})") from exc
+    finally:
+        con.close()
+
+
+def brief(exc: BaseException) -> str:
+    """An MLflow or SQLAlchemy error in one line: the driver's own words (``(sqlite3.OperationalError)
+    database or disk is full``) rather than the statement and parameters that follow them."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    said = next((line for line in lines if line.startswith("(") and ")" in line and "Error" in line.split(")")[0]), None)
+    said = said or (lines[0] if lines else "")
+    return f"{type(exc).__name__}: {said[:300]}"
+
+
+class StoreWriteError(StoreError):
+    """A write to the MLflow store failed; its message is ``brief``'s one line."""
 
 
 class MlflowRun:
     """One MLflow run: buffered metric logging through ``MlflowClient`` (no global state)."""
 
-    def __init__(self, cfg, tags: dict[str, str], params: dict[str, Any], default_name: str | None = None):
+    def __init__(self, cfg, tags: dict[str, str], params: dict[str, Any] | None = None, default_name: str | None = None):
+        """Creates the run (and logs ``params``, if given: call ``log_params`` yourself to have
+        the run object even when that write fails)."""
         from mlflow.tracking import MlflowClient
 
         self.uri = resolve_tracking_uri(cfg.tracking_uri)
@@ -417,11 +501,13 @@ class MlflowRun:
         self.flush_every_s = float(cfg.flush_every_s)
         self.experiment_id = ensure_experiment(self.uri, self.experiment)  # first: a new store is made whole before a client opens it
         self.client = MlflowClient(self.uri)
-        run = self.client.create_run(self.experiment_id, tags=tags, run_name=cfg.run_name or default_name)
-        self.run_id = run.info.run_id
-        self.log_params(params)
         self._buffer: list = []
         self._last_flush = time.monotonic()
+        self.recorded_step = -1  # the last hyper-step whose metrics reached the store
+        run = self.client.create_run(self.experiment_id, tags=tags, run_name=cfg.run_name or default_name)
+        self.run_id = run.info.run_id
+        if params:
+            self.log_params(params)
 
     def log_params(self, params: dict[str, Any]) -> None:
         from mlflow.entities import Param
@@ -429,6 +515,11 @@ class MlflowRun:
         items = [Param(k, str(v)[:6000]) for k, v in params.items()]
         for i in range(0, len(items), 100):
             self.client.log_batch(self.run_id, params=items[i : i + 100], synchronous=True)
+
+    @property
+    def unwritten(self) -> int:
+        """Metric values logged but not (yet) in the store: a failed flush keeps them for the next."""
+        return len(self._buffer)
 
     def log_metrics(self, metrics: dict[str, float], step: int, force: bool = False) -> None:
         from mlflow.entities import Metric
@@ -441,6 +532,7 @@ class MlflowRun:
     def flush(self) -> None:
         for i in range(0, len(self._buffer), 1000):
             self.client.log_batch(self.run_id, metrics=self._buffer[i : i + 1000], synchronous=True)
+        self.recorded_step = max([m.step for m in self._buffer if m.key == STEP_MARKER] + [self.recorded_step])
         self._buffer = []
         self._last_flush = time.monotonic()
 
@@ -466,6 +558,7 @@ def copy_history(rec: MlflowRun, old_run_id: str, upto_step: int) -> None:
                     for m in rec.client.get_metric_history(old_run_id, key) if m.step <= upto_step]
     for i in range(0, len(metrics), 1000):
         rec.client.log_batch(rec.run_id, metrics=metrics[i : i + 1000], synchronous=True)
+    rec.recorded_step = max([m.step for m in metrics if m.key == STEP_MARKER] + [rec.recorded_step])
 
 
 @dataclass
@@ -491,6 +584,28 @@ def _alive(run, stale_after_s: float, client) -> bool:
     history = client.get_metric_history(run.info.run_id, "elapsed_s")
     last = max([m.timestamp for m in history] + [run.info.start_time or 0]) / 1000
     return time.time() - last < stale_after_s
+
+
+def mark_dead_runs(uri: str, stale_after_s: float = 900) -> list[str]:
+    """Every hgbench run of the store left RUNNING by a process that is gone (``_alive``: on this
+    host its pid is gone; on another, no metric for ``stale_after_s``) marked interrupted (MLflow
+    status KILLED, tag ``hgbench.status=interrupted``) — at every launch, whatever it runs, so a
+    killed run never stays RUNNING. Returns their run ids. Best effort: a store that cannot be
+    searched or written leaves them as they are (the launch goes on)."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    marked = []
+    try:
+        ids = [e.experiment_id for e in client.search_experiments()]
+        runs = client.search_runs(ids, "attributes.status = 'RUNNING'", max_results=1000) if ids else []
+        for run in runs:
+            if "hgbench.pid" in run.data.tags and not _alive(run, stale_after_s, client):
+                mark_interrupted(client, run, "its process is gone (killed?)")
+                marked.append(run.info.run_id)
+    except Exception:  # noqa: BLE001 - a store that refuses this refuses the run's own writes, reported there
+        pass
+    return marked
 
 
 def previous_runs(uri: str, experiment: str, fp: str, stale_after_s: float = 900) -> Previous:
@@ -585,17 +700,27 @@ def latest_checkpoint(uri: str, runs: list[Any], warn=print) -> Checkpoint | Non
         for path in candidates:
             if path is None:
                 artifact = f"{CHECKPOINT_ARTIFACT_DIR}/{Path(tag).name}"
-                try:
-                    path = Path(client.download_artifacts(run.info.run_id, artifact, tempfile.mkdtemp()))
-                except Exception:
-                    continue
                 where = f"the MLflow artifact {artifact} of run {run.info.run_id}"
+                with tempfile.TemporaryDirectory(prefix="hgbench-checkpoint-") as download:  # removed once read
+                    try:
+                        path = Path(client.download_artifacts(run.info.run_id, artifact, download))
+                    except Exception:
+                        continue
+                    try:
+                        state = read_checkpoint(path)
+                    except ValueError as exc:
+                        warn(f"hgbench: warning: checkpoint {exc}; not used")
+                        continue
             else:
                 where = str(path)
-            try:
-                state = read_checkpoint(path)
-            except ValueError as exc:
-                warn(f"hgbench: warning: checkpoint {exc}; not used")
+                try:
+                    state = read_checkpoint(path)
+                except ValueError as exc:
+                    warn(f"hgbench: warning: checkpoint {exc}; not used")
+                    continue
+            other = checkpoint_owner_mismatch(state, run)
+            if other:
+                warn(f"hgbench: warning: checkpoint {where} {other}; not used")
                 continue
             if state["step"] > recorded:
                 warn(f"hgbench: warning: checkpoint {where} is at hyper-step {state['step']} but the store holds run "
@@ -730,3 +855,40 @@ def claim_job(uri: str, fingerprint: str, stale_after_s: float = 900) -> tuple[C
         con.close()
     _held_tokens.add(token)
     return Claim(db, fingerprint, token, heartbeat_s=max(0.5, min(60.0, stale_after_s / 4))), None
+
+
+# what a checkpoint file says about whose it is (``hgbench.plugins.recorder.checkpoint`` writes it)
+CHECKPOINT_OWNER_KEY = "hgbench_owner"
+
+
+def checkpoint_owner_mismatch(state: dict[str, Any], run) -> str | None:
+    """Why a checkpoint does not belong to the interrupted ``run`` it stands in for (None: it
+    does): written by another run, or for another job (another fingerprint) — a file copied or
+    moved into its place. A checkpoint written before hgbench recorded its owner is taken as is."""
+    owner = state.get(CHECKPOINT_OWNER_KEY)
+    if not isinstance(owner, dict):
+        return None
+    run_id, fp = owner.get("run_id"), owner.get("fingerprint")
+    want_fp = run.data.tags.get("hgbench.fingerprint")
+    if fp and want_fp and fp != want_fp:
+        return f"belongs to another job (fingerprint {fp}, written by run {run_id}), not to this one ({want_fp})"
+    if run_id and run_id != run.info.run_id:
+        return f"was written by run {run_id}, not by run {run.info.run_id}"
+    return None
+
+
+def remove_job_checkpoints(client, experiment_id: str, fp: str) -> list[Path]:
+    """The local checkpoint files of a job's earlier runs that did not finish (interrupted or
+    failed runs with the fingerprint ``fp``), removed once the job has FINISHED: nothing resumes
+    from them any more. Only a file named after its own run (``<run id>.pt``, as the checkpoint
+    recorder names them) is removed; the MLflow artifact copies stay. Returns the files removed."""
+    removed = []
+    runs = client.search_runs([experiment_id], f"tags.`hgbench.fingerprint` = '{fp}' and attributes.status != 'FINISHED' "
+                              "and attributes.status != 'RUNNING'", max_results=1000)
+    for run in runs:
+        path = Path(run.data.tags.get("hgbench.checkpoint", ""))
+        if path.name == f"{run.info.run_id}.pt" and path.is_file():
+            with contextlib.suppress(OSError):
+                path.unlink()
+                removed.append(path)
+    return removed

@@ -2,7 +2,10 @@
 RNG states (``Experiment.state_dict``), saved atomically to ``checkpoint.dir`` (default
 ``./checkpoints``) and referenced from the MLflow run: tag ``hgbench.checkpoint`` (the file, set
 when the run starts), ``hgbench.checkpoint_step``, and the artifact ``checkpoint/<file>`` when
-``checkpoint.log_artifact``. A relaunched grid continues an
+``checkpoint.log_artifact``. The file also says whose it is (run id and job fingerprint), so a
+resume refuses a checkpoint of another run or job put in its place. Once a run ends FINISHED or
+FAILED its file is removed, and a FINISHED job's earlier interrupted runs' files with it, unless
+``checkpoint.keep``. A relaunched grid continues an
 interrupted run from it (``hgbench.store``); it is read back with ``torch.load(...,
 weights_only=True)``, which loads tensors and plain containers only, never arbitrary objects.
 
@@ -16,13 +19,12 @@ store holds; a resume also checks that (``hgbench.store.latest_checkpoint``). A 
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import torch
 
 from hgbench import hookimpl
 from hgbench.config import fingerprint
-from hgbench.store import CHECKPOINT_ARTIFACT_DIR
+from hgbench.store import CHECKPOINT_ARTIFACT_DIR, CHECKPOINT_OWNER_KEY, checkpoint_dir, remove_job_checkpoints
 
 
 def _settings(run):
@@ -32,12 +34,12 @@ def _settings(run):
 
 @hookimpl(trylast=True)  # after the MLflow recorder has opened its run
 def on_run_start(run):
-    every, folder, _, _ = _settings(run)
+    every, _, _, _ = _settings(run)
     if every <= 0 or run.experiment is None:
         return
     rec = run.extras.get("mlflow")
     name = rec.run_id if rec is not None else fingerprint(run.config)
-    path = Path(folder or Path.cwd() / "checkpoints").expanduser().resolve() / f"{name}.pt"
+    path = checkpoint_dir(run.config.checkpoint) / f"{name}.pt"
     path.parent.mkdir(parents=True, exist_ok=True)
     run.extras["checkpoint"] = path
     if rec is not None:  # where it will be, before the first is written: a kill right after it is found
@@ -55,8 +57,12 @@ def on_hyper_step(run, step, metrics):
         rec.flush()  # the metrics up to this step are in the store before a checkpoint claims them
     tmp = path.with_suffix(".tmp")
     try:
+        state = run.experiment.state_dict()
+        # whose it is: a resume refuses a file of another run or job put in its place
+        state[CHECKPOINT_OWNER_KEY] = {"run_id": rec.run_id if rec is not None else "",
+                                       "fingerprint": run.tags.get("hgbench.fingerprint", "")}
         with open(tmp, "wb") as f:
-            torch.save(run.experiment.state_dict(), f)
+            torch.save(state, f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)  # a kill mid-write never leaves a torn checkpoint
@@ -72,7 +78,17 @@ def on_hyper_step(run, step, metrics):
 
 @hookimpl
 def on_run_end(run, status, error, summary):
+    """A run that ended FINISHED or FAILED is never resumed: its local checkpoint is removed, and
+    once a job FINISHED, those of its earlier interrupted or failed runs too (a long grid of
+    killed-and-resumed jobs leaves none behind) — unless ``checkpoint.keep``. The MLflow artifact
+    copies stay. A KILLED run keeps its checkpoint: the next launch resumes from it."""
     path = run.extras.get("checkpoint")
-    _, _, keep, _ = _settings(run)
-    if path is not None and status == "FINISHED" and not keep and path.exists():
-        path.unlink()
+    every, _, keep, _ = _settings(run)
+    if keep or every <= 0 or status not in ("FINISHED", "FAILED"):
+        return
+    if path is not None:
+        path.unlink(missing_ok=True)
+    rec = run.extras.get("mlflow")
+    fp = run.tags.get("hgbench.fingerprint")
+    if status == "FINISHED" and rec is not None and fp:
+        remove_job_checkpoints(rec.client, rec.experiment_id, fp)

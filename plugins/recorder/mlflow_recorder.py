@@ -16,6 +16,7 @@ itself (URIs, experiments, buffered writes) is ``hgbench.store``; this module is
 
 from __future__ import annotations
 
+import logging
 import sys
 import traceback
 
@@ -24,7 +25,7 @@ from omegaconf import OmegaConf
 from hgbench import hookimpl
 from hgbench.config import NOT_IN_FINGERPRINT, flatten
 from hgbench.registry import KINDS
-from hgbench.store import MLFLOW_STATUS, MlflowRun, copy_history, ensure_default_view
+from hgbench.store import MLFLOW_STATUS, MlflowRun, StoreWriteError, brief, copy_history, ensure_default_view
 
 # this plugin records results: a failure in its hooks flags the run as not recorded
 HGBENCH_RECORDER = True
@@ -87,41 +88,105 @@ def _enabled(run) -> bool:
     return bool(run.config.mlflow.enabled)
 
 
+def _one_line(hook):
+    """A hook whose MLflow error (SQLAlchemy's: statement, parameters, links) is reported in one
+    line (``StoreWriteError``); OS errors (one line already) as they are."""
+    import functools
+
+    @functools.wraps(hook)
+    def wrapper(*args, **kwargs):
+        try:
+            return hook(*args, **kwargs)
+        except (OSError, StoreWriteError):
+            raise
+        except Exception as exc:  # noqa: BLE001
+            raise StoreWriteError(brief(exc)) from exc
+
+    return wrapper
+
+
+_DB_LOG = "mlflow.store.db.utils"  # logs each failed write with its traceback: hgbench reports it once
+
+
 @hookimpl
+@_one_line
 def on_run_start(run):
     if not _enabled(run):
         return
+    quiet = logging.getLogger(_DB_LOG)
+    run.extras["mlflow_log_level"] = quiet.level
+    quiet.setLevel(logging.CRITICAL)
     exp = run.experiment
     params = flatten(OmegaConf.to_container(run.config, resolve=True))
     params.pop("mlflow.tracking_uri", None)
     if exp is not None:
         params.update(num_weights=exp.problem.num_weights, num_hyperparams=exp.problem.num_hyperparams)
-    rec = MlflowRun(run.config.mlflow, run.tags, params, default_name=run_name(run.config, run.tags))
+    rec = MlflowRun(run.config.mlflow, run.tags, default_name=run_name(run.config, run.tags))
+    # the run exists in the store from here: if a write below fails, on_run_end still ends it
+    run.extras["mlflow"] = rec
+    run.info.update(
+        mlflow_tracking_uri=rec.uri, mlflow_experiment=rec.experiment,
+        mlflow_experiment_id=rec.experiment_id, mlflow_run_id=rec.run_id,
+        mlflow_recorded_step=rec.recorded_step,
+    )
+    rec.log_params(params)
     rec.client.log_text(rec.run_id, OmegaConf.to_yaml(run.config), "config.yaml")
     ensure_default_view(rec.client, rec.experiment_id)  # the link the run prints opens on its numbers
     if exp is not None:
         _log_dataset(rec, run)
     if run.resumed_from and exp is not None:
         copy_history(rec, run.resumed_from, exp.step)
-    run.extras["mlflow"] = rec
-    run.info.update(
-        mlflow_tracking_uri=rec.uri, mlflow_experiment=rec.experiment,
-        mlflow_experiment_id=rec.experiment_id, mlflow_run_id=rec.run_id,
-    )
+        run.info["mlflow_recorded_step"] = rec.recorded_step
 
 
 @hookimpl
+@_one_line
 def on_hyper_step(run, step, metrics):
     rec = run.extras.get("mlflow")
     if rec is not None:
         rec.log_metrics(metrics, step)
+        run.info["mlflow_recorded_step"] = rec.recorded_step
 
 
 @hookimpl
+@_one_line
 def on_run_end(run, status, error, summary):
+    """The end-of-run metrics, tags and artifacts, then the final status — written even when
+    something before it failed (a run is never left RUNNING by a write that could be skipped).
+    What reached the store is left in ``run.info`` for the summary: ``mlflow_recorded_step`` (the
+    last hyper-step whose metrics it holds), ``mlflow_unwritten_metrics`` (values it never got),
+    ``mlflow_end_written`` (the end-of-run metrics, tags and artifacts) and ``mlflow_status``
+    (the status it holds, once set; FAILED for a finished run whose end could not be written)."""
+    try:
+        _end(run, status, error, summary)
+    finally:
+        if "mlflow_log_level" in run.extras:
+            logging.getLogger(_DB_LOG).setLevel(run.extras.pop("mlflow_log_level"))
+
+
+def _end(run, status, error, summary) -> None:
     rec = run.extras.get("mlflow")
     if rec is None:
         return
+    failures = []
+    try:
+        _end_of_run(rec, run, status, error, summary)
+        run.info["mlflow_end_written"] = True
+    except Exception as exc:  # noqa: BLE001 - reported below, after the status is written
+        failures.append(exc)
+    # a run whose last metrics or tags are missing is never FINISHED in the store (nor reused)
+    final = "FAILED" if failures and status == "FINISHED" else MLFLOW_STATUS[status]
+    try:
+        rec.client.set_terminated(rec.run_id, final)
+        run.info["mlflow_status"] = final
+    except Exception as exc:  # noqa: BLE001
+        failures.append(exc)
+    run.info.update(mlflow_recorded_step=rec.recorded_step, mlflow_unwritten_metrics=rec.unwritten)
+    if failures:
+        raise failures[0]
+
+
+def _end_of_run(rec: MlflowRun, run, status, error, summary) -> None:
     final = {k: summary[k] for k in ("runtime_s", "peak_memory_mb", "load_avg_start", "load_avg_end") if k in summary}
     rec.log_metrics(final, summary.get("hyper_steps_done", 0), force=True)
     tags = {"hgbench.status": "interrupted" if status == "KILLED" else status.lower()}
@@ -141,4 +206,3 @@ def on_run_end(run, status, error, summary):
         _log_figures(rec, exp)
     for k, v in tags.items():
         rec.client.set_tag(rec.run_id, k, v)
-    rec.client.set_terminated(rec.run_id, MLFLOW_STATUS[status])
