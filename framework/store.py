@@ -844,16 +844,19 @@ def claim_job(uri: str, fingerprint: str, stale_after_s: float = 900) -> tuple[C
             if row is not None and _holder_alive(Holder(*row[:4]), row[4], stale_after_s):
                 con.execute("ROLLBACK")
                 return None, Holder(*row[:4])
+            # held from before the commit: another thread of this process that reads the row
+            # right after it must find the claim alive (its pid is this process's own)
+            _held_tokens.add(token)
             con.execute(f"INSERT OR REPLACE INTO {CLAIMS_TABLE} VALUES (?, ?, ?, ?, ?, ?)",
                         (fingerprint, token, platform.node(), os.getpid(), now, now))
             con.execute("COMMIT")
         except BaseException:
+            _held_tokens.discard(token)
             if con.in_transaction:
                 con.execute("ROLLBACK")
             raise
     finally:
         con.close()
-    _held_tokens.add(token)
     return Claim(db, fingerprint, token, heartbeat_s=max(0.5, min(60.0, stale_after_s / 4))), None
 
 
