@@ -119,6 +119,7 @@ def test_the_check_changes_nothing_in_the_run():
 def test_retraining_metrics_are_recorded_at_the_checks(tmp_path, mlflow_db):
     out = hgbench_in_process(tmp_path, *RETRAIN, "mlflow.experiment=retrain")
     assert out.returncode == 0, out.stderr[-2000:]
+    assert "retraining check at the last check: dL_V/dλ realised along the method" in out.stdout
     client = MlflowClient(f"sqlite:///{mlflow_db}")
     (run,) = client.search_runs([client.get_experiment_by_name("retrain").experiment_id])
     for key in ("retrain_descent_method", "retrain_descent_reference", "retrain_descent_ratio", "retrain_predicted_vs_realised",
