@@ -176,7 +176,9 @@ def retraining_check(problem: Problem, w: Tensor, lam: Tensor, inner_optimizer: 
       max |D| (≈ 0 with deterministic retraining and an exact reference; otherwise what a direction
       with no predicted effect realises, to judge the two descents by);
     - ``retrain_val_loss``: L_V after retraining at λ, up to O(ε²) (the mean of the last pair:
-      the reference's, else the method's).
+      the reference's, else the method's);
+    - ``retrain_resolution``: machine epsilon of the run's dtype · L_V / (2ε), the rounding step
+      of D: values of |D| near it are rounding, not signal (use dtype=float64 or a larger ε).
 
     ``batches`` is iterated once per retraining: 2·(2 + k) times T inner steps in all.
     """
@@ -209,6 +211,8 @@ def retraining_check(problem: Problem, w: Tensor, lam: Tensor, inner_optimizer: 
         out["retrain_predicted_vs_realised_reference"] = (r @ d_r).item() / dr if d_r is not None and dr != 0 else nan
     if pair:
         out["retrain_val_loss"] = 0.5 * (pair[0] + pair[1])
+        # the smallest |D| the run's dtype resolves: one rounding step of L_V over 2ε (float32: ~3e-6·L_V at ε = 0.01)
+        out["retrain_resolution"] = torch.finfo(problem.dtype).eps * abs(out["retrain_val_loss"]) / (2 * eps)
     dirs = random_directions(settings.directions, [v for v in (g, r) if v is not None], generator)
     if dirs:
         ds = torch.tensor([realised(d) for d in dirs], dtype=torch.float64)

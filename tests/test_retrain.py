@@ -59,6 +59,7 @@ def test_with_converged_retraining_the_realised_derivative_is_the_ridge_closed_f
     # deterministic retraining and an exact reference: directions orthogonal to it realise nothing
     assert out["retrain_noise_floor"] < 1e-7 * exact.norm().item() and out["retrain_noise_max"] >= out["retrain_noise_floor"]
     assert out["retrain_val_loss"] == pytest.approx(ridge_closed_form(ridge, lam)[1].item(), rel=1e-6)
+    assert out["retrain_resolution"] == pytest.approx(torch.finfo(F64).eps * out["retrain_val_loss"] / (2 * eps))
     # a short horizon is not converged: the check measures retraining, not the closed form
     short = check(ridge, RetrainSettings(3, eps, 0), hg, exact)
     assert abs(short["retrain_descent_reference"] - exact.norm().item()) > 1e-3 * exact.norm().item()
