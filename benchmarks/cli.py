@@ -4,6 +4,7 @@
     hgbench-bench cost memory --out results/perf    # some sections; the README keeps the others
     hgbench-bench all --quick --out /tmp/perf       # a smoke run in seconds (tests use it)
     hgbench-bench frontier --out results/frontier   # accuracy vs cost of every method (~30 min)
+    hgbench-bench frontier --retrain-steps 500 ...  # + the retraining check at every point (2·T inner steps each)
     hgbench-bench paper_ptb --out results/paper/ptb # one of the paper's experiments (see STUDY_OUT)
 
 Sections: cost, memory, joint, scale, peers, overhead, compile (see ``benchmarks/<section>.py``).
@@ -120,7 +121,24 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--reps", type=int, default=None, help="repetitions per figure (default: per section)")
     ap.add_argument("--max-load", type=float, default=0.7, help="wait for the 1-minute load average to drop to this")
     ap.add_argument("--max-wait-min", type=float, default=30, help="wait at most this long for a quiet machine")
+    ap.add_argument("--retrain-steps", type=int, default=0, metavar="T",
+                    help="frontier only: add the retraining check at every point, T inner steps (0: off)")
+    ap.add_argument("--retrain-eps", type=float, default=0.01, help="frontier only: the retraining check's step on λ")
+    ap.add_argument("--retrain-directions", type=int, default=4, help="frontier only: its random directions (noise floor)")
     args = ap.parse_args(argv)
+    extra: dict[str, dict] = {}
+    if args.retrain_steps:
+        if "frontier" not in args.sections:
+            ap.error("--retrain-steps applies to the frontier section only")
+        from hgbench.accuracy import RetrainSettings
+        from hgbench.errors import ConfigError
+
+        try:
+            settings = RetrainSettings.from_config({"steps": args.retrain_steps, "eps": args.retrain_eps,
+                                                    "directions": args.retrain_directions})
+        except ConfigError as exc:
+            ap.error(str(exc).replace("reference.retrain.", "--retrain-"))
+        extra["frontier"] = {"retrain": settings}
     sections = list(SECTIONS) if "all" in args.sections else list(dict.fromkeys(args.sections))
     studies = [s for s in args.sections if s in STUDIES]
     if studies and (len(studies) > 1 or len(args.sections) > 1):
@@ -138,7 +156,8 @@ def main(argv: list[str] | None = None) -> int:
               flush=True)
         t0 = time.perf_counter()
         try:
-            importlib.import_module(f"hgbench.benchmarks.{s}").run(args.out, quick=args.quick, device=args.device, reps=args.reps)
+            importlib.import_module(f"hgbench.benchmarks.{s}").run(args.out, quick=args.quick, device=args.device, reps=args.reps,
+                                                                 **extra.get(s, {}))
             if s not in STUDIES:
                 output.add_load_at_start(args.out, s, load)
         except Exception:  # noqa: BLE001 - one section failing does not stop the others

@@ -26,6 +26,14 @@ L_T on the same batch (median of side-by-side repetitions); peak memory (growth 
 in a fresh process per problem with glibc's mmap threshold fixed, so freed tensors leave RSS; on
 CUDA ``max_memory_allocated``); the number of curvature-vector products.
 
+With ``--retrain-steps T`` (``run(retrain=RetrainSettings(...))``), each point also gets the
+retraining check (``hgbench.accuracy.retraining_check``; README, "The retraining check"): the
+realised directional derivative of L_V after T more inner steps from the point's w along each
+method's hypergradient (``retrain_descent_method``, its ratio to the reference's and
+predicted/realised), and once per problem along the reference's direction and k random directions
+orthogonal to it (``retrain_descent_reference``, ``retrain_noise_floor``); the same T batches for
+every method of a problem. Costs 2·T inner steps per point and 2·(1 + k)·T per problem.
+
 Then warm starts along a run (``along_a_run``): the ``mlp`` problem followed for ``RUN_STEPS``
 hyper-steps, each method cold and with ``warm_start=true`` at every step against the exact
 Gauss–Newton reference there; and the ordering Grazzi et al. prove for contractive problems (CG ≤
@@ -51,6 +59,8 @@ STOCHASTIC = ("cg", "neumann")
 STOCHASTIC_BUDGETS = (2, 10, 50)
 DRAWS = 5
 PROBLEMS = ("ridge", "mlp", "cnn")
+RETRAIN_COLUMNS = ("retrain_eps", "retrain_descent_reference", "retrain_predicted_vs_realised_reference", "retrain_noise_floor",
+                   "retrain_resolution", "retrain_descent_method", "retrain_predicted_vs_realised", "retrain_descent_ratio")
 REFERENCE = {
     "ridge": "closed form (dense solve of the positive-definite Hessian)",
     "mlp": "IFT with the Gauss–Newton matrix, solved densely (exact, curvature=ggn)",
@@ -182,7 +192,18 @@ def curvature_facts(exp, tb, steps: int) -> dict[str, float]:
     return {"inner_grad_norm": torch.linalg.vector_norm(gw.detach()).item(), "hess_eig_max": eig_max, "hess_eig_min": eig_min}
 
 
-def measure(problem: str, quick: bool, device: torch.device, reps: int) -> list[dict[str, Any]]:
+def retrain_point(exp, hg: torch.Tensor, settings) -> dict[str, float]:
+    """The retraining check along ``hg`` alone (settings' random directions included where it
+    has any), at the problem's point, its batches seeded alike for every call."""
+    exp.retrain = settings
+    return exp.retraining_check(hg, None, exp.process_state.snapshot(), 0)
+
+
+def measure(problem: str, quick: bool, device: torch.device, reps: int, retrain=None) -> list[dict[str, Any]]:
+    """Every point of one problem; with ``retrain`` (``hgbench.accuracy.RetrainSettings``) the
+    retraining check at each point too."""
+    import dataclasses
+
     from hgbench.ift import count_products
 
     exp, tb, vb = build(problem, quick, str(device))
@@ -191,6 +212,14 @@ def measure(problem: str, quick: bool, device: torch.device, reps: int) -> list[
     facts = {"problem": problem, "num_weights": exp.problem.num_weights, "num_hyperparams": exp.problem.num_hyperparams,
              "reference": REFERENCE[problem], "reference_residual": residual, "ref_norm": torch.linalg.vector_norm(ref).item(),
              **curvature_facts(exp, tb, 20 if quick else 100)}
+    if retrain is not None:  # along the reference, and k random directions orthogonal to it: once per problem
+        base = retrain_point(exp, ref, retrain)
+        facts.update({"retrain_steps": retrain.steps, "retrain_eps": retrain.eps, "retrain_directions": retrain.directions,
+                      "retrain_descent_reference": base["retrain_descent_method"],
+                      "retrain_predicted_vs_realised_reference": base["retrain_predicted_vs_realised"],
+                      "retrain_noise_floor": base.get("retrain_noise_floor", float("nan")),
+                      "retrain_resolution": base["retrain_resolution"]})
+        along_method = dataclasses.replace(retrain, directions=0)
 
     def plain_gradient():
         w_ = exp.w.detach().requires_grad_(True)
@@ -218,6 +247,12 @@ def measure(problem: str, quick: bool, device: torch.device, reps: int) -> list[
         g_norm, r_norm = torch.linalg.vector_norm(hg).item(), facts["ref_norm"]
         row["rel_err"] = torch.linalg.vector_norm(hg - ref).item() / r_norm
         row["cosine"] = (hg @ ref).item() / (g_norm * r_norm) if g_norm > 0 else float("nan")
+        row["scale_free_err"] = math.sqrt(max(0.0, 1 - row["cosine"] ** 2)) if g_norm > 0 else float("nan")
+        if retrain is not None:
+            check = retrain_point(exp, hg, along_method)
+            dm, dr = check["retrain_descent_method"], facts["retrain_descent_reference"]
+            row.update({"retrain_descent_method": dm, "retrain_predicted_vs_realised": check["retrain_predicted_vs_realised"],
+                        "retrain_descent_ratio": dm / dr if dr else float("nan")})
         if "hessian_batch_size" in node:  # a fresh minibatch per draw: the error's spread is the variance added
             row["hessian_batch_size"] = node["hessian_batch_size"]
             errs = [row["rel_err"]] + [torch.linalg.vector_norm(exp.hypergradient_flat(method, tb, vb).double() - ref).item() / r_norm
@@ -425,6 +460,24 @@ def best_at(rows: list[dict[str, Any]], problem: str, max_grads: float) -> dict[
     return min(ok, key=lambda r: r["rel_err"]) if ok else None
 
 
+def retrain_reading(rows: list[dict[str, Any]], problem: str) -> list[str]:
+    """The retraining check's table for one problem (runs with ``--retrain-steps``), else nothing."""
+    ok = [r for r in rows if r["problem"] == problem and r["status"] == "ok" and r.get("retrain_descent_method") not in (None, "")
+          and math.isfinite(r["retrain_descent_method"])]
+    if not ok:
+        return []
+    f = ok[0]
+    table = [[r["series"] + (f" ({r['budget_param']}={r['budget']})" if r["budget_param"] else ""), f"{r['scale_free_err']:.2g}",
+              f"{r['retrain_descent_method']:.3g}", f"{r['retrain_descent_ratio']:.3g}", f"{r['retrain_predicted_vs_realised']:.3g}",
+              f"{r['time_grads_median']:.1f}"] for r in sorted(ok, key=lambda r: -r["retrain_descent_method"])]
+    return [f"Retraining check (T = {int(f['retrain_steps'])} inner steps from this w, ε = {f['retrain_eps']:g}): along the "
+            f"reference's direction dL_V/dλ after retraining is {f['retrain_descent_reference']:.3g} (the reference predicts "
+            f"{f['ref_norm']:.3g}); noise floor {f['retrain_noise_floor']:.2g} (RMS over {int(f['retrain_directions'])} random "
+            f"directions orthogonal to it), rounding step {f['retrain_resolution']:.1g}. Methods by realised descent:", "",
+            output.md_table(["method", "scale-free error", "realised descent", "÷ reference's", "predicted / realised",
+                             "time (gradients)"], table), ""]
+
+
 def reading(rows: list[dict[str, Any]], quick: bool) -> str:
     parts = ["# Hypergradient accuracy for its cost", "",
              "Generated by `hgbench-bench frontier --out results/frontier` (`benchmarks/frontier.py`, whose docstring "
@@ -453,6 +506,7 @@ def reading(rows: list[dict[str, Any]], quick: bool) -> str:
                               f"{b['rel_err']:.2g}", f"{b['cosine']:.3f}", f"{b['time_grads_median']:.1f}", f"{b['peak_mb']:.1f}"])
         parts += ["Most accurate method within a time budget:", "",
                   output.md_table(["budget (gradients)", "method", "rel. error", "cosine", "time (gradients)", "peak MB"], table), ""]
+        parts += retrain_reading(rows, problem)
         skipped = [r for r in rows if r["problem"] == problem and r["status"] == "skipped"]
         if skipped:
             parts += ["Not run here: " + "; ".join(sorted({f"{r['series']} ({r['note'].split(';')[0][:110]})" for r in skipped})), ""]
@@ -511,7 +565,7 @@ def rewrite(out: Path) -> None:
     rows = output.read_csv(out / "frontier.csv")
     for r in rows:  # "nan" and blanks come back as text
         for k in ("rel_err", "cosine", "time_grads_median", "peak_mb", "reference_residual", "hess_eig_min", "hess_eig_max",
-                  "inner_grad_norm", "ref_norm"):
+                  "inner_grad_norm", "ref_norm", "scale_free_err", *RETRAIN_COLUMNS):
             if isinstance(r.get(k), str):
                 r[k] = float(r[k]) if r[k] else (None if k == "reference_residual" else float("nan"))
     for problem in dict.fromkeys(r["problem"] for r in rows):
@@ -525,13 +579,15 @@ def rewrite(out: Path) -> None:
 
 
 def run(out: Path, quick: bool = False, device: str = "auto", reps: int | None = None,
-        problems: tuple[str, ...] = PROBLEMS) -> list[dict[str, Any]]:
+        problems: tuple[str, ...] = PROBLEMS, retrain=None) -> list[dict[str, Any]]:
+    """``retrain``: ``hgbench.accuracy.RetrainSettings`` for the retraining check at every point
+    (``hgbench-bench frontier --retrain-steps T``), or None (off)."""
     dev = resolve_device(device)
     reps = reps or (1 if quick else 5)
     out.mkdir(parents=True, exist_ok=True)
     rows = []
     for problem in problems:
-        rows += measure(problem, quick, dev, reps)
+        rows += measure(problem, quick, dev, reps, retrain)
     output.write_csv(out, "frontier", rows, dev)
     for problem in problems:
         plot(rows, problem, out)

@@ -89,7 +89,13 @@ def format_summary(cfg: DictConfig, result: RunResult) -> str:
         lines.append(f"  WARNING: {info['hessian_indefinite']}")
     if "hg_cosine" in s:
         lines.append(f"  accuracy at the last check vs the reference ({cfg.reference.method.name}): cosine {s['hg_cosine']:.4f}, "
-                     f"relative error {s['hg_rel_err']:.3g}, ‖∂L_T/∂w‖ {s['inner_grad_norm']:.3g}")
+                     f"relative error {s['hg_rel_err']:.3g}, scale-free error {s.get('hg_scale_free_err', float('nan')):.3g}, "
+                     f"‖∂L_T/∂w‖ {s['inner_grad_norm']:.3g}")
+    if "retrain_descent_method" in s:
+        lines.append(f"  retraining check at the last check: dL_V/dλ realised along the method {s['retrain_descent_method']:.3g}, "
+                     f"along the reference {s.get('retrain_descent_reference', float('nan')):.3g}, "
+                     f"predicted/realised {s['retrain_predicted_vs_realised']:.3g}, "
+                     f"noise floor {s.get('retrain_noise_floor', float('nan')):.3g}")
     if "mlflow_run_id" in info:
         uri = info["mlflow_tracking_uri"]
         lines.append(f"  MLflow run {info['mlflow_run_id']} in experiment '{info['mlflow_experiment']}' at {uri}")

@@ -12,8 +12,9 @@ from omegaconf import DictConfig
 from torch import Tensor
 
 from hgbench import registry
+from hgbench.accuracy import RetrainSettings
 from hgbench.base import Dataset, HypergradientMethod, HyperparamFamily, Model
-from hgbench.config import build_plugin, config_tags
+from hgbench.config import build_plugin, config_tags, to_dict
 from hgbench.errors import ConfigError, HgbenchError, SkipRun
 from hgbench.hookspecs import RunContext, RunResult
 from hgbench.machine import resolve_device
@@ -32,6 +33,7 @@ class Parts:
     inner_optimizer: Any
     outer_optimizer: Callable[[list[Tensor]], torch.optim.Optimizer]  # params -> optimiser
     reference: HypergradientMethod | None = None  # the accuracy metrics' reference (reference.every > 0)
+    retrain: RetrainSettings | None = None  # the retraining check's settings (reference.retrain, reference.every > 0)
 
 
 def build_parts(cfg: DictConfig) -> Parts:
@@ -48,12 +50,14 @@ def build_parts(cfg: DictConfig) -> Parts:
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"outer_optimizer: {exc}") from exc
     reference = None
+    retrain = RetrainSettings.from_config(to_dict(cfg.reference).get("retrain"))  # checked even when off
     if cfg.reference.every > 0:
         try:
             reference = build_plugin("hypergrad", cfg.reference.method)
         except HgbenchError as exc:
-            raise ConfigError(f"reference.method: {exc} (presets: reference=ggn_cg | minres | exact_damped)") from exc
-    return Parts(device, built["dataset"], built["model"], built["hyperparam"], built["hypergrad"], inner, outer, reference)  # type: ignore[arg-type]
+            raise ConfigError(f"reference.method: {exc} (presets: reference=ggn_cg | minres | exact_damped | retrain)") from exc
+    return Parts(device, built["dataset"], built["model"], built["hyperparam"], built["hypergrad"], inner, outer, reference,  # type: ignore[arg-type]
+                 retrain if cfg.reference.every > 0 else None)
 
 
 def record_unbuilt(cfg: DictConfig, error: BaseException, tags: dict[str, str] | None = None) -> RunResult:

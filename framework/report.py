@@ -5,8 +5,10 @@
 
 Writes ``<out-dir>/<name>/``: ``summary.md`` (one row per method × family × dataset × model,
 mean ± std over seeds of the final values of FINISHED runs; failed and skipped runs are counted;
-for runs with accuracy checks, ``reference.every > 0``, the median cosine and relative error of
-the hypergradient against the reference over a run's checks),
+for runs with accuracy checks, ``reference.every > 0``, the median cosine, relative error and
+scale-free error of the hypergradient against the reference over a run's checks, and with
+``reference=retrain`` the retraining check's descent, its ratio to the reference's, the
+predicted-over-realised ratio and the noise floor, each column only where some run has it),
 ``runs.csv`` (one row per run), ``metrics.csv`` (one row per logged (run, key, step)) and PNG
 plots (``hgbench.plots``). Trials of an Optuna sweep (tag ``hgbench.sweeper`` = optuna) enter as
 one run per sweep: the trial with the lowest final val_loss, labelled ``optuna(<hypergrad>)``; the
@@ -32,6 +34,12 @@ FINAL = {"val_loss": "val loss", "test_loss": "test loss", "val_acc": "val acc",
          "runtime_s": "runtime (s)", "peak_memory_mb": "peak memory (MB)", "hypergrad_ms": "hypergrad / step (ms)",
          # accuracy against the reference (runs with reference.every > 0): the median over a run's checks
          "hg_cosine_median": "hg cosine (median)", "hg_rel_err_median": "hg rel. error (median)",
+         "hg_scale_free_err_median": "hg scale-free error (median)",
+         # the retraining check (reference=retrain): realised dL_V/dλ after retraining, by central differences
+         "retrain_descent_method_median": "retrained descent (median)",
+         "retrain_descent_ratio_median": "retrained descent / reference's (median)",
+         "retrain_predicted_vs_realised_median": "predicted / realised (median)",
+         "retrain_noise_floor_median": "retrain noise floor (median)",
          "hvp_calls_mean": "HVPs / step",
          # sequence tasks: perplexity = exp(cross-entropy per token)
          "val_ppl": "val ppl", "test_ppl": "test ppl",
@@ -39,6 +47,9 @@ FINAL = {"val_loss": "val loss", "test_loss": "test loss", "val_acc": "val acc",
          "hp/distill/fresh_test_acc": "fresh test acc (learned images)",
          "hp/distill/random_real_fresh_test_acc": "fresh test acc (random real images)",
          "hp/distill/class_mean_fresh_test_acc": "fresh test acc (class-mean images)"}
+# the accuracy metrics summarised per run by their median over its checks (a column where any run has them)
+ACCURACY_MEDIANS = ("hg_cosine", "hg_rel_err", "hg_scale_free_err", "retrain_descent_method", "retrain_descent_ratio",
+                    "retrain_predicted_vs_realised", "retrain_noise_floor")
 TAGS = {"hypergrad": "hypergrad", "family": "hyperparam", "dataset": "dataset", "model": "model",
         "device": "device", "memory_kind": "memory_kind", "sweep_id": "sweep_id", "sweeper": "sweeper",
         "launcher": "launcher", "error": "error", "skip_reason": "skip_reason", "failed_step": "failed_step"}
@@ -395,7 +406,7 @@ def report(args: argparse.Namespace) -> Path:
     metrics = fetch_history(client, runs[runs["in_report"]], keys)
     runs["hypergrad_ms"] = runs["run_id"].map(per_step_mean(metrics, "hypergrad_time_s")) * 1000
     runs["hvp_calls_mean"] = runs["run_id"].map(per_step_mean(metrics, "hvp_calls"))
-    for key in ("hg_cosine", "hg_rel_err"):
+    for key in ACCURACY_MEDIANS:
         runs[f"{key}_median"] = runs["run_id"].map(per_step_median(metrics, key))
     agg = aggregate(runs[runs["in_report"]])
 

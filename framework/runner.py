@@ -34,7 +34,7 @@ from hgbench.hookspecs import RunContext, RunResult
 from hgbench.ift import count_products
 from hgbench.memory import PeakMemory
 from hgbench.parts import Parts, build_parts
-from hgbench.problem import Problem
+from hgbench.problem import Problem, Sampler
 from hgbench.process_state import RunProcessState
 from hgbench.streams import evaluate_streams, samplers, stream_count
 
@@ -61,6 +61,7 @@ class Experiment:
         self.t_start = time.perf_counter()
         self.method: HypergradientMethod = parts.method
         self.reference: HypergradientMethod | None = parts.reference
+        self.retrain = parts.retrain  # the retraining check's settings (reference=retrain), or None
         self.inner_optimizer = parts.inner_optimizer
         self.problem = Problem(parts.dataset, parts.model, parts.family, device=self.device, dtype=DTYPES[cfg.dtype], seed=cfg.seed)
         self.problem.inner_optimizer = self.inner_optimizer
@@ -68,7 +69,7 @@ class Experiment:
             why = self.reference.skip(self.problem)
             if why:
                 raise ConfigError(f"reference.method {self.reference.name!r} cannot run on this problem: {why} "
-                                  "(presets: reference=ggn_cg | minres | exact_damped)")
+                                  "(presets: reference=ggn_cg | minres | exact_damped | retrain)")
         self.w = self.problem.w0.clone()
         self.lam = self.problem.lam0.clone().requires_grad_(True)
         self.inner_state = self.inner_optimizer.init(self.w)
@@ -80,6 +81,9 @@ class Experiment:
         # in order, each from the recurrent state the last one ended in
         self.streams = stream_count(self.problem)
         self.train_sampler, self.val_sampler = samplers(self.problem, cfg, self.generator)
+        if self.retrain is not None and self.streams:
+            raise ConfigError("reference.retrain: the retraining check does not carry a recurrent state through its retraining "
+                              "(truncated BPTT) yet; use reference=ggn_cg | minres | exact_damped here")
         self.step = 0  # hyper-steps done; > 0 after load_state_dict (a resumed run)
         # eval_every: null = about 30 evaluations per run, whatever its length
         self.eval_every = cfg.eval_every or max(1, cfg.hyper_steps // 30)
@@ -202,7 +206,7 @@ class Experiment:
         self.train_sampler.carry_state(self.w)
         self.val_sampler.carry_state(self.w)
         if check:  # at the same (w, λ), batches and noise as the method's; not timed
-            out.update(self.accuracy(hg, tb, vb, rng))
+            out.update(self.accuracy(hg, tb, vb, rng, step))
             out["reference_time_s"] = time.perf_counter() - t2
             self.t_start += out["reference_time_s"]  # elapsed_s leaves the checks out
         if not math.isfinite(norm_f):
@@ -267,20 +271,36 @@ class Experiment:
         hg = self.hypergradient_flat(m, train_batch or self.problem.full_batch("train"), val_batch or self.problem.full_batch("val"))
         return self.problem.lam_spec.unflatten(hg)
 
-    def accuracy(self, hg: Tensor, train_batch: Batch, val_batch: Batch, rng: dict[str, Tensor]) -> dict[str, float]:
+    def accuracy(self, hg: Tensor, train_batch: Batch, val_batch: Batch, rng: dict[str, Tensor], step: int = 0) -> dict[str, float]:
         """The accuracy checks (``hgbench.accuracy``) of the method's hypergradient ``hg`` at the
         same (w, λ), batches and noise (torch's RNG replayed from ``rng``, where the method
-        started). Changes no state: the RNG is put back where the method left it, so a run's
-        trajectory is the same with or without the checks."""
+        started), and with ``reference.retrain`` the retraining check. Changes no state: the RNG
+        is put back where the method left it, so a run's trajectory is the same with or without
+        the checks."""
         after = self.process_state.snapshot()
         try:
             self.process_state.restore(rng)
-            out = accuracy.hypergradient_error(hg, self.hypergradient_flat(self.reference, train_batch, val_batch))  # type: ignore[arg-type]
+            ref = self.hypergradient_flat(self.reference, train_batch, val_batch)  # type: ignore[arg-type]
+            out = accuracy.hypergradient_error(hg, ref)
             self.process_state.restore(rng)
             out.update(accuracy.curvature_at(self.problem, self.w, self.lam, train_batch, int(self.cfg.reference.lanczos_steps)))
+            if self.retrain is not None:
+                out.update(self.retraining_check(hg, ref, rng, step))
             return out
         finally:
             self.process_state.restore(after)
+
+    def retraining_check(self, hg: Tensor, ref: Tensor | None, rng: dict[str, Tensor], step: int) -> dict[str, float]:
+        """``accuracy.retraining_check`` at the current (w, λ) and inner optimiser state: T
+        minibatches drawn from the train split by a generator of its own (seeded by the run's seed
+        and ``step``: the run's own batch order is untouched), the full validation split, and
+        torch's RNG reset to ``rng`` before each retraining (the same noise on both sides)."""
+        settings = self.retrain
+        assert settings is not None
+        gen = torch.Generator().manual_seed(int(self.cfg.seed) * 1_000_003 + int(step))
+        batches = accuracy.ReplayBatches(Sampler(self.problem.data.train, self.cfg.train_batch_size, gen), settings.steps)
+        return accuracy.retraining_check(self.problem, self.w, self.lam, self.inner_optimizer, self.inner_state, hg, ref, settings, batches,
+                                         self.problem.full_batch("val"), gen, lambda: self.process_state.restore(rng))
 
     def evaluate(self) -> dict[str, float]:
         out: dict[str, float] = {}

@@ -47,6 +47,7 @@ class ReferenceSchema:
     every: int = at_least(0)
     lanczos_steps: int = at_least(0)
     method: dict = field()  # a hypergrad plugin's name and parameters (conf/reference/)
+    retrain: dict | None = field()  # the retraining check's settings (conf/reference/retrain.yaml), null: off
 
 
 @dataclass

@@ -195,6 +195,22 @@ def test_the_frontier_measures_every_registered_method_against_the_ridge_closed_
     assert "## ridge (30 weights, 30 hyperparameters)" in readme and "closed form" in readme and "QUICK SMOKE RUN" in readme
 
 
+def test_the_frontier_adds_the_retraining_check_per_method(tmp_path, monkeypatch):
+    from hgbench.accuracy import RetrainSettings
+    from hgbench.benchmarks import frontier
+
+    nodes = [("exact", {"name": "exact"}), ("identity", {"name": "identity"}), ("neumann", {"name": "neumann", "iterations": 2})]
+    monkeypatch.setattr(frontier, "points", lambda exp, quick, batch=0: nodes)
+    rows = frontier.run(tmp_path, quick=True, problems=("ridge",), retrain=RetrainSettings(30, 1e-3, 2))
+    got = {r["series"]: r for r in rows}
+    # the reference's direction again: the same retraining, the same number
+    assert got["exact"]["retrain_descent_ratio"] == 1.0 and got["exact"]["scale_free_err"] < 1e-7
+    for r in rows:
+        assert r["retrain_descent_method"] > 0 and r["retrain_steps"] == 30 and r["retrain_noise_floor"] >= 0
+        assert r["scale_free_err"] == pytest.approx((1 - r["cosine"] ** 2) ** 0.5, abs=1e-7)
+    assert "Retraining check (T = 30 inner steps" in (tmp_path / "README.md").read_text()
+
+
 def test_a_method_registered_later_joins_the_frontier_at_its_declared_budgets():
     from dataclasses import dataclass
     from typing import ClassVar

@@ -442,6 +442,9 @@ def test_accuracy_columns_are_the_median_of_each_runs_checks_and_get_a_cosine_pl
         for seed, (cos, err, hvps) in enumerate(per_seed):
             acc = [("hg_cosine", s, cos + 0.01 * s) for s in (2, 4, 6)] + [("hg_rel_err", s, err * s / 4) for s in (2, 4, 6)]
             acc += [("hvp_calls", s, hvps) for s in range(1, 5)]
+            if method == "cg":  # the retraining check on cg's runs only (reference=retrain)
+                acc += [(k, s, v * s) for s in (2, 4, 6) for k, v in (("retrain_descent_ratio", 0.5 + seed), ("retrain_noise_floor", 1e-3),
+                                                                      ("hg_scale_free_err", 0.1))]
             log_run(client, exp, {**task, "hypergrad": method}, "FINISHED", curve([2.3, 1.0, 0.5], 0.5, 0.004, 1.0) + acc, {"seed": seed})
     none = {**task, "hypergrad": "identity"}
     log_run(client, exp, none, "FINISHED", curve([2.3, 1.0, 0.6], 0.5, 0.001, 1.0), {"seed": 0})  # no checks: "—"
@@ -453,4 +456,9 @@ def test_accuracy_columns_are_the_median_of_each_runs_checks_and_get_a_cosine_pl
     assert parse(rows["neumann"]["hg cosine (median)"]) == pytest.approx((0.34, 0.14), abs=0.002)
     assert parse(rows["cg"]["hg rel. error (median)"]) == pytest.approx((0.075, 0.035), abs=0.001)
     assert rows["cg"]["HVPs / step"] == "10.00 ± 0" and rows["identity"]["hg cosine (median)"] == "—"
+    assert parse(rows["cg"]["retrained descent / reference's (median)"]) == pytest.approx((4.0, 2.0 * 2**0.5), abs=0.05)
+    assert parse(rows["cg"]["retrain noise floor (median)"])[0] == pytest.approx(0.004)
+    assert parse(rows["cg"]["hg scale-free error (median)"])[0] == pytest.approx(0.4)
+    assert rows["neumann"]["retrained descent / reference's (median)"] == "—"
+    assert "retrained descent (median)" not in rows["cg"]  # a metric no run has: no column
     assert png_size(tmp_path / "res" / "acc" / "hg_cosine.png")[1] > 10_000
