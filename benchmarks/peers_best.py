@@ -5,8 +5,8 @@ once and reused: ``refresh_every`` = ``REFRESH``, its products amortised over th
 hyper-steps) and warm-started from the previous hyper-step's solution — against TorchOpt 0.7.3
 twice: at its defaults (``solve_cg()``: cold, unpreconditioned, on the Hessian, its default
 rtol) and at its best through its public API (``custom_root(solve=…)`` wrapping
-``solve_cg(init=x_prev, M=P⁻¹)``: warm-started from its own previous solution, the same Nyström
-preconditioner; on the MLP the optimality condition of the network linearised at w*, so that the
+``solve_cg(init=x_prev, M=P⁻¹, rtol=0)``: warm-started from its own previous solution, the same
+Nyström preconditioner, exactly the iterations it is given, as hgbench's CG with ``tol: 0``; on the MLP the optimality condition of the network linearised at w*, so that the
 matrix TorchOpt solves with is the Gauss–Newton matrix hgbench's ``curvature: ggn`` uses). The
 first ratio is what a user of each library's defaults sees; the second, the overhead of the
 library at the same algorithm.
@@ -122,7 +122,8 @@ def candidates(exp, tb, vb, curvature: str, sk: dict, chains: dict[str, dict[flo
             if best:
                 kw = {"M": m_inv_of(sk), "init": chain.x if chain is not None else None, "keep": {},
                       "curvature": curvature}
-            fn = torchopt_adapter(exp, tb, vb, "cg", i, None, rtol=None, **kw)
+            # at its best: exactly i iterations as hgbench's (rtol=0); at its defaults: its rtol=1e-5 stop
+            fn = torchopt_adapter(exp, tb, vb, "cg", i, None, rtol=0.0 if best else None, **kw)
             fn.keep = kw.get("keep")  # type: ignore[attr-defined]
             return fn
         return make
@@ -153,7 +154,7 @@ def candidates(exp, tb, vb, curvature: str, sk: dict, chains: dict[str, dict[flo
     if version("torchopt"):
         out["torchopt solve_cg() defaults"] = {"library": "torchopt", "call": "solve_cg(maxiter=i) (rtol=1e-5, Hessian)",
                                               "start": "cold", "sketch": False, "make": to(False)}
-        out[key_to_best] = {"library": "torchopt", "call": "custom_root(solve=solve_cg(maxiter=i, init=x_prev, M=same P⁻¹))"
+        out[key_to_best] = {"library": "torchopt", "call": "custom_root(solve=solve_cg(maxiter=i, rtol=0, init=x_prev, M=same P⁻¹))"
                             + (" on the linearised network (Gauss-Newton)" if curvature == "ggn" else ""),
                             "start": "warm", "sketch": True, "make": to(True)}
     return out
