@@ -1,0 +1,220 @@
+"""Does a faster, more accurate hypergradient matter for the outcome? Whole runs, 3 seeds each,
+plain CG against the best preconditioned CG (Nyström), K-FAC, Neumann and identity, on two
+problems (issue 25 §4; the grids are ``conf/sweep/outcome_<problem>.yaml``, the methods'
+settings ``conf/outcome/``):
+
+- ``weight_decay``: per-weight decay on the digits MLP (64-32-10, 2,410 weights = hyperparameters),
+  200 hyper-steps of 10 inner steps (the ``methods_x_seeds`` task); CG, Nyström CG and Neumann on
+  the Gauss–Newton matrix (``curvature: ggn``: the Hessian is indefinite there).
+- ``reweighting``: one weight per training example on mnist_5k with 40 % of the training labels
+  flipped (as ``experiment=loss_reweight_noisy``), MLP 784-32-10, 150 hyper-steps; the Hessian
+  (the family has no task-loss-plus-penalty form, so neither the Gauss–Newton matrix nor K-FAC
+  exists for it: ``kfac`` is skipped there, with its reason).
+
+CG and Nyström CG get the same budget: warm-started, at most 20 iterations or a relative residual
+of 1e-2; Nyström rank 100 rebuilt every 10 hyper-steps (its products counted in ``hvp_calls``).
+Neumann 20 terms, α = the inner learning rate. K-FAC and identity at their defaults.
+
+    python -m hgbench.benchmarks.outcome run --store /tmp/outcome/mlflow.db      # the grids (hgbench -m, joblib, 2 jobs)
+    python -m hgbench.benchmarks.outcome report --store /tmp/outcome/mlflow.db --out results/outcome
+
+``report`` reads the curves back from the MLflow store (``hgbench.report``'s readers) and writes
+``outcome.csv`` (one row per configuration: problem × method, over its seeds), ``curves.csv`` (one
+row per evaluation of a run), ``outcome.png`` (validation and test loss against wall time and
+against products) and ``table.md``. Wall time is what the runs logged (``elapsed_s``) on a shared
+machine: the load at each run's start and end is in ``curves.csv``; the products (``hvp_calls``,
+cumulative) do not depend on it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+PROBLEMS = ("weight_decay", "reweighting")  # conf/sweep/outcome_<problem>.yaml; methods: conf/outcome/
+
+
+def commands(store: str, quick: bool = False, n_jobs: int = 2) -> list[list[str]]:
+    """One ``hgbench`` grid per problem (its sweep: 5 methods × 3 seeds), ``n_jobs`` in parallel."""
+    hgbench = str(Path(sys.executable).with_name("hgbench"))
+    return [[hgbench, f"sweep=outcome_{problem}", "num_threads=1", f"mlflow.tracking_uri={store}",
+             *(["hyper_steps=3", "eval_every=1", "seed=0"] if quick else []),
+             *(["hydra/launcher=joblib", f"hydra.launcher.n_jobs={n_jobs}"] if n_jobs > 1 else [])] for problem in PROBLEMS]
+
+
+def run(store: Path, quick: bool = False, n_jobs: int = 2) -> None:
+    uri = f"sqlite:///{store.resolve()}"
+    store.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as cwd:  # Hydra's multirun folders stay out of the checkout
+        for cmd in commands(uri, quick, n_jobs):
+            print("$", " ".join(cmd[1:]), flush=True)
+            subprocess.run(cmd, cwd=cwd, check=False)
+
+
+def curves(uri: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(runs, curves): one row per run, and one row per evaluation of a run: step, wall time,
+    cumulative products, validation and test loss."""
+    from hgbench.report import fetch_history, open_store, search, tidy_runs
+
+    names = [f"outcome_{p}" for p in PROBLEMS]
+    client, ids = open_store(uri, [n for n in names if _exists(uri, n)])
+    runs = tidy_runs(search(client, ids, ""), ids)
+    runs["problem"] = runs["experiment"].str.replace("outcome_", "", regex=False)
+    keys = ["val_loss", "test_loss", "elapsed_s", "hvp_calls"]
+    hist = fetch_history(client, runs[runs["status"] == "finished"], {r: keys for r in runs["run_id"]})
+    return runs, curves_from_history(runs, hist)
+
+
+def _exists(uri: str, name: str) -> bool:
+    from mlflow.tracking import MlflowClient
+
+    e = MlflowClient(uri).get_experiment_by_name(name)
+    return e is not None and e.lifecycle_stage != "deleted"
+
+
+def curves_from_history(runs: pd.DataFrame, hist: pd.DataFrame) -> pd.DataFrame:
+    """The evaluations of each run with the wall time and the products spent up to them."""
+    rows = []
+    for run_id, h in hist.groupby("run_id", sort=False):
+        by = {k: g.drop_duplicates("step", keep="last").set_index("step")["value"] for k, g in h.groupby("key")}
+        hvp = by.get("hvp_calls", pd.Series(dtype=float)).sort_index().cumsum()
+        t = by.get("elapsed_s", pd.Series(dtype=float))
+        r = runs.loc[runs["run_id"] == run_id].iloc[0]
+        for step, v in by.get("val_loss", pd.Series(dtype=float)).sort_index().items():
+            rows.append({"problem": r["problem"], "method": r["method"], "seed": int(r["seed"]), "run_id": run_id,
+                         "step": int(step), "elapsed_s": float(t.get(step, math.nan)),
+                         "hvps": float(hvp[hvp.index <= step].iloc[-1]) if (hvp.index <= step).any() else 0.0,
+                         "val_loss": float(v), "test_loss": float(by.get("test_loss", {}).get(step, math.nan)),
+                         "load_start": r.get("load_avg_start", math.nan), "load_end": r.get("load_avg_end", math.nan)})
+    return pd.DataFrame(rows)
+
+
+def _first(c: pd.DataFrame, level: float, col: str) -> float:
+    hit = c[c["val_loss"] <= level]
+    return float(hit[col].iloc[0]) if len(hit) else math.nan
+
+
+def table(runs: pd.DataFrame, cv: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, float]]:
+    """One row per configuration (problem × method; its runs differ only in the seed): the final
+    validation and test loss (mean ± std, min–max over seeds), wall time and products to the end,
+    and wall time and products to a validation loss every configuration's mean final value
+    reaches (``target``: the largest of the configurations' mean final validation losses)."""
+    rows, targets = [], {}
+    for problem, cp in cv.groupby("problem", sort=False):
+        last = cp.sort_values("step").groupby("run_id").tail(1)
+        targets[problem] = float(last.groupby("method")["val_loss"].mean().max())
+        for method, cm in cp.groupby("method", sort=False):
+            fin = cm.sort_values("step").groupby("run_id").tail(1)
+            per_seed = [(_first(c.sort_values("step"), targets[problem], "elapsed_s"), _first(c.sort_values("step"), targets[problem], "hvps"))
+                        for _, c in cm.groupby("run_id")]
+            t_hit = [t for t, _ in per_seed if not math.isnan(t)]
+            n_hit = [n for _, n in per_seed if not math.isnan(n)]
+            row: dict[str, Any] = {"problem": problem, "method": method, "seeds": len(fin), "target_val_loss": targets[problem],
+                                   "reached": f"{len(t_hit)}/{len(per_seed)}"}
+            for col in ("val_loss", "test_loss", "elapsed_s", "hvps"):
+                v = fin[col].astype(float)
+                row.update({f"{col}_mean": v.mean(), f"{col}_std": v.std(ddof=1) if len(v) > 1 else 0.0,
+                            f"{col}_min": v.min(), f"{col}_max": v.max()})
+            for name, v in (("time_to_target_s", t_hit), ("hvps_to_target", n_hit)):
+                s = pd.Series(v, dtype=float)
+                row.update({f"{name}_mean": s.mean() if len(s) else math.nan, f"{name}_min": s.min() if len(s) else math.nan,
+                            f"{name}_max": s.max() if len(s) else math.nan})
+            row["load_min"], row["load_max"] = float(cm[["load_start", "load_end"]].min().min()), float(cm[["load_start", "load_end"]].max().max())
+            rows.append(row)
+    other = runs[runs["status"] != "finished"]
+    for r in other.itertuples(index=False):
+        rows.append({"problem": r.problem, "method": r.method, "seeds": 0, "reached": f"{r.status}: {getattr(r, 'skip_reason', '') or getattr(r, 'error', '') or ''}"[:200]})
+    return pd.DataFrame(rows).drop_duplicates(["problem", "method"]), targets
+
+
+def markdown(tab: pd.DataFrame) -> str:
+    def pm(r, col, fmt=".4f"):
+        m = r.get(f"{col}_mean", math.nan)
+        if m is None or (isinstance(m, float) and math.isnan(m)):
+            return "—"
+        return f"{m:{fmt}} ± {r[f'{col}_std']:{fmt}} [{r[f'{col}_min']:{fmt}}–{r[f'{col}_max']:{fmt}}]"
+
+    def mm(r, col, fmt):
+        m = r.get(f"{col}_mean", math.nan)
+        if m is None or (isinstance(m, float) and math.isnan(m)):
+            return "—"
+        return f"{m:{fmt}} [{r[f'{col}_min']:{fmt}}–{r[f'{col}_max']:{fmt}}]"
+
+    head = ["problem", "method", "seeds", "final val loss, mean ± std [min–max]", "final test loss", "wall s to the end",
+            "products to the end", "target val loss", "reached", "wall s to target, mean [min–max]", "products to target", "load"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in tab.to_dict("records"):
+        lines.append("| " + " | ".join(str(x) for x in [
+            r["problem"], f"`{r['method']}`", r["seeds"], pm(r, "val_loss"), pm(r, "test_loss"), mm(r, "elapsed_s", ".1f"),
+            mm(r, "hvps", ".0f"), f"{r['target_val_loss']:.4f}" if isinstance(r.get("target_val_loss"), float) and not math.isnan(r["target_val_loss"]) else "—",
+            r["reached"], mm(r, "time_to_target_s", ".1f"), mm(r, "hvps_to_target", ".0f"),
+            f"{r['load_min']:.1f}–{r['load_max']:.1f}" if isinstance(r.get("load_min"), float) and not math.isnan(r["load_min"]) else "—"]) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(cv: pd.DataFrame, path: Path) -> None:
+    from hgbench.benchmarks import plotting
+
+    problems = list(dict.fromkeys(cv["problem"]))
+    fig, axes = plotting.subplots(len(problems), 4, figsize=(19, 4.2 * len(problems)), squeeze=False)
+    methods = list(dict.fromkeys(cv["method"]))
+    for i, problem in enumerate(problems):
+        cp = cv[cv["problem"] == problem]
+        for j, (y, x) in enumerate((("val_loss", "elapsed_s"), ("val_loss", "hvps"), ("test_loss", "elapsed_s"), ("test_loss", "hvps"))):
+            ax = axes[i][j]
+            for k, m in enumerate(methods):
+                for n, (_, c) in enumerate(cp[cp["method"] == m].groupby("run_id")):
+                    c = c.sort_values("step")
+                    ax.plot(c[x], c[y], color=f"C{k}", lw=1, alpha=0.8, label=m if n == 0 else None)
+            ax.set_xlabel({"elapsed_s": "wall time (s, shared machine)", "hvps": "curvature-vector products (cumulative)"}[x])
+            if x == "hvps":
+                ax.set_xscale("symlog", linthresh=100)
+            ax.set_ylabel(y.replace("_", " "))
+            ax.set_title(f"{problem}: {y.replace('_', ' ')} vs {'time' if x == 'elapsed_s' else 'products'} (one line per seed)", fontsize=9)
+            lo, hi = cp[y].quantile(0.0), cp[y].quantile(0.9)
+            ax.set_ylim(lo - 0.05 * (hi - lo), hi)
+            ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+
+
+def report(store: Path, out: Path) -> pd.DataFrame:
+    from hgbench.benchmarks.machine import machine_info
+
+    runs, cv = curves(f"sqlite:///{store.resolve()}")
+    tab, _ = table(runs, cv)
+    out.mkdir(parents=True, exist_ok=True)
+    meta = machine_info()
+    commits = sorted({str(c) for c in runs.get("tags.hgbench.git_commit", pd.Series(dtype=str)).dropna()})
+    tab = tab.assign(run_commits=" ".join(commits) or "unknown", report_commit=meta["commit"], cpu=meta["cpu"], cores=meta["cores"])
+    tab.to_csv(out / "outcome.csv", index=False)
+    cv.to_csv(out / "curves.csv", index=False)
+    plot(cv, out / "outcome.png")
+    (out / "table.md").write_text(markdown(tab))
+    print(markdown(tab))
+    return tab
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("what", choices=["run", "report"])
+    p.add_argument("--store", type=Path, default=Path("/tmp/hgbench_outcome/mlflow.db"))
+    p.add_argument("--out", type=Path, default=Path("results/outcome"))
+    p.add_argument("--quick", action="store_true")
+    p.add_argument("--n-jobs", type=int, default=2)
+    a = p.parse_args(argv)
+    if a.what == "run":
+        run(a.store, a.quick, a.n_jobs)
+    else:
+        report(a.store, a.out)
+
+
+if __name__ == "__main__":
+    main()
