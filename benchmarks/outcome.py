@@ -69,9 +69,19 @@ def curves(uri: str) -> tuple[pd.DataFrame, pd.DataFrame]:
     client, ids = open_store(uri, [n for n in names if _exists(uri, n)])
     runs = tidy_runs(search(client, ids, ""), ids)
     runs["problem"] = runs["experiment"].str.replace("outcome_", "", regex=False)
-    keys = ["val_loss", "test_loss", "elapsed_s", "hvp_calls"]
+    keys = ["val_loss", "test_loss", "elapsed_s", "hvp_calls", "hg_rel_err", "hg_cosine"]
     hist = fetch_history(client, runs[runs["status"] == "finished"], {r: keys for r in runs["run_id"]})
-    return runs, curves_from_history(runs, hist)
+    return with_accuracy(runs, hist), curves_from_history(runs, hist)
+
+
+def with_accuracy(runs: pd.DataFrame, hist: pd.DataFrame) -> pd.DataFrame:
+    """``runs`` with each run's median over its accuracy checks (``reference.every``) of the
+    hypergradient's relative error and cosine against the reference: ``hg_rel_err_run``, ``hg_cosine_run``."""
+    runs = runs.copy()
+    for key in ("hg_rel_err", "hg_cosine"):
+        med = hist[hist["key"] == key].groupby("run_id")["value"].median()
+        runs[f"{key}_run"] = runs["run_id"].map(med)
+    return runs
 
 
 def _exists(uri: str, name: str) -> bool:
@@ -121,6 +131,10 @@ def table(runs: pd.DataFrame, cv: pd.DataFrame) -> tuple[pd.DataFrame, dict[str,
         for method, cm in cp.groupby("method", sort=False):
             fin = cm.sort_values("step").groupby("run_id").tail(1)
             row: dict[str, Any] = {"problem": problem, "method": method, "seeds": len(fin)}
+            mine = runs[runs["run_id"].isin(set(cm["run_id"]))] if "run_id" in runs else runs.iloc[:0]
+            for key in ("hg_rel_err", "hg_cosine"):  # the median over a run's checks, then min–max over its seeds
+                v = mine[f"{key}_run"].dropna().astype(float) if f"{key}_run" in mine else pd.Series(dtype=float)
+                row.update({f"{key}_min": v.min() if len(v) else math.nan, f"{key}_max": v.max() if len(v) else math.nan})
             for col in ("val_loss", "test_loss", "elapsed_s", "hvps"):
                 v = fin[col].astype(float)
                 row.update({f"{col}_mean": v.mean(), f"{col}_std": v.std(ddof=1) if len(v) > 1 else 0.0,
@@ -162,7 +176,8 @@ def markdown(tab: pd.DataFrame) -> str:
 
     head = ["problem", "method", "seeds", "final val loss, mean ± std [min–max]", "final test loss", "wall s to the end",
             "products to the end", "target 1 (all runs)", "reached", "wall s to it, mean [min–max]", "products to it",
-            "target 2 (median config)", "reached", "wall s to it", "products to it", "load"]
+            "target 2 (median config)", "reached", "wall s to it", "products to it",
+            "hypergradient rel. error vs reference (run medians, min–max)", "load"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in tab.to_dict("records"):
         lines.append("| " + " | ".join(str(x) for x in [
@@ -170,6 +185,8 @@ def markdown(tab: pd.DataFrame) -> str:
             mm(r, "hvps", ".0f"), lv(r, "target_val_loss"), r["reached"], mm(r, "time_to_target_s", ".1f"), mm(r, "hvps_to_target", ".0f"),
             lv(r, "target2_val_loss"), r.get("reached2") if isinstance(r.get("reached2"), str) else "—",
             mm(r, "time_to_target2_s", ".1f"), mm(r, "hvps_to_target2", ".0f"),
+            (f"{r['hg_rel_err_min']:.2g}–{r['hg_rel_err_max']:.2g}" if isinstance(r.get("hg_rel_err_min"), float)
+             and not math.isnan(r["hg_rel_err_min"]) else "—"),
             f"{r['load_min']:.1f}–{r['load_max']:.1f}" if isinstance(r.get("load_min"), float) and not math.isnan(r["load_min"]) else "—"]) + " |")
     return "\n".join(lines) + "\n"
 

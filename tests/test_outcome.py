@@ -18,7 +18,8 @@ def _fake():
             for step in range(0, 5):
                 val = 1.0 - 0.1 * step * speed - 0.01 * seed
                 hist += [(rid, "val_loss", step, val), (rid, "test_loss", step, val + 0.05),
-                         (rid, "elapsed_s", step, float(step)), *([(rid, "hvp_calls", step, 10.0)] if step else [])]
+                         (rid, "elapsed_s", step, float(step)), *([(rid, "hvp_calls", step, 10.0)] if step else []),
+                         *([(rid, "hg_rel_err", step, 0.1 / speed * (1 + step))] if step in (2, 4) else [])]
     runs.append({"run_id": "kfac-0", "problem": "reweighting", "method": "kfac", "seed": 0, "status": "skipped",
                  "skip_reason": "no Gauss-Newton form", "load_avg_start": math.nan, "load_avg_end": math.nan})
     return pd.DataFrame(runs), pd.DataFrame(hist, columns=["run_id", "key", "step", "value"])
@@ -27,6 +28,7 @@ def _fake():
 def test_outcome_table_from_a_fake_store(tmp_path):
     runs, hist = _fake()
     cv = outcome.curves_from_history(runs, hist)
+    runs = outcome.with_accuracy(runs, hist)
     assert len(cv) == 2 * 3 * 5 and cv["hvps"].max() == 40.0  # cumulative products up to each evaluation
     tab, targets = outcome.table(runs, cv)
     # final losses: cg 0.60, 0.59, 0.58 (mean 0.59); cg_nystrom 0.20, 0.19, 0.18
@@ -40,6 +42,7 @@ def test_outcome_table_from_a_fake_store(tmp_path):
     assert row["cg_nystrom"]["hvps_to_target_mean"] < row["cg"]["hvps_to_target_mean"]
     assert math.isclose(row["cg"]["val_loss_std"], 0.01)
     assert row["kfac"]["reached"].startswith("skipped: no Gauss-Newton form")
+    assert math.isclose(row["cg"]["hg_rel_err_max"], 0.4) and math.isclose(row["cg_nystrom"]["hg_rel_err_min"], 0.2)
     md = outcome.markdown(tab)
     assert "`cg_nystrom`" in md and "skipped" in md
     outcome.plot(cv, tmp_path / "o.png")
