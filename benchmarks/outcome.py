@@ -40,7 +40,8 @@ from typing import Any
 
 import pandas as pd
 
-PROBLEMS = ("weight_decay", "reweighting", "reweighting_linear")  # conf/sweep/outcome_<problem>.yaml; methods: conf/outcome/
+PROBLEMS = ("weight_decay", "reweighting", "reweighting_linear")
+BASELINE = "identity"  # the paired differences: each run's final loss minus identity's with the same seed  # conf/sweep/outcome_<problem>.yaml; methods: conf/outcome/
 
 
 def commands(store: str, quick: bool = False, n_jobs: int = 2) -> list[list[str]]:
@@ -48,7 +49,10 @@ def commands(store: str, quick: bool = False, n_jobs: int = 2) -> list[list[str]
     hgbench = str(Path(sys.executable).with_name("hgbench"))
     return [[hgbench, f"sweep=outcome_{problem}", "num_threads=1", f"mlflow.tracking_uri={store}",
              *(["hyper_steps=3", "eval_every=1", "seed=0"] if quick else []),
-             *(["hydra/launcher=joblib", f"hydra.launcher.n_jobs={n_jobs}"] if n_jobs > 1 else [])] for problem in PROBLEMS]
+             *(["hydra/launcher=joblib", f"hydra.launcher.n_jobs={n_jobs}"] if n_jobs > 1 else [])] for problem in PROBLEMS] + [
+        [hgbench, "sweep=outcome_weight_decay", "hydra.sweeper.params.+outcome=wd_cg_nystrom_every_step", "num_threads=1",
+         f"mlflow.tracking_uri={store}", *(["hyper_steps=3", "eval_every=1", "seed=0"] if quick else []),
+         *(["hydra/launcher=joblib", f"hydra.launcher.n_jobs={n_jobs}"] if n_jobs > 1 else [])]]
 
 
 def run(store: Path, quick: bool = False, n_jobs: int = 2) -> None:
@@ -69,9 +73,25 @@ def curves(uri: str) -> tuple[pd.DataFrame, pd.DataFrame]:
     client, ids = open_store(uri, [n for n in names if _exists(uri, n)])
     runs = tidy_runs(search(client, ids, ""), ids)
     runs["problem"] = runs["experiment"].str.replace("outcome_", "", regex=False)
+    runs = label_configurations(runs)
     keys = ["val_loss", "test_loss", "elapsed_s", "hvp_calls", "hg_rel_err", "hg_cosine"]
     hist = fetch_history(client, runs[runs["status"] == "finished"], {r: keys for r in runs["run_id"]})
     return with_accuracy(runs, hist), curves_from_history(runs, hist)
+
+
+def label_configurations(runs: pd.DataFrame) -> pd.DataFrame:
+    """``method`` made one label per configuration: where runs of one problem and method differ in
+    a ``params.hypergrad.*`` setting (e.g. ``refresh_every``), the setting is appended, so that a
+    row never averages runs that differ in anything but the seed."""
+    runs = runs.copy()
+    cols = [c for c in runs if c.startswith("params.hypergrad.")]
+    for (_, _), g in runs.groupby(["problem", "method"], sort=False):
+        varying = [c for c in cols if g[c].nunique(dropna=False) > 1]
+        for i in g.index:
+            extra = ", ".join(f"{c.rsplit('.', 1)[1]}={runs.at[i, c]}" for c in varying)
+            if extra:
+                runs.at[i, "method"] = f"{runs.at[i, 'method']} ({extra})"
+    return runs
 
 
 def with_accuracy(runs: pd.DataFrame, hist: pd.DataFrame) -> pd.DataFrame:
@@ -128,9 +148,14 @@ def table(runs: pd.DataFrame, cv: pd.DataFrame) -> tuple[pd.DataFrame, dict[str,
                   "2": float(last.groupby("method")["val_loss"].mean().median())}
         targets[problem] = levels[""]
         targets[problem + " (2)"] = levels["2"]
+        base = last[last["method"] == BASELINE].set_index("seed")
         for method, cm in cp.groupby("method", sort=False):
             fin = cm.sort_values("step").groupby("run_id").tail(1)
             row: dict[str, Any] = {"problem": problem, "method": method, "seeds": len(fin)}
+            for col in ("val_loss", "test_loss"):  # paired by seed (same initialisation and batches): the seeds' spread cancels
+                d = pd.Series([r[col] - base.at[r["seed"], col] for r in fin.to_dict("records") if r["seed"] in base.index], dtype=float)
+                row.update({f"d_{col}_mean": d.mean() if len(d) else math.nan, f"d_{col}_min": d.min() if len(d) else math.nan,
+                            f"d_{col}_max": d.max() if len(d) else math.nan})
             mine = runs[runs["run_id"].isin(set(cm["run_id"]))] if "run_id" in runs else runs.iloc[:0]
             for key in ("hg_rel_err", "hg_cosine"):  # the median over a run's checks, then min–max over its seeds
                 v = mine[f"{key}_run"].dropna().astype(float) if f"{key}_run" in mine else pd.Series(dtype=float)
@@ -177,7 +202,8 @@ def markdown(tab: pd.DataFrame) -> str:
     head = ["problem", "method", "seeds", "final val loss, mean ± std [min–max]", "final test loss", "wall s to the end",
             "products to the end", "target 1 (all runs)", "reached", "wall s to it, mean [min–max]", "products to it",
             "target 2 (median config)", "reached", "wall s to it", "products to it",
-            "hypergradient rel. error vs reference (run medians, min–max)", "load"]
+            "hypergradient rel. error vs reference (run medians, min–max)",
+            "Δ final val loss vs identity, same seed: mean [min–max]", "Δ final test loss vs identity", "load"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in tab.to_dict("records"):
         lines.append("| " + " | ".join(str(x) for x in [
@@ -187,6 +213,7 @@ def markdown(tab: pd.DataFrame) -> str:
             mm(r, "time_to_target2_s", ".1f"), mm(r, "hvps_to_target2", ".0f"),
             (f"{r['hg_rel_err_min']:.2g}–{r['hg_rel_err_max']:.2g}" if isinstance(r.get("hg_rel_err_min"), float)
              and not math.isnan(r["hg_rel_err_min"]) else "—"),
+            mm(r, "d_val_loss", "+.4f"), mm(r, "d_test_loss", "+.4f"),
             f"{r['load_min']:.1f}–{r['load_max']:.1f}" if isinstance(r.get("load_min"), float) and not math.isnan(r["load_min"]) else "—"]) + " |")
     return "\n".join(lines) + "\n"
 
