@@ -45,13 +45,14 @@ BASELINE = "identity"  # the paired differences: each run's final loss minus ide
 
 
 def commands(store: str, quick: bool = False, n_jobs: int = 2) -> list[list[str]]:
-    """One ``hgbench`` grid per problem (its sweep: 5 methods × 3 seeds), ``n_jobs`` in parallel."""
+    """One ``hgbench`` grid per problem (its sweep: 5 methods × 3 seeds), ``n_jobs`` in parallel; then
+    Nyström CG with its sketch rebuilt every hyper-step on the first problem (3 seeds)."""
     hgbench = str(Path(sys.executable).with_name("hgbench"))
     return [[hgbench, f"sweep=outcome_{problem}", "num_threads=1", f"mlflow.tracking_uri={store}",
              *(["hyper_steps=3", "eval_every=1", "seed=0"] if quick else []),
              *(["hydra/launcher=joblib", f"hydra.launcher.n_jobs={n_jobs}"] if n_jobs > 1 else [])] for problem in PROBLEMS] + [
-        [hgbench, "sweep=outcome_weight_decay", "hydra.sweeper.params.+outcome=wd_cg_nystrom_every_step", "num_threads=1",
-         f"mlflow.tracking_uri={store}", *(["hyper_steps=3", "eval_every=1", "seed=0"] if quick else []),
+        [hgbench, "sweep=outcome_weight_decay", "+outcome=wd_cg_nystrom_every_step", f"seed={'0' if quick else '0,1,2'}",
+         "num_threads=1", f"mlflow.tracking_uri={store}", *(["hyper_steps=3", "eval_every=1"] if quick else []),
          *(["hydra/launcher=joblib", f"hydra.launcher.n_jobs={n_jobs}"] if n_jobs > 1 else [])]]
 
 
