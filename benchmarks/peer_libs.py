@@ -12,6 +12,12 @@ studies time them: at equal iterations (``peers``) and to equal accuracy (``peer
 - **Betty (betty-ml 0.1.1)**: an ``ImplicitProblem`` for the weights (``Config(type="neumann"|"cg")``)
   and one for λ, wired by ``Engine(dependencies={"l2u": ..., "u2l": ...})``; timed: the upper
   problem's ``backward`` (its hypergradient: ``betty.hypergradient.get_grads``).
+- **hypergrad 0.0.1** (PyPI ``hypergrad``, Hataya & Yamada): ``hypergrad.approx_hypergrad.
+  conjugate_gradient(inner_obj, outer_obj, (w,), (λ,), num_iters=i, lr=1)`` — cold, on the
+  Hessian (forward-over-reverse products), a fixed number of iterations; no warm start, no
+  preconditioner, no tolerance (its ``nystrom`` is a one-shot rank-k solve with damping ρ). Its
+  loop builds the next direction from the previous residual (``_ps = foreach(rs, ps, …)``, p ←
+  r_old + βp, as Betty's ``cg``): the same first step as CG, not conjugate gradient after it.
 - **hypertorch** (github.com/prolearner/hypertorch): not on PyPI (the PyPI "hypertorch" is an
   unrelated hypergraph-learning library) and GitHub is not reachable from this machine or CI,
   so it is not measured.
@@ -156,3 +162,24 @@ def betty_adapter(exp, tb, vb, solve_name: str, i: int, alpha: float | None):
         return torch.cat([d.grad.reshape(-1) for d in decays.log_decay])
 
     return fn
+
+
+def hypergrad_adapter(exp, tb, vb, i: int, lr: float = 1.0):
+    """hypergrad's ``conjugate_gradient`` with ``num_iters=i`` (``lr=1``: plain CG): the flat
+    hypergradient direct term minus the implicit one, as hgbench's."""
+    from hypergrad.approx_hypergrad import conjugate_gradient
+
+    p = exp.problem
+    w, lam = (exp.w.detach().clone(),), (exp.lam.detach().clone(),)
+
+    def inner(ws, ls):
+        return p.train_loss(ws[0], ls[0], tb)
+
+    def outer(ws, ls):
+        return p.val_loss(ws[0], ls[0], vb)
+
+    def fn():
+        return conjugate_gradient(inner, outer, w, lam, i, lr)[0]
+
+    return fn
+

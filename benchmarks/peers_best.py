@@ -46,7 +46,7 @@ import torch
 from hgbench.benchmarks import output
 from hgbench.benchmarks import peers_accuracy as pa
 from hgbench.benchmarks import problems
-from hgbench.benchmarks.peer_libs import torchopt_adapter, version
+from hgbench.benchmarks.peer_libs import hypergrad_adapter, torchopt_adapter, version
 from hgbench.benchmarks.stats import spread
 from hgbench.machine import load_average
 
@@ -54,6 +54,8 @@ RANK, REFRESH = 100, 10
 STEPS = 5
 SAME = "hgbench cg_nystrom warm"  # the recommended solver; TorchOpt at its best runs its algorithm
 DEFAULTS, AT_BEST = "torchopt solve_cg() defaults", "torchopt solve_cg(init, M)"
+HG_DEFAULTS = "hypergrad conjugate_gradient()"  # the third peer (PyPI hypergrad): cold CG, its only form
+PEERS = ["torchopt", "hypergrad"]  # the peer libraries measured (``--peers``)
 LEVELS = pa.LEVELS
 GRID = pa.GRID
 PROBLEMS = ("convex", "mlp")
@@ -151,7 +153,10 @@ def candidates(exp, tb, vb, curvature: str, sk: dict, chains: dict[str, dict[flo
             fn.method = m  # type: ignore[attr-defined]
             return fn
         out[name]["make"] = make
-    if version("torchopt"):
+    if version("hypergrad") and "hypergrad" in PEERS:
+        out[HG_DEFAULTS] = {"library": "hypergrad", "call": "conjugate_gradient(num_iters=i, lr=1) (cold, Hessian)",
+                            "start": "cold", "sketch": False, "make": lambda i, level: hypergrad_adapter(exp, tb, vb, i)}
+    if version("torchopt") and "torchopt" in PEERS:
         out["torchopt solve_cg() defaults"] = {"library": "torchopt", "call": "solve_cg(maxiter=i) (rtol=1e-5, Hessian)",
                                               "start": "cold", "sketch": False, "make": to(False)}
         out[key_to_best] = {"library": "torchopt", "call": "custom_root(solve=solve_cg(maxiter=i, rtol=0, init=x_prev, M=same P⁻¹))"
@@ -248,7 +253,7 @@ def timings(problem, what, step, cands, needed, rows, exp, tb, vb, curvature, re
         best = next((r for r in rows if r["step"] == step and r["level"] == level and r["row"] == "best"), None)
         if best is None:
             continue
-        names = list(dict.fromkeys([best["candidate"], SAME, *[n for n in (DEFAULTS, AT_BEST) if n in cands]]))
+        names = list(dict.fromkeys([best["candidate"], SAME, *[n for n in (DEFAULTS, AT_BEST, HG_DEFAULTS) if n in cands]]))
         fns = {n: cands[n]["make"](needed[(n, level)], level) for n in names if (n, level) in needed}
         build = lambda: sketch(exp, tb, vb, curvature)  # noqa: E731
         with warnings.catch_warnings():
@@ -271,7 +276,7 @@ def timings(problem, what, step, cands, needed, rows, exp, tb, vb, curvature, re
             return [(c + (s[0] if use else 0), w + (s[1] if use else 0)) for (c, w), s in zip(t[n], sk_share, strict=True)]
 
         # TorchOpt at its defaults against hgbench's best; TorchOpt at its best against the same algorithm
-        against = {DEFAULTS: hg_name, AT_BEST: SAME}
+        against = {DEFAULTS: hg_name, AT_BEST: SAME, HG_DEFAULTS: hg_name}
         for n in fns:
             tt = total(n)
             ref_name = against.get(n)
@@ -355,13 +360,16 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--reps", type=int, default=7)
     p.add_argument("--out", default="results/perf")
     p.add_argument("--quick", action="store_true")
+    p.add_argument("--peers", default=",".join(PEERS), help="peer libraries to measure: torchopt,hypergrad")
+    p.add_argument("--section", default="peers_best", help="the CSV / markdown file name")
     a = p.parse_args(argv)
+    PEERS[:] = a.peers.split(",")
     torch.set_num_threads(1)
     print(f"torch {torch.__version__}, 1 thread, load average {load_average():.2f}", flush=True)
     rows = measure(a.steps, a.reps, a.quick)
     out = Path(a.out)
-    output.write_csv(out, "peers_best", rows)
-    (out / "peers_best.md").write_text(fragment(rows, a.steps))
+    output.write_csv(out, a.section, rows)
+    (out / f"{a.section}.md").write_text(fragment(rows, a.steps))
 
 
 if __name__ == "__main__":

@@ -65,3 +65,18 @@ def test_peers_best_table_from_a_tiny_run(monkeypatch):
     assert {r["against"] for r in times if r["candidate"] == peers_best.AT_BEST} <= {peers_best.SAME}
     md = peers_best.fragment(rows, 2)
     assert "At their defaults and at their best" in md and "against" in md
+
+
+def test_hypergrad_conjugate_gradient_is_hgbenchs_cg():
+    pytest.importorskip("hypergrad")
+    from hgbench.benchmarks.peer_libs import hypergrad_adapter
+
+    exp = peers_best.build("mlp", quick=True)
+    tb, vb = problems.fixed_batches(exp)
+    one = exp.hypergradient_flat(problems.method("cg", iterations=1), tb, vb)
+    assert _rel(hypergrad_adapter(exp, tb, vb, 1)().reshape(-1), one) < 1e-4  # the same first CG step, same sign
+    # from the second step on it differs: hypergrad 0.0.1 builds the next direction from the previous
+    # residual (p <- r_old + beta p), as Betty's cg does, so it is not conjugate gradient
+    six = exp.hypergradient_flat(problems.method("cg", iterations=6), tb, vb)
+    assert _rel(hypergrad_adapter(exp, tb, vb, 6)().reshape(-1), six) > 1e-2
+
