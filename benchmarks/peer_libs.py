@@ -12,6 +12,12 @@ studies time them: at equal iterations (``peers``) and to equal accuracy (``peer
 - **Betty (betty-ml 0.1.1)**: an ``ImplicitProblem`` for the weights (``Config(type="neumann"|"cg")``)
   and one for λ, wired by ``Engine(dependencies={"l2u": ..., "u2l": ...})``; timed: the upper
   problem's ``backward`` (its hypergradient: ``betty.hypergradient.get_grads``).
+- **hypergrad 0.0.1** (PyPI ``hypergrad``, Hataya & Yamada): ``hypergrad.approx_hypergrad.
+  conjugate_gradient(inner_obj, outer_obj, (w,), (λ,), num_iters=i, lr=1)`` — cold, on the
+  Hessian (forward-over-reverse products), a fixed number of iterations; no warm start, no
+  preconditioner, no tolerance (its ``nystrom`` is a one-shot rank-k solve with damping ρ). Its
+  loop builds the next direction from the previous residual (``_ps = foreach(rs, ps, …)``, p ←
+  r_old + βp, as Betty's ``cg``): the same first step as CG, not conjugate gradient after it.
 - **hypertorch** (github.com/prolearner/hypertorch): not on PyPI (the PyPI "hypertorch" is an
   unrelated hypergraph-learning library) and GitHub is not reachable from this machine or CI,
   so it is not measured.
@@ -38,11 +44,17 @@ def version(dist: str) -> str | None:
 
 
 def torchopt_adapter(exp, tb, vb, solve_name: str, i: int, alpha: float | None, rtol: float | None = 0.0,
-                     init=None, M=None):
+                     init=None, M=None, keep: dict | None = None, curvature: str = "hessian"):
     """``alpha=None``: TorchOpt's default Neumann step (1); ``rtol=None``: its default CG
     tolerance (1e-5, with atol=0); the equal-iteration table uses rtol=0 (all i iterations).
     ``init``, ``M`` (``cg`` only): TorchOpt's own ``solve_cg(init=…, M=…)`` — a warm start and a
-    preconditioner v ↦ P⁻¹v, TorchOpt given what hgbench's ``cg`` has."""
+    preconditioner v ↦ P⁻¹v, TorchOpt given what hgbench's ``cg`` has. ``keep``: a dict that
+    receives the linear solve's solution as ``keep["x"]`` after each call (through
+    ``custom_root(solve=…)``, a user solve wrapping TorchOpt's: the next hyper-step's ``init``).
+    ``curvature="ggn"``: the optimality condition of the network linearised at w*
+    (z(w) ≈ z* + J(w − w*), the penalty kept), whose Jacobian is the Gauss–Newton matrix plus the
+    penalty's Hessian and whose mixed term is the penalty's — the system hgbench's
+    ``curvature: ggn`` solves, posed through TorchOpt's public API."""
     import torchopt
     from torchopt.diff.implicit import custom_root
 
@@ -53,6 +65,16 @@ def torchopt_adapter(exp, tb, vb, solve_name: str, i: int, alpha: float | None, 
     def objective(w, lam, x, y):
         return p.train_loss(w, lam, Batch(x, y))
 
+    if curvature == "ggn":
+        parts = p.gauss_newton_parts(tb)
+        z_star = p.forward(w_star, tb.x).detach()
+
+        def objective(w, lam, x, y):  # noqa: F811 - the linearised network's training loss
+            _, dz = torch.func.jvp(lambda w_: p.forward(w_, x), (w_star,), (w - w_star,))
+            return p.data_loss(z_star + dz, y) + parts.penalty(w, lam)
+    elif curvature != "hessian":
+        raise ValueError(f"curvature must be 'hessian' or 'ggn', got {curvature!r}")
+
     tol = {} if rtol is None else {"atol": 0.0, "rtol": rtol}
     if solve_name == "neumann":
         solve = torchopt.linear_solve.solve_inv(ns=True, maxiter=i, **({} if alpha is None else {"alpha": alpha}))
@@ -61,6 +83,13 @@ def torchopt_adapter(exp, tb, vb, solve_name: str, i: int, alpha: float | None, 
         solve = torchopt.linear_solve.solve_cg(maxiter=i, **tol, **extra)
     else:
         solve = torchopt.linear_solve.solve_normal_cg(maxiter=i, **tol)
+    if keep is not None:
+        base = solve
+
+        def solve(matvec, b, **kw):  # noqa: F811 - custom_root(solve=…): TorchOpt's solve, its answer kept
+            x = base(matvec, b, **kw)
+            keep["x"] = x
+            return x
 
     @custom_root(torch.func.grad(objective, argnums=0), argnums=1, solve=solve)
     def inner_solution(w_init, lam, x, y):
@@ -133,3 +162,24 @@ def betty_adapter(exp, tb, vb, solve_name: str, i: int, alpha: float | None):
         return torch.cat([d.grad.reshape(-1) for d in decays.log_decay])
 
     return fn
+
+
+def hypergrad_adapter(exp, tb, vb, i: int, lr: float = 1.0):
+    """hypergrad's ``conjugate_gradient`` with ``num_iters=i`` (``lr=1``: plain CG): the flat
+    hypergradient direct term minus the implicit one, as hgbench's."""
+    from hypergrad.approx_hypergrad import conjugate_gradient
+
+    p = exp.problem
+    w, lam = (exp.w.detach().clone(),), (exp.lam.detach().clone(),)
+
+    def inner(ws, ls):
+        return p.train_loss(ws[0], ls[0], tb)
+
+    def outer(ws, ls):
+        return p.val_loss(ws[0], ls[0], vb)
+
+    def fn():
+        return conjugate_gradient(inner, outer, w, lam, i, lr)[0]
+
+    return fn
+

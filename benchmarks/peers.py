@@ -1,8 +1,10 @@
 """Section ``peers``: hgbench against other implicit-differentiation libraries, same problem.
 
-Two studies, one file each: this one, the same number of iterations (target: hgbench ≥ 1.5×
-faster at equal accuracy, ``TARGET``), and ``peers_accuracy``, the time to reach an error level
-(target ≥ 2×), which this section's ``run`` runs after it on the same trained MLP. The peers and
+Three studies, one file each: this one, the same number of iterations (target: hgbench ≥ 1.5×
+faster at equal accuracy, ``TARGET``), ``peers_accuracy``, the time to reach an error level
+(target ≥ 2×), which this section's ``run`` runs after it on the same trained MLP, and (not in
+--quick) ``peers_best``: hgbench's recommended solver against TorchOpt at its defaults and at its
+best (the same warm start and preconditioner), along runs. The peers and
 how each is called: ``peer_libs``.
 
 The problem: per-weight decay on the 1M-parameter MLP (784-1024-192-10), batch 128, float32,
@@ -19,7 +21,7 @@ from __future__ import annotations
 import warnings
 from pathlib import Path
 
-from hgbench.benchmarks import output, peers_accuracy, plotting, problems, timing
+from hgbench.benchmarks import output, peers_accuracy, peers_best, plotting, problems, timing
 from hgbench.benchmarks.peer_libs import betty_adapter, torchopt_adapter, version
 from hgbench.machine import resolve_device
 
@@ -84,6 +86,10 @@ def run(out: Path, quick: bool = False, device: str = "auto", reps: int | None =
     output.write_csv(out, "peers_accuracy", acc, dev)
     peers_accuracy.plot(acc, out / "peers_accuracy.png", grid)
     text = fragment(rows, quick, notes) + "\n" + peers_accuracy.fragment(acc, quick, grid)
+    if not quick:  # part 3: the peers at their defaults and at their best, along runs (counts and CPU time)
+        best = peers_best.measure(peers_best.STEPS, max(reps, 5))
+        output.write_csv(out, "peers_best", best, dev)
+        text += "\n" + peers_best.fragment(best, peers_best.STEPS)
     output.write_fragment(out, "peers", text, headline(rows) + peers_accuracy.headline(acc), dev, quick=quick)
     return rows
 
