@@ -22,7 +22,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from hgbench import store
+from hgbench import claims, store
 from hgbench.callbacks import LAUNCH_ENV, SWEEP_ENV, write_job_result
 from hgbench.cli_checks import preflight
 from hgbench.errors import HgbenchError, SkipRun, StoreError, describe
@@ -443,7 +443,7 @@ def previous_result(cfg: DictConfig) -> tuple[RunResult | None, str | None, dict
     return None, found.run.info.run_id, found.state
 
 
-_claims: list[store.Claim] = []  # the claim on the job this process runs now (released by ``app``)
+_claims: list[claims.Claim] = []  # the claim on the job this process runs now (released by ``app``)
 
 
 def claim_or_skip(cfg: DictConfig) -> RunResult | None:
@@ -456,7 +456,7 @@ def claim_or_skip(cfg: DictConfig) -> RunResult | None:
 
     uri = store.resolve_tracking_uri(cfg.mlflow.tracking_uri)
     try:
-        claim, holder = store.claim_job(uri, fingerprint(cfg), float(cfg.resume_stale_after_s))
+        claim, holder = claims.claim_job(uri, fingerprint(cfg), float(cfg.resume_stale_after_s))
     except sqlite3.Error as exc:
         raise StoreError(f"cannot claim the job in the MLflow store at {uri}: {type(exc).__name__}: {exc}") from exc
     if claim is not None:

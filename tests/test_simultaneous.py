@@ -22,7 +22,7 @@ import pytest
 from helpers import run_cli
 from mlflow.tracking import MlflowClient
 
-from hgbench import store
+from hgbench import claims, store
 
 # N processes doing one thing at the same moment: each imports what it needs, says "ready", waits
 # for the "go" file, does it, prints its result, and waits for the "end" file before exiting
@@ -30,7 +30,7 @@ from hgbench import store
 AT_ONCE = """
 import os, sys, time
 from pathlib import Path
-from hgbench import store
+from hgbench import claims, store
 go, end, uri = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
 print("ready", flush=True)
 while not go.exists():
@@ -183,7 +183,7 @@ def test_a_store_with_tables_but_no_schema_revision_is_refused_too(tmp_path, cop
 # --- 2. one process per job: the claim -----------------------------------------------------------
 def _claims(db: Path) -> list[tuple]:
     with sqlite3.connect(db) as con:
-        rows = con.execute(f"SELECT fingerprint, host, pid, since, heartbeat FROM {store.CLAIMS_TABLE}").fetchall()
+        rows = con.execute(f"SELECT fingerprint, host, pid, since, heartbeat FROM {claims.CLAIMS_TABLE}").fetchall()
     con.close()
     return rows
 
@@ -196,7 +196,7 @@ def test_of_threads_claiming_a_job_at_once_exactly_one_gets_it(tmp_path, copy_st
 
     def claim():
         barrier.wait(timeout=30)
-        result = store.claim_job(uri, "job-a", stale_after_s=60)
+        result = claims.claim_job(uri, "job-a", stale_after_s=60)
         with lock:
             got.append(result)
 
@@ -205,17 +205,17 @@ def test_of_threads_claiming_a_job_at_once_exactly_one_gets_it(tmp_path, copy_st
         t.start()
     for t in threads:
         t.join(timeout=60)
-    claims = [c for c, _ in got if c is not None]
+    won = [c for c, _ in got if c is not None]
     holders = [h for c, h in got if c is None]
-    assert len(got) == n and len(claims) == 1 and len(holders) == n - 1
-    assert {(h.pid, h.host) for h in holders} == {(os.getpid(), store.platform.node())}
+    assert len(got) == n and len(won) == 1 and len(holders) == n - 1
+    assert {(h.pid, h.host) for h in holders} == {(os.getpid(), claims.platform.node())}
     assert "pid" in holders[0].describe() and "since" in holders[0].describe()
-    other, none = store.claim_job(uri, "job-b", stale_after_s=60)  # another job: its own claim
+    other, none = claims.claim_job(uri, "job-b", stale_after_s=60)  # another job: its own claim
     assert other is not None and none is None
-    claims[0].release()
+    won[0].release()
     other.release()
     assert _claims(db) == []
-    again, _ = store.claim_job(uri, "job-a", stale_after_s=60)  # released: free for the next launch
+    again, _ = claims.claim_job(uri, "job-a", stale_after_s=60)  # released: free for the next launch
     assert again is not None
     again.release()
 
@@ -223,14 +223,14 @@ def test_of_threads_claiming_a_job_at_once_exactly_one_gets_it(tmp_path, copy_st
 def test_of_processes_claiming_a_job_at_once_one_gets_it_and_its_death_frees_it(tmp_path, copy_store):
     db = copy_store(tmp_path / "mlflow.db")
     uri = f"sqlite:///{db}"
-    action = ("claim, holder = store.claim_job(uri, 'job-a', stale_after_s=60); "
+    action = ("claim, holder = claims.claim_job(uri, 'job-a', stale_after_s=60); "
               "print('won' if claim else f'lost to {holder.pid}', flush=True)")
     got = at_once(tmp_path, uri, action, 4)
     winners = [pid for pid, said in got if said == "won"]
     assert len(winners) == 1, got
     assert {said for _, said in got if said != "won"} == {f"lost to {winners[0]}"}
     assert [r[2] for r in _claims(db)] == winners  # its claim is still there, its process is gone
-    claim, holder = store.claim_job(uri, "job-a", stale_after_s=60)  # so it is taken over
+    claim, holder = claims.claim_job(uri, "job-a", stale_after_s=60)  # so it is taken over
     assert claim is not None and holder is None
     claim.release()
 
@@ -238,7 +238,7 @@ def test_of_processes_claiming_a_job_at_once_one_gets_it_and_its_death_frees_it(
 def test_a_claim_is_a_lease_renewed_while_its_job_runs_and_taken_over_once_stale(tmp_path, copy_store):
     db = copy_store(tmp_path / "mlflow.db")
     uri = f"sqlite:///{db}"
-    claim, _ = store.claim_job(uri, "job-a", stale_after_s=2)  # a heartbeat every 0.5 s
+    claim, _ = claims.claim_job(uri, "job-a", stale_after_s=2)  # a heartbeat every 0.5 s
     (row,) = _claims(db)
     deadline = time.monotonic() + 10
     while _claims(db)[0][4] <= row[3] and time.monotonic() < deadline:
@@ -249,14 +249,14 @@ def test_a_claim_is_a_lease_renewed_while_its_job_runs_and_taken_over_once_stale
     # than resume_stale_after_s (the rule a RUNNING run of another host is judged by)
     now = time.time()
     with sqlite3.connect(db) as con:
-        con.execute(f"INSERT INTO {store.CLAIMS_TABLE} VALUES ('job-b', 'x', 'elsewhere', 1, ?, ?)", (now, now))
+        con.execute(f"INSERT INTO {claims.CLAIMS_TABLE} VALUES ('job-b', 'x', 'elsewhere', 1, ?, ?)", (now, now))
     con.close()
-    none, holder = store.claim_job(uri, "job-b", stale_after_s=60)
+    none, holder = claims.claim_job(uri, "job-b", stale_after_s=60)
     assert none is None and holder.host == "elsewhere"
     with sqlite3.connect(db) as con:
-        con.execute(f"UPDATE {store.CLAIMS_TABLE} SET heartbeat = ?", (now - 61,))
+        con.execute(f"UPDATE {claims.CLAIMS_TABLE} SET heartbeat = ?", (now - 61,))
     con.close()
-    claim, holder = store.claim_job(uri, "job-b", stale_after_s=60)
+    claim, holder = claims.claim_job(uri, "job-b", stale_after_s=60)
     assert claim is not None and holder is None
     claim.release()
 
@@ -272,16 +272,16 @@ def test_a_grid_skips_a_job_another_live_process_has_claimed(tmp_path, mlflow_db
     try:
         now = time.time()
         with sqlite3.connect(mlflow_db) as con:
-            con.execute(f"CREATE TABLE {store.CLAIMS_TABLE} (fingerprint TEXT PRIMARY KEY, token TEXT NOT NULL, "
+            con.execute(f"CREATE TABLE {claims.CLAIMS_TABLE} (fingerprint TEXT PRIMARY KEY, token TEXT NOT NULL, "
                         "host TEXT NOT NULL, pid INTEGER NOT NULL, since REAL NOT NULL, heartbeat REAL NOT NULL)")
-            con.execute(f"INSERT INTO {store.CLAIMS_TABLE} VALUES (?, 'x', ?, ?, ?, ?)", (fp, store.platform.node(), sleeper.pid, now, now))
+            con.execute(f"INSERT INTO {claims.CLAIMS_TABLE} VALUES (?, 'x', ?, ?, ?, ?)", (fp, claims.platform.node(), sleeper.pid, now, now))
         con.close()
         code, out, err = run_cli(monkeypatch, tmp_path, "-m", *job)
     finally:
         sleeper.kill()
         sleeper.wait()
     assert code == 0, err[-2000:]
-    assert f"this job is being run now by pid {sleeper.pid} on {store.platform.node()}" in out and "not started twice" in out
+    assert f"this job is being run now by pid {sleeper.pid} on {claims.platform.node()}" in out and "not started twice" in out
     assert "1 jobs — 1 skipped" in out and "finished earlier" not in out
     exp = MlflowClient(f"sqlite:///{mlflow_db}").get_experiment_by_name("claimed")
     assert MlflowClient(f"sqlite:///{mlflow_db}").search_runs([exp.experiment_id]) == []
