@@ -1,9 +1,10 @@
 """Each job run by one process at a time: a claim in the MLflow store.
 
 Before a job that resumes (grids; ``resume=true``) looks at what the store holds for it, its
-process claims it: a row keyed by the job's fingerprint in the table ``hgbench_claims`` of the
-sqlite store, written in one sqlite transaction that first reads the row already there — so of
-two launches of the same job at once exactly one gets it. The claim is a lease: it names its
+process claims it: a row keyed by the job (``job_key``: its experiment and fingerprint, as the
+store's runs identify a job) in the table ``hgbench_claims`` of the sqlite store, written in one
+sqlite transaction that first reads the row already there — so of two launches of the same job
+at once exactly one gets it. The claim is a lease: it names its
 host and pid and carries a heartbeat, renewed by a thread while the job runs; it is released
 (the row deleted) once the run's end is recorded. A claim whose process is gone (same host), or
 whose heartbeat is older than ``resume_stale_after_s``, is taken over, as a RUNNING run is. The
@@ -102,6 +103,13 @@ class Claim:
                 con.execute(f"DELETE FROM {CLAIMS_TABLE} WHERE fingerprint = ? AND token = ?", (self.fingerprint, self.token))
             finally:
                 con.close()
+
+
+def job_key(experiment: str, fingerprint: str) -> str:
+    """What a claim is keyed by: a job is its fingerprint *in an experiment* — the same config
+    recorded in two experiments is two jobs (``hgbench.store.previous_runs`` looks in one), and
+    both may run at once."""
+    return f"{experiment}/{fingerprint}"
 
 
 def claim_job(uri: str, fingerprint: str, stale_after_s: float = 900) -> tuple[Claim | None, Holder | None]:

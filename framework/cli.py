@@ -456,7 +456,8 @@ def claim_or_skip(cfg: DictConfig) -> RunResult | None:
 
     uri = store.resolve_tracking_uri(cfg.mlflow.tracking_uri)
     try:
-        claim, holder = claims.claim_job(uri, fingerprint(cfg), float(cfg.resume_stale_after_s))
+        claim, holder = claims.claim_job(uri, claims.job_key(str(cfg.mlflow.experiment), fingerprint(cfg)),
+                                        float(cfg.resume_stale_after_s))
     except sqlite3.Error as exc:
         raise StoreError(f"cannot claim the job in the MLflow store at {uri}: {type(exc).__name__}: {exc}") from exc
     if claim is not None:

@@ -267,7 +267,7 @@ def test_a_grid_skips_a_job_another_live_process_has_claimed(tmp_path, mlflow_db
     from hgbench.config import fingerprint
 
     job = ["experiment=quick", "hyper_steps=3", "mlflow.experiment=claimed"]
-    fp = fingerprint(compose_config(job))
+    fp = claims.job_key("claimed", fingerprint(compose_config(job)))
     sleeper = subprocess.Popen(["sleep", "60"])  # a live process of this host holds the claim
     try:
         now = time.time()
