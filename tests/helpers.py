@@ -1,6 +1,7 @@
 """Helpers shared by the tests (importable: tests/ is on pytest's pythonpath)."""
 
 import ast
+from pathlib import Path
 
 import torch
 
@@ -158,3 +159,17 @@ def dotted(node: ast.AST) -> str:
     if isinstance(node, ast.Call):
         return dotted(node.func) + "()"
     return "?"
+
+
+def session_processes(sid: int) -> list[str]:
+    """The pids of the live (not zombie) processes of session ``sid``, read from /proc: what a
+    grid started with ``start_new_session=True`` left running."""
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[3]) == sid and fields[0] != "Z":  # session id; not a zombie
+            out.append(stat.parent.name)
+    return out

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import hgbench_in_process
+from helpers import hgbench_in_process, session_processes
 from mlflow.tracking import MlflowClient
 
 from hgbench import store
@@ -228,18 +228,6 @@ def test_a_run_whose_process_is_gone_is_marked_interrupted_by_the_next_launch_of
     assert client.get_run(later.info.run_id).info.status == "KILLED"
 
 
-def _session_processes(sid: int) -> list[str]:
-    out = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[3]) == sid and fields[0] != "Z":
-            out.append(stat.parent.name)
-    return out
-
-
 def _start_grid(tmp_path, experiment):
     args = ["-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", *QUICK, "hyper_steps=3000", "num_threads=1",
             "mlflow.flush_every_s=0.2", "seed=0,1,2", f"mlflow.experiment={experiment}"]
@@ -267,7 +255,7 @@ def test_ctrl_c_on_a_joblib_grid_ends_it_with_its_summary_and_no_run_left_runnin
     assert "3 jobs — 2 killed, 1 not started" in stdout
     assert [(r.info.status, r.data.tags.get("hgbench.status")) for r in runs(client, "ctrlc")] == [("KILLED", "interrupted")] * 2
     time.sleep(1)
-    assert _session_processes(proc.pid) == [], "worker processes outlived the grid"
+    assert session_processes(proc.pid) == [], "worker processes outlived the grid"
 
 
 @pytest.mark.slow
@@ -277,9 +265,9 @@ def test_the_workers_of_a_grid_whose_launcher_is_killed_stop_within_seconds(tmp_
         proc.kill()  # SIGKILL to the launching process alone: its workers are orphaned
         proc.wait(timeout=10)
         end = time.time() + 30
-        while time.time() < end and _session_processes(proc.pid):
+        while time.time() < end and session_processes(proc.pid):
             time.sleep(0.3)
-        left = _session_processes(proc.pid)
+        left = session_processes(proc.pid)
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.stdout.close()

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import hgbench_in_process
+from helpers import hgbench_in_process, session_processes
 from mlflow.tracking import MlflowClient
 
 
@@ -236,18 +236,6 @@ def test_sigterm_in_a_sequential_grid_stops_it_with_its_summary(tmp_path, mlflow
     assert sorted(r.info.status for r in runs(client, "term3")) == ["FINISHED", "FINISHED", "FINISHED", "KILLED"]
 
 
-def _session_processes(sid: int) -> list[str]:
-    out = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[3]) == sid and fields[0] != "Z":  # session id; not a zombie
-            out.append(stat.parent.name)
-    return out
-
-
 @pytest.mark.slow
 def test_sigterm_to_a_joblib_grid_ends_it_with_its_summary_and_no_process_left(tmp_path, mlflow_db):
     client = client_for(tmp_path)
@@ -270,7 +258,7 @@ def test_sigterm_to_a_joblib_grid_ends_it_with_its_summary_and_no_process_left(t
     assert sorted(r.info.status for r in runs(client, "termgrid")) == ["KILLED", "KILLED"]
     assert all(r.data.tags["hgbench.status"] == "interrupted" for r in runs(client, "termgrid"))
     time.sleep(1)
-    assert _session_processes(proc.pid) == [], "worker processes outlived the grid"
+    assert session_processes(proc.pid) == [], "worker processes outlived the grid"
 
 
 # --- 5, 6. what a job's fingerprint covers ---------------------------------------------------------
