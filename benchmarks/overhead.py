@@ -77,7 +77,7 @@ def run(out: Path, quick: bool = False, device: str = "auto", reps: int | None =
 
     dev = resolve_device(device)
     reps = reps or (1 if quick else 2)
-    target_s = seconds or (3.0 if quick else 60.0)
+    target_s = seconds or (1.0 if quick else 60.0)
     base = [f"device={dev}", *(QUICK_BASE if quick else [])]
     tmp = Path(tempfile.mkdtemp(prefix="hgbench-bench-overhead-"))
     env = dict(os.environ, MLFLOW_DISABLE_TELEMETRY="true", HGBENCH_DISABLE_ENTRY_POINTS="1",
@@ -226,7 +226,7 @@ def fragment(rows, quick: bool) -> str:
     return "\n".join([
         "## 6. overhead — Hydra + MLflow around a run, and the joblib launcher", "",
         f"Reproduce: `{output.command('overhead', quick)}` (CSV: `overhead.csv`, plot: `overhead.png`). Config: "
-        f"`{one['config']}` (the default run, hyper_steps calibrated to ~{'3' if quick else '60'} s here). "
+        f"`{one['config']}` (the default run, hyper_steps calibrated to ~{'1' if quick else '60'} s here). "
         f"{'With --quick the bare side runs in the bench process (a smoke run)' if quick else 'Each side in a fresh process'}, "
         f"{one['reps']} each in ABBA order (median, min–max); a first CLI run that creates the MLflow "
         "schema is not counted. The in-run overhead is MLflow's per-step metric logging (batched) and the recorder hooks; "

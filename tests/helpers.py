@@ -25,7 +25,7 @@ def polish(exp, steps: int = 100, tol: float = 1e-13):
         gn = g.norm().item()
         stalled = stalled + 1 if gn > 0.5 * best else 0
         best = min(best, gn)
-        if gn < tol or (gn < 1e-9 and stalled >= 3):  # converged, or at the round-off floor
+        if gn < tol or (gn < 1e-9 and stalled >= 2):  # converged, or at the round-off floor (two steps that gain nothing)
             break
         h = torch.autograd.functional.hessian(f, w, vectorize=True)
         eye = torch.eye(len(w), dtype=w.dtype, device=w.device)
