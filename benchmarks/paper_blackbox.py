@@ -289,7 +289,8 @@ def describe(name: str) -> str:
         return ("Optuna's first trial − IFT's best so far at the same " + ("wall time" if m.group(1) == "t_s" else
                 "gradient equivalents") + f", {unit}")
     if what.startswith("ift_per_weight_end_minus_ift_end"):
-        return f"IFT per weight − IFT global decay, each at the end of its run, {unit}"
+        end = {"val_loss": "val loss", "test_loss": "test loss", "test_acc": "test accuracy"}.get(key, key)
+        return f"IFT per weight − IFT global decay, {end} of each run's final weights"
     if what.startswith("optuna_catch_up_time_over_B"):
         return "when Optuna's best trial first reaches IFT's best val loss at B, in units of B (seeds that got there)"
     if what == "optuna_first_trial_time_over_B":
@@ -550,7 +551,7 @@ def reading(rows: list[dict[str, Any]], quick: bool, extend: float = EXTEND, ivs
                   f"times are a bootstrap over the {n} seeds (with this few seeds a rough guide); differences of test accuracy "
                   "are a paired bootstrap over the seeds × the 797 test images (points); \"within noise\" = the interval "
                   "includes 0. Seeds where a side has no result yet are left out (the count says how many are in):", ""]
-        parts += [f"- {r['what']}: {_words(r)} ({r['n_seeds']} seeds)" for r in ivs]
+        parts += [f"- {describe(r['comparison'])}: {_words(r)} ({r['n_seeds']} seeds)" for r in ivs]
         parts += ["", "Every wall-time number here (B, the fractions of B, the catch-up times, the trial and hypergradient "
                   f"costs) depends on the machine's load — {min(loads):.2f}–{max(loads):.2f} (1-minute load average on "
                   f"{machine.machine_info()['cores']} cores) before the runs of this study — and another run on another day "
