@@ -31,6 +31,14 @@ inner step (``hvp_calls`` per hypergradient are recorded too); evaluations are f
 count in wall time only. The reading compares the sides' best val loss at 25 / 50 / 100 % of B (and
 Optuna at ``EXTEND`` × B), and the test loss and accuracy of each side's choice at B: the
 evaluation (IFT) or trial (Optuna) with the lowest val loss so far.
+
+Every row also holds its weights' per-example test correctness (``test_correct``, packed by
+``testbits``; computed after the row's clock reading, and its time is kept off the clock). The
+intervals (``intervals``, written to ``blackbox_intervals.csv``): test accuracies of two sides'
+choices on the shared test set — a paired bootstrap over the seeds × the 797 test images
+(``stats.paired_bootstrap``); val/test loss differences and the times at which Optuna catches up —
+one number per seed, a bootstrap over the seeds (``stats.bootstrap_mean``); all 95 %. The wall-time
+numbers (B, the fractions of B, the catch-up times) depend on the machine's load, recorded per run.
 """
 
 from __future__ import annotations
@@ -44,13 +52,13 @@ from typing import Any
 
 import torch
 
-from hgbench.benchmarks import machine, output, plotting, timing
-from hgbench.benchmarks.stats import mean_std
+from hgbench.benchmarks import machine, output, plotting, testbits, timing
+from hgbench.benchmarks.stats import bootstrap_mean, mean_std, paired_bootstrap, verdict
 from hgbench.machine import resolve_device
 
 PRESET = "paper_blackbox"
 SWEEP = importlib.resources.files("hgbench.conf") / "sweep" / "optuna_weight_decay.yaml"  # the installed preset
-SEEDS = (0, 1, 2)
+SEEDS = (0, 1, 2, 3, 4)
 HYPER_STEPS = 100
 EVAL_EVERY = 10
 EXTEND = 4.0           # Optuna runs on to this many budgets (the reading's last column)
@@ -121,12 +129,16 @@ def ift_run(side: str, seed: int, device: str, steps: int, eval_every: int) -> l
         if step % eval_every == 0 or step == steps:
             ev = exp.evaluate()
             t = time.perf_counter() - t0
+            tc = time.perf_counter()
+            correct = testbits.pack(testbits.correct_on(exp.problem, exp.w).numpy())
+            t0 += time.perf_counter() - tc  # the correctness pass stays off the clock
             updates = step * k
             rows.append({"side": side, "seed": seed, "step": step, "trial": "", "t_s": t, "weight_updates": updates,
                          "grad_eq": updates + hg_s / (inner_s / updates), "hvp_per_hypergrad": hvp / step,
                          "hypergrad_per_grad": (hg_s / step) / (inner_s / updates), "val_loss": ev["val_loss"],
                          "val_acc": ev["val_acc"], "test_loss": ev["test_loss"], "test_acc": ev["test_acc"],
-                         "decay": _decay(ev), "load1_start": load})
+                         "decay": _decay(ev), "load1_start": load, "n_test": len(exp.problem.data.test.x),
+                         "test_correct": correct})
     return rows
 
 
@@ -172,10 +184,15 @@ def optuna_side(seed: int, device: str, steps: int, eval_every: int, budget_s: f
             study.tell(trial, state=optuna.trial.TrialState.FAIL)
         updates = steps * k
         grad_eq += updates + hg_s / (inner_s / updates)
-        rows.append({"side": "optuna", "seed": seed, "step": steps, "trial": len(rows), "t_s": time.perf_counter() - t0,
+        t = time.perf_counter() - t0
+        tc = time.perf_counter()
+        correct = testbits.pack(testbits.correct_on(exp.problem, exp.w).numpy())
+        t0 += time.perf_counter() - tc  # the correctness pass stays off the clock
+        rows.append({"side": "optuna", "seed": seed, "step": steps, "trial": len(rows), "t_s": t,
                      "weight_updates": updates * (len(rows) + 1), "grad_eq": grad_eq, "hvp_per_hypergrad": 0.0,
                      "hypergrad_per_grad": float("nan"), "val_loss": ev["val_loss"], "val_acc": ev["val_acc"],
-                     "test_loss": ev["test_loss"], "test_acc": ev["test_acc"], "decay": _decay(ev), "load1_start": load})
+                     "test_loss": ev["test_loss"], "test_acc": ev["test_acc"], "decay": _decay(ev), "load1_start": load,
+                     "n_test": len(exp.problem.data.test.x), "test_correct": correct})
     return rows
 
 
@@ -253,6 +270,108 @@ def catch_up(rows: list[dict[str, Any]]) -> dict[int, float | None]:
         trials = sorted((r for r in rows if r["side"] == "optuna" and r["seed"] == s), key=lambda r: r["t_s"])
         out[s] = next((r["t_s"] / b[s] for r in trials if isinstance(r["val_loss"], float) and r["val_loss"] <= target), None)
     return out
+
+
+def _bits(r: dict[str, Any]):
+    return testbits.unpack(r["test_correct"], int(r["n_test"]))
+
+
+def describe(name: str) -> str:
+    """The README's words for an ``intervals`` row."""
+    what, _, key = name.partition(": ")
+    unit = {"val_loss": "best val loss", "test_loss": "test loss of the choice", "test_acc": "test accuracy of the choice"}.get(key, "")
+    m = re.fullmatch(r"optuna_at_([\d.]+)B_minus_ift_at_([\d.]+)B", what)
+    if m:
+        a, c = float(m.group(1)), float(m.group(2))
+        return f"Optuna at {a * 100:.0f} % of B − IFT at {c * 100:.0f} % of B, {unit}"
+    m = re.fullmatch(r"optuna_first_trial_minus_ift_at_same_(t_s|grad_eq)", what)
+    if m:
+        return ("Optuna's first trial − IFT's best so far at the same " + ("wall time" if m.group(1) == "t_s" else
+                "gradient equivalents") + f", {unit}")
+    if what.startswith("ift_per_weight_end_minus_ift_end"):
+        end = {"val_loss": "val loss", "test_loss": "test loss", "test_acc": "test accuracy"}.get(key, key)
+        return f"IFT per weight − IFT global decay, {end} of each run's final weights"
+    if what.startswith("optuna_catch_up_time_over_B"):
+        return "when Optuna's best trial first reaches IFT's best val loss at B, in units of B (seeds that got there)"
+    if what == "optuna_first_trial_time_over_B":
+        return "when Optuna's first trial finishes, in units of B"
+    return name
+
+
+def _row(name: str, iv: dict[str, Any], per_seed: list[float] | None = None) -> dict[str, Any]:
+    centre = iv.get("diff", iv.get("mean"))
+    return {"comparison": name, "what": describe(name), "value": centre, "lo": iv["lo"], "hi": iv["hi"], "level": iv["level"],
+            "n_seeds": iv.get("n_seeds", iv.get("n")), "n_examples": iv.get("n_examples", ""),
+            "within_noise": iv["within_noise"], "per_seed": " ".join(f"{x:.6g}" for x in per_seed or [])}
+
+
+def intervals(rows: list[dict[str, Any]], extend: float = EXTEND, n_boot: int = 10000) -> list[dict[str, Any]]:
+    """The reading's comparisons with their 95 % intervals (one row each): per-seed differences of
+    val / test loss and the catch-up times by a bootstrap over the seeds; test accuracies of two
+    choices on the shared test set by a paired bootstrap over the seeds × the test images. Seeds
+    where a side has no result yet are left out of that comparison (``n_seeds`` says how many)."""
+    b = budgets(rows)
+    seeds = sorted(b)
+    out: list[dict[str, Any]] = []
+
+    def loss_diff(name: str, pairs: list[tuple[dict[str, Any], dict[str, Any]]], key: str = "val_loss") -> None:
+        if pairs:
+            d = [x[key] - y[key] for x, y in pairs]
+            out.append(_row(name, bootstrap_mean(d, n_boot=n_boot), d))
+
+    def acc_diff(name: str, pairs: list[tuple[dict[str, Any], dict[str, Any]]]) -> None:
+        if pairs and all(x.get("test_correct") and y.get("test_correct") for x, y in pairs):
+            a, c = [_bits(x) for x, _ in pairs], [_bits(y) for _, y in pairs]
+            iv = paired_bootstrap(a, c, n_boot=n_boot)
+            out.append(_row(name, iv, [x["test_acc"] - y["test_acc"] for x, y in pairs]))
+
+    for f in (*FRACTIONS, extend):
+        ref = 1.0 if f > 1 else f  # Optuna at extend × B is compared with IFT at B
+        pairs = [(best_at(rows, "optuna", sd, f * b[sd]), best_at(rows, "ift", sd, ref * b[sd])) for sd in seeds]
+        pairs = [(o, i) for o, i in pairs if o is not None and i is not None]
+        tag = f"optuna_at_{f:g}B_minus_ift_at_{ref:g}B"
+        loss_diff(f"{tag}: val_loss", pairs)
+        loss_diff(f"{tag}: test_loss", pairs, "test_loss")
+        acc_diff(f"{tag}: test_acc", pairs)
+    # at the end of Optuna's first trial: its draw against IFT's best so far at the same time / gradient equivalents
+    for key in ("t_s", "grad_eq"):
+        pairs = []
+        for sd in seeds:
+            ops = sorted((r for r in rows if r["side"] == "optuna" and r["seed"] == sd), key=lambda r: r["t_s"])
+            if ops and math.isfinite(ops[0]["val_loss"]):
+                i = best_at(rows, "ift", sd, ops[0][key], key=key)
+                if i is not None:
+                    pairs.append((ops[0], i))
+        loss_diff(f"optuna_first_trial_minus_ift_at_same_{key}: val_loss", pairs)
+    cu = [v for v in catch_up(rows).values() if v is not None]
+    if cu:
+        out.append(_row("optuna_catch_up_time_over_B (seeds that caught up)", bootstrap_mean(cu, n_boot=n_boot), cu))
+    first = [sorted((r for r in rows if r["side"] == "optuna" and r["seed"] == sd), key=lambda r: r["t_s"]) for sd in seeds]
+    ft = [o[0]["t_s"] / b[sd] for sd, o in zip(seeds, first, strict=True) if o]
+    if ft:
+        out.append(_row("optuna_first_trial_time_over_B", bootstrap_mean(ft, n_boot=n_boot), ft))
+    if any(r["side"] == "ift_per_weight" for r in rows):
+        last = {sd: max((r for r in rows if r["side"] == "ift_per_weight" and r["seed"] == sd), key=lambda r: r["step"])
+                for sd in seeds}
+        glob = {sd: max((r for r in rows if r["side"] == "ift" and r["seed"] == sd), key=lambda r: r["step"]) for sd in seeds}
+        pairs = [(last[sd], glob[sd]) for sd in seeds]
+        loss_diff("ift_per_weight_end_minus_ift_end: val_loss", pairs)
+        loss_diff("ift_per_weight_end_minus_ift_end: test_loss", pairs, "test_loss")
+        acc_diff("ift_per_weight_end_minus_ift_end: test_acc", pairs)
+    return out
+
+
+def _words(r: dict[str, Any]) -> str:
+    """A row of ``intervals`` in words: "+0.0123 [+0.0040, +0.0200], above 0" (accuracies in
+    points; a time in units of B has no "within noise")."""
+    if int(r["n_seeds"]) < 2 and not r["comparison"].endswith("test_acc"):
+        return f"{r['value']:+.4f} (one seed: no interval)"
+    if "time_over_B" in r["comparison"]:
+        return f"{r['value']:.2f} [{r['lo']:.2f}, {r['hi']:.2f}] × B"
+    if r["comparison"].endswith("test_acc"):
+        return verdict({"diff": r["value"], "lo": r["lo"], "hi": r["hi"]})
+    word = "within noise" if r["lo"] <= 0 <= r["hi"] else ("above 0" if r["value"] > 0 else "below 0")
+    return f"{r['value']:+.4f} [{r['lo']:+.4f}, {r['hi']:+.4f}], {word}"
 
 
 def _curve(rows, side, seed, grid, budget, key="t_s", scale=None):
@@ -333,7 +452,8 @@ def first_trial(rows: list[dict[str, Any]], b: dict[int, float]) -> str:
                if max(ahead_t, ahead_g) * 2 > len(cases) else ". "))
 
 
-def reading(rows: list[dict[str, Any]], quick: bool, extend: float = EXTEND) -> str:
+def reading(rows: list[dict[str, Any]], quick: bool, extend: float = EXTEND, ivs: list[dict[str, Any]] | None = None) -> str:
+    ivs = ivs if ivs is not None else intervals(rows, extend, n_boot=500 if quick else 10000)
     b = budgets(rows)
     seeds = sorted(b)
     n = len(seeds)
@@ -426,6 +546,16 @@ def reading(rows: list[dict[str, Any]], quick: bool, extend: float = EXTEND) -> 
                  f"{_over_seeds(pw_end_t, '.2f')} × B: the same work as the global-decay run, timed at another moment) "
                  f"{_over_seeds(pw_end['val_loss'])}, test loss {_over_seeds(pw_end['test_loss'])}" if pw else "")
               + ". " + trials_note, ""]
+    if ivs:
+        parts += [f"**Intervals** (`blackbox_intervals.csv`, with each seed's value; 95 %): differences of losses and the "
+                  f"times are a bootstrap over the {n} seeds (with this few seeds a rough guide); differences of test accuracy "
+                  "are a paired bootstrap over the seeds × the 797 test images (points); \"within noise\" = the interval "
+                  "includes 0. Seeds where a side has no result yet are left out (the count says how many are in):", ""]
+        parts += [f"- {describe(r['comparison'])}: {_words(r)} ({r['n_seeds']} seeds)" for r in ivs]
+        parts += ["", "Every wall-time number here (B, the fractions of B, the catch-up times, the trial and hypergradient "
+                  f"costs) depends on the machine's load — {min(loads):.2f}–{max(loads):.2f} (1-minute load average on "
+                  f"{machine.machine_info()['cores']} cores) before the runs of this study — and another run on another day "
+                  "gives other times; the val and test losses of a given trial or evaluation do not depend on it.", ""]
     parts += ["**Where we differ from the paper**: the paper has no equal-compute comparison with a black-box tuner; its "
               "RNN table compares final perplexities on PTB with tuners whose budgets it does not restate, with 7 "
               "dropout-type hyperparameters of an AWD-LSTM. Ours is a small task on 2 shared CPU cores (digits, one "
@@ -448,7 +578,8 @@ def rewrite(out: Path) -> None:
     quick = max(r["step"] for r in rows) < HYPER_STEPS
     extend = 2.0 if quick else EXTEND
     plot(rows, out, extend)
-    (out / "README.md").write_text(reading(rows, quick, extend))
+    ivs = output.read_csv(out / "blackbox_intervals.csv") if (out / "blackbox_intervals.csv").exists() else None
+    (out / "README.md").write_text(reading(rows, quick, extend, ivs))
 
 
 def run(out: Path, quick: bool = False, device: str = "auto", reps: int | None = None) -> list[dict[str, Any]]:
@@ -475,6 +606,8 @@ def _run(out: Path, quick: bool, dev: str) -> list[dict[str, Any]]:
               f"Optuna {len(opt)} trials in {opt[-1]['t_s']:.1f} s, best val {min(r['val_loss'] for r in opt):.4f}; "
               f"IFT per weight best val {min(r['val_loss'] for r in pw):.4f} in {pw[-1]['t_s']:.1f} s", flush=True)
     output.write_csv(out, "blackbox", rows, dev)
+    ivs = intervals(rows, extend, n_boot=500 if quick else 10000)
+    output.write_csv(out, "blackbox_intervals", ivs, dev)
     plot(rows, out, extend)
-    (out / "README.md").write_text(reading(rows, quick, extend))
+    (out / "README.md").write_text(reading(rows, quick, extend, ivs))
     return rows

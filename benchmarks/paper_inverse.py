@@ -10,11 +10,17 @@ with the exact one at the same point (``reference=ggn_cg``: for a linear model w
 the Gauss–Newton matrix is the Hessian, solved by CG to 1e-10): cosine and ℓ2 distance ‖g − g*‖
 (the runner's ``hg_cosine`` and ``hg_rel_err`` · ``hg_ref_norm``). Methods: Neumann with 0, 1, 5
 and 20 terms (α = the preset's Neumann step, null = the inner learning rate) and CG with 20
-iterations; seeds ``SEEDS`` (the weights' initialisation; the data split is fixed).
+iterations; seeds ``SEEDS``: each seed draws its own 300/100/106 train/val/test split of Boston
+(``dataset.split_seed`` = the seed) and its own initialisation.
 
 Then, at equal steps: on the CG-20 trajectory at hyper-steps ``AT`` (after its inner steps), Neumann
 and CG with i = 0 … ``MAX_STEPS`` − 1 inversion steps each, against the exact solve (``exact``) at
 that point — the comparison the paper's reading ("Neumann: higher cosine, larger ℓ2") is about.
+
+Intervals (``intervals``, written to ``inverse_intervals.csv``): every quantity is one number per
+seed — a run's mean cosine or ℓ2 minus CG 20's on the same split, the share of hyper-steps at which
+Neumann wins, or (at equal steps) Neumann minus CG at i steps averaged over the ``AT`` points — and
+its interval is a percentile bootstrap over the seeds (``stats.bootstrap_mean``, 95 %).
 """
 
 from __future__ import annotations
@@ -26,11 +32,11 @@ from typing import Any
 import torch
 
 from hgbench.benchmarks import output, plotting, problems
-from hgbench.benchmarks.stats import mean_std
+from hgbench.benchmarks.stats import bootstrap_mean, mean_std
 from hgbench.machine import resolve_device
 
 METHODS = (("neumann", 0), ("neumann", 1), ("neumann", 5), ("neumann", 20), ("cg", 20))
-SEEDS = (0, 1, 2)
+SEEDS = (0, 1, 2, 3, 4)
 WARMUP = 200
 STEPS = 400
 AT = (1, 100, 200, 400)
@@ -46,7 +52,8 @@ def trajectory(name: str, i: int, seed: int, steps: int, warmup: int, device: st
     from hgbench import build_experiment
 
     exp = build_experiment(overrides=["experiment=paper_boston_inverse", f"hypergrad={name}", f"hypergrad.iterations={i}",
-                                      f"seed={seed}", f"device={device}", "warmup=false"])
+                                      f"seed={seed}", f"dataset.split_seed={seed}", f"device={device}",
+                                      "warmup=false"])
     exp.train_inner(warmup)
     rows = []
     for step in range(1, steps + 1):
@@ -99,6 +106,69 @@ def summary(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
                         "share_larger_l2_than_cg20": larger_l2[0], "share_larger_l2_std": larger_l2[1]})
         out.append(row)
     return out
+
+
+def intervals(rows: list[dict[str, Any]], at_rows: list[dict[str, Any]] | None = None,
+              n_boot: int = 10000) -> list[dict[str, Any]]:
+    """One row per claim, each a mean over seeds of a per-seed number with a bootstrap interval over
+    the seeds: along the runs, per Neumann variant, its mean cosine / ℓ2 minus CG 20's (same seed:
+    same split) and the share of hyper-steps at which it has the higher cosine / the larger ℓ2; at
+    equal steps, per i, Neumann minus CG in cosine and ℓ2 (per seed the mean over its points)."""
+    def mean(xs) -> float:
+        xs = list(xs)
+        return sum(xs) / len(xs)
+
+    out: list[dict[str, Any]] = []
+    runs: dict[tuple[str, int], list[dict[str, Any]]] = {}
+    for r in rows:
+        runs.setdefault((r["method"], r["seed"]), []).append(r)
+    cg_label = label("cg", 20)
+    seeds = sorted({r["seed"] for r in rows if (cg_label, r["seed"]) in runs})
+    cg = {(r["seed"], r["step"]): r for r in rows if r["method"] == cg_label}
+    for m in dict.fromkeys(r["method"] for r in rows):
+        if m == cg_label:
+            continue
+        s_ok = [s for s in seeds if (m, s) in runs]
+        if not s_ok:
+            continue
+        per = {k: [] for k in ("cosine_minus_cg20", "l2_minus_cg20", "share_higher_cosine", "share_larger_l2")}
+        for s in s_ok:
+            pairs = [(r, cg[(s, r["step"])]) for r in runs[(m, s)] if (s, r["step"]) in cg]
+            per["cosine_minus_cg20"].append(mean(a["cosine"] - b["cosine"] for a, b in pairs))
+            per["l2_minus_cg20"].append(mean(a["l2"] - b["l2"] for a, b in pairs))
+            per["share_higher_cosine"].append(mean(float(a["cosine"] > b["cosine"]) for a, b in pairs))
+            per["share_larger_l2"].append(mean(float(a["l2"] > b["l2"]) for a, b in pairs))
+        for k, v in per.items():
+            out.append({"where": "along the runs", "method": m, "i": "", "quantity": k, **bootstrap_mean(v, n_boot=n_boot),
+                        "per_seed": " ".join(f"{x:.6g}" for x in v)})
+    if at_rows:
+        by = {(r["method"], r["i"], r["seed"], r["at_step"]): r for r in at_rows}
+        for i in sorted({r["i"] for r in at_rows}):
+            per = {"cosine_neumann_minus_cg": [], "l2_neumann_minus_cg": []}
+            for s in sorted({r["seed"] for r in at_rows}):
+                pts = [(by[("neumann", i, s, t)], by[("cg", i, s, t)]) for t in sorted({r["at_step"] for r in at_rows})
+                       if ("neumann", i, s, t) in by and ("cg", i, s, t) in by]
+                cos = [a["cosine"] - b["cosine"] for a, b in pts if math.isfinite(a["cosine"]) and math.isfinite(b["cosine"])]
+                if cos:
+                    per["cosine_neumann_minus_cg"].append(mean(cos))
+                if pts:
+                    per["l2_neumann_minus_cg"].append(mean(a["l2"] - b["l2"] for a, b in pts))
+            for k, v in per.items():
+                if v:
+                    out.append({"where": "equal steps", "method": "neumann vs cg", "i": i, "quantity": k,
+                                **bootstrap_mean(v, n_boot=n_boot), "per_seed": " ".join(f"{x:.6g}" for x in v)})
+    return out
+
+
+def _iv(r: dict[str, Any], fmt: str = ".3f", words: bool = True) -> str:
+    """A per-seed mean and its interval, in words: "+0.12 [+0.05, +0.20], above 0" (a share:
+    no sign and no words; one seed: no interval)."""
+    if int(r["n"]) < 2:
+        return f"{r['mean']:{'+' if words else ''}{fmt}} (one seed: no interval)"
+    if not words:
+        return f"{r['mean']:{fmt}} [{r['lo']:{fmt}}, {r['hi']:{fmt}}]"
+    word = "within noise" if r["lo"] <= 0 <= r["hi"] else ("above 0" if r["mean"] > 0 else "below 0")
+    return f"{r['mean']:+{fmt}} [{r['lo']:+{fmt}}, {r['hi']:+{fmt}}], {word}"
 
 
 def plot(rows: list[dict[str, Any]], out: Path) -> Path:
@@ -186,59 +256,86 @@ def _ranges(xs: list[int]) -> str:
     return ", ".join(out)
 
 
-def reading(rows: list[dict[str, Any]], quick: bool, at_rows: list[dict[str, Any]] | None = None) -> str:
+def reading(rows: list[dict[str, Any]], quick: bool, at_rows: list[dict[str, Any]] | None = None,
+            ivs: list[dict[str, Any]] | None = None) -> str:
     s = summary(rows)
     seeds = sorted({r["seed"] for r in rows})
     steps = max(r["step"] for r in rows)
+    ivs = ivs if ivs is not None else intervals(rows, at_rows, n_boot=500 if quick else 10000)
+    along = {(r["method"], r["quantity"]): r for r in ivs if r["where"] == "along the runs"}
     table = []
     for r in s:
-        share = (f"{r['share_higher_cosine_than_cg20']:.2f} ± {r['share_higher_cosine_std']:.2f}",
-                 f"{r['share_larger_l2_than_cg20']:.2f} ± {r['share_larger_l2_std']:.2f}") if "share_larger_l2_than_cg20" in r else ("—", "—")
-        table.append([r["method"], f"{r['cosine_mean']:.4f} ± {r['cosine_std']:.4f}", f"{r['l2_mean']:.3g} ± {r['l2_std']:.2g}", *share])
-    neumann = [r for r in s if "share_larger_l2_than_cg20" in r]
-    cos_holds = [r["method"] for r in neumann if r["share_higher_cosine_than_cg20"] > 0.5]
-    l2_holds = [r["method"] for r in neumann if r["share_larger_l2_than_cg20"] > 0.5]
+        m = r["method"]
+        extra = ([_iv(along[(m, "cosine_minus_cg20")], ".3f"), _iv(along[(m, "l2_minus_cg20")], ".2e"),
+                  _iv(along[(m, "share_higher_cosine")], ".2f", False), _iv(along[(m, "share_larger_l2")], ".2f", False)]
+                 if (m, "cosine_minus_cg20") in along else ["—"] * 4)
+        table.append([m, f"{r['cosine_mean']:.4f} ± {r['cosine_std']:.4f}", f"{r['l2_mean']:.3g} ± {r['l2_std']:.2g}", *extra])
+    neumann = [m for m in dict.fromkeys(r["method"] for r in rows) if (m, "cosine_minus_cg20") in along]
+    cos_holds = [m for m in neumann if along[(m, "cosine_minus_cg20")]["lo"] > 0]
+    cos_noise = [m for m in neumann if along[(m, "cosine_minus_cg20")]["lo"] <= 0 <= along[(m, "cosine_minus_cg20")]["hi"]]
+    l2_holds = [m for m in neumann if along[(m, "l2_minus_cg20")]["lo"] > 0]
     parts = ["# Inverse quality (Boston housing) — the paper's Sec. 5.1", "",
              f"Generated by `{output.command('paper_inverse', quick).replace('results/perf', 'results/paper/inverse_quality')}` "
              "(`benchmarks/paper_inverse.py`, whose docstring says exactly what is run). CSVs: `inverse_quality.csv` (along "
-             "the runs), `inverse_steps.csv` (at equal steps); plots: `inverse_quality.png`, `inverse_steps.png`.", ""]
+             "the runs), `inverse_steps.csv` (at equal steps), `inverse_intervals.csv` (every interval below, with each "
+             "seed's value); plots: `inverse_quality.png`, `inverse_steps.png`.", ""]
     if quick:
         parts += ["> **QUICK SMOKE RUN** (`--quick`): a few hyper-steps, one seed — these numbers only show that the code runs.", ""]
     parts += ["**The paper's setting and claim**: linear regression on Boston housing, one log weight decay per weight (14 "
               "hyperparameters), Adam on the weights, RMSprop on λ, full batch; Neumann with 0, 1, 5 and 20 terms against CG "
               "with 20 iterations, compared with the exact hypergradient along the optimisation — Neumann often has a higher "
               "cosine similarity to it than CG, but a larger ℓ2 distance.", "",
-              f"**Ours** ({len(seeds)} seeds, {WARMUP if not quick else 'a few'} warm-up inner steps, {steps} hyper-steps; per "
-              "seed the mean over the run, then mean ± std over seeds; the shares are of hyper-steps at which that Neumann "
-              "beats CG 20 in cosine / has the larger ℓ2):", "",
-              output.md_table(["method", "cosine", "ℓ2 distance", "share: higher cosine than CG 20", "share: larger ℓ2 than CG 20"], table),
+              f"**Ours** ({len(seeds)} seeds, each its own random 300/100/106 split of the 506 towns and its own "
+              f"initialisation; {WARMUP if not quick else 'a few'} warm-up inner steps, {steps} hyper-steps). Per seed the "
+              "mean over the run; cosine and ℓ2 are mean ± std over seeds; the differences from CG 20 (same seed, so the "
+              "same split) and the shares of hyper-steps at which that Neumann has the higher cosine / the larger ℓ2 are "
+              f"the mean over seeds with a 95 % bootstrap interval over the {len(seeds)} seeds (\"within noise\" = it "
+              "includes 0; with this few seeds the interval is a rough guide):", "",
+              output.md_table(["method", "cosine", "ℓ2 distance", "cosine − CG 20's", "ℓ2 − CG 20's",
+                               "share: higher cosine than CG 20", "share: larger ℓ2 than CG 20"], table),
               "", "![inverse quality](inverse_quality.png)", "",
-              "**Reading**: higher cosine than CG 20 at most hyper-steps: "
-              + (", ".join(cos_holds) if cos_holds else "no Neumann variant") + "; larger ℓ2 than CG 20 at most hyper-steps: "
+              "**Reading**: a cosine above CG 20's (interval above 0): "
+              + (", ".join(cos_holds) if cos_holds else "no Neumann variant")
+              + (f" (within noise: {', '.join(cos_noise)})" if cos_noise else "")
+              + "; an ℓ2 distance larger than CG 20's (interval above 0): "
               + (", ".join(l2_holds) if l2_holds else "no Neumann variant") + ". "
               + ("So the paper's reading holds for " + ", ".join(m for m in cos_holds if m in l2_holds) + " and not for the others."
                  if any(m in l2_holds for m in cos_holds) else "So the paper's reading (higher cosine *and* larger ℓ2) holds for "
                  "no Neumann variant here.")
               + " Each run follows its own hypergradient, so an approximation also chooses where λ goes: at the last "
-              "hyper-step the cosines are " + ", ".join(
+              "hyper-step the cosines (mean over seeds) are " + ", ".join(
                   f"{m} {mean_std([r['cosine'] for r in rows if r['method'] == m and r['step'] == steps])[0]:.2f}"
                   for m in dict.fromkeys(r["method"] for r in rows))
               + " — a cosine near −1 means the run is climbing the validation loss the exact hypergradient would descend.",
               ""]
     if at_rows:
-        table2, cos_i, l2_i = steps_table(at_rows)
+        eq = {(r["i"], r["quantity"]): r for r in ivs if r["where"] == "equal steps"}
+        table2, _, _ = steps_table(at_rows)
+        for line in table2:
+            i = line[0]
+            line += [_iv(eq[(i, "cosine_neumann_minus_cg")], ".3f") if (i, "cosine_neumann_minus_cg") in eq else "—",
+                     _iv(eq[(i, "l2_neumann_minus_cg")], ".2e") if (i, "l2_neumann_minus_cg") in eq else "—"]
+        all_i = sorted({r["i"] for r in at_rows})
+        cos_i = [i for i in all_i if (i, "cosine_neumann_minus_cg") in eq and eq[(i, "cosine_neumann_minus_cg")]["lo"] > 0]
+        cos_n = [i for i in all_i if (i, "cosine_neumann_minus_cg") in eq and eq[(i, "cosine_neumann_minus_cg")]["within_noise"]]
+        l2_i = [i for i in all_i if (i, "l2_neumann_minus_cg") in eq and eq[(i, "l2_neumann_minus_cg")]["lo"] > 0]
+        l2_n = [i for i in all_i if (i, "l2_neumann_minus_cg") in eq and eq[(i, "l2_neumann_minus_cg")]["within_noise"]]
         both = sorted(set(cos_i) & set(l2_i))
         parts += ["**At equal inversion steps** (the CG-20 run's points at hyper-steps "
-                  f"{', '.join(str(a) for a in sorted({r['at_step'] for r in at_rows}))}, every seed; Neumann and CG with i "
-                  "steps against the exact solve there; shares of those points):", "",
+                  f"{', '.join(str(a) for a in sorted({r['at_step'] for r in at_rows}))} of every seed; Neumann and CG with i "
+                  "steps against the exact solve there; means and shares over all those points; the differences Neumann − CG "
+                  f"are per seed the mean over its points, then the mean over seeds with a 95 % bootstrap interval over the "
+                  f"{len({r['seed'] for r in at_rows})} seeds):", "",
                   output.md_table(["i", "Neumann cosine", "CG cosine", "Neumann ℓ2", "CG ℓ2", "share: Neumann higher cosine",
-                                   "share: Neumann larger ℓ2"], table2), "", "![equal steps](inverse_steps.png)", "",
-                  f"Neumann has the higher cosine at most points for i ∈ {{{_ranges(cos_i)}}} and the larger ℓ2 for i ∈ "
-                  f"{{{_ranges(l2_i)}}}; both at once — the paper's reading — for i ∈ {{{_ranges(both)}}}.", ""]
+                                   "share: Neumann larger ℓ2", "cosine: Neumann − CG", "ℓ2: Neumann − CG"], table2), "",
+                  "![equal steps](inverse_steps.png)", "",
+                  f"Neumann's cosine is above CG's (interval above 0) for i ∈ {{{_ranges(cos_i)}}} and within noise of it for "
+                  f"i ∈ {{{_ranges(cos_n)}}}; its ℓ2 is larger (interval above 0) for i ∈ {{{_ranges(l2_i)}}} and within noise "
+                  f"for i ∈ {{{_ranges(l2_n)}}}; both at once — the paper's reading — for i ∈ {{{_ranges(both)}}}.", ""]
     parts += ["**Where we differ from the paper**: our features and target are standardised with training statistics, "
-              "the split (300/100/106) and the learning rates are ours (the paper does not restate its own), and 20 CG "
-              "iterations on 14 weights are more than the Hessian's dimension, so CG 20 is exact up to rounding here "
-              "unless the run is near a singular H — the comparison is then against an exact solve, not a truncated one. "
+              "the splits (300/100/106, one per seed) and the learning rates are ours (the paper does not restate its own), "
+              "and 20 CG iterations on 14 weights are more than the Hessian's dimension, so CG 20 is exact up to rounding "
+              "here unless the run is near a singular H — the comparison is then against an exact solve, not a truncated one. "
               "Neumann's step is α = the inner learning rate (0.01, Adam's; the preset's `alpha: null`), as in the paper's "
               "Algorithm 3, while Boston's standardised, collinear features make H ill-conditioned: the series' error along "
               "H's small eigenvalues shrinks by only (1 − αλ_min) per term, so at these step counts Neumann is still close to "
@@ -255,7 +352,8 @@ def rewrite(out: Path) -> None:
             r["cosine"] = float("nan")
     plot(rows, out)
     plot_steps(at_rows, out)
-    (out / "README.md").write_text(reading(rows, False, at_rows))
+    ivs = output.read_csv(out / "inverse_intervals.csv") if (out / "inverse_intervals.csv").exists() else None
+    (out / "README.md").write_text(reading(rows, False, at_rows, ivs))
 
 
 def run(out: Path, quick: bool = False, device: str = "auto", reps: int | None = None) -> list[dict[str, Any]]:
@@ -275,7 +373,9 @@ def run(out: Path, quick: bool = False, device: str = "auto", reps: int | None =
         print("  paper_inverse: some cosines are not finite (a zero hypergradient)", flush=True)
     output.write_csv(out, "inverse_quality", rows, dev)
     output.write_csv(out, "inverse_steps", at_rows, dev)
+    ivs = intervals(rows, at_rows, n_boot=500 if quick else 10000)
+    output.write_csv(out, "inverse_intervals", ivs, dev)
     plot(rows, out)
     plot_steps(at_rows, out)
-    (out / "README.md").write_text(reading(rows, quick, at_rows))
+    (out / "README.md").write_text(reading(rows, quick, at_rows, ivs))
     return rows

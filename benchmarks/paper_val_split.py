@@ -17,6 +17,13 @@ step on λ — all sizes from the preset (``STEPS_QUICK`` overrides them in a --
 figure is the test accuracy of the jointly trained weights at the end (``test_acc``), per cell the
 mean ± std over ``SEEDS`` (each seed its own pool and initialisation). ``test_acc_start`` is the
 accuracy after the warm-up, before λ moved.
+
+Every run's per-example test correctness (which of the 10,000 test images its final weights get
+right) is saved in ``validation_split_correct.csv``; the intervals (``intervals``) are paired
+bootstraps over the seeds and the test images (``stats.paired_bootstrap``): per (size, family), the
+best fraction's test accuracy minus every other fraction's, and per-weight minus global decay at the
+largest fraction. They are written to ``validation_split_intervals.csv``. The best fraction is
+picked on the same runs, so its lead over the runner-up is, if anything, overstated.
 """
 
 from __future__ import annotations
@@ -26,8 +33,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from hgbench.benchmarks import output, plotting, timing
-from hgbench.benchmarks.stats import mean_std
+from hgbench.benchmarks import output, plotting, testbits, timing
+from hgbench.benchmarks.stats import mean_std, paired_bootstrap, verdict
 from hgbench.machine import resolve_device
 
 PRESET = "paper_val_split"
@@ -52,6 +59,9 @@ def one_run(total: int, fraction: float, granularity: str, seed: int, device: st
     s = result.summary
     start = s.get("initial", {})
     lam = exp.lam.detach()
+    correct = testbits.correct_on(exp.problem, exp.w) if result.status == "FINISHED" else None
+    if correct is not None and abs(correct.double().mean().item() - s.get("test_acc", math.nan)) > 1e-9:
+        raise RuntimeError(f"per-example correctness {correct.double().mean().item()} is not the run's test_acc {s.get('test_acc')}")
     return {"total_size": total, "val_fraction": fraction, "n_train": len(data.train.x), "n_val": len(data.val.x),
             "n_test": len(data.test.x), "family": granularity, "seed": seed, "status": result.status,
             "num_hyperparams": s.get("num_hyperparams"), "train_acc": s.get("train_acc", math.nan),
@@ -59,7 +69,53 @@ def one_run(total: int, fraction: float, granularity: str, seed: int, device: st
             "test_loss": s.get("test_loss", math.nan), "test_acc_start": start.get("test_acc", math.nan),
             "mean_log_decay": lam.mean().item(), "std_log_decay": lam.std().item() if lam.numel() > 1 else 0.0,
             "hyper_steps": s.get("hyper_steps_done"), "inner_steps_after_warmup": s.get("hyper_steps_done", 0) * exp.cfg.inner_steps,
-            "warmup_steps": exp.cfg.warmup_steps, "run_s": time.perf_counter() - t0}
+            "warmup_steps": exp.cfg.warmup_steps, "run_s": time.perf_counter() - t0,
+            "_correct": None if correct is None else testbits.pack(correct.numpy())}
+
+
+def correct_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per run: its keys and its packed per-example test correctness (``testbits``)."""
+    return [{"total_size": r["total_size"], "val_fraction": r["val_fraction"], "family": r["family"], "seed": r["seed"],
+             "n_test": r["n_test"], "test_acc": r["test_acc"], "correct": r["_correct"]} for r in rows if r.get("_correct")]
+
+
+def _matrix(correct: list[dict[str, Any]], n: int, fam: str, f: float, seeds: list[int]):
+    """seeds × test examples 0/1 for one cell (None when a seed is missing)."""
+    import numpy as np
+
+    by = {(r["total_size"], r["family"], r["val_fraction"], r["seed"]): r for r in correct}
+    got = [by.get((n, fam, f, s)) for s in seeds]
+    if any(g is None for g in got):
+        return None
+    return np.stack([testbits.unpack(g["correct"], int(g["n_test"])) for g in got])
+
+
+def intervals(rows: list[dict[str, Any]], correct: list[dict[str, Any]], n_boot: int = 10000) -> list[dict[str, Any]]:
+    """Per (size, family): the best fraction (highest mean test accuracy) minus every other
+    fraction, and per (size, fraction in {0.1, the largest}): per-weight minus global decay; each a
+    paired bootstrap over the seeds × the test images (95 %)."""
+    seeds = sorted({r["seed"] for r in correct})
+    pk = peaks(summary(rows))
+    fractions = sorted({r["val_fraction"] for r in rows})
+    out = []
+    for (n, fam), p in pk.items():
+        best = _matrix(correct, n, fam, p["best"], seeds)
+        for f in fractions:
+            other = _matrix(correct, n, fam, f, seeds)
+            if f == p["best"] or best is None or other is None:
+                continue
+            iv = paired_bootstrap(best, other, n_boot=n_boot)
+            out.append({"comparison": "best_minus_fraction", "total_size": n, "family": fam, "a": f"f={p['best']:g}",
+                        "b": f"f={f:g}", "val_fraction_a": p["best"], "val_fraction_b": f, **iv})
+    for n in sorted({r["total_size"] for r in rows}):
+        for f in sorted({fractions[0], fractions[-1]}):
+            a, b = _matrix(correct, n, "per_param", f, seeds), _matrix(correct, n, "global", f, seeds)
+            if a is None or b is None:
+                continue
+            iv = paired_bootstrap(a, b, n_boot=n_boot)
+            out.append({"comparison": "per_weight_minus_global", "total_size": n, "family": "per_param-global",
+                        "a": "per_param", "b": "global", "val_fraction_a": f, "val_fraction_b": f, **iv})
+    return out
 
 
 
@@ -130,7 +186,7 @@ def _frac(fs) -> str:
     return ", ".join(f"{f:g}" for f in fs)
 
 
-def reading(rows: list[dict[str, Any]], quick: bool) -> str:
+def reading(rows: list[dict[str, Any]], quick: bool, ivs: list[dict[str, Any]] | None = None) -> str:
     wall = rows[0].get("study_wall_s") if rows else None
     wall_s = None if quick or wall in (None, "") else float(wall)
     summ = summary(rows)
@@ -180,12 +236,36 @@ def reading(rows: list[dict[str, Any]], quick: bool) -> str:
              "per-weight: val acc"], table), ""]
     parts += ["★ = the fraction with the highest mean test accuracy for that family and size.", "",
               "![test accuracy against the validation fraction](validation_split.png)", ""]
-    # the reading, computed from the numbers
+    # the intervals: best fraction minus every other, paired over seeds × test images
+    ivs = ivs or []
+    best_minus = {(r["total_size"], r["family"], r["val_fraction_b"]): r for r in ivs if r["comparison"] == "best_minus_fraction"}
+    pw_minus = {(r["total_size"], r["val_fraction_a"]): r for r in ivs if r["comparison"] == "per_weight_minus_global"}
+    n_test = {r.get("n_test") for r in rows} - {None, ""}
+    if best_minus:
+        parts += [f"**Intervals**: test accuracy of each family's best fraction minus that of every other fraction, in "
+                  f"points, with the 95 % interval of a paired bootstrap over the {len(seeds)} seeds and the "
+                  f"{'/'.join(f'{x:,}' for x in sorted(n_test))} test images (the same images, in the same order, for every "
+                  "run; `validation_split_intervals.csv`); \"within noise\" = the interval includes 0. The best fraction is "
+                  "picked on these same runs, so its lead is if anything overstated.", ""]
+        for n in sizes:
+            table = []
+            for f in fractions:
+                line = [f"{f:g}"]
+                for fam, _ in FAMILIES:
+                    iv = best_minus.get((n, fam, f))
+                    line.append("best ★" if pk[(n, fam)]["best"] == f else (verdict(iv) if iv else "—"))
+                table.append(line)
+            parts += [f"N = {n:,}:", "", output.md_table(["val fraction", "global: best − this f", "per-weight: best − this f"],
+                                                        table), ""]
+    noise = {(n, fam): [pk[(n, fam)]["best"]] + [f for f in fractions if (n, fam, f) in best_minus
+                                                 and best_minus[(n, fam, f)]["within_noise"]]
+             for n in sizes for fam, _ in FAMILIES}
     lines = []
     holds = {fam: [n for n in sizes if pk[(n, fam)]["best"] in PAPER_BEST[fam]] for fam, _ in FAMILIES}
     for fam, _ in FAMILIES:
-        per_size = "; ".join(f"N = {n:,}: f = {pk[(n, fam)]['best']:g} ({pk[(n, fam)]['acc']:.3f} ± {pk[(n, fam)]['std']:.3f}; "
-                             f"within one std of it: f ∈ {{{_frac(pk[(n, fam)]['tied'])}}})" for n in sizes)
+        per_size = "; ".join(f"N = {n:,}: f = {pk[(n, fam)]['best']:g} ({pk[(n, fam)]['acc']:.3f} ± {pk[(n, fam)]['std']:.3f}"
+                             + (f"; within noise of it: f ∈ {{{_frac(sorted(noise[(n, fam)]))}}}" if best_minus else "") + ")"
+                             for n in sizes)
         lines.append(f"- **{fam_name[fam]}** is best at {per_size}.")
     later = [n for n in sizes if pk[(n, "per_param")]["best"] > pk[(n, "global")]["best"]]
     same = [n for n in sizes if pk[(n, "per_param")]["best"] == pk[(n, "global")]["best"]]
@@ -194,13 +274,16 @@ def reading(rows: list[dict[str, Any]], quick: bool) -> str:
                  f"{{{_frac(holds['per_param']) or 'none'}}}. The qualitative claim — per-weight decay wants a larger "
                  f"validation share than a global one — holds (a larger best f) for N ∈ {{{_frac(later) or 'none'}}}"
                  + (f", the same best f for N ∈ {{{_frac(same)}}}" if same else "") + ".")
-    for fam, _ in FAMILIES:
-        inside = [n for n in sizes if set(pk[(n, fam)]["tied"]) <= set(PAPER_BEST[fam])]
-        spread = "; ".join(f"N = {n:,}: {min(pk[(n, fam)]['tied']):g}–{max(pk[(n, fam)]['tied']):g}" for n in sizes)
-        lines.append(f"- How sharp the best is for the {fam_name[fam]}: the fractions within one std of it span {spread}; all of them "
-                     f"inside the paper's range ({'~10 %' if fam == 'global' else '25–50 %'}) for N ∈ {{{_frac(inside) or 'none'}}}"
-                     + ("" if len(inside) == len(sizes) else " — elsewhere the seeds cannot tell the best fraction from its neighbours")
-                     + ".")
+    if best_minus:
+        for fam, _ in FAMILIES:
+            inside = [n for n in sizes if set(noise[(n, fam)]) <= set(PAPER_BEST[fam])]
+            spread = "; ".join(f"N = {n:,}: {_frac(sorted(noise[(n, fam)]))}" for n in sizes)
+            lines.append(f"- How sharp the best is for the {fam_name[fam]}: the fractions within noise of it (including itself) "
+                         f"are {spread}; all of them inside the paper's range ({'~10 %' if fam == 'global' else '25–50 %'}) for "
+                         f"N ∈ {{{_frac(inside) or 'none'}}}"
+                         + ("" if len(inside) == len(sizes) else " — elsewhere the runs cannot tell the best fraction from "
+                            "fractions outside that range")
+                         + ".")
     hi_f = max(fractions)
     at_hi = {}
     for n in sizes:
@@ -213,7 +296,10 @@ def reading(rows: list[dict[str, Any]], quick: bool) -> str:
         fits = [n for n, (p, g) in at_hi.items() if p["val_acc_mean"] > g["val_acc_mean"]]
         lines.append(f"- With most of the data as validation (f = {hi_f:g}), per-weight vs global decay: test accuracy "
                      + "; ".join(f"N = {n:,}: {p['test_acc_mean']:.3f} vs {g['test_acc_mean']:.3f}" for n, (p, g) in at_hi.items())
-                     + f" (per-weight higher for N ∈ {{{_frac(better) or 'none'}}}); validation accuracy "
+                     + f" (per-weight higher for N ∈ {{{_frac(better) or 'none'}}}"
+                     + ("; per-weight − global, paired: " + "; ".join(f"N = {n:,}: {verdict(pw_minus[(n, hi_f)])}" for n in at_hi
+                                                                     if (n, hi_f) in pw_minus) if pw_minus else "")
+                     + "); validation accuracy "
                      + "; ".join(f"{p['val_acc_mean']:.3f} vs {g['val_acc_mean']:.3f}" for p, g in at_hi.values())
                      + f" (per-weight higher for N ∈ {{{_frac(fits) or 'none'}}}) — where both are higher, the per-weight "
                      "decays fitted the validation set and carried some of it to the test set, the paper's explanation of "
@@ -246,7 +332,8 @@ def rewrite(out: Path) -> None:
     """Plot and README again from the CSVs in ``out`` (after a change to how they are drawn)."""
     rows = output.read_csv(out / "validation_split.csv")
     plot(summary(rows), out)
-    (out / "README.md").write_text(reading(rows, bool(rows and rows[0].get("quick"))))
+    ivs = output.read_csv(out / "validation_split_intervals.csv") if (out / "validation_split_intervals.csv").exists() else []
+    (out / "README.md").write_text(reading(rows, bool(rows and rows[0].get("quick")), ivs))
 
 
 def run(out: Path, quick: bool = False, device: str = "auto", reps: int | None = None) -> list[dict[str, Any]]:
@@ -266,9 +353,15 @@ def run(out: Path, quick: bool = False, device: str = "auto", reps: int | None =
     wall = time.perf_counter() - t0
     for r in rows:
         r["study_wall_s"], r["quick"] = round(wall, 1), quick
+    correct = correct_rows(rows)
+    for r in rows:
+        r.pop("_correct", None)
     output.write_csv(out, "validation_split", rows, dev)
+    output.write_csv(out, "validation_split_correct", correct, dev)
     summ = summary(rows)
     output.write_csv(out, "validation_split_summary", summ, dev)
+    ivs = intervals(rows, correct, n_boot=500 if quick else 10000)
+    output.write_csv(out, "validation_split_intervals", ivs, dev)
     plot(summ, out)
-    (out / "README.md").write_text(reading(rows, quick))
+    (out / "README.md").write_text(reading(rows, quick, ivs))
     return rows

@@ -58,6 +58,14 @@ def test_the_quick_study_gives_both_sides_the_same_weight_updates_and_counts_the
     text = (tmp_path / "README.md").read_text()
     assert "QUICK SMOKE RUN" in text and "at 25 % of B" in text and "Where we differ from the paper" in text
     assert (tmp_path / "blackbox.png").stat().st_size > 10_000
+    from hgbench.benchmarks import testbits
+
+    for r in rows:  # each row's per-example test correctness is its test accuracy
+        assert testbits.unpack(r["test_correct"], r["n_test"]).mean() == pytest.approx(r["test_acc"], abs=1e-6)
+    ivs = {r["comparison"]: r for r in output.read_csv(tmp_path / "blackbox_intervals.csv")}
+    acc = ivs["optuna_at_1B_minus_ift_at_1B: test_acc"]
+    assert acc["lo"] <= acc["value"] <= acc["hi"] and acc["n_examples"] == 797
+    assert "**Intervals**" in text and "depends on the machine's load" in text
 
 
 def test_the_reports_optuna_cost_is_in_weight_updates_of_all_trials():
@@ -68,3 +76,26 @@ def test_the_reports_optuna_cost_is_in_weight_updates_of_all_trials():
     trials = pd.DataFrame({"params.hyper_steps": ["200", "200", "100"], "params.inner_steps": ["10", "10", "10"]})
     assert weight_updates(trials) == "5,000"
     assert weight_updates(trials.drop(columns="params.inner_steps")) == "—"  # unknown: not guessed
+
+
+def test_the_intervals_pair_the_sides_choices_seed_by_seed():
+    import numpy as np
+
+    from hgbench.benchmarks import paper_blackbox as pb, testbits
+
+    rows = []
+    for seed in (0, 1, 2):
+        ift = rows_of("ift", seed, [(2.0, 0.5), (4.0, 0.3)])
+        opt = rows_of("optuna", seed, [(3.0, 0.4 + 0.01 * seed), (7.0, 0.2)])
+        for r in ift + opt:  # IFT right on every test example, Optuna on none
+            r["n_test"] = 50
+            r["test_correct"] = testbits.pack(np.full(50, r["side"] == "ift"))
+            r["test_acc"] = 1.0 if r["side"] == "ift" else 0.0
+        rows += ift + opt
+    ivs = {r["comparison"]: r for r in pb.intervals(rows, extend=2.0, n_boot=200)}
+    acc = ivs["optuna_at_1B_minus_ift_at_1B: test_acc"]
+    assert acc["value"] == acc["lo"] == acc["hi"] == -1.0 and acc["n_seeds"] == 3
+    val = ivs["optuna_at_1B_minus_ift_at_1B: val_loss"]  # Optuna 0.40/0.41/0.42 vs IFT 0.3
+    assert val["value"] == pytest.approx(0.11) and val["lo"] > 0 and not val["within_noise"]
+    assert ivs["optuna_catch_up_time_over_B (seeds that caught up)"]["value"] == pytest.approx(7.0 / 4.0)
+    assert "optuna_at_0.25B_minus_ift_at_0.25B: val_loss" not in ivs  # no side has a result at 1 s

@@ -308,6 +308,33 @@ def test_the_inverse_quality_study_compares_with_the_exact_hypergradient(tmp_pat
     assert cos[("cg", "0")] in ("", "nan")  # CG with no step answers 0: no direction, no cosine
     readme = (tmp_path / "README.md").read_text()
     assert "QUICK SMOKE RUN" in readme and "higher cosine" in readme and (tmp_path / "inverse_steps.png").stat().st_size > 10_000
+    from hgbench.benchmarks import output
+
+    ivs = output.read_csv(tmp_path / "inverse_intervals.csv")
+    assert {(r["method"], r["quantity"]) for r in ivs if r["where"] == "along the runs"} >= {
+        ("neumann 0", "cosine_minus_cg20"), ("neumann 5", "l2_minus_cg20"), ("neumann 5", "share_larger_l2")}
+    assert all(r["lo"] <= r["mean"] <= r["hi"] for r in ivs)
+    l2 = next(r for r in ivs if (r["method"], r["quantity"]) == ("neumann 0", "l2_minus_cg20"))
+    assert l2["lo"] > 0  # CG 20 is exact here: Neumann 0's ℓ2 is larger on every seed
+    assert "cosine − CG 20's" in readme and "bootstrap interval" in readme
+
+
+def test_the_inverse_quality_seeds_draw_their_own_split(monkeypatch):
+    """Each seed of the inverse-quality study is its own Boston split, not only its own init."""
+    import hgbench
+    from hgbench.benchmarks import paper_inverse
+
+    seen = []
+
+    def capture(overrides):
+        seen.append(overrides)
+        raise RuntimeError("captured")
+
+    monkeypatch.setattr(hgbench, "build_experiment", capture)
+    with pytest.raises(RuntimeError, match="captured"):
+        paper_inverse.trajectory("neumann", 0, 3, 1, 1, "cpu")
+    assert "seed=3" in seen[0] and "dataset.split_seed=3" in seen[0]
+    assert len(paper_inverse.SEEDS) >= 3
 
 
 def test_the_docs_name_only_presets_and_studies_that_exist():

@@ -128,5 +128,30 @@ def test_the_study_runs_the_preset_and_reports_every_cell(fake_mnist, tmp_path):
     readme = (tmp_path / "README.md").read_text()
     assert "QUICK SMOKE RUN" in readme and "**Reading**" in readme and "Where we differ from the paper" in readme
     assert (tmp_path / "validation_split.png").stat().st_size > 10_000
+    # per-example test correctness, saved per run: its mean is the run's test accuracy
+    from hgbench.benchmarks import output, testbits
+
+    correct = output.read_csv(tmp_path / "validation_split_correct.csv")
+    assert len(correct) == len(rows)
+    acc = {(r["family"], r["val_fraction"], r["seed"]): r["test_acc"] for r in rows}
+    for r in correct:
+        bits = testbits.unpack(r["correct"], r["n_test"])
+        assert bits.mean() == pytest.approx(acc[(r["family"], r["val_fraction"], r["seed"])], abs=1e-6)
+    ivs = output.read_csv(tmp_path / "validation_split_intervals.csv")
+    kinds = {r["comparison"] for r in ivs}
+    assert kinds == {"best_minus_fraction", "per_weight_minus_global"}
+    assert all(r["lo"] <= r["diff"] <= r["hi"] and r["n_examples"] == PARTS["test"] for r in ivs)
+    assert "**Intervals**" in readme and "paired bootstrap" in readme
     study.rewrite(tmp_path)
     assert (tmp_path / "README.md").read_text() == readme
+
+
+def test_packed_correctness_round_trips():
+    from hgbench.benchmarks import testbits
+
+    bits = (np.arange(797) % 3 == 0).astype(np.uint8)
+    text = testbits.pack(bits)
+    assert text.startswith("b64:") and len(text) < 150
+    assert np.array_equal(testbits.unpack(text, 797), bits)
+    with pytest.raises(ValueError):
+        testbits.unpack(text, 900)
