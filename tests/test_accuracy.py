@@ -305,6 +305,7 @@ def test_the_reading_states_whether_the_point_is_stationary():
     assert "Stationary, but H is indefinite" in frontier.point_reading(_point(hess_eig_min=-1e-3, hess_neg_count=3))
     text = frontier.point_reading(_point(inner_grad_norm=0.39, inner_grad_norm_start=0.13, stationary=False))
     assert "**Not a stationary point**" in text and "not the target" in text and "×3" in text
+    assert "## In plain words\n\nhand-written" in frontier.reading([], quick=False, notes="## In plain words\n\nhand-written\n")
 
 
 def _retrained_row(series, descent, time, budget=""):
