@@ -109,6 +109,44 @@ def assemble_readme(out: Path) -> Path:
     return path
 
 
+def frontier_options(args: argparse.Namespace) -> dict:
+    """The frontier's keyword arguments from the command line (ValueError: a one-line reason)."""
+    from hgbench.accuracy import RetrainSettings
+    from hgbench.errors import ConfigError
+
+    out: dict = {}
+
+    def settings(steps: str, flag: str):
+        try:
+            return RetrainSettings.from_config({"steps": int(steps), "eps": args.retrain_eps, "directions": args.retrain_directions})
+        except (ConfigError, ValueError) as exc:
+            raise ValueError(f"{flag}: {str(exc).replace('reference.retrain.', '--retrain-')}") from None
+
+    spec = str(args.retrain_steps)
+    if "=" in spec:
+        out["retrain"] = {}
+        for part in spec.split(","):
+            problem, _, steps = part.partition("=")
+            out["retrain"][problem.strip()] = settings(steps, f"--retrain-steps {part}")
+    elif spec not in ("0", ""):
+        out["retrain"] = settings(spec, f"--retrain-steps {spec}")
+    if args.problems:
+        out["problems"] = tuple(p.strip() for p in args.problems.split(",") if p.strip())
+    if args.budgets:
+        try:
+            out["budgets"] = tuple(int(b) for b in args.budgets.split(","))
+        except ValueError:
+            raise ValueError(f"--budgets {args.budgets}: integers, comma-separated") from None
+    for item in args.series:
+        problem, sep, labels = item.partition(":")
+        if not sep or not labels:
+            raise ValueError(f"--series {item}: PROBLEM:LABEL,LABEL (e.g. 'cnn:identity,cg (ggn)')")
+        out.setdefault("series", {})[problem.strip()] = tuple(x.strip() for x in labels.split(","))
+    if args.no_warm_starts:
+        out["along"] = False
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # the command's own process (not at import)
     ap = argparse.ArgumentParser(prog="hgbench-bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -121,24 +159,28 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--reps", type=int, default=None, help="repetitions per figure (default: per section)")
     ap.add_argument("--max-load", type=float, default=0.7, help="wait for the 1-minute load average to drop to this")
     ap.add_argument("--max-wait-min", type=float, default=30, help="wait at most this long for a quiet machine")
-    ap.add_argument("--retrain-steps", type=int, default=0, metavar="T",
-                    help="frontier only: add the retraining check at every point, T inner steps (0: off)")
+    ap.add_argument("--retrain-steps", default="0", metavar="T",
+                    help="frontier only: add the retraining check at every point, T inner steps (0: off); per problem: "
+                         "ridge=1000,mlp=1000,cnn=100 (a problem not named: no check)")
     ap.add_argument("--retrain-eps", type=float, default=0.01, help="frontier only: the retraining check's step on λ")
     ap.add_argument("--retrain-directions", type=int, default=4, help="frontier only: its random directions (noise floor)")
+    ap.add_argument("--problems", default=None, help="frontier only: its problems, comma-separated (default ridge,mlp,cnn)")
+    ap.add_argument("--budgets", default=None, help="frontier only: the budgets, comma-separated (default 0,1,2,5,10,20,50)")
+    ap.add_argument("--series", action="append", default=[], metavar="PROBLEM:LABEL,LABEL",
+                    help="frontier only: measure only these series on PROBLEM (repeatable; e.g. 'cnn:identity,cg (ggn)')")
+    ap.add_argument("--no-warm-starts", action="store_true", help="frontier only: skip the warm starts along a run")
     args = ap.parse_args(argv)
     extra: dict[str, dict] = {}
-    if args.retrain_steps:
-        if "frontier" not in args.sections:
-            ap.error("--retrain-steps applies to the frontier section only")
-        from hgbench.accuracy import RetrainSettings
-        from hgbench.errors import ConfigError
-
+    frontier_only = {"--retrain-steps": args.retrain_steps not in ("0", ""), "--problems": args.problems is not None,
+                     "--budgets": args.budgets is not None, "--series": bool(args.series), "--no-warm-starts": args.no_warm_starts}
+    used = [k for k, v in frontier_only.items() if v]
+    if used and "frontier" not in args.sections:
+        ap.error(f"{used[0]} applies to the frontier section only")
+    if used:
         try:
-            settings = RetrainSettings.from_config({"steps": args.retrain_steps, "eps": args.retrain_eps,
-                                                    "directions": args.retrain_directions})
-        except ConfigError as exc:
-            ap.error(str(exc).replace("reference.retrain.", "--retrain-"))
-        extra["frontier"] = {"retrain": settings}
+            extra["frontier"] = frontier_options(args)
+        except ValueError as exc:
+            ap.error(str(exc))
     sections = list(SECTIONS) if "all" in args.sections else list(dict.fromkeys(args.sections))
     studies = [s for s in args.sections if s in STUDIES]
     if studies and (len(studies) > 1 or len(args.sections) > 1):

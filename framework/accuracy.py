@@ -9,6 +9,7 @@ an IFT solve is only where the inner problem is at a strict minimum."""
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -218,4 +219,26 @@ def retraining_check(problem: Problem, w: Tensor, lam: Tensor, inner_optimizer: 
         ds = torch.tensor([realised(d) for d in dirs], dtype=torch.float64)
         out["retrain_noise_floor"] = ds.square().mean().sqrt().item()
         out["retrain_noise_max"] = ds.abs().max().item()
+    return out
+
+
+def damping_sensitivity(hypergradient_at: Callable[[float], Tensor], dampings: Sequence[float]) -> list[dict[str, float]]:
+    """How much a damped IFT reference moves with its damping δ: ``hypergradient_at(δ)`` (the
+    reference solved with (C + δ·I)) at each δ in ``dampings``, against the first (the base, δ = 0
+    where the curvature C is positive definite). Per δ: ``damping``, ``norm``, ``norm_ratio``
+    ‖g_δ‖ / ‖g_base‖ (the magnitude's change), ``cosine`` to g_base (the direction's),
+    ``rel_err`` ‖g_δ − g_base‖ / ‖g_base‖ and ``scale_free_err`` √(1 − cos²). A reference that
+    moves at a damping far below the curvature's scale lives in directions held only by
+    near-zero eigenvalues: its magnitude there is the damping's, not the problem's."""
+    if not dampings:
+        return []
+    base = hypergradient_at(dampings[0]).detach().double().reshape(-1)
+    base_norm = torch.linalg.vector_norm(base).item()
+    out = []
+    for d in dampings:
+        g = base if d == dampings[0] else hypergradient_at(d).detach().double().reshape(-1)
+        err = hypergradient_error(g, base)
+        norm = torch.linalg.vector_norm(g).item()
+        out.append({"damping": float(d), "norm": norm, "norm_ratio": norm / base_norm if base_norm > 0 else float("nan"),
+                    "cosine": err["hg_cosine"], "rel_err": err["hg_rel_err"], "scale_free_err": err["hg_scale_free_err"]})
     return out

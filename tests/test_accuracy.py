@@ -1,6 +1,7 @@
 """Hypergradient accuracy as a measured quantity: MINRES, Lanczos and the Gauss–Newton curvature
 against dense float64 computations, and the per-run accuracy checks (``reference.every``)."""
 
+import math
 from itertools import pairwise
 
 import pytest
@@ -200,7 +201,7 @@ def test_the_frontier_adds_the_retraining_check_per_method(tmp_path, monkeypatch
     from hgbench.benchmarks import frontier
 
     nodes = [("exact", {"name": "exact"}), ("identity", {"name": "identity"}), ("neumann", {"name": "neumann", "iterations": 2})]
-    monkeypatch.setattr(frontier, "points", lambda exp, quick, batch=0: nodes)
+    monkeypatch.setattr(frontier, "points", lambda exp, quick, batch=0, *filters: nodes)
     rows = frontier.run(tmp_path, quick=True, problems=("ridge",), retrain=RetrainSettings(30, 1e-3, 2))
     got = {r["series"]: r for r in rows}
     # the reference's direction again: the same retraining, the same number
@@ -208,7 +209,14 @@ def test_the_frontier_adds_the_retraining_check_per_method(tmp_path, monkeypatch
     for r in rows:
         assert r["retrain_descent_method"] > 0 and r["retrain_steps"] == 30 and r["retrain_noise_floor"] >= 0
         assert r["scale_free_err"] == pytest.approx((1 - r["cosine"] ** 2) ** 0.5, abs=1e-7)
-    assert "Retraining check (T = 30 inner steps" in (tmp_path / "README.md").read_text()
+    readme = (tmp_path / "README.md").read_text()
+    assert "Every point, by realised descent after retraining (T = 30 inner steps" in readme
+    assert "Which direction lowers the validation loss most, per budget" in readme and "Stationary, H ≻ 0" in readme
+    damping = frontier.output.read_csv(tmp_path / "frontier_damping.csv")
+    assert len(damping) == len(frontier.DAMPINGS["ridge"]) and float(damping[0]["norm_ratio"]) == 1.0
+    # ridge's smallest eigenvalue is 0.54: a damping of 0.01 moves its reference by about 2 %, and along it as much descent
+    assert 0.95 < float(damping[-1]["norm_ratio"]) < 1 and float(damping[-1]["cosine"]) > 0.999
+    assert float(damping[-1]["retrain_descent"]) == pytest.approx(float(damping[0]["retrain_descent"]), rel=1e-3)
 
 
 def test_a_method_registered_later_joins_the_frontier_at_its_declared_budgets():
@@ -239,3 +247,105 @@ def test_a_method_registered_later_joins_the_frontier_at_its_declared_budgets():
     finally:
         registry.unregister("sketch_test")
     assert nodes == [{"name": "sketch_test", "rank": b} for b in frontier.BUDGETS]
+
+
+def test_damping_sensitivity_matches_the_closed_form_on_a_diagonal_quadratic():
+    """g(δ) = (A + δI)⁻¹ b with A = diag(a): each component b_i / (a_i + δ), so the norm ratio and
+    the cosine to g(0) are known exactly; a damping far below A's eigenvalues moves nothing."""
+    from hgbench.accuracy import damping_sensitivity
+
+    a = torch.tensor([1.0, 1e-2, 1e-4], dtype=torch.float64)
+    b = torch.tensor([1.0, 1.0, 1e-2], dtype=torch.float64)
+    calls = []
+
+    def at(d):
+        calls.append(d)
+        return b / (a + d)
+
+    rows = damping_sensitivity(at, [0.0, 1e-4, 1.0])
+    assert calls == [0.0, 1e-4, 1.0]  # the base once
+    g0 = b / a
+    for r, d in zip(rows, (0.0, 1e-4, 1.0), strict=True):
+        g = b / (a + d)
+        assert r["damping"] == d
+        assert r["norm_ratio"] == pytest.approx((g.norm() / g0.norm()).item(), rel=1e-12)
+        assert r["cosine"] == pytest.approx((g @ g0 / (g.norm() * g0.norm())).item(), rel=1e-12)
+        assert r["rel_err"] == pytest.approx(((g - g0).norm() / g0.norm()).item(), rel=1e-12)
+    # δ = 1e-4 halves the component held by the eigenvalue 1e-4 (100 → 50): the norm drops, the direction turns
+    assert rows[0]["norm_ratio"] == 1.0 and rows[0]["rel_err"] == 0.0
+    assert rows[1]["norm_ratio"] == pytest.approx(math.sqrt(1 / 1.0001**2 + 1 / 0.0101**2 + 50**2) / math.sqrt(1 + 100**2 + 100**2),
+                                                  rel=1e-12)
+    assert rows[1]["cosine"] < 0.96 and rows[2]["norm_ratio"] < 0.02
+    assert damping_sensitivity(at, []) == []
+
+
+def test_polish_drives_the_inner_gradient_below_its_tolerance_and_resets_the_momentum():
+    from hgbench.benchmarks import frontier
+
+    exp, tb, _ = frontier.build("ridge", quick=True)
+    exp.w = exp.w + 0.3 * torch.randn(exp.w.shape, generator=torch.Generator().manual_seed(0), dtype=exp.w.dtype)
+    exp.inner_state = {k: (v + 1 if torch.is_tensor(v) else v) for k, v in exp.inner_state.items()}
+    assert frontier._grad_norm(exp, exp.w, tb) > 1e-2
+    its = frontier.polish(exp, tb, 1e-7, 200)
+    assert 0 < its <= 200 and frontier._grad_norm(exp, exp.w, tb) <= 1e-7
+    fresh = exp.inner_optimizer.init(exp.w)
+    assert all(torch.equal(v, fresh[k]) for k, v in exp.inner_state.items() if torch.is_tensor(v))
+
+
+def _point(**kw):
+    base = {"inner_training": "x", "inner_grad_norm": 1e-8, "inner_grad_norm_start": 0.3, "hess_eig_max": 1.0,
+            "hess_eig_min": 1e-3, "hess_neg_count": 0, "hess_small_count": 0, "hess_spectrum": "dense", "stationary": True}
+    return {**base, **kw}
+
+
+def test_the_reading_states_whether_the_point_is_stationary():
+    from hgbench.benchmarks import frontier
+
+    assert "**Stationary, H ≻ 0**" in frontier.point_reading(_point())
+    assert "Stationary, but H is indefinite" in frontier.point_reading(_point(hess_eig_min=-1e-3, hess_neg_count=3))
+    text = frontier.point_reading(_point(inner_grad_norm=0.39, inner_grad_norm_start=0.13, stationary=False))
+    assert "**Not a stationary point**" in text and "not the target" in text and "×3" in text
+    assert "## In plain words\n\nhand-written" in frontier.reading([], quick=False, notes="## In plain words\n\nhand-written\n")
+
+
+def _retrained_row(series, descent, time, budget=""):
+    return {"problem": "p", "status": "ok", "series": series, "budget_param": "iterations" if budget != "" else "", "budget": budget,
+            "retrain_descent_method": descent, "retrain_descent_ratio": descent / 1.0, "retrain_descent_reference": 1.0,
+            "retrain_noise_floor": 0.1, "retrain_noise_max": 0.15, "retrain_steps": 50, "retrain_directions": 4,
+            "cosine": 0.9, "scale_free_err": 0.44, "rel_err": 0.5, "time_grads_median": time}
+
+
+def test_the_budget_reading_names_the_best_direction_and_calls_a_tie_within_the_noise_floor():
+    from hgbench.benchmarks import frontier
+
+    rows = [_retrained_row("identity", 0.5, 2.0), _retrained_row("neumann", 0.95, 8.0, 2), _retrained_row("neumann", 1.2, 40.0, 10),
+            _retrained_row("cg", 1.0, 9.0, 2), _retrained_row("random-ish", 0.1, 1.0)]
+    assert [r["series"] for r in frontier.best_direction_at(rows, "p", 10)] == ["cg", "neumann", "identity", "random-ish"]
+    text = "\n".join(frontier.budget_reading(rows, "p"))
+    assert "With **3 gradients** or fewer, **identity**" in text and "the next, random-ish, realises 0.1" in text
+    assert "**cg (iterations=2)**" in text and "neumann (iterations=2) (0.95) is within the noise floor (0.1) of it: a tie" in text
+    assert "With **100 gradients** or fewer, **neumann (iterations=10)**" in text
+    low = [_retrained_row("identity", 0.12, 2.0), _retrained_row("cg", 0.01, 2.0, 2)]
+    assert "not resolved" in "\n".join(frontier.budget_reading(low, "p"))
+
+
+def test_the_frontier_options_on_the_command_line():
+    import argparse
+
+    from hgbench.benchmarks.cli import frontier_options
+
+    def ns(**kw):
+        base = {"retrain_steps": "0", "retrain_eps": 0.01, "retrain_directions": 4, "problems": None, "budgets": None, "series": [],
+                "no_warm_starts": False}
+        return argparse.Namespace(**{**base, **kw})
+
+    got = frontier_options(ns(retrain_steps="ridge=1000,cnn=100", problems="ridge,cnn", budgets="0,2,50",
+                              series=["cnn:identity,cg (ggn)"], no_warm_starts=True))
+    assert got["retrain"]["ridge"].steps == 1000 and got["retrain"]["cnn"].steps == 100 and "mlp" not in got["retrain"]
+    assert got["problems"] == ("ridge", "cnn") and got["budgets"] == (0, 2, 50) and got["series"] == {"cnn": ("identity", "cg (ggn)")}
+    assert got["along"] is False
+    assert frontier_options(ns(retrain_steps="200"))["retrain"].steps == 200 and frontier_options(ns()) == {}
+    for bad, line in ((ns(retrain_steps="cnn=0"), "--retrain-steps cnn=0"), (ns(budgets="a"), "--budgets a"),
+                      (ns(series=["cnn"]), "--series cnn")):
+        with pytest.raises(ValueError, match=line):
+            frontier_options(bad)
