@@ -361,7 +361,9 @@ def reading(summary: list[dict[str, Any]], skipped: list[dict[str, Any]], rows: 
              "whose docstring says exactly what is run; preset `conf/experiment/hyperclean_mnist.yaml`). Files: `curves.csv` (every "
              "run at every evaluation step, machine and commit on each row), `summary.csv` (one row per method), `skipped.csv`, "
              "`test_correct.npz` (each run's per-image test correctness"
-             + (", in the official test set's order" if ordered else "") + "), `hyperclean.png`.", ""]
+             + (", in the official test set's order" if ordered else "") + "), `hyperclean.png`. The `commit` column of "
+             "`curves.csv` is the code that ran; that of `summary.csv` the code that summarised it (`hyperclean.rewrite` "
+             "redraws the summary, plot and this README from the run's files).", ""]
     if quick:
         parts += ["> **QUICK SMOKE RUN** (`--quick`): one seed, 2 hyper-steps, a few hundred images — these numbers only show "
                   "that the code runs.", ""]
