@@ -439,8 +439,8 @@ def reading(summary: list[dict[str, Any]], skipped: list[dict[str, Any]], rows: 
         "- *Hardware*: one CPU thread on a shared machine (PyTorch); theirs JAX, hardware not stated in the repository.", ""]
     parts += ["**Not run** (each plugin's own reason for this problem):", ""]
     parts += [f"- `{s['method']}`: {s['reason']}" + (
-        " — raising `max_weights` would cost 7,840 Hessian-vector products per hypergradient (the dense Hessian), about 1,500 "
-        "times CG's 5." if s["method"] == "exact" else "") for s in skipped]
+        " — raising `max_weights` would cost 7,840 Hessian-vector products per hypergradient (the dense Hessian), the products of "
+        "1,568 CG-5 hypergradients." if s["method"] == "exact" else "") for s in skipped]
     parts += ["", "`fixed` is not a hypergradient method: it keeps λ at −2 (the untuned baseline every tuned method starts from).", ""]
     return "\n".join(parts)
 
