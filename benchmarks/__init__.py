@@ -13,14 +13,16 @@ experiments, each writing into ``results/paper/<experiment>`` (STUDY_OUT): ``pap
 (dataset distillation judged by fresh models), ``paper_augment`` (learned data augmentation),
 ``paper_ptb`` (RNN regularisation on PTB), ``paper_val_split`` (validation split size) and
 ``paper_blackbox`` (IFT against Optuna at equal compute); results/paper/README.md puts them side
-by side with the paper's numbers.
+by side with the paper's numbers; and ``hyperclean`` (hyper data-cleaning on MNIST, the problem of
+benchopt's benchmark_bilevel, every method × 5 seeds; ``results/hyperclean``).
 """
 
 SECTIONS = ("cost", "memory", "joint", "scale", "peers", "overhead", "compile")
 # studies: run on their own (not by ``all``), each writing its own README into its --out folder
 STUDIES = ("frontier", "paper_inverse", "paper_overfit", "paper_distill", "paper_augment", "paper_ptb", "paper_val_split",
-           "paper_blackbox")
+           "paper_blackbox", "hyperclean")
 STUDY_OUT = {"frontier": "results/frontier", "paper_inverse": "results/paper/inverse_quality",
              "paper_overfit": "results/paper/overfitting", "paper_distill": "results/paper/distillation",
              "paper_augment": "results/paper/augmentation", "paper_ptb": "results/paper/ptb",
-             "paper_val_split": "results/paper/validation_split", "paper_blackbox": "results/paper/blackbox"}
+             "paper_val_split": "results/paper/validation_split", "paper_blackbox": "results/paper/blackbox",
+             "hyperclean": "results/hyperclean"}

@@ -59,6 +59,31 @@ def _count(n: int = 1) -> None:
         counter.value += n
 
 
+# the gradient counters active in this context (``count_gradients``), like ``_active`` above
+_active_gradients: ContextVar[tuple[ProductCount, ...]] = ContextVar("hgbench_gradient_counts", default=())
+
+
+@contextmanager
+def count_gradients() -> Iterator[ProductCount]:
+    """Count the evaluations of a bilevel problem's training or validation loss inside the block
+    (``Problem.bilevel``'s ``train_loss`` / ``val_loss``: a method differentiates each one, so each
+    is one gradient — the first-order one for a graph built with ``create_graph``). The runner
+    records it per hypergradient as ``grad_calls``; a finite-difference product counts its two
+    gradients here and itself once in ``count_products``. Blocks may nest."""
+    counter = ProductCount()
+    token = _active_gradients.set(_active_gradients.get() + (counter,))
+    try:
+        yield counter
+    finally:
+        _active_gradients.reset(token)
+
+
+def count_gradient(n: int = 1) -> None:
+    """Add ``n`` loss evaluations to every active ``count_gradients`` block (none: nothing)."""
+    for counter in _active_gradients.get():
+        counter.value += n
+
+
 class HessianVectorProduct:
     """v ↦ (∂²L_T/∂w∂wᵀ) v, reusing the graph of one create_graph gradient ``grad_w``."""
 

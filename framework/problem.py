@@ -19,7 +19,7 @@ from torch.func import functional_call
 from hgbench.base import Batch, Bilevel, DataSplits, Dataset, GaussNewtonParts, HyperparamFamily, Model, ProblemContext, Split
 from hgbench.errors import HgbenchError, SkipRun
 from hgbench.flat import FlatSpec
-from hgbench.ift import GaussNewtonProduct
+from hgbench.ift import GaussNewtonProduct, count_gradient
 
 __all__ = ["Problem", "ProblemContext", "Sampler"]
 
@@ -130,9 +130,17 @@ class Problem:
                                 lambda w_, lam: self.family.penalty(w_, self.lam_spec.unflatten(lam), self.context(batch)))
 
     def bilevel(self, train_batch: Batch, val_batch: Batch, w: Tensor, lam: Tensor, optimizer=None, state=None) -> Bilevel:
+        def train_loss(w_: Tensor, l_: Tensor) -> Tensor:
+            count_gradient()  # the runner's grad_calls (hgbench.ift.count_gradients)
+            return self.train_loss(w_, l_, train_batch)
+
+        def val_loss(w_: Tensor, l_: Tensor) -> Tensor:
+            count_gradient()
+            return self.val_loss(w_, l_, val_batch)
+
         return Bilevel(
-            train_loss=lambda w_, l_: self.train_loss(w_, l_, train_batch),
-            val_loss=lambda w_, l_: self.val_loss(w_, l_, val_batch),
+            train_loss=train_loss,
+            val_loss=val_loss,
             w=w,
             lam=lam,
             inner_optimizer=optimizer,

@@ -31,7 +31,7 @@ from hgbench.compiled import InnerLoss
 from hgbench.config import build_plugin, config_tags, to_dict
 from hgbench.errors import ConfigError, DivergenceError, HgbenchError, RecordingError, SkipRun
 from hgbench.hookspecs import RunContext, RunResult
-from hgbench.ift import count_products
+from hgbench.ift import count_gradients, count_products
 from hgbench.memory import PeakMemory
 from hgbench.parts import Parts, build_parts
 from hgbench.problem import Problem, Sampler
@@ -189,7 +189,7 @@ class Experiment:
         tb, vb = self.train_sampler.next(), self.val_sampler.next()
         check = self.reference is not None and step > 0 and step % self.cfg.reference.every == 0
         rng = self.process_state.snapshot() if check else None
-        with count_products() as products:
+        with count_products() as products, count_gradients() as grads:
             hg = self.hypergradient_flat(self.method, tb, vb)
         method_metrics = self.method.metrics()
         norm = torch.linalg.vector_norm(hg)
@@ -200,7 +200,7 @@ class Experiment:
         if not math.isfinite(loss_f):
             raise DivergenceError("the training loss", step)
         out = {"inner_time_s": t1 - t0, "hypergrad_time_s": t2 - t1, "hypergrad_norm": norm_f, "inner_loss": loss_f,
-               "hvp_calls": products.value, **{f"hypergrad/{k}": float(v) for k, v in method_metrics.items()}}
+               "hvp_calls": products.value, "grad_calls": grads.value, **{f"hypergrad/{k}": float(v) for k, v in method_metrics.items()}}
         # truncated BPTT: the next windows start from these windows' states at w (untimed; the
         # same for every method, whatever weights it ran the model at)
         self.train_sampler.carry_state(self.w)

