@@ -43,6 +43,7 @@ import numpy as np
 
 from hgbench.benchmarks import output, per_example, plotting, timing
 from hgbench.benchmarks.stats import mean_std, paired_bootstrap, verdict
+from hgbench.benchmarks.machine import machine_info
 from hgbench.machine import resolve_device
 
 PRESET = "paper_augment_mnist"
@@ -377,6 +378,7 @@ def run(out: Path, quick: bool = False, device: str = "auto", reps: int | None =
 
 
 def _run(out: Path, quick: bool, dev: str) -> list[dict[str, Any]]:
+    machine_info(dev)  # the commit (and date) of the CSVs: the tree this run starts from, not the one it ends in
     out.mkdir(parents=True, exist_ok=True)
     rows: list[dict[str, Any]] = []
     corr: list[dict[str, Any]] = []

@@ -59,6 +59,7 @@ import numpy as np
 
 from hgbench.benchmarks import output, per_example, plotting, timing
 from hgbench.benchmarks.stats import mean_std, paired_bootstrap, verdict
+from hgbench.benchmarks.machine import machine_info
 from hgbench.machine import resolve_device
 
 # (name in the tables, preset, overrides on top of the preset)
@@ -472,6 +473,7 @@ def run(out: Path, quick: bool = False, device: str = "auto", reps: int | None =
 
 def _run(out: Path, quick: bool, device: str, reps: int | None) -> list[dict[str, Any]]:
     dev = str(resolve_device(device))
+    machine_info(dev)  # the commit (and date) of the CSVs: the tree this run starts from, not the one it ends in
     out.mkdir(parents=True, exist_ok=True)
     lrs, methods = (QUICK["lrs"], QUICK["methods"]) if quick else (LRS, METHODS)
     seeds = QUICK["seeds"] if quick else (tuple(range(reps)) if reps else SEEDS)

@@ -39,6 +39,7 @@ from typing import Any
 
 from hgbench.benchmarks import output, plotting, timing
 from hgbench.benchmarks.stats import mean_std
+from hgbench.benchmarks.machine import machine_info
 from hgbench.machine import resolve_device
 
 SEEDS = (0, 1, 2)
@@ -380,6 +381,7 @@ def run(out: Path, quick: bool = False, device: str = "auto", reps: int | None =
 
 
 def _run(out: Path, quick: bool, dev: str) -> list[dict[str, Any]]:
+    machine_info(dev)  # the commit (and date) of the CSVs: the tree this run starts from, not the one it ends in
     seeds = SEEDS[:1] if quick else SEEDS
     rows: list[dict[str, Any]] = []
     lstm_rows: list[dict[str, Any]] = []
