@@ -58,6 +58,7 @@ QUICK = ("dataset=digits", "dataset.image=true", "dataset.train_size=48", "datas
 # the paper's Table 3 (ResNet-18 on CIFAR-10), val / test accuracy in %
 PAPER = {"neumann 3": (95.1, 94.6), "unroll 3": (95.0, 94.7), "identity": (94.6, 94.1), "none": (92.5, 92.6)}
 PAPER_WEIGHTS = 6659
+QUICK_N_BOOT = 500  # --quick: fewer bootstrap replicates (a smoke run; its intervals mean nothing)
 
 
 def augmenter_weights(channels: int) -> int:
@@ -150,13 +151,13 @@ def intervals(corr: list[dict[str, Any]], n_boot: int = 10000) -> dict[tuple[str
     return out
 
 
-def summary(rows: list[dict[str, Any]], corr: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+def summary(rows: list[dict[str, Any]], corr: list[dict[str, Any]] | None = None, n_boot: int = 10000) -> list[dict[str, Any]]:
     """Per arm at the last hyper-step: val / test accuracy mean ± std over seeds, the paired
     difference to ``none`` on the same seed (mean ± std, and on how many seeds it is > 0), the
     augmenter's change and the hypergradient's time per hyper-step; with the per-example rows
     ``corr``, each accuracy and each difference (to ``none``; Neumann and unrolled also to
     identity) with its paired-bootstrap 95 % interval over seeds and examples (``*_lo``, ``*_hi``)."""
-    iv = intervals(corr) if corr else {}
+    iv = intervals(corr, n_boot) if corr else {}
     last = max(r["step"] for r in rows)
     end = {(r["arm"], r["seed"]): r for r in rows if r["step"] == last}
     seeds = sorted({r["seed"] for r in rows})
@@ -245,7 +246,7 @@ def _acc(r: dict[str, Any], split: str) -> str:
 
 
 def reading(rows: list[dict[str, Any]], corr: list[dict[str, Any]], quick: bool) -> str:
-    s = summary(rows, corr)
+    s = summary(rows, corr, QUICK_N_BOOT if quick else 10000)
     seeds = sorted({r["seed"] for r in rows})
     steps = max(r["step"] for r in rows)
     n_test = {int(r["n"]) for r in corr if r["split"] == "test"}
@@ -354,7 +355,7 @@ def reading(rows: list[dict[str, Any]], corr: list[dict[str, Any]], quick: bool)
 
 
 def _write(rows: list[dict[str, Any]], corr: list[dict[str, Any]], out: Path, quick: bool, device: str = "cpu") -> None:
-    output.write_csv(out, "augmentation_summary", summary(rows, corr), device)
+    output.write_csv(out, "augmentation_summary", summary(rows, corr, QUICK_N_BOOT if quick else 10000), device)
     plot(rows, out)
     (out / "README.md").write_text(reading(rows, corr, quick))
 
