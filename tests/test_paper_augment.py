@@ -74,3 +74,32 @@ def test_the_augmentation_study_compares_the_four_arms_on_the_same_seeds(tmp_pat
     assert "What \"no tuning\" means here" in readme
     for f in ("augmentation.csv", "augmentation_summary.csv", "augmentation.png", "augmentations.png"):
         assert (out / f).stat().st_size > 500
+    # the per-example rows: one per arm and split, the logged accuracy example by example, the
+    # same test images for every arm; the README's differences carry intervals
+    from hgbench.benchmarks import per_example
+
+    corr = per_example.read_gz(out / "augmentation_correct.csv.gz")
+    assert {(r["arm"], r["split"]) for r in corr} == {(a, sp) for a in arms for sp in ("val", "test")}
+    last = {r["arm"]: r for r in rows if r["step"] == 2}
+    for r in corr:
+        assert abs(per_example.decode(r["correct"]).mean() - last[r["arm"]][f"{r['split']}_acc"]) < 1e-9
+        assert r["commit"] and len(r["correct"]) == int(r["n"]) == 8
+    assert len({r["fingerprint"] for r in corr if r["split"] == "test"}) == 1
+    s = {r["arm"]: r for r in paper_augment.summary(rows, corr)}
+    assert all(s[a]["test_acc_vs_none_lo"] <= s[a]["test_acc_vs_none_diff"] <= s[a]["test_acc_vs_none_hi"] for a in arms[1:])
+    assert "test_acc_vs_identity_diff" in s["unroll 3"] and "test_acc_vs_identity_diff" not in s["identity"]
+    assert "within noise" in readme or "gain" in readme or "loss" in readme
+
+
+def test_the_augmentation_intervals_refuse_arms_scored_on_different_images():
+    """Arms are compared only on the same examples in the same order: a fingerprint that differs
+    between two arms at one seed is an error, not a silently unpaired comparison."""
+    from hgbench.benchmarks import paper_augment
+
+    row = {"seed": 0, "split": "test", "step": 2, "n": 4, "acc": 0.5, "correct": "1100"}
+    good = [{**row, "arm": "none", "fingerprint": "a"}, {**row, "arm": "identity", "fingerprint": "a"}]
+    paper_augment.check_pairs(good)
+    i = paper_augment.intervals(good, n_boot=200)
+    assert i[("identity", "none", "test")]["diff"] == 0.0 and i[("none", "", "test")]["diff"] == 0.5
+    with pytest.raises(AssertionError, match="different fingerprint"):
+        paper_augment.check_pairs([*good, {**row, "arm": "unroll 3", "fingerprint": "b"}])

@@ -74,6 +74,21 @@ def test_the_distillation_study_chooses_on_validation_and_judges_by_fresh_models
     assert "random real images" in readme and "class-mean" in readme and "--max-wait-min 0" in readme
     for png in ("distilled_mnist.png", "distilled_fashion_mnist.png", "fresh_vs_step.png"):
         assert (tmp_path / png).stat().st_size > 5_000
+    # selection on a seed that is not reported; the per-example rows of every reported run, the
+    # logged accuracies example by example, one test split for all; the README's intervals
+    assert all(r["seed"] == paper_distill.SELECT_SEED for r in runs if r["stage"] == "grid")
+    assert all(r["seed"] in q["seeds"] for r in runs if r["stage"] == "seeds")
+    from hgbench.benchmarks import per_example
+
+    corr = per_example.read_gz(tmp_path / "distill_correct.csv.gz")
+    seeds_runs = [r for r in runs if r["stage"] == "seeds"]
+    assert len(corr) == len(seeds_runs) * (3 * 3 + 1) and all(r["commit"] for r in corr)
+    assert len({(r["dataset"], r["fingerprint"]) for r in corr}) == 2
+    for r in seeds_runs:
+        x = paper_distill.scores(corr, r["dataset"], r["setting"], "learned", [r["seed"]])
+        assert abs(x.mean() - r["fresh_test_acc"]) < 1e-6
+    assert "within noise" in readme or "above" in readme or "below" in readme
+    assert f"seed {paper_distill.SELECT_SEED}" in readme
     (tmp_path / "README.md").unlink()
     drawn = []
     monkeypatch.setattr(paper_distill, "draw", lambda out, runs, curve, images: drawn.append(len(images)))  # drawn above

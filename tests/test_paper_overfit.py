@@ -92,6 +92,26 @@ def test_the_study_writes_its_csvs_plots_and_a_reading(study):
     readme = (out / "README.md").read_text()
     assert "QUICK SMOKE RUN" in readme and "| linear | per-weight |" in readme and "Where we differ from the paper" in readme
     assert "**Reading**" in readme and "**Reading (LSTM)**" in readme and "--quick --out results/paper/overfitting" in readme
+    # the per-example rows: val and test of every run, the logged accuracy example by example, the
+    # same examples for every family at one model and seed; the README's differences carry intervals
+    from hgbench.benchmarks import per_example
+
+    corr = per_example.read_gz(out / "overfitting_correct.csv.gz")
+    _, rows, _ = study
+    last = {(r["model"], r["family"]): r for r in rows if r["step"] == paper_overfit.QUICK_STEPS}
+    assert {(r["model"], r["family"], r["split"]) for r in corr} == {(*k, sp) for k in last for sp in ("val", "test")}
+    for r in corr:
+        assert abs(per_example.decode(r["correct"]).mean() - last[(r["model"], r["family"])][f"{r['split']}_acc"]) < 1e-9
+        assert r["commit"] and (r["nll"] != "") == (r["model"] == "lstm")
+    assert len({(r["model"], r["split"], r["fingerprint"]) for r in corr}) == 4
+    iv = paper_overfit.intervals(corr, n_boot=200)
+    assert all(i["lo"] <= i["diff"] <= i["hi"] for i in iv.values())
+    assert ("linear", "gap per-weight − fixed") in iv and ("lstm", "nll val per-weight − fixed") in iv
+    assert "Differences with their intervals" in readme and "[" in readme
+    bad = [dict(r) for r in corr]
+    bad[0]["fingerprint"] = "other"
+    with pytest.raises(AssertionError, match="different fingerprint"):
+        paper_overfit.check_pairs(bad)
     with pytest.MonkeyPatch.context() as mp:  # the README again from the CSVs (not the plots: seconds): the same reading
         mp.setattr(paper_overfit, "plot", lambda rows, out: None)
         mp.setattr(paper_overfit, "plot_lstm", lambda rows, out: None)
