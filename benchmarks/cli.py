@@ -188,6 +188,7 @@ def main(argv: list[str] | None = None) -> int:
                  f"{STUDY_OUT.get(studies[0], 'results/' + studies[0])}")
     from hgbench.benchmarks import machine, output
 
+    machine.machine_info()  # every CSV's commit and date: the tree the command starts from, not the one it ends in
     failed = []
     load = None if args.quick else wait_for_quiet(args.max_load, args.max_wait_min)
     if load is not None:
