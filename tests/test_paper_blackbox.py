@@ -63,8 +63,11 @@ def test_the_quick_study_gives_both_sides_the_same_weight_updates_and_counts_the
     for r in rows:  # each row's per-example test correctness is its test accuracy
         assert testbits.unpack(r["test_correct"], r["n_test"]).mean() == pytest.approx(r["test_acc"], abs=1e-6)
     ivs = {r["comparison"]: r for r in output.read_csv(tmp_path / "blackbox_intervals.csv")}
-    acc = ivs["optuna_at_1B_minus_ift_at_1B: test_acc"]
-    assert acc["lo"] <= acc["value"] <= acc["hi"] and acc["n_examples"] == 797
+    # the comparisons at a time (× B) exist only where both sides had a result by then, which depends on
+    # the machine's load; the end-of-run one (per-weight against one decay) always does
+    assert "ift_per_weight_end_minus_ift_end: test_acc" in ivs, sorted(ivs)
+    for acc in (r for k, r in ivs.items() if k.endswith(": test_acc")):
+        assert acc["lo"] <= acc["value"] <= acc["hi"] and acc["n_examples"] == 797
     assert "**Intervals**" in text and "depends on the machine's load" in text
 
 
