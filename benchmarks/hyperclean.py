@@ -44,7 +44,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from hgbench.benchmarks import output, plotting, timing
+from hgbench.benchmarks import output, per_example, plotting, timing
 from hgbench.benchmarks.stats import bootstrap_mean, paired_bootstrap, verdict
 from hgbench.machine import load_average, resolve_device
 
@@ -147,8 +147,7 @@ def trajectory(method: str, seed: int, device: str, quick: bool = False) -> tupl
             rows.append(row(step))
     for r in rows:
         r["load_end"] = load_average()
-    with torch.no_grad():
-        correct = (exp.problem.forward(exp.w, data.test.x).argmax(-1) == data.test.y).cpu().numpy().astype(np.uint8)
+    correct = per_example.correct(exp.problem, exp.w, "test")
     order = official_test_order(exp, seed)
     if order is not None:
         canon = np.empty_like(correct)

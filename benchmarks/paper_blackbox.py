@@ -33,7 +33,7 @@ Optuna at ``EXTEND`` × B), and the test loss and accuracy of each side's choice
 evaluation (IFT) or trial (Optuna) with the lowest val loss so far.
 
 Every row also holds its weights' per-example test correctness (``test_correct``, packed by
-``testbits``; computed after the row's clock reading, and its time is kept off the clock). The
+``per_example.pack``; computed after the row's clock reading, and its time is kept off the clock). The
 intervals (``intervals``, written to ``blackbox_intervals.csv``): test accuracies of two sides'
 choices on the shared test set — a paired bootstrap over the seeds × the 797 test images
 (``stats.paired_bootstrap``); val/test loss differences and the times at which Optuna catches up —
@@ -52,7 +52,7 @@ from typing import Any
 
 import torch
 
-from hgbench.benchmarks import machine, output, plotting, testbits, timing
+from hgbench.benchmarks import machine, output, per_example, plotting, timing
 from hgbench.benchmarks.stats import bootstrap_mean, mean_std, paired_bootstrap, verdict
 from hgbench.machine import resolve_device
 
@@ -130,7 +130,7 @@ def ift_run(side: str, seed: int, device: str, steps: int, eval_every: int) -> l
             ev = exp.evaluate()
             t = time.perf_counter() - t0
             tc = time.perf_counter()
-            correct = testbits.pack(testbits.correct_on(exp.problem, exp.w).numpy())
+            correct = per_example.pack(per_example.correct(exp.problem, exp.w, "test"))
             t0 += time.perf_counter() - tc  # the correctness pass stays off the clock
             updates = step * k
             rows.append({"side": side, "seed": seed, "step": step, "trial": "", "t_s": t, "weight_updates": updates,
@@ -186,7 +186,7 @@ def optuna_side(seed: int, device: str, steps: int, eval_every: int, budget_s: f
         grad_eq += updates + hg_s / (inner_s / updates)
         t = time.perf_counter() - t0
         tc = time.perf_counter()
-        correct = testbits.pack(testbits.correct_on(exp.problem, exp.w).numpy())
+        correct = per_example.pack(per_example.correct(exp.problem, exp.w, "test"))
         t0 += time.perf_counter() - tc  # the correctness pass stays off the clock
         rows.append({"side": "optuna", "seed": seed, "step": steps, "trial": len(rows), "t_s": t,
                      "weight_updates": updates * (len(rows) + 1), "grad_eq": grad_eq, "hvp_per_hypergrad": 0.0,
@@ -273,7 +273,7 @@ def catch_up(rows: list[dict[str, Any]]) -> dict[int, float | None]:
 
 
 def _bits(r: dict[str, Any]):
-    return testbits.unpack(r["test_correct"], int(r["n_test"]))
+    return per_example.unpack(r["test_correct"], int(r["n_test"]))
 
 
 def describe(name: str) -> str:

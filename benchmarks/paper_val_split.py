@@ -33,7 +33,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from hgbench.benchmarks import output, plotting, testbits, timing
+import numpy as np
+
+from hgbench.benchmarks import output, per_example, plotting, timing
 from hgbench.benchmarks.stats import mean_std, paired_bootstrap, verdict
 from hgbench.machine import resolve_device
 
@@ -59,9 +61,9 @@ def one_run(total: int, fraction: float, granularity: str, seed: int, device: st
     s = result.summary
     start = s.get("initial", {})
     lam = exp.lam.detach()
-    correct = testbits.correct_on(exp.problem, exp.w) if result.status == "FINISHED" else None
-    if correct is not None and abs(correct.double().mean().item() - s.get("test_acc", math.nan)) > 1e-9:
-        raise RuntimeError(f"per-example correctness {correct.double().mean().item()} is not the run's test_acc {s.get('test_acc')}")
+    correct = per_example.correct(exp.problem, exp.w, "test") if result.status == "FINISHED" else None
+    if correct is not None and abs(float(correct.mean(dtype=np.float64)) - s.get("test_acc", math.nan)) > 1e-9:
+        raise RuntimeError(f"per-example correctness {float(correct.mean(dtype=np.float64))} is not the run's test_acc {s.get('test_acc')}")
     return {"total_size": total, "val_fraction": fraction, "n_train": len(data.train.x), "n_val": len(data.val.x),
             "n_test": len(data.test.x), "family": granularity, "seed": seed, "status": result.status,
             "num_hyperparams": s.get("num_hyperparams"), "train_acc": s.get("train_acc", math.nan),
@@ -70,11 +72,11 @@ def one_run(total: int, fraction: float, granularity: str, seed: int, device: st
             "mean_log_decay": lam.mean().item(), "std_log_decay": lam.std().item() if lam.numel() > 1 else 0.0,
             "hyper_steps": s.get("hyper_steps_done"), "inner_steps_after_warmup": s.get("hyper_steps_done", 0) * exp.cfg.inner_steps,
             "warmup_steps": exp.cfg.warmup_steps, "run_s": time.perf_counter() - t0,
-            "_correct": None if correct is None else testbits.pack(correct.numpy())}
+            "_correct": None if correct is None else per_example.pack(correct)}
 
 
 def correct_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One row per run: its keys and its packed per-example test correctness (``testbits``)."""
+    """One row per run: its keys and its packed per-example test correctness (``per_example.pack``)."""
     return [{"total_size": r["total_size"], "val_fraction": r["val_fraction"], "family": r["family"], "seed": r["seed"],
              "n_test": r["n_test"], "test_acc": r["test_acc"], "correct": r["_correct"]} for r in rows if r.get("_correct")]
 
@@ -87,7 +89,7 @@ def _matrix(correct: list[dict[str, Any]], n: int, fam: str, f: float, seeds: li
     got = [by.get((n, fam, f, s)) for s in seeds]
     if any(g is None for g in got):
         return None
-    return np.stack([testbits.unpack(g["correct"], int(g["n_test"])) for g in got])
+    return np.stack([per_example.unpack(g["correct"], int(g["n_test"])) for g in got])
 
 
 def intervals(rows: list[dict[str, Any]], correct: list[dict[str, Any]], n_boot: int = 10000) -> list[dict[str, Any]]:

@@ -1,12 +1,14 @@
 """Per-example test results for the paper studies' intervals: which test examples a run gets right
 (``correct``), a fingerprint of the split it was scored on (``fingerprint``: arms are compared only
 on the same examples in the same order), a compact text form of a 0/1 row (``encode`` /
-``decode``), a gzipped CSV of one row per run with the machine facts (``write_gz`` / ``read_gz``),
+``decode`` for the gzipped CSVs; ``pack`` / ``unpack``, 8 bits to a byte in base64, for one cell of
+a plain CSV), a gzipped CSV of one row per run with the machine facts (``write_gz`` / ``read_gz``),
 and the interval of a difference of two paired differences measured on two splits of different
 sizes (``gap_bootstrap``: e.g. (val − test) of one arm minus (val − test) of another)."""
 
 from __future__ import annotations
 
+import base64
 import csv
 import gzip
 import hashlib
@@ -73,6 +75,26 @@ def encode(bits) -> str:
 
 def decode(s: str) -> np.ndarray:
     return np.frombuffer(str(s).encode(), dtype=np.uint8) - ord("0")
+
+
+PACKED = "b64:"  # the prefix of a ``pack``ed row (so that ``output.read_csv`` keeps the cell a string)
+
+
+def pack(bits) -> str:
+    """A 0/1 (or bool) row as ``b64:<its bits packed 8 to a byte, base64>``: one compact CSV cell."""
+    b = np.asarray(bits, dtype=bool).ravel()
+    return PACKED + base64.b64encode(np.packbits(b).tobytes()).decode("ascii")
+
+
+def unpack(text: str, n: int) -> np.ndarray:
+    """The first ``n`` bits of a ``pack``ed row, as uint8 0/1."""
+    text = str(text)
+    if not text.startswith(PACKED):
+        raise ValueError(f"not a packed correctness vector: {text[:20]!r}")
+    bits = np.unpackbits(np.frombuffer(base64.b64decode(text[len(PACKED):]), dtype=np.uint8))[:n]
+    if bits.size != n:
+        raise ValueError(f"a packed vector of {bits.size} bits, {n} expected")
+    return bits
 
 
 def encode_floats(v, digits: int = 4) -> str:

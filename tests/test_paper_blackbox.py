@@ -58,10 +58,10 @@ def test_the_quick_study_gives_both_sides_the_same_weight_updates_and_counts_the
     text = (tmp_path / "README.md").read_text()
     assert "QUICK SMOKE RUN" in text and "at 25 % of B" in text and "Where we differ from the paper" in text
     assert (tmp_path / "blackbox.png").stat().st_size > 10_000
-    from hgbench.benchmarks import testbits
+    from hgbench.benchmarks import per_example
 
     for r in rows:  # each row's per-example test correctness is its test accuracy
-        assert testbits.unpack(r["test_correct"], r["n_test"]).mean() == pytest.approx(r["test_acc"], abs=1e-6)
+        assert per_example.unpack(r["test_correct"], r["n_test"]).mean() == pytest.approx(r["test_acc"], abs=1e-6)
     ivs = {r["comparison"]: r for r in output.read_csv(tmp_path / "blackbox_intervals.csv")}
     # the comparisons at a time (× B) exist only where both sides had a result by then, which depends on
     # the machine's load; the end-of-run one (per-weight against one decay) always does
@@ -84,7 +84,7 @@ def test_the_reports_optuna_cost_is_in_weight_updates_of_all_trials():
 def test_the_intervals_pair_the_sides_choices_seed_by_seed():
     import numpy as np
 
-    from hgbench.benchmarks import paper_blackbox as pb, testbits
+    from hgbench.benchmarks import paper_blackbox as pb, per_example
 
     rows = []
     for seed in (0, 1, 2):
@@ -92,7 +92,7 @@ def test_the_intervals_pair_the_sides_choices_seed_by_seed():
         opt = rows_of("optuna", seed, [(3.0, 0.4 + 0.01 * seed), (7.0, 0.2)])
         for r in ift + opt:  # IFT right on every test example, Optuna on none
             r["n_test"] = 50
-            r["test_correct"] = testbits.pack(np.full(50, r["side"] == "ift"))
+            r["test_correct"] = per_example.pack(np.full(50, r["side"] == "ift"))
             r["test_acc"] = 1.0 if r["side"] == "ift" else 0.0
         rows += ift + opt
     ivs = {r["comparison"]: r for r in pb.intervals(rows, extend=2.0, n_boot=200)}

@@ -129,13 +129,13 @@ def test_the_study_runs_the_preset_and_reports_every_cell(fake_mnist, tmp_path):
     assert "QUICK SMOKE RUN" in readme and "**Reading**" in readme and "Where we differ from the paper" in readme
     assert (tmp_path / "validation_split.png").stat().st_size > 10_000
     # per-example test correctness, saved per run: its mean is the run's test accuracy
-    from hgbench.benchmarks import output, testbits
+    from hgbench.benchmarks import output, per_example
 
     correct = output.read_csv(tmp_path / "validation_split_correct.csv")
     assert len(correct) == len(rows)
     acc = {(r["family"], r["val_fraction"], r["seed"]): r["test_acc"] for r in rows}
     for r in correct:
-        bits = testbits.unpack(r["correct"], r["n_test"])
+        bits = per_example.unpack(r["correct"], r["n_test"])
         assert bits.mean() == pytest.approx(acc[(r["family"], r["val_fraction"], r["seed"])], abs=1e-6)
     ivs = output.read_csv(tmp_path / "validation_split_intervals.csv")
     kinds = {r["comparison"] for r in ivs}
@@ -147,11 +147,11 @@ def test_the_study_runs_the_preset_and_reports_every_cell(fake_mnist, tmp_path):
 
 
 def test_packed_correctness_round_trips():
-    from hgbench.benchmarks import testbits
+    from hgbench.benchmarks import per_example
 
     bits = (np.arange(797) % 3 == 0).astype(np.uint8)
-    text = testbits.pack(bits)
+    text = per_example.pack(bits)
     assert text.startswith("b64:") and len(text) < 150
-    assert np.array_equal(testbits.unpack(text, 797), bits)
+    assert np.array_equal(per_example.unpack(text, 797), bits)
     with pytest.raises(ValueError):
-        testbits.unpack(text, 900)
+        per_example.unpack(text, 900)
