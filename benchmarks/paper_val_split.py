@@ -83,8 +83,6 @@ def correct_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def _matrix(correct: list[dict[str, Any]], n: int, fam: str, f: float, seeds: list[int]):
     """seeds × test examples 0/1 for one cell (None when a seed is missing)."""
-    import numpy as np
-
     by = {(r["total_size"], r["family"], r["val_fraction"], r["seed"]): r for r in correct}
     got = [by.get((n, fam, f, s)) for s in seeds]
     if any(g is None for g in got):
