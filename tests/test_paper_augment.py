@@ -50,6 +50,7 @@ def test_the_paper_augmenter_on_the_cifar10_preset(cifar_dir):
     assert math.isfinite(result.summary["test_acc"]) and result.summary["hypergrad_norm"] > 0
 
 
+@pytest.mark.slow  # a study's quick run (the README's definition of slow)
 def test_the_augmentation_study_compares_the_four_arms_on_the_same_seeds(tmp_path, cifar_dir, monkeypatch):
     """``--quick``: every arm has every evaluation; ``none`` never augments (x̃ = x exactly at every
     step: it trains on clean images); each tuned arm's augmenter has moved; the table, the paired

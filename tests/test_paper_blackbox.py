@@ -40,6 +40,7 @@ def test_who_is_ahead_counts_a_side_without_a_result_as_behind():
     assert pb.catch_up(rows) == {0: 7.0 / 4.0}  # Optuna's 0.2 at 7 s beats IFT's 0.3 at B = 4 s
 
 
+@pytest.mark.slow  # a study's quick run (the README's definition of slow)
 def test_the_quick_study_gives_both_sides_the_same_weight_updates_and_counts_the_hypergradients(tmp_path):
     from hgbench.benchmarks import output, paper_blackbox as pb
 

@@ -90,6 +90,7 @@ def test_the_ptb_presets_run_at_a_tiny_size(tiny_corpus, preset):
     assert (cfg.model.hidden_size, cfg.dataset.bptt) == (3, 5)  # the tiny overrides won
 
 
+@pytest.mark.slow  # a study's quick run (the README's definition of slow)
 def test_the_ptb_study_quick_run_compares_no_tuning_with_both_ift_variants(tiny_corpus, tmp_path):
     from hgbench.benchmarks import paper_ptb
 
