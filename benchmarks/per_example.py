@@ -27,17 +27,8 @@ from hgbench.benchmarks.output import META_COLUMNS
 def correct(problem, w: torch.Tensor, split: str, batch_size: int = 4096) -> np.ndarray:
     """0/1 per target of ``split`` (per example; per token, flattened, for sequences), in the
     split's order: whether the argmax of the model at flat weights ``w`` (eval mode, as
-    ``Problem.evaluate``) is the label. Its mean is the split's ``<split>_acc``."""
-    s = getattr(problem.data, split)
-    per_example = max(1, s.y[:1].numel())
-    step = max(1, batch_size // per_example)
-    out = []
-    problem.module.eval()
-    try:
-        for i in range(0, len(s.x), step):
-            out.append((problem.forward(w, s.x[i : i + step]).argmax(-1) == s.y[i : i + step]).reshape(-1).cpu())
-    finally:
-        problem.module.train()
+    ``Problem.evaluate``: ``Problem.outputs``) is the label. Its mean is the split's ``<split>_acc``."""
+    out = [(o.argmax(-1) == y).reshape(-1).cpu() for o, y in problem.outputs(w, split, batch_size)]
     return torch.cat(out).numpy().astype(np.uint8) if out else np.zeros(0, dtype=np.uint8)
 
 
@@ -45,17 +36,7 @@ def correct(problem, w: torch.Tensor, split: str, batch_size: int = 4096) -> np.
 def token_nll(problem, w: torch.Tensor, split: str, batch_size: int = 4096) -> np.ndarray:
     """Cross-entropy per target of ``split`` (per token for sequences), in the split's order; its
     mean is ``<split>_loss`` and exp of it ``<split>_ppl``."""
-    s = getattr(problem.data, split)
-    per_example = max(1, s.y[:1].numel())
-    step = max(1, batch_size // per_example)
-    out = []
-    problem.module.eval()
-    try:
-        for i in range(0, len(s.x), step):
-            out.append(problem.data_loss(problem.forward(w, s.x[i : i + step]), s.y[i : i + step], reduction="none")
-                       .reshape(-1).double().cpu())
-    finally:
-        problem.module.train()
+    out = [problem.data_loss(o, y, reduction="none").reshape(-1).double().cpu() for o, y in problem.outputs(w, split, batch_size)]
     return torch.cat(out).numpy() if out else np.zeros(0)
 
 

@@ -11,7 +11,7 @@ instead of about 2.6 when the double-backward graph is rebuilt).
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from contextvars import ContextVar
 from typing import Any, Callable
 
@@ -27,8 +27,8 @@ MatVec = Callable[[Tensor], Tensor]
 Curvature = Callable[[Tensor, Tensor], MatVec]
 
 class ProductCount:
-    """How many curvature-vector products (Hessian-, Gauss–Newton- or finite-difference) were
-    computed while this counter was active (``count_products``)."""
+    """How many curvature-vector products (Hessian-, Gauss–Newton- or finite-difference) — or, for
+    ``count_gradients``, loss gradients — were computed while this counter was active."""
 
     __slots__ = ("value",)
 
@@ -36,52 +36,54 @@ class ProductCount:
         self.value = 0
 
 
-# the counters active in this context (a ContextVar: scoped to a ``with count_products()`` block
-# and to its thread, never the whole process's)
-_active: ContextVar[tuple[ProductCount, ...]] = ContextVar("hgbench_product_counts", default=())
+class _Tally:
+    """One kind of count: the counters active in this context (a ContextVar: scoped to a ``with``
+    block and to its thread, never the whole process's). Blocks may nest; each counts what was
+    computed inside it; nothing is counted outside one."""
+
+    def __init__(self, name: str) -> None:
+        self._active: ContextVar[tuple[ProductCount, ...]] = ContextVar(name, default=())
+
+    @contextmanager
+    def block(self) -> Iterator[ProductCount]:
+        counter = ProductCount()
+        token = self._active.set(self._active.get() + (counter,))
+        try:
+            yield counter
+        finally:
+            self._active.reset(token)
+
+    def add(self, n: int = 1) -> None:
+        for counter in self._active.get():
+            counter.value += n
 
 
-@contextmanager
-def count_products() -> Iterator[ProductCount]:
+_PRODUCTS = _Tally("hgbench_product_counts")
+_GRADIENTS = _Tally("hgbench_gradient_counts")
+
+
+def count_products() -> AbstractContextManager[ProductCount]:
     """Count the curvature-vector products computed inside the block: ``with count_products() as
-    n: ...`` then ``n.value`` (the runner records it per hypergradient as ``hvp_calls``). Blocks
-    may nest; each counts what was computed inside it. Nothing is counted outside one."""
-    counter = ProductCount()
-    token = _active.set(_active.get() + (counter,))
-    try:
-        yield counter
-    finally:
-        _active.reset(token)
+    n: ...`` then ``n.value`` (the runner records it per hypergradient as ``hvp_calls``)."""
+    return _PRODUCTS.block()
 
 
 def _count(n: int = 1) -> None:
-    for counter in _active.get():
-        counter.value += n
+    _PRODUCTS.add(n)
 
 
-# the gradient counters active in this context (``count_gradients``), like ``_active`` above
-_active_gradients: ContextVar[tuple[ProductCount, ...]] = ContextVar("hgbench_gradient_counts", default=())
-
-
-@contextmanager
-def count_gradients() -> Iterator[ProductCount]:
+def count_gradients() -> AbstractContextManager[ProductCount]:
     """Count the evaluations of a bilevel problem's training or validation loss inside the block
     (``Problem.bilevel``'s ``train_loss`` / ``val_loss``: a method differentiates each one, so each
     is one gradient — the first-order one for a graph built with ``create_graph``). The runner
     records it per hypergradient as ``grad_calls``; a finite-difference product counts its two
-    gradients here and itself once in ``count_products``. Blocks may nest."""
-    counter = ProductCount()
-    token = _active_gradients.set(_active_gradients.get() + (counter,))
-    try:
-        yield counter
-    finally:
-        _active_gradients.reset(token)
+    gradients here and itself once in ``count_products``."""
+    return _GRADIENTS.block()
 
 
 def count_gradient(n: int = 1) -> None:
     """Add ``n`` loss evaluations to every active ``count_gradients`` block (none: nothing)."""
-    for counter in _active_gradients.get():
-        counter.value += n
+    _GRADIENTS.add(n)
 
 
 class HessianVectorProduct:

@@ -7,6 +7,7 @@ looks inside the family: the family alone decides where λ enters the losses.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 import dataclasses
 import functools
 from typing import Any, Callable
@@ -171,26 +172,35 @@ class Problem:
         s = getattr(self.data, split)
         return Batch(s.x, s.y, torch.arange(len(s.x), device=self.device))
 
+    def outputs(self, w: Tensor, split: str, batch_size: int = 4096) -> Iterator[tuple[Tensor, Tensor]]:
+        """The model's outputs at weights ``w`` over a whole split, in its order: (outputs,
+        targets) chunk by chunk, without gradients and with the model in eval mode (train mode
+        again once the chunks are exhausted or the iteration is closed). ``batch_size`` counts
+        targets per chunk, so a sequence model's logits stay bounded."""
+        s = getattr(self.data, split)
+        per_example = max(1, s.y[:1].numel())  # targets per example (tokens for sequences)
+        step = max(1, batch_size // per_example)
+        self.module.eval()
+        try:
+            for i in range(0, len(s.x), step):
+                with torch.no_grad():
+                    out = self.forward(w, s.x[i : i + step])
+                yield out, s.y[i : i + step]
+        finally:
+            self.module.train()
+
     @torch.no_grad()
     def evaluate(self, w: Tensor, split: str, batch_size: int = 4096) -> dict[str, float]:
         """Mean data loss (and accuracy for classification) of weights ``w`` on a whole split,
-        per target (per example, or per token for sequences), with the model in eval mode.
-        ``batch_size`` counts targets per chunk, so a sequence model's logits stay bounded."""
+        per target (per example, or per token for sequences), with the model in eval mode
+        (``outputs``)."""
         s = getattr(self.data, split)
-        per_example = max(1, s.y[:1].numel())  # targets per example (tokens for sequences)
-        batch_size = max(1, batch_size // per_example)
         total = torch.zeros((), device=self.device, dtype=torch.float64)
         correct = torch.zeros((), device=self.device, dtype=torch.float64)
-        self.module.eval()
-        try:
-            for i in range(0, len(s.x), batch_size):
-                out = self.forward(w, s.x[i : i + batch_size])
-                y = s.y[i : i + batch_size]
-                total += self.data_loss(out, y, reduction="sum").double()
-                if self.data.task == "classification":
-                    correct += (out.argmax(-1) == y).sum()
-        finally:
-            self.module.train()
+        for out, y in self.outputs(w, split, batch_size):
+            total += self.data_loss(out, y, reduction="sum").double()
+            if self.data.task == "classification":
+                correct += (out.argmax(-1) == y).sum()
         n = max(s.y.numel(), 1)
         res = {f"{split}_loss": total.item() / n}
         if self.data.task == "classification":

@@ -22,9 +22,12 @@ def test_rows_round_trip_through_the_gzipped_csv_with_the_commit(tmp_path):
 def test_correctness_is_the_logged_accuracy_example_by_example():
     """On a small problem (a linear model, in eval mode as ``Problem.evaluate``): the 0/1 row's mean
     is the split's accuracy, the per-target losses' mean its loss; fingerprints tell splits apart."""
+    import functools
     from types import SimpleNamespace
 
     import torch.nn.functional as F
+
+    from hgbench.problem import Problem
 
     g = torch.Generator().manual_seed(0)
     split = SimpleNamespace(x=torch.randn(30, 4, generator=g), y=torch.randint(0, 3, (30,), generator=g))
@@ -33,6 +36,7 @@ def test_correctness_is_the_logged_accuracy_example_by_example():
     w = torch.randn(4, 3, generator=g)
     problem = SimpleNamespace(data=SimpleNamespace(test=split, val=other), module=module, forward=lambda w, x: x @ w,
                               data_loss=lambda out, y, reduction="mean": F.cross_entropy(out, y, reduction=reduction))
+    problem.outputs = functools.partial(Problem.outputs, problem)  # the real chunking, eval mode and all
     c = per_example.correct(problem, w, "test", batch_size=7)
     assert c.shape == (30,) and set(np.unique(c)) <= {0, 1} and module.training
     assert abs(c.mean() - ((split.x @ w).argmax(-1) == split.y).double().mean().item()) < 1e-12
