@@ -40,17 +40,18 @@ class Sama(HypergradientMethod):
 
     def diagonal(self, problem, w: torch.Tensor, lam: torch.Tensor) -> torch.Tensor | float:
         opt = problem.inner_optimizer
+        if not isinstance(opt, (SGD, Adam)):
+            raise ValueError(self.skip(problem) or "sama needs the inner optimiser (Bilevel.inner_optimizer)")
+        state = problem.inner_state or opt.init(w)  # the rate of the step the inner loop takes next
         if isinstance(opt, SGD):
-            return opt.lr * (1 + opt.momentum) if opt.nesterov else opt.lr
-        if isinstance(opt, Adam):
-            b1, b2 = opt.betas
-            state = problem.inner_state or opt.init(w)
-            t = int(state["step"]) + 1
-            wg = w.detach().requires_grad_(True)
-            (g,) = torch.autograd.grad(problem.train_loss(wg, lam.detach()), wg)
-            vhat = (b2 * state["v"] + (1 - b2) * g * g) / (1 - b2**t)
-            return opt.lr * (1 - b1) / (1 - b1**t) / (torch.sqrt(vhat + opt.eps_root) + opt.eps)
-        raise ValueError(self.skip(problem) or "sama needs the inner optimiser (Bilevel.inner_optimizer)")
+            lr = opt.lr_at(int(state["step"]))
+            return lr * (1 + opt.momentum) if opt.nesterov else lr
+        b1, b2 = opt.betas  # Adam
+        t = int(state["step"]) + 1
+        wg = w.detach().requires_grad_(True)
+        (g,) = torch.autograd.grad(problem.train_loss(wg, lam.detach()), wg)
+        vhat = (b2 * state["v"] + (1 - b2) * g * g) / (1 - b2**t)
+        return opt.lr_at(t - 1) * (1 - b1) / (1 - b1**t) / (torch.sqrt(vhat + opt.eps_root) + opt.eps)
 
     def compute(self, problem):
         gv_w, gv_lam = val_gradients(problem.val_loss, problem.w.detach().requires_grad_(True),
