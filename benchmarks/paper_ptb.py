@@ -370,3 +370,49 @@ def run(out: Path, quick: bool = False, device: str = "auto", reps: int | None =
     plot(rows, curve, hps, out)
     (out / "README.md").write_text(reading(rows, curve, hps, quick))
     return rows
+
+
+def pilot(steps: int, every: int, overrides: tuple[str, ...] = (), seed: int = 0, device: str = "cpu",
+          echo: bool = True) -> list[dict[str, Any]]:
+    """The no-tuning run alone (seed ``seed``, the preset with ``overrides``) for ``steps`` inner
+    steps, on one thread, with the validation perplexity of the whole validation split every
+    ``every`` inner steps (rounded to whole hyper-steps): how far the baseline gets, and what it
+    costs (CPU seconds beside wall seconds: on a shared machine the wall time is the load's).
+
+        python -m hgbench.benchmarks.paper_ptb pilot --steps 2600 --every 300 inner_optimizer.lr=0.005
+    """
+    import os
+
+    import torch
+
+    from hgbench import build_experiment
+    from hgbench.streams import evaluate_streams
+
+    with timing.one_thread():
+        exp = build_experiment(overrides=[f"experiment={PRESET}", *dict((c, o) for c, _, o in CONFIGS)["fixed"], f"seed={seed}",
+                                          f"device={device}", "warmup=false", "mlflow.enabled=false", *overrides])
+        inner = int(exp.cfg.inner_steps)
+        hyper, each = max(1, steps // inner), max(1, every // inner)
+        rows, wall0, cpu0 = [], time.perf_counter(), time.process_time()
+        for step in range(1, hyper + 1):
+            exp.hyper_step(step)
+            if step % each == 0 or step == hyper:
+                val = _ppl(evaluate_streams(exp.problem, exp.w, "val", exp.streams)["val_loss"])
+                rows.append({"inner_steps": step * inner, "val_ppl": val, "wall_s": time.perf_counter() - wall0,
+                             "cpu_s": time.process_time() - cpu0, "load1": os.getloadavg()[0], "threads": torch.get_num_threads()})
+                if echo:
+                    print("  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in rows[-1].items()), flush=True)
+    return rows
+
+
+if __name__ == "__main__":
+    import argparse
+
+    ap = argparse.ArgumentParser(description="the PTB study's no-tuning pilot (see pilot())")
+    ap.add_argument("what", choices=["pilot"])
+    ap.add_argument("--steps", type=int, required=True, help="inner steps")
+    ap.add_argument("--every", type=int, required=True, help="inner steps between validation evaluations")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("overrides", nargs="*", help="config overrides on top of the preset, e.g. inner_optimizer.lr=0.005")
+    args = ap.parse_args()
+    pilot(args.steps, args.every, tuple(args.overrides), args.seed)

@@ -129,3 +129,12 @@ def test_ptb_differences_are_paired_by_seed_and_their_word_follows_the_interval(
     assert unit["reduction"] == pytest.approx(-1.0) and unit["lo"] == pytest.approx(-3.0) and unit["hi"] == pytest.approx(0.0)
     assert unit["within_noise"] and "within noise" in paper_ptb._diff(unit)
     assert d[("ift_per_unit", "ift_7", "test_ppl")]["reduction"] == pytest.approx(-5.0) and "loss" in paper_ptb._diff(d[("ift_per_unit", "ift_7", "test_ppl")])
+
+
+def test_the_ptb_pilot_reports_the_validation_curve_and_its_cost(tiny_corpus):
+    from hgbench.benchmarks import paper_ptb
+
+    rows = paper_ptb.pilot(8, 4, ("dataset.bptt=5", "dataset.streams=2", "dataset.train_size=8", "dataset.val_size=4",
+                                  "dataset.test_size=4", "model.embedding_dim=4", "model.hidden_size=3", "inner_steps=2"), echo=False)
+    assert [r["inner_steps"] for r in rows] == [4, 8] and all(1 < r["val_ppl"] < 10 * WORDS for r in rows)
+    assert all(r["cpu_s"] > 0 and r["threads"] == 1 for r in rows) and rows[1]["wall_s"] >= rows[0]["wall_s"]
