@@ -97,14 +97,45 @@ def test_the_ptb_study_quick_run_compares_no_tuning_with_both_ift_variants(tiny_
     rows = paper_ptb.run(tmp_path, quick=True, device="cpu")
     by = {r["config"]: r for r in rows}
     assert list(by) == ["fixed", "ift_7", "ift_per_unit"]
-    assert all(math.isfinite(r[f"{s}_ppl"]) and r[f"{s}_ppl"] > 1 for r in rows for s in ("train", "val", "test"))
+    assert all(math.isfinite(r[f"{s}_ppl"]) and r[f"{s}_ppl"] > 1 for r in rows for s in ("val", "test", "best_val", "best_test"))
+    assert all(r["best_val_ppl"] <= r["val_ppl"] for r in rows)  # the best point is the lowest of the curve, the last included
     assert by["fixed"]["hp_word"] == pytest.approx(0.05) and by["fixed"]["hp_ar"] == pytest.approx(0.01)  # no tuning: λ as started
     assert by["ift_7"]["hp_word"] != pytest.approx(0.05) and by["ift_7"]["num_hyperparams"] == 7
     assert by["ift_per_unit"]["num_hyperparams"] > 7 and 0 < by["ift_per_unit"]["hp_weight_hh"] < 1
     readme = (tmp_path / "README.md").read_text()
     assert "QUICK SMOKE RUN" in readme and "75.72 / 71.91" in readme and "Where we differ from the paper" in readme
+    assert "Differences, paired by seed" in readme and "ppl [" in readme
     assert (tmp_path / "ptb.png").stat().st_size > 10_000
     from hgbench.benchmarks.output import read_csv
 
+    diffs = read_csv(tmp_path / "ptb_diffs.csv")
+    d = next(r for r in diffs if (r["a"], r["b"], r["metric"]) == ("ift_7", "fixed", "val_ppl"))
+    assert d["reduction"] == pytest.approx(by["fixed"]["val_ppl"] - by["ift_7"]["val_ppl"], rel=1e-4)  # b − a, paired by seed
+    assert d["seeds"] == 1 and d["lo"] == pytest.approx(d["hi"], rel=1e-4)  # one seed: no spread
     again = paper_ptb.reading(*(read_csv(tmp_path / f"{n}.csv") for n in ("ptb", "ptb_curve", "ptb_hparams")), quick=True)
     assert again == readme  # what rewrite() writes, from the CSVs alone
+
+
+def test_ptb_differences_are_paired_by_seed_and_their_word_follows_the_interval():
+    from hgbench.benchmarks import paper_ptb
+
+    rows = [{"config": c, "seed": s, **{k: base + s + (0 if c == "fixed" else shift) for k in paper_ptb.METRICS}}
+            for c, shift in (("fixed", 0.0), ("ift_7", -5.0), ("ift_per_unit", 0.0)) for s, base in ((0, 100.0), (1, 150.0), (2, 200.0))]
+    rows[-1]["val_ppl"] += 3  # per-unit, seed 2: 3 ppl worse than no tuning, the others equal
+    d = {(r["a"], r["b"], r["metric"]): r for r in paper_ptb.differences(rows)}
+    seven = d[("ift_7", "fixed", "val_ppl")]
+    assert seven["reduction"] == pytest.approx(5.0) and seven["lo"] == pytest.approx(5.0) and not seven["within_noise"]  # seed spread cancels
+    assert "gain" in paper_ptb._diff(seven)
+    unit = d[("ift_per_unit", "fixed", "val_ppl")]
+    assert unit["reduction"] == pytest.approx(-1.0) and unit["lo"] == pytest.approx(-3.0) and unit["hi"] == pytest.approx(0.0)
+    assert unit["within_noise"] and "within noise" in paper_ptb._diff(unit)
+    assert d[("ift_per_unit", "ift_7", "test_ppl")]["reduction"] == pytest.approx(-5.0) and "loss" in paper_ptb._diff(d[("ift_per_unit", "ift_7", "test_ppl")])
+
+
+def test_the_ptb_pilot_reports_the_validation_curve_and_its_cost(tiny_corpus):
+    from hgbench.benchmarks import paper_ptb
+
+    rows = paper_ptb.pilot(8, 4, ("dataset.bptt=5", "dataset.streams=2", "dataset.train_size=8", "dataset.val_size=4",
+                                  "dataset.test_size=4", "model.embedding_dim=4", "model.hidden_size=3", "inner_steps=2"), echo=False)
+    assert [r["inner_steps"] for r in rows] == [4, 8] and all(1 < r["val_ppl"] < 10 * WORDS for r in rows)
+    assert all(r["cpu_s"] > 0 and r["threads"] == 1 for r in rows) and rows[1]["wall_s"] >= rows[0]["wall_s"]

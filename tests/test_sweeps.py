@@ -63,6 +63,7 @@ def test_experiment_presets_compose(preset):
 # presets that run at a tiny size in a test of their own instead of below (grids are left out too:
 # a swept `experiment=` cannot carry a preset's own sweep; each grid preset has its own test)
 OWN_TINY_TEST = {"paper_ptb_awd": "tests/test_paper_ptb.py (40 streams: its splits must be 40 × k windows)",
+                 "paper_ptb": "tests/test_paper_ptb.py (the whole training split: every evaluation walks 929,589 tokens)",
                  "paper_augment_cifar10": "tests/test_paper_augment.py (a fake CIFAR-10 folder)",
                  "paper_val_split": "tests/test_paper_val_split.py (its 162-job grid and the study's quick run)"}
 
