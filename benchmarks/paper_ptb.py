@@ -414,5 +414,5 @@ if __name__ == "__main__":
     ap.add_argument("--every", type=int, required=True, help="inner steps between validation evaluations")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("overrides", nargs="*", help="config overrides on top of the preset, e.g. inner_optimizer.lr=0.005")
-    args = ap.parse_args()
+    args = ap.parse_intermixed_args()  # the overrides may follow the options (the docstring's example)
     pilot(args.steps, args.every, tuple(args.overrides), args.seed)
