@@ -180,6 +180,21 @@ def test_a_store_with_tables_but_no_schema_revision_is_refused_too(tmp_path, cop
         store.check_store(f"sqlite:///{db}", "hgbench")
 
 
+
+def test_a_store_of_another_mlflow_schema_is_refused_in_one_line_naming_the_upgrade(tmp_path, copy_store):
+    """A store an older MLflow made (its schema revision not this MLflow's): the check does not
+    compare revisions itself (MLflow does when it opens the store); the refusal is still one line,
+    before any work, naming ``mlflow db upgrade``, and the store is left as it was."""
+    db = copy_store(tmp_path / "mlflow.db")
+    with sqlite3.connect(db) as con:
+        con.execute("UPDATE alembic_version SET version_num = 'c48cb773bb87'")  # an older revision of MLflow's
+    con.close()
+    before = db.read_bytes()
+    with pytest.raises(store.StoreError, match=r"cannot use the MLflow store at sqlite:///.*out-of-date database schema "
+                                               r"\(found version c48cb773bb87, but expected " + store.schema_head() + r"\).*mlflow db upgrade"):
+        store.check_store(f"sqlite:///{db}", "hgbench")
+    assert db.read_bytes() == before
+
 # --- 2. one process per job: the claim -----------------------------------------------------------
 def _claims(db: Path) -> list[tuple]:
     with sqlite3.connect(db) as con:
