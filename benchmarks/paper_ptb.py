@@ -3,11 +3,13 @@
 
 An LSTM language model on the whole Penn Treebank trained with truncated BPTT, the preset
 ``experiment=paper_ptb`` (its header lists every size and why): 2 layers × 128 units, tied
-embedding of 128, the 10,000-word vocabulary, bptt 35 over 10 parallel streams walking the whole
-training split (929,589 tokens), the whole validation and test splits; Adam on the weights; per
+embedding of 128, the 10,000-word vocabulary, bptt 35 over 20 parallel streams walking the whole
+training split (929,589 tokens) 2.5 times, the whole validation and test splits; Adam on the
+weights, its rate halved every half epoch; per
 hyper-step ``inner_steps`` inner steps, then one hypergradient (Neumann, 1 iteration = 2 terms) on
 the next training window and the next validation window and one Adam step on λ. Three
-configurations, seeds ``SEEDS`` each (the weights' initialisation and the dropout noise):
+configurations, seeds ``SEEDS`` each (the weights' initialisation and the dropout noise; seed 0
+chose the preset's learning rate and schedule in the no-tuning pilot, so it is not reported):
 
 - ``fixed``: no tuning — ``hyperparam=dropout_rates`` with all 7 regularisers at their initial
   values (every rate 0.05, AR / TAR 0.01) and ``hypergrad=fixed`` (λ never moves; the preset's
@@ -46,7 +48,7 @@ PRESET = "paper_ptb"
 CONFIGS = (("fixed", "no tuning (fixed rates)", ["hypergrad=fixed", "~hypergrad.iterations"]),
            ("ift_7", "IFT, 7 global hyperparameters", []),
            ("ift_per_unit", "IFT, per-unit rates + per-weight DropConnect", ["hyperparam=dropout_per_unit"]))
-SEEDS = (0, 1, 2)
+SEEDS = (1, 2, 3)  # seed 0 chose the learning rate (``pilot``): not a reported seed
 CURVE_POINTS = 4  # validation evaluations per run, evenly spaced (each walks the whole validation split)
 N_JOBS = 2  # runs at once (joblib workers, one torch thread each): the machine has 2 cores
 # --quick: a tiny model on tiny slices, 3 hyper-steps of 2 inner steps, one seed
