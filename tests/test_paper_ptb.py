@@ -139,3 +139,12 @@ def test_the_ptb_pilot_reports_the_validation_curve_and_its_cost(tiny_corpus):
                                   "dataset.test_size=4", "model.embedding_dim=4", "model.hidden_size=3", "inner_steps=2"), echo=False)
     assert [r["inner_steps"] for r in rows] == [4, 8] and all(1 < r["val_ppl"] < 10 * WORDS for r in rows)
     assert all(r["cpu_s"] > 0 and r["threads"] == 1 for r in rows) and rows[1]["wall_s"] >= rows[0]["wall_s"]
+
+
+def test_the_reading_names_the_inner_learning_rate_schedule():
+    from hgbench.benchmarks.paper_ptb import _schedule
+
+    assert _schedule({"inner_lr": "0.01", "inner_decay": "0.5", "inner_decay_every": "664"}) == "lr 0.01, halved every 664 steps"
+    assert _schedule({"inner_lr": 0.02, "inner_decay": 0.1, "inner_decay_every": 100}) == "lr 0.02, × 0.1 every 100 steps"
+    assert _schedule({"inner_lr": 0.01, "inner_decay": 1.0, "inner_decay_every": 0}) == "lr 0.01"  # constant
+    assert "inner_optimizer.decay" in _schedule({"inner_lr": 0.01})  # rows from before the columns: where it is set
