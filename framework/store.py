@@ -234,8 +234,7 @@ def sqlite_state(db: Path) -> SqliteState:
 
 @functools.lru_cache(maxsize=1)
 def schema_head() -> str:
-    """The schema revision this MLflow writes: the head of the alembic migrations it ships (for
-    checks and tests; loading the scripts takes 0.8 s, so no run asks it)."""
+    """The schema revision this MLflow writes: the head of the alembic migrations it ships."""
     import mlflow.store
     from alembic.script import ScriptDirectory
 
@@ -294,17 +293,15 @@ def _create_sqlite_store(db: Path) -> None:
 def prepare_store(uri: str) -> None:
     """Make sure a sqlite store is whole before MLflow opens it: create it if it is missing or
     empty, exactly once across processes (a lock file beside it), and refuse a half-migrated one
-    (``StoreError``, one line with the repair). A store with a schema revision is only looked at
-    (milliseconds, no lock): MLflow compares the revision with its own when it opens the store and
-    refuses an out-of-date one naming ``mlflow db upgrade`` (comparing here as well loaded MLflow's
-    migration scripts a second time in every process: 0.8 s of CPU). Other stores: nothing to do."""
+    (``StoreError``, one line with the repair). A store whose schema is MLflow's current one is
+    only looked at (milliseconds, no lock). Other stores: nothing to do."""
     db = plain_sqlite_path(uri)
     if db is None:
         return
     if db.is_file():
         state = sqlite_state(db)
         check_not_half_migrated(db, state)
-        if not state.empty:  # not half-migrated: it has its revision
+        if not state.empty and state.revision == schema_head():
             return
     from filelock import FileLock, Timeout
 
@@ -315,6 +312,11 @@ def prepare_store(uri: str) -> None:
             check_not_half_migrated(db, state)
             if state.empty:
                 _create_sqlite_store(db)
+            elif state.revision != schema_head():
+                # an older schema: MLflow's own answer (it refuses, or adds missing tables), one process at a time
+                from mlflow.tracking import MlflowClient
+
+                MlflowClient(uri).search_experiments(max_results=1)
     except Timeout as exc:
         raise StoreError(f"another process has been creating the MLflow store {db} for {CREATE_LOCK_TIMEOUT_S} s "
                          f"(it holds the lock file {lock}); wait for it, or stop it") from exc
