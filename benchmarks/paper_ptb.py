@@ -4,8 +4,8 @@
 An LSTM language model on the whole Penn Treebank trained with truncated BPTT, the preset
 ``experiment=paper_ptb`` (its header lists every size and why): 2 layers × 128 units, tied
 embedding of 128, the 10,000-word vocabulary, bptt 35 over 20 parallel streams walking the whole
-training split (929,589 tokens) 2.5 times, the whole validation and test splits; Adam on the
-weights, its rate halved every half epoch; per
+training split (929,589 tokens) 3.5 times, the whole validation and test splits; Adam on the
+weights, its rate halved every 0.7 epoch; per
 hyper-step ``inner_steps`` inner steps, then one hypergradient (Neumann, 1 iteration = 2 terms) on
 the next training window and the next validation window and one Adam step on λ. Three
 configurations, seeds ``SEEDS`` each (the weights' initialisation and the dropout noise; seed 0
