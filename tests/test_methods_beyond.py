@@ -87,8 +87,7 @@ def test_sama_on_sgd_is_darts_with_the_learning_rate_and_adapts_to_adam(ridge):
     torch.testing.assert_close(ridge.hypergradient("sama")["log_decay"], want, rtol=1e-8, atol=1e-14)
 
 
-
-def test_fixed_point_and_sama_use_the_rate_of_the_step_the_inner_loop_takes_next(ridge):
+def test_fixed_point_and_sama_use_the_rate_of_the_step_the_inner_loop_takes_next_neumann_the_base_rate(ridge):
     """With a decaying rate (decay 0.5 every 2 steps) after 5 steps the next step's rate is
     0.05 · 0.5² = 0.0125: fixed_point is Neumann with that step size, SAMA is DARTS with it."""
     at_ridge_optimum(ridge)
@@ -99,6 +98,12 @@ def test_fixed_point_and_sama_use_the_rate_of_the_step_the_inner_loop_takes_next
     torch.testing.assert_close(ridge.hypergradient("sama")["log_decay"],
                                ridge.hypergradient("darts_fd", scale=0.0125)["log_decay"], rtol=1e-10, atol=1e-14)
     assert rel(ridge.hypergradient("sama")["log_decay"], ridge.hypergradient("darts_fd", scale=0.05)["log_decay"]) > 1e-3
+    # neumann's alpha=null is the base rate, not the decayed one (its documented choice)
+    torch.testing.assert_close(ridge.hypergradient("neumann", iterations=3)["log_decay"],
+                               ridge.hypergradient("neumann", iterations=3, alpha=0.05)["log_decay"], rtol=1e-12, atol=1e-15)
+    assert rel(ridge.hypergradient("neumann", iterations=3)["log_decay"],
+               ridge.hypergradient("neumann", iterations=3, alpha=0.0125)["log_decay"]) > 1e-3
+
 
 def test_sama_skips_an_inner_optimiser_it_has_no_update_jacobian_for(ridge):
     from hgbench.config import build_plugin

@@ -1,7 +1,9 @@
 """``neumann``: IFT with the inverse Hessian approximated by a truncated Neumann series
 (Lorraine et al. 2020, Algorithm 3): ``iterations`` = i steps (i + 1 terms) of step size ``alpha``.
 
-``alpha``: a number; null = the inner optimiser's learning rate (the paper's choice); ``auto`` =
+``alpha``: a number; null = the inner optimiser's learning rate (the paper's choice; its base ``lr``,
+not the rate its step decay has reached: α is the series' step size, and the series' result scales
+with it, unlike sama and fixed_point, which model the inner step itself); ``auto`` =
 ``alpha_scale`` / λ_max, λ_max estimated by ``power_iterations`` power iterations on the curvature
 (their vector carried over from one hyper-step to the next, so a few suffice), for users whose
 hand-picked α diverges (α > 2/λ_max) or crawls (α ≪ 1/λ_max). The α used is logged every
