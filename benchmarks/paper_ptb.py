@@ -306,7 +306,7 @@ def reading(rows: list[dict[str, Any]], curve: list[dict[str, Any]], hps: list[d
               f"best-validation point is picked among {points} evaluations per run, not every epoch. "
               "Every rate starts at 0.05 and AR / TAR at 0.01 (the authors' defaults for AR / TAR; their rates start near 0); "
               f"one hypergradient per {int(r0['inner_steps']) // int(r0['hyper_steps'])} inner steps (the authors take one per "
-              "inner step), Neumann with 1 iteration (2 terms) and α = the inner learning rate, Adam (lr 0.1) on λ. The per-unit "
+              "inner step), Neumann with 1 iteration (2 terms) and α = the inner optimiser's base learning rate (not decayed), Adam (lr 0.1) on λ. The per-unit "
               "run has one DropConnect rate per weight of each layer (the authors share one 4H × H matrix of rates between the "
               "layers) and learns AR / TAR too, which the paper's 1,691,951 do not count. Every arm draws one training window "
               "per hyper-step for the hypergradient and the runner carries every window's state itself (once, at the weights "
