@@ -29,7 +29,8 @@ of the whole test split at the final weights and at the best-validation weights 
 its best-validation checkpoint). No training perplexity: a pass over the 929,589 training tokens
 costs as much as the evaluations of a whole run. Reported: the perplexities (mean ± std over
 seeds) and, for each pair of configurations, the perplexity difference paired by seed with a 95 %
-bootstrap interval over the seeds (``stats.bootstrap_mean``; ``ptb_diffs.csv``).
+Student's t interval over the seeds (``stats.t_interval``; ``ptb_diffs.csv``; one seed, as in
+``--quick``: no interval).
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from hgbench.benchmarks import output, plotting, timing
-from hgbench.benchmarks.stats import bootstrap_mean, mean_std
+from hgbench.benchmarks.stats import mean_std, t_interval
 from hgbench.benchmarks.stats import verdict as stats_verdict
 from hgbench.machine import resolve_device
 
@@ -183,8 +184,10 @@ METRICS = ("val_ppl", "test_ppl", "best_val_ppl", "best_test_ppl")
 
 def differences(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """For each pair (a, b) of ``PAIRS`` and each perplexity: b − a per seed (paired by seed:
-    positive = a lower = a better), its mean and a 95 % percentile bootstrap interval over the
-    seeds (``stats.bootstrap_mean``), and the relative change of a's mean against b's (%)."""
+    positive = a lower = a better; ``per_seed``), its mean and 95 % Student's t interval over the
+    seeds (``stats.t_interval``: with 3 seeds a percentile bootstrap is the values' range, so it
+    would call any difference of one sign on every seed a gain), and the relative change of a's
+    mean against b's (%)."""
     by = {(r["config"], int(r["seed"])): r for r in rows}
     out = []
     for a, b in PAIRS:
@@ -193,16 +196,20 @@ def differences(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             continue
         for key in METRICS:
             d = [float(by[(b, s)][key]) - float(by[(a, s)][key]) for s in seeds]
-            iv = bootstrap_mean(d)
+            iv = t_interval(d) if len(d) > 1 else {"mean": d[0], "lo": math.nan, "hi": math.nan, "within_noise": True}
             ma, mb = (sum(float(by[(c, s)][key]) for s in seeds) / len(seeds) for c in (a, b))
             out.append({"a": a, "b": b, "metric": key, "seeds": len(seeds), "reduction": iv["mean"], "lo": iv["lo"], "hi": iv["hi"],
-                        "within_noise": bool(iv["within_noise"]), "rel_pct": 100 * (ma - mb) / mb})
+                        "within_noise": bool(iv["within_noise"]), "rel_pct": 100 * (ma - mb) / mb,
+                        "interval": f"student_t_{len(seeds) - 1}df" if len(d) > 1 else "none (one seed)", "per_seed": " ".join(f"{x:+.2f}" for x in d)})
     return out
 
 
 def _diff(d: dict[str, Any]) -> str:
-    """'−3.1 % (reduction +4.2 ppl [+1.0, +7.5], gain)': the relative change and the interval in words."""
-    iv = {"mean": float(d["reduction"]), "lo": float(d["lo"]), "hi": float(d["hi"])}
+    """'−3.1 % (reduction +4.2 ppl [+1.0, +7.5], gain)': the relative change and the interval in words
+    (one seed: the reduction alone)."""
+    iv = {"mean": float(d["reduction"]), "lo": float(d["lo"] or "nan"), "hi": float(d["hi"] or "nan")}  # "": none in a CSV
+    if math.isnan(iv["lo"]):
+        return f"{float(d['rel_pct']):+.1f} % (reduction {iv['mean']:+.1f} ppl, one seed: no interval)"
     return f"{float(d['rel_pct']):+.1f} % (reduction {stats_verdict(iv, unit='ppl', scale=1.0, digits=1)})"
 
 
@@ -268,9 +275,10 @@ def reading(rows: list[dict[str, Any]], curve: list[dict[str, Any]], hps: list[d
     if diff_table:
         parts += [f"**Differences, paired by seed** (`ptb_diffs.csv`): the relative change of the mean perplexity, and the "
                   "perplexity reduction (the second configuration's perplexity minus the first's, seed by seed: positive = the "
-                  f"first is lower) with its 95 % bootstrap interval over the {len(seeds)} seeds (`stats.bootstrap_mean`; with "
-                  f"{len(seeds)} seeds the interval rests on {len(seeds)} values and is narrow by construction). \"within noise\": the "
-                  "interval includes 0.", "",
+                  f"first is lower) with its 95 % Student's t interval over the {len(seeds)} seeds (`stats.t_interval`, "
+                  f"{len(seeds) - 1} degrees of freedom; a bootstrap over {len(seeds)} values would be their range, calling any "
+                  "difference of one sign on every seed a gain); the per-seed differences are in `ptb_diffs.csv` (`per_seed`). "
+                  "\"within noise\": the interval includes 0.", "",
                   output.md_table(["comparison", "val ppl (final)", "test ppl (final)", "val ppl (best point)",
                                    "test ppl (best point)", "the paper: val / test"], diff_table), ""]
     read = []
@@ -344,10 +352,13 @@ def _regime(s: dict[str, dict[str, tuple[float, float]]], curve: list[dict[str, 
 
 
 def rewrite(out: Path) -> None:
-    """Plot and README again from the CSVs in ``out``."""
+    """Differences, plot and README again from the runs' CSVs in ``out`` (``ptb_diffs.csv`` then
+    carries this tree's commit, and the runs' in ``runs_commit``)."""
     rows = output.read_csv(out / "ptb.csv")
     curve = output.read_csv(out / "ptb_curve.csv")
     hps = output.read_csv(out / "ptb_hparams.csv")
+    runs_commit = " ".join(sorted({str(r.get("commit", "")) for r in rows}))
+    output.write_csv(out, "ptb_diffs", [{**d, "runs_commit": runs_commit} for d in differences(rows)])
     plot(rows, curve, hps, out)
     (out / "README.md").write_text(reading(rows, curve, hps, False))
 

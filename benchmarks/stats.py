@@ -1,7 +1,8 @@
 """Numbers summarised: the median and spread of repeated timings (``spread``), the mean ±
 standard deviation over seeds of the studies' tables (``mean_std``), and differences with their
 intervals: a paired bootstrap over test examples and seeds (``paired_bootstrap``), over seeds
-(``bootstrap_mean``), and their reading in words (``verdict``)."""
+(``bootstrap_mean``; Student's t for a handful of seeds: ``t_interval``), and their reading in
+words (``verdict``)."""
 
 from __future__ import annotations
 
@@ -79,6 +80,22 @@ def bootstrap_mean(values, *, n_boot: int = 10000, level: float = 0.95, seed: in
     lo, hi = np.quantile(reps, [(1 - level) / 2, (1 + level) / 2])
     return {"mean": float(v.mean()), "lo": float(lo), "hi": float(hi), "level": level, "n": int(v.size),
             "within_noise": float(lo <= 0 <= hi)}
+
+
+def t_interval(values, *, level: float = 0.95) -> dict[str, float]:
+    """Mean of per-seed values with Student's t interval, mean ± t(level, n − 1) · s / √n — for a
+    handful of seeds, where a percentile bootstrap is the values' own range (3 seeds: the interval
+    is [min, max], so "outside noise" would only mean "the same sign on every seed"). Needs 2 or
+    more values; the keys are ``bootstrap_mean``'s, so ``verdict`` reads either."""
+    from scipy.stats import t as student_t
+
+    v = [float(x) for x in values]
+    if len(v) < 2:
+        raise ValueError(f"t_interval needs at least 2 values, got {len(v)}")
+    mean, sd = mean_std(v)
+    half = float(student_t.ppf((1 + level) / 2, len(v) - 1)) * sd / len(v) ** 0.5
+    return {"mean": mean, "lo": mean - half, "hi": mean + half, "level": level, "n": len(v),
+            "within_noise": float(mean - half <= 0 <= mean + half)}
 
 
 def verdict(interval: dict[str, float], unit: str = "points", scale: float = 100.0, digits: int = 2) -> str:

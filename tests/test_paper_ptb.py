@@ -104,16 +104,20 @@ def test_the_ptb_study_quick_run_compares_no_tuning_with_both_ift_variants(tiny_
     assert by["ift_per_unit"]["num_hyperparams"] > 7 and 0 < by["ift_per_unit"]["hp_weight_hh"] < 1
     readme = (tmp_path / "README.md").read_text()
     assert "QUICK SMOKE RUN" in readme and "75.72 / 71.91" in readme and "Where we differ from the paper" in readme
-    assert "Differences, paired by seed" in readme and "ppl [" in readme
+    assert "Differences, paired by seed" in readme and "one seed: no interval" in readme
     assert (tmp_path / "ptb.png").stat().st_size > 10_000
     from hgbench.benchmarks.output import read_csv
 
     diffs = read_csv(tmp_path / "ptb_diffs.csv")
     d = next(r for r in diffs if (r["a"], r["b"], r["metric"]) == ("ift_7", "fixed", "val_ppl"))
     assert d["reduction"] == pytest.approx(by["fixed"]["val_ppl"] - by["ift_7"]["val_ppl"], rel=1e-4)  # b − a, paired by seed
-    assert d["seeds"] == 1 and d["lo"] == pytest.approx(d["hi"], rel=1e-4)  # one seed: no spread
+    assert d["seeds"] == 1 and d["lo"] == d["hi"] == "" and d["interval"] == "none (one seed)"  # one seed: no interval
     again = paper_ptb.reading(*(read_csv(tmp_path / f"{n}.csv") for n in ("ptb", "ptb_curve", "ptb_hparams")), quick=True)
     assert again == readme  # what rewrite() writes, from the CSVs alone
+    paper_ptb.rewrite(tmp_path)  # the differences again too, naming the runs' commit beside this tree's
+    redone = read_csv(tmp_path / "ptb_diffs.csv")
+    assert {r["runs_commit"] for r in redone} == {str(read_csv(tmp_path / "ptb.csv")[0]["commit"])} and len(redone) == len(diffs)
+    assert [r["reduction"] for r in redone] == pytest.approx([r["reduction"] for r in diffs], abs=1e-3)  # from the CSV's 6 digits
 
 
 def test_ptb_differences_are_paired_by_seed_and_their_word_follows_the_interval():
@@ -127,7 +131,9 @@ def test_ptb_differences_are_paired_by_seed_and_their_word_follows_the_interval(
     assert seven["reduction"] == pytest.approx(5.0) and seven["lo"] == pytest.approx(5.0) and not seven["within_noise"]  # seed spread cancels
     assert "gain" in paper_ptb._diff(seven)
     unit = d[("ift_per_unit", "fixed", "val_ppl")]
-    assert unit["reduction"] == pytest.approx(-1.0) and unit["lo"] == pytest.approx(-3.0) and unit["hi"] == pytest.approx(0.0)
+    # 0, 0, −3: mean −1, s = √3, Student's t(0.975, 2) = 4.302653: −1 ± 4.302653
+    assert unit["reduction"] == pytest.approx(-1.0) and unit["lo"] == pytest.approx(-5.302653) and unit["hi"] == pytest.approx(3.302653)
+    assert unit["per_seed"] == "+0.00 +0.00 -3.00" and unit["interval"] == "student_t_2df"
     assert unit["within_noise"] and "within noise" in paper_ptb._diff(unit)
     assert d[("ift_per_unit", "ift_7", "test_ppl")]["reduction"] == pytest.approx(-5.0) and "loss" in paper_ptb._diff(d[("ift_per_unit", "ift_7", "test_ppl")])
 

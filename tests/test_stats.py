@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from hgbench.benchmarks.stats import bootstrap_mean, paired_bootstrap, verdict
+from hgbench.benchmarks.stats import bootstrap_mean, paired_bootstrap, t_interval, verdict
 
 
 def test_paired_bootstrap_of_identical_and_opposite_predictions():
@@ -49,3 +49,20 @@ def test_bootstrap_mean_and_verdict_words():
     noisy = bootstrap_mean([-0.01, 0.02], n_boot=2000)
     assert verdict(noisy).endswith("within noise")
     assert verdict({"diff": -0.05, "lo": -0.07, "hi": -0.03}).endswith("loss")
+
+
+def test_t_interval_is_students_and_wider_than_the_bootstrap_on_three_seeds():
+    """t(0.975, 2) = 4.3027 (tables): [1, 2, 3] gives 2 ± 4.3027 · 1 / √3. Three paired differences
+    of one sign but a wide spread (the first PTB study's 0.7, 10.7, 35.2 ppl) are a "gain" to the
+    bootstrap (its interval is their range) and within noise to t."""
+    r = t_interval([1.0, 2.0, 3.0])
+    assert r["mean"] == 2.0 and r["n"] == 3
+    assert abs(r["hi"] - (2 + 4.302653 / 3 ** 0.5)) < 1e-5 and abs(r["lo"] - (2 - 4.302653 / 3 ** 0.5)) < 1e-5
+    assert r["within_noise"]
+    d = [0.7, 10.7, 35.2]
+    b = bootstrap_mean(d)
+    assert abs(b["lo"] - 0.7) < 1e-9 and abs(b["hi"] - 35.2) < 1e-9 and not b["within_noise"]
+    assert t_interval(d)["within_noise"] and "within noise" in verdict(t_interval(d), unit="ppl", scale=1.0)
+    assert not t_interval([10.0, 11.0, 12.0])["within_noise"]  # a steady gain is one
+    with pytest.raises(ValueError, match="at least 2"):
+        t_interval([1.0])
