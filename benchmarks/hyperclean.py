@@ -45,7 +45,7 @@ import numpy as np
 import torch
 
 from hgbench.benchmarks import output, per_example, plotting, timing
-from hgbench.benchmarks.stats import bootstrap_mean, paired_bootstrap, verdict
+from hgbench.benchmarks.stats import paired_bootstrap, t_interval, verdict
 from hgbench.machine import load_average, resolve_device
 
 PRESET = "experiment=hyperclean_mnist"
@@ -199,9 +199,9 @@ def _loss_words(b: dict[str, float]) -> str:
 
 def summarise(rows: list[dict[str, Any]], correct: dict[str, np.ndarray]) -> list[dict[str, Any]]:
     """One row per method (its runs differ only in the seed): final validation loss / error and test
-    accuracy, each the mean over seeds with a bootstrap interval over seeds; paired differences
+    accuracy, each the mean over seeds with Student's t interval over seeds; paired differences
     against the best method (test accuracy: paired bootstrap over seeds and test images; validation
-    loss: bootstrap over the seeds' paired differences); costs; time and calls to a target."""
+    loss: Student's t over the seeds' paired differences); costs; time and calls to a target."""
     fin = finals(rows)
     best_acc = max(fin, key=lambda m: np.mean([r["test_acc"] for r in fin[m]]))
     best_val = min(fin, key=lambda m: np.mean([r["val_loss"] for r in fin[m]]))
@@ -210,7 +210,7 @@ def summarise(rows: list[dict[str, Any]], correct: dict[str, np.ndarray]) -> lis
     for m, last in fin.items():
         s: dict[str, Any] = {"method": m, "seeds": len(last), "steps": last[0]["step"]}
         for key in ("val_loss", "val_err", "test_acc", "test_loss", "train_acc"):
-            b = bootstrap_mean([r[key] for r in last])
+            b = t_interval([r[key] for r in last])
             s[key], s[f"{key}_lo"], s[f"{key}_hi"] = b["mean"], b["lo"], b["hi"]
         for key in ("mean_weight_noisy", "mean_weight_clean"):
             s[key] = float(np.mean([r[key] for r in last]))
@@ -226,7 +226,7 @@ def summarise(rows: list[dict[str, Any]], correct: dict[str, np.ndarray]) -> lis
             s["d_test_acc_vs_best"], s["d_test_acc_lo"], s["d_test_acc_hi"] = p["diff"], p["lo"], p["hi"]
             s["d_test_acc_text"] = "—" if m == best_acc else verdict(p)
         d = [val_by_seed[m][k] - val_by_seed[best_val][k] for k in val_by_seed[m] if k in val_by_seed[best_val]]
-        b = bootstrap_mean(d)
+        b = t_interval(d)
         s["d_val_loss_vs_best"], s["d_val_loss_lo"], s["d_val_loss_hi"] = b["mean"], b["lo"], b["hi"]
         s["d_val_loss_text"] = "—" if m == best_val else _loss_words(b)
         seeds = sorted({r["seed"] for r in last})
@@ -388,9 +388,9 @@ def reading(summary: list[dict[str, Any]], skipped: list[dict[str, Any]], rows: 
         f"of the images and of the corruption ({np.mean([r['noisy_fraction'] for r in rows if r['step'] == 0]):.3f} of the "
         f"training labels changed on average); {steps} hyper-steps of {INNER_STEPS} SGD steps (lr 0.5) + one hypergradient + one "
         "Adam step (lr 0.5) on λ, full batches; one torch thread on a shared 2-core machine, load " + load + "). Final values "
-        "at the last hyper-step; intervals are 95 % bootstrap intervals (`hgbench.benchmarks.stats`): over the seeds for "
-        "means (with 5 seeds an interval is narrow by construction), over seeds × the " + f"{r0['n_test']:,}" + " test images for the paired "
-        "test accuracy differences. Targets = within 1 % and within 0.1 % of the final validation loss of the method with the "
+        "at the last hyper-step; intervals are 95 % (`hgbench.benchmarks.stats`): Student's t over the seeds for means and "
+        "validation-loss differences (a percentile bootstrap over so few seeds is about their range, too narrow), a paired "
+        "bootstrap over seeds × the " + f"{r0['n_test']:,}" + " test images for the test accuracy differences. Targets = within 1 % and within 0.1 % of the final validation loss of the method with the "
         f"lowest mean (`{best_val}`) on the same seed (mean targets {summary[0]['target_val_loss_mean']:.4f} and "
         f"{summary[0]['target2_val_loss_mean']:.4f}); time and calls to a target are means over the seeds that reach it, "
         f"read at the evaluation steps {', '.join(str(x) for x in sorted({r['step'] for r in rows}))}. Oracle calls = full-batch gradients of L_T or L_V (inner steps included) + curvature-vector "

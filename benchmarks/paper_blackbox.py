@@ -37,7 +37,7 @@ Every row also holds its weights' per-example test correctness (``test_correct``
 intervals (``intervals``, written to ``blackbox_intervals.csv``): test accuracies of two sides'
 choices on the shared test set — a paired bootstrap over the seeds × the 797 test images
 (``stats.paired_bootstrap``); val/test loss differences and the times at which Optuna catches up —
-one number per seed, a bootstrap over the seeds (``stats.bootstrap_mean``); all 95 %. The wall-time
+one number per seed, Student's t over the seeds (``stats.t_interval``); all 95 %. The wall-time
 numbers (B, the fractions of B, the catch-up times) depend on the machine's load, recorded per run.
 """
 
@@ -53,7 +53,7 @@ from typing import Any
 import torch
 
 from hgbench.benchmarks import machine, output, per_example, plotting, timing
-from hgbench.benchmarks.stats import bootstrap_mean, mean_std, paired_bootstrap, verdict
+from hgbench.benchmarks.stats import mean_std, paired_bootstrap, t_interval, verdict
 from hgbench.machine import resolve_device
 
 PRESET = "paper_blackbox"
@@ -307,7 +307,7 @@ def _row(name: str, iv: dict[str, Any], per_seed: list[float] | None = None) -> 
 
 def intervals(rows: list[dict[str, Any]], extend: float = EXTEND, n_boot: int = 10000) -> list[dict[str, Any]]:
     """The reading's comparisons with their 95 % intervals (one row each): per-seed differences of
-    val / test loss and the catch-up times by a bootstrap over the seeds; test accuracies of two
+    val / test loss and the catch-up times by Student's t over the seeds; test accuracies of two
     choices on the shared test set by a paired bootstrap over the seeds × the test images. Seeds
     where a side has no result yet are left out of that comparison (``n_seeds`` says how many)."""
     b = budgets(rows)
@@ -317,7 +317,7 @@ def intervals(rows: list[dict[str, Any]], extend: float = EXTEND, n_boot: int = 
     def loss_diff(name: str, pairs: list[tuple[dict[str, Any], dict[str, Any]]], key: str = "val_loss") -> None:
         if pairs:
             d = [x[key] - y[key] for x, y in pairs]
-            out.append(_row(name, bootstrap_mean(d, n_boot=n_boot), d))
+            out.append(_row(name, t_interval(d), d))
 
     def acc_diff(name: str, pairs: list[tuple[dict[str, Any], dict[str, Any]]]) -> None:
         if pairs and all(x.get("test_correct") and y.get("test_correct") for x, y in pairs):
@@ -345,11 +345,11 @@ def intervals(rows: list[dict[str, Any]], extend: float = EXTEND, n_boot: int = 
         loss_diff(f"optuna_first_trial_minus_ift_at_same_{key}: val_loss", pairs)
     cu = [v for v in catch_up(rows).values() if v is not None]
     if cu:
-        out.append(_row("optuna_catch_up_time_over_B (seeds that caught up)", bootstrap_mean(cu, n_boot=n_boot), cu))
+        out.append(_row("optuna_catch_up_time_over_B (seeds that caught up)", t_interval(cu), cu))
     first = [sorted((r for r in rows if r["side"] == "optuna" and r["seed"] == sd), key=lambda r: r["t_s"]) for sd in seeds]
     ft = [o[0]["t_s"] / b[sd] for sd, o in zip(seeds, first, strict=True) if o]
     if ft:
-        out.append(_row("optuna_first_trial_time_over_B", bootstrap_mean(ft, n_boot=n_boot), ft))
+        out.append(_row("optuna_first_trial_time_over_B", t_interval(ft), ft))
     if any(r["side"] == "ift_per_weight" for r in rows):
         last = {sd: max((r for r in rows if r["side"] == "ift_per_weight" and r["seed"] == sd), key=lambda r: r["step"])
                 for sd in seeds}
@@ -548,7 +548,8 @@ def reading(rows: list[dict[str, Any]], quick: bool, extend: float = EXTEND, ivs
               + ". " + trials_note, ""]
     if ivs:
         parts += [f"**Intervals** (`blackbox_intervals.csv`, with each seed's value; 95 %): differences of losses and the "
-                  f"times are a bootstrap over the {n} seeds (with this few seeds a rough guide); differences of test accuracy "
+                  f"times are Student's t over the {n} seeds (a percentile bootstrap over so few seeds is about their range, too "
+                  "narrow); differences of test accuracy "
                   "are a paired bootstrap over the seeds × the 797 test images (points); \"within noise\" = the interval "
                   "includes 0. Seeds where a side has no result yet are left out (the count says how many are in):", ""]
         parts += [f"- {describe(r['comparison'])}: {_words(r)} ({r['n_seeds']} seeds)" for r in ivs]
@@ -570,7 +571,8 @@ def reading(rows: list[dict[str, Any]], quick: bool, extend: float = EXTEND, ivs
 
 
 def rewrite(out: Path) -> None:
-    """Plot and README again from the CSV in ``out`` (after a change to how they are drawn)."""
+    """Intervals, plot and README again from the runs' CSV in ``out`` (after a change to how they are
+    computed or drawn; ``blackbox_intervals.csv`` then carries this tree's commit and the runs')."""
     rows = output.read_csv(out / "blackbox.csv")
     for r in rows:
         for k in ("val_loss", "test_loss", "test_acc", "val_acc", "decay", "t_s", "grad_eq", "hypergrad_per_grad", "load1_start"):
@@ -578,7 +580,9 @@ def rewrite(out: Path) -> None:
     quick = max(r["step"] for r in rows) < HYPER_STEPS
     extend = 2.0 if quick else EXTEND
     plot(rows, out, extend)
-    ivs = output.read_csv(out / "blackbox_intervals.csv") if (out / "blackbox_intervals.csv").exists() else None
+    ivs = intervals(rows, extend, n_boot=500 if quick else 10000)
+    runs_commit = " ".join(sorted({str(r.get("commit", "")) for r in rows}))
+    output.write_csv(out, "blackbox_intervals", [{**r, "runs_commit": runs_commit} for r in ivs])
     (out / "README.md").write_text(reading(rows, quick, extend, ivs))
 
 

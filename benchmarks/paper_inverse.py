@@ -20,7 +20,8 @@ that point — the comparison the paper's reading ("Neumann: higher cosine, larg
 Intervals (``intervals``, written to ``inverse_intervals.csv``): every quantity is one number per
 seed — a run's mean cosine or ℓ2 minus CG 20's on the same split, the share of hyper-steps at which
 Neumann wins, or (at equal steps) Neumann minus CG at i steps averaged over the ``AT`` points — and
-its interval is a percentile bootstrap over the seeds (``stats.bootstrap_mean``, 95 %).
+its interval is Student's t over the seeds (``stats.t_interval``, 95 %; a percentile bootstrap over
+a handful of seeds is about their range, too narrow to call a difference).
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from typing import Any
 import torch
 
 from hgbench.benchmarks import output, plotting, problems
-from hgbench.benchmarks.stats import bootstrap_mean, mean_std
+from hgbench.benchmarks.stats import mean_std, t_interval
 from hgbench.machine import resolve_device
 
 METHODS = (("neumann", 0), ("neumann", 1), ("neumann", 5), ("neumann", 20), ("cg", 20))
@@ -108,9 +109,8 @@ def summary(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-def intervals(rows: list[dict[str, Any]], at_rows: list[dict[str, Any]] | None = None,
-              n_boot: int = 10000) -> list[dict[str, Any]]:
-    """One row per claim, each a mean over seeds of a per-seed number with a bootstrap interval over
+def intervals(rows: list[dict[str, Any]], at_rows: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+    """One row per claim, each a mean over seeds of a per-seed number with Student's t interval over
     the seeds: along the runs, per Neumann variant, its mean cosine / ℓ2 minus CG 20's (same seed:
     same split) and the share of hyper-steps at which it has the higher cosine / the larger ℓ2; at
     equal steps, per i, Neumann minus CG in cosine and ℓ2 (per seed the mean over its points)."""
@@ -139,7 +139,7 @@ def intervals(rows: list[dict[str, Any]], at_rows: list[dict[str, Any]] | None =
             per["share_higher_cosine"].append(mean(float(a["cosine"] > b["cosine"]) for a, b in pairs))
             per["share_larger_l2"].append(mean(float(a["l2"] > b["l2"]) for a, b in pairs))
         for k, v in per.items():
-            out.append({"where": "along the runs", "method": m, "i": "", "quantity": k, **bootstrap_mean(v, n_boot=n_boot),
+            out.append({"where": "along the runs", "method": m, "i": "", "quantity": k, **t_interval(v),
                         "per_seed": " ".join(f"{x:.6g}" for x in v)})
     if at_rows:
         by = {(r["method"], r["i"], r["seed"], r["at_step"]): r for r in at_rows}
@@ -156,7 +156,7 @@ def intervals(rows: list[dict[str, Any]], at_rows: list[dict[str, Any]] | None =
             for k, v in per.items():
                 if v:
                     out.append({"where": "equal steps", "method": "neumann vs cg", "i": i, "quantity": k,
-                                **bootstrap_mean(v, n_boot=n_boot), "per_seed": " ".join(f"{x:.6g}" for x in v)})
+                                **t_interval(v), "per_seed": " ".join(f"{x:.6g}" for x in v)})
     return out
 
 
@@ -261,7 +261,7 @@ def reading(rows: list[dict[str, Any]], quick: bool, at_rows: list[dict[str, Any
     s = summary(rows)
     seeds = sorted({r["seed"] for r in rows})
     steps = max(r["step"] for r in rows)
-    ivs = ivs if ivs is not None else intervals(rows, at_rows, n_boot=500 if quick else 10000)
+    ivs = ivs if ivs is not None else intervals(rows, at_rows)
     along = {(r["method"], r["quantity"]): r for r in ivs if r["where"] == "along the runs"}
     table = []
     for r in s:
@@ -289,7 +289,7 @@ def reading(rows: list[dict[str, Any]], quick: bool, at_rows: list[dict[str, Any
               f"initialisation; {WARMUP if not quick else 'a few'} warm-up inner steps, {steps} hyper-steps). Per seed the "
               "mean over the run; cosine and ℓ2 are mean ± std over seeds; the differences from CG 20 (same seed, so the "
               "same split) and the shares of hyper-steps at which that Neumann has the higher cosine / the larger ℓ2 are "
-              f"the mean over seeds with a 95 % bootstrap interval over the {len(seeds)} seeds (\"within noise\" = it "
+              f"the mean over seeds with a 95 % Student's t interval over the {len(seeds)} seeds (\"within noise\" = it "
               "includes 0; with this few seeds the interval is a rough guide):", "",
               output.md_table(["method", "cosine", "ℓ2 distance", "cosine − CG 20's", "ℓ2 − CG 20's",
                                "share: higher cosine than CG 20", "share: larger ℓ2 than CG 20"], table),
@@ -324,7 +324,7 @@ def reading(rows: list[dict[str, Any]], quick: bool, at_rows: list[dict[str, Any
         parts += ["**At equal inversion steps** (the CG-20 run's points at hyper-steps "
                   f"{', '.join(str(a) for a in sorted({r['at_step'] for r in at_rows}))} of every seed; Neumann and CG with i "
                   "steps against the exact solve there; means and shares over all those points; the differences Neumann − CG "
-                  f"are per seed the mean over its points, then the mean over seeds with a 95 % bootstrap interval over the "
+                  f"are per seed the mean over its points, then the mean over seeds with a 95 % Student's t interval over the "
                   f"{len({r['seed'] for r in at_rows})} seeds):", "",
                   output.md_table(["i", "Neumann cosine", "CG cosine", "Neumann ℓ2", "CG ℓ2", "share: Neumann higher cosine",
                                    "share: Neumann larger ℓ2", "cosine: Neumann − CG", "ℓ2: Neumann − CG"], table2), "",
@@ -344,7 +344,8 @@ def reading(rows: list[dict[str, Any]], quick: bool, at_rows: list[dict[str, Any
 
 
 def rewrite(out: Path) -> None:
-    """Plots and README again from the CSVs in ``out`` (after a change to how they are drawn)."""
+    """Intervals, plots and README again from the runs' CSVs in ``out`` (after a change to how they
+    are computed or drawn)."""
     rows = output.read_csv(out / "inverse_quality.csv")
     at_rows = output.read_csv(out / "inverse_steps.csv")
     for r in at_rows:
@@ -352,7 +353,9 @@ def rewrite(out: Path) -> None:
             r["cosine"] = float("nan")
     plot(rows, out)
     plot_steps(at_rows, out)
-    ivs = output.read_csv(out / "inverse_intervals.csv") if (out / "inverse_intervals.csv").exists() else None
+    ivs = intervals(rows, at_rows)  # again, from the runs' rows: the CSV then carries this tree's commit and the runs'
+    runs_commit = " ".join(sorted({str(r.get("commit", "")) for r in rows}))
+    output.write_csv(out, "inverse_intervals", [{**r, "runs_commit": runs_commit} for r in ivs])
     (out / "README.md").write_text(reading(rows, False, at_rows, ivs))
 
 
@@ -373,7 +376,7 @@ def run(out: Path, quick: bool = False, device: str = "auto", reps: int | None =
         print("  paper_inverse: some cosines are not finite (a zero hypergradient)", flush=True)
     output.write_csv(out, "inverse_quality", rows, dev)
     output.write_csv(out, "inverse_steps", at_rows, dev)
-    ivs = intervals(rows, at_rows, n_boot=500 if quick else 10000)
+    ivs = intervals(rows, at_rows)
     output.write_csv(out, "inverse_intervals", ivs, dev)
     plot(rows, out)
     plot_steps(at_rows, out)

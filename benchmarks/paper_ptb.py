@@ -196,7 +196,7 @@ def differences(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             continue
         for key in METRICS:
             d = [float(by[(b, s)][key]) - float(by[(a, s)][key]) for s in seeds]
-            iv = t_interval(d) if len(d) > 1 else {"mean": d[0], "lo": math.nan, "hi": math.nan, "within_noise": True}
+            iv = t_interval(d)  # one seed (--quick): no interval
             ma, mb = (sum(float(by[(c, s)][key]) for s in seeds) / len(seeds) for c in (a, b))
             out.append({"a": a, "b": b, "metric": key, "seeds": len(seeds), "reduction": iv["mean"], "lo": iv["lo"], "hi": iv["hi"],
                         "within_noise": bool(iv["within_noise"]), "rel_pct": 100 * (ma - mb) / mb,

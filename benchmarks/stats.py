@@ -85,13 +85,18 @@ def bootstrap_mean(values, *, n_boot: int = 10000, level: float = 0.95, seed: in
 def t_interval(values, *, level: float = 0.95) -> dict[str, float]:
     """Mean of per-seed values with Student's t interval, mean ± t(level, n − 1) · s / √n — for a
     handful of seeds, where a percentile bootstrap is the values' own range (3 seeds: the interval
-    is [min, max], so "outside noise" would only mean "the same sign on every seed"). Needs 2 or
-    more values; the keys are ``bootstrap_mean``'s, so ``verdict`` reads either."""
+    is [min, max], so "outside noise" would only mean "the same sign on every seed"). One value:
+    no interval (``lo``, ``hi`` NaN, counted within noise); the keys are ``bootstrap_mean``'s, so
+    ``verdict`` reads either."""
+    import math
+
     from scipy.stats import t as student_t
 
     v = [float(x) for x in values]
-    if len(v) < 2:
-        raise ValueError(f"t_interval needs at least 2 values, got {len(v)}")
+    if not v:
+        raise ValueError("t_interval needs at least one value")
+    if len(v) == 1:
+        return {"mean": v[0], "lo": math.nan, "hi": math.nan, "level": level, "n": 1, "within_noise": 1.0}
     mean, sd = mean_std(v)
     half = float(student_t.ppf((1 + level) / 2, len(v) - 1)) * sd / len(v) ** 0.5
     return {"mean": mean, "lo": mean - half, "hi": mean + half, "level": level, "n": len(v),

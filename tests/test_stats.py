@@ -64,5 +64,7 @@ def test_t_interval_is_students_and_wider_than_the_bootstrap_on_three_seeds():
     assert abs(b["lo"] - 0.7) < 1e-9 and abs(b["hi"] - 35.2) < 1e-9 and not b["within_noise"]
     assert t_interval(d)["within_noise"] and "within noise" in verdict(t_interval(d), unit="ppl", scale=1.0)
     assert not t_interval([10.0, 11.0, 12.0])["within_noise"]  # a steady gain is one
-    with pytest.raises(ValueError, match="at least 2"):
-        t_interval([1.0])
+    one = t_interval([4.0])  # one seed: no interval
+    assert one["mean"] == 4.0 and one["n"] == 1 and math.isnan(one["lo"]) and math.isnan(one["hi"]) and one["within_noise"]
+    with pytest.raises(ValueError, match="at least one"):
+        t_interval([])
