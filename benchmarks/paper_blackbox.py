@@ -452,6 +452,18 @@ def first_trial(rows: list[dict[str, Any]], b: dict[int, float]) -> str:
                if max(ahead_t, ahead_g) * 2 > len(cases) else ". "))
 
 
+def lead_words(wins: dict[str, Any], iv: dict[str, Any] | None) -> str:
+    """Who is ahead at a time: where both sides have results on 2+ seeds, the interval of Optuna −
+    IFT (val loss) decides ("neither side is ahead beyond noise" when it includes 0), never the count
+    of seeds each side wins; where only one side has a result (``iv`` None), that side."""
+    if iv is not None and int(iv["n_seeds"]) > 1:
+        lo, hi = float(iv["lo"]), float(iv["hi"])
+        return (("IFT is ahead" if lo > 0 else "Optuna is ahead" if hi < 0 else "neither side is ahead beyond noise")
+                + f" (Optuna − IFT {float(iv['value']):+.4f} [{lo:+.4f}, {hi:+.4f}])")
+    side = "IFT" if wins["ift"] > wins["optuna"] else "Optuna" if wins["optuna"] > wins["ift"] else "neither side"
+    return f"{side} is ahead"
+
+
 def reading(rows: list[dict[str, Any]], quick: bool, extend: float = EXTEND, ivs: list[dict[str, Any]] | None = None) -> str:
     ivs = ivs if ivs is not None else intervals(rows, extend, n_boot=500 if quick else 10000)
     b = budgets(rows)
@@ -511,8 +523,9 @@ def reading(rows: list[dict[str, Any]], quick: bool, extend: float = EXTEND, ivs
         w = ahead(rows, f)
         ift_v = next(r for r in s if r["side"] == "ift" and r["fraction"] == f)["val_loss"]
         opt_v = next(r for r in s if r["side"] == "optuna" and r["fraction"] == f)["val_loss"]
-        lead = "IFT" if w["ift"] > w["optuna"] else "Optuna" if w["optuna"] > w["ift"] else "neither side"
-        verdicts.append(f"at {f * 100:.0f} % of B {lead} is ahead (lower best val loss in {w['ift']} seed(s) for IFT, "
+        iv = next((r for r in ivs if r["comparison"] == f"optuna_at_{f:g}B_minus_ift_at_{f:g}B: val_loss"), None)
+        lead = lead_words(w, iv if opt_v and ift_v else None)
+        verdicts.append(f"at {f * 100:.0f} % of B {lead} (lower best val loss in {w['ift']} seed(s) for IFT, "
                         f"{w['optuna']} for Optuna, {w['tie']} tied; means "
                         + (f"{mean_std(ift_v)[0]:.4f}" if ift_v else "no IFT evaluation yet") + " vs "
                         + (f"{mean_std(opt_v)[0]:.4f}" if opt_v else "no Optuna trial finished yet") + ")")

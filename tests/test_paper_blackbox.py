@@ -103,3 +103,17 @@ def test_the_intervals_pair_the_sides_choices_seed_by_seed():
     assert val["value"] == pytest.approx(0.11) and val["lo"] > 0 and not val["within_noise"]
     assert ivs["optuna_catch_up_time_over_B (seeds that caught up)"]["value"] == pytest.approx(7.0 / 4.0)
     assert "optuna_at_0.25B_minus_ift_at_0.25B: val_loss" not in ivs  # no side has a result at 1 s
+
+
+def test_who_is_ahead_follows_the_interval_not_the_count_of_seeds():
+    """IFT lower on 5 of 5 seeds, but by 0.01 to 2.0: the t interval of Optuna − IFT includes 0,
+    so neither side is ahead beyond noise; a steady difference is a lead; one side alone leads."""
+    from hgbench.benchmarks import paper_blackbox as pb
+    from hgbench.benchmarks.stats import t_interval
+
+    wins = {"ift": 5, "optuna": 0, "tie": 0}
+    wide = pb._row("x", t_interval([0.01, 0.02, 0.05, 0.1, 2.0]))
+    assert pb.lead_words(wins, wide).startswith("neither side is ahead beyond noise (Optuna − IFT +0.4360 [")
+    assert pb.lead_words(wins, pb._row("x", t_interval([0.10, 0.11, 0.12, 0.10, 0.11]))).startswith("IFT is ahead (")
+    assert pb.lead_words(wins, pb._row("x", t_interval([-0.10, -0.11, -0.12, -0.10, -0.11]))).startswith("Optuna is ahead (")
+    assert pb.lead_words(wins, None) == "IFT is ahead"  # Optuna has no trial yet
