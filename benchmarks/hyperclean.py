@@ -44,7 +44,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from hgbench.benchmarks import output, per_example, plotting, timing
+from hgbench.benchmarks import machine, output, per_example, plotting, timing
 from hgbench.benchmarks.stats import paired_bootstrap, t_interval, verdict
 from hgbench.machine import load_average, resolve_device
 
@@ -504,6 +504,7 @@ def _run(out: Path, quick: bool, dev: str) -> list[dict[str, Any]]:
 
 def rewrite(out: Path) -> None:
     """Plot, summary and README again from ``curves.csv``, ``skipped.csv`` and ``test_correct.npz``."""
+    machine.machine_info()  # the commit the CSVs name: this tree's before anything is written
     rows = output.read_csv(out / "curves.csv")
     skipped = output.read_csv(out / "skipped.csv")
     z = np.load(out / "test_correct.npz")

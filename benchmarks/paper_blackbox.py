@@ -586,6 +586,7 @@ def reading(rows: list[dict[str, Any]], quick: bool, extend: float = EXTEND, ivs
 def rewrite(out: Path) -> None:
     """Intervals, plot and README again from the runs' CSV in ``out`` (after a change to how they are
     computed or drawn; ``blackbox_intervals.csv`` then carries this tree's commit and the runs')."""
+    machine.machine_info()  # the commit the CSVs name: this tree's before anything is written
     rows = output.read_csv(out / "blackbox.csv")
     for r in rows:
         for k in ("val_loss", "test_loss", "test_acc", "val_acc", "decay", "t_s", "grad_eq", "hypergrad_per_grad", "load1_start"):

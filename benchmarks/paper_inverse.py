@@ -32,7 +32,7 @@ from typing import Any
 
 import torch
 
-from hgbench.benchmarks import output, plotting, problems
+from hgbench.benchmarks import machine, output, plotting, problems
 from hgbench.benchmarks.stats import mean_std, t_interval
 from hgbench.machine import resolve_device
 
@@ -349,6 +349,7 @@ def reading(rows: list[dict[str, Any]], quick: bool, at_rows: list[dict[str, Any
 def rewrite(out: Path) -> None:
     """Intervals, plots and README again from the runs' CSVs in ``out`` (after a change to how they
     are computed or drawn)."""
+    machine.machine_info()  # the commit the CSVs name: this tree's before anything is written
     rows = output.read_csv(out / "inverse_quality.csv")
     at_rows = output.read_csv(out / "inverse_steps.csv")
     for r in at_rows:

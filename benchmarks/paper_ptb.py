@@ -40,7 +40,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from hgbench.benchmarks import output, plotting, timing
+from hgbench.benchmarks import machine, output, plotting, timing
 from hgbench.benchmarks.stats import mean_std, t_interval
 from hgbench.benchmarks.stats import verdict as stats_verdict
 from hgbench.machine import resolve_device
@@ -354,6 +354,7 @@ def _regime(s: dict[str, dict[str, tuple[float, float]]], curve: list[dict[str, 
 def rewrite(out: Path) -> None:
     """Differences, plot and README again from the runs' CSVs in ``out`` (``ptb_diffs.csv`` then
     carries this tree's commit, and the runs' in ``runs_commit``)."""
+    machine.machine_info()  # the commit the CSVs name: this tree's before anything is written
     rows = output.read_csv(out / "ptb.csv")
     curve = output.read_csv(out / "ptb_curve.csv")
     hps = output.read_csv(out / "ptb_hparams.csv")
