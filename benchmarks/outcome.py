@@ -112,8 +112,18 @@ def _exists(uri: str, name: str) -> bool:
     return e is not None and e.lifecycle_stage != "deleted"
 
 
+def run_commit(r: pd.Series) -> str:
+    """The commit a run's code came from (MLflow's git tag, 12 digits), ``+dirty`` where its
+    checkout had local changes (``hgbench.git_dirty``); "unknown" without the tag."""
+    c = r.get("tags.mlflow.source.git.commit")
+    if not isinstance(c, str) or not c:
+        return "unknown"
+    return c[:12] + ("+dirty" if r.get("tags.hgbench.git_dirty") == "true" else "")
+
+
 def curves_from_history(runs: pd.DataFrame, hist: pd.DataFrame) -> pd.DataFrame:
-    """The evaluations of each run with the wall time and the products spent up to them."""
+    """The evaluations of each run with the wall time and the products spent up to them, and the
+    commit of the code that ran it."""
     rows = []
     for run_id, h in hist.groupby("run_id", sort=False):
         by = {k: g.drop_duplicates("step", keep="last").set_index("step")["value"] for k, g in h.groupby("key")}
@@ -125,7 +135,8 @@ def curves_from_history(runs: pd.DataFrame, hist: pd.DataFrame) -> pd.DataFrame:
                          "step": int(step), "elapsed_s": float(t.get(step, math.nan)),
                          "hvps": float(hvp[hvp.index <= step].iloc[-1]) if (hvp.index <= step).any() else 0.0,
                          "val_loss": float(v), "test_loss": float(by.get("test_loss", {}).get(step, math.nan)),
-                         "load_start": r.get("load_avg_start", math.nan), "load_end": r.get("load_avg_end", math.nan)})
+                         "load_start": r.get("load_avg_start", math.nan), "load_end": r.get("load_avg_end", math.nan),
+                         "commit": run_commit(r)})
     return pd.DataFrame(rows)
 
 
@@ -252,9 +263,7 @@ def report(store: Path, out: Path) -> pd.DataFrame:
     tab, _ = table(runs, cv)
     out.mkdir(parents=True, exist_ok=True)
     meta = machine_info()
-    commit = runs.get("tags.mlflow.source.git.commit", pd.Series([None] * len(runs), index=runs.index))
-    dirty = runs.get("tags.hgbench.git_dirty", pd.Series([None] * len(runs), index=runs.index))
-    commits = sorted({str(c)[:12] + ("+dirty" if d == "true" else "") for c, d in zip(commit, dirty, strict=True) if c})
+    commits = sorted({run_commit(r) for _, r in runs.iterrows()} - {"unknown"})
     tab = tab.assign(run_commits=" ".join(commits) or "unknown", report_commit=meta["commit"], cpu=meta["cpu"], cores=meta["cores"])
     tab.to_csv(out / "outcome.csv", index=False)
     cv.to_csv(out / "curves.csv", index=False)

@@ -49,6 +49,16 @@ def test_outcome_table_from_a_fake_store(tmp_path):
     assert (tmp_path / "o.png").stat().st_size > 0
 
 
+def test_every_curve_row_names_the_commit_its_run_came_from():
+    runs, hist = _fake()
+    runs["tags.mlflow.source.git.commit"] = ["a" * 40] * 4 + ["b" * 40] * 5 + [None]
+    runs["tags.hgbench.git_dirty"] = ["false"] * 4 + ["true"] * 5 + [None]
+    cv = outcome.curves_from_history(runs, hist)
+    by_run = cv.groupby("run_id")["commit"].unique().map(list).to_dict()
+    assert by_run["cg-0"] == ["a" * 12] and by_run["cg_nystrom-0"] == ["a" * 12] and by_run["cg_nystrom-1"] == ["b" * 12 + "+dirty"]
+    assert outcome.run_commit(runs.iloc[-1]) == "unknown"  # no git tag: said, not guessed
+
+
 def test_configurations_that_differ_get_their_own_label():
     runs = pd.DataFrame({"run_id": ["a", "b", "c"], "problem": ["p"] * 3, "method": ["cg_nystrom", "cg_nystrom", "cg"],
                          "params.hypergrad.refresh_every": ["10", "1", None]})
