@@ -147,12 +147,15 @@ def _first(c: pd.DataFrame, level: float, col: str) -> float:
 
 def table(runs: pd.DataFrame, cv: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, float]]:
     """One row per configuration (problem × method; its runs differ only in the seed): the final
-    validation and test loss (mean ± std, min–max over seeds), wall time and products to the end,
+    validation and test loss (mean ± std, min–max over seeds), their differences from identity's
+    with the same seed (mean, min–max and a 95 % Student's t interval over the seeds), wall time and products to the end,
     and wall time and products to two validation losses: ``target`` (every run reaches it: the
     largest of the runs' lowest validation losses) and ``target2`` (the median of the
     configurations' mean final validation losses: about half of them get there). A run that does
     not reach a level is counted in ``reached``, never extrapolated; the times are over the runs
     that do."""
+    from hgbench.benchmarks.stats import t_interval
+
     rows, targets = [], {}
     for problem, cp in cv.groupby("problem", sort=False):
         last = cp.sort_values("step").groupby("run_id").tail(1)
@@ -166,8 +169,9 @@ def table(runs: pd.DataFrame, cv: pd.DataFrame) -> tuple[pd.DataFrame, dict[str,
             row: dict[str, Any] = {"problem": problem, "method": method, "seeds": len(fin)}
             for col in ("val_loss", "test_loss"):  # paired by seed (same initialisation and batches): the seeds' spread cancels
                 d = pd.Series([r[col] - base.at[r["seed"], col] for r in fin.to_dict("records") if r["seed"] in base.index], dtype=float)
+                iv = t_interval(d) if len(d) else {"lo": math.nan, "hi": math.nan}  # Student's t over the seeds
                 row.update({f"d_{col}_mean": d.mean() if len(d) else math.nan, f"d_{col}_min": d.min() if len(d) else math.nan,
-                            f"d_{col}_max": d.max() if len(d) else math.nan})
+                            f"d_{col}_max": d.max() if len(d) else math.nan, f"d_{col}_lo": iv["lo"], f"d_{col}_hi": iv["hi"]})
             mine = runs[runs["run_id"].isin(set(cm["run_id"]))] if "run_id" in runs else runs.iloc[:0]
             for key in ("hg_rel_err", "hg_cosine"):  # the median over a run's checks, then min–max over its seeds
                 v = mine[f"{key}_run"].dropna().astype(float) if f"{key}_run" in mine else pd.Series(dtype=float)
@@ -207,6 +211,14 @@ def markdown(tab: pd.DataFrame) -> str:
             return "—"
         return f"{m:{fmt}} [{r[f'{col}_min']:{fmt}}–{r[f'{col}_max']:{fmt}}]"
 
+    def dt(r, col):  # a paired difference with its t interval over the seeds
+        m, lo, hi = (r.get(f"{col}_{k}", math.nan) for k in ("mean", "lo", "hi"))
+        if not isinstance(m, float) or math.isnan(m):
+            return "—"
+        if not isinstance(lo, float) or math.isnan(lo):
+            return f"{m:+.4f} (one seed: no interval)"
+        return f"{m:+.4f} [{lo:+.4f}, {hi:+.4f}]" + (", within noise" if lo <= 0 <= hi else "")
+
     def lv(r, key):
         v = r.get(key)
         return f"{v:.4f}" if isinstance(v, float) and not math.isnan(v) else "—"
@@ -215,7 +227,7 @@ def markdown(tab: pd.DataFrame) -> str:
             "products to the end", "target 1 (all runs)", "reached", "wall s to it, mean [min–max]", "products to it",
             "target 2 (median config)", "reached", "wall s to it", "products to it",
             "hypergradient rel. error vs reference (run medians, min–max)",
-            "Δ final val loss vs identity, same seed: mean [min–max]", "Δ final test loss vs identity", "load"]
+            "Δ final val loss vs identity, same seed: mean [95 % t interval over seeds]", "Δ final test loss vs identity", "load"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in tab.to_dict("records"):
         lines.append("| " + " | ".join(str(x) for x in [
@@ -225,7 +237,7 @@ def markdown(tab: pd.DataFrame) -> str:
             mm(r, "time_to_target2_s", ".1f"), mm(r, "hvps_to_target2", ".0f"),
             (f"{r['hg_rel_err_min']:.2g}–{r['hg_rel_err_max']:.2g}" if isinstance(r.get("hg_rel_err_min"), float)
              and not math.isnan(r["hg_rel_err_min"]) else "—"),
-            mm(r, "d_val_loss", "+.4f"), mm(r, "d_test_loss", "+.4f"),
+            dt(r, "d_val_loss"), dt(r, "d_test_loss"),
             f"{r['load_min']:.1f}–{r['load_max']:.1f}" if isinstance(r.get("load_min"), float) and not math.isnan(r["load_min"]) else "—"]) + " |")
     return "\n".join(lines) + "\n"
 

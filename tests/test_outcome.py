@@ -49,6 +49,21 @@ def test_outcome_table_from_a_fake_store(tmp_path):
     assert (tmp_path / "o.png").stat().st_size > 0
 
 
+def test_differences_from_identity_get_a_t_interval_over_the_seeds():
+    runs, hist = _fake()
+    last = (hist["run_id"] == "cg-2") & (hist["key"] == "val_loss") & (hist["step"] == 4)
+    hist.loc[last, "value"] += 0.03  # cg − identity by seed: −0.10, −0.10, −0.07
+    tab, _ = outcome.table(outcome.with_accuracy(runs, hist), outcome.curves_from_history(runs, hist))
+    cg = tab.set_index("method").loc["cg"]
+    half = 4.302653 * 0.0173205 / 3 ** 0.5  # t(0.975, 2) · s / √n
+    assert math.isclose(cg["d_val_loss_mean"], -0.09) and math.isclose(cg["d_val_loss_lo"], -0.09 - half, rel_tol=1e-4)
+    assert math.isclose(cg["d_val_loss_hi"], -0.09 + half, rel_tol=1e-4)
+    assert math.isclose(cg["d_val_loss_min"], -0.1) and math.isclose(cg["d_val_loss_max"], -0.07)  # the range stays in the CSV
+    md = outcome.markdown(tab)
+    assert f"-0.0900 [{-0.09 - half:+.4f}, {-0.09 + half:+.4f}] |" in md
+    assert "+0.0000 [+0.0000, +0.0000], within noise" in md  # identity against itself
+
+
 def test_every_curve_row_names_the_commit_its_run_came_from():
     runs, hist = _fake()
     runs["tags.mlflow.source.git.commit"] = ["a" * 40] * 4 + ["b" * 40] * 5 + [None]
