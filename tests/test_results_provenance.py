@@ -1,7 +1,8 @@
-"""Every published study's CSV says which committed code produced it: a ``commit`` column on
-every row, never a checkout with local changes (``+dirty``), and — where git history is at hand —
-a commit that exists in it: the paper studies, hyper-cleaning and the frontier. The performance
-sections (results/perf) and the older sweep tables are outside this check (see results/README.md)."""
+"""Every published CSV under results/ says which committed code produced it, never a checkout with
+local changes (``+dirty``), and — where git history is at hand — a commit that exists in it. The
+commit is a ``commit`` column on every row (the studies, the frontier, the performance sections),
+the run and report commits of a study table (``run_commits``, ``report_commit``), the MLflow git tag
+of each run in a report's ``runs.csv``, or, for a report's ``metrics.csv``, its runs' rows there."""
 
 import csv
 import shutil
@@ -11,21 +12,43 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-CHECKED = ["results/paper", "results/hyperclean", "results/frontier"]
+CHECKED = ["results"]
 
 
 def study_csvs() -> list[Path]:
     return sorted(p for d in CHECKED for p in (ROOT / d).rglob("*.csv"))
 
 
-def commits_of(path: Path) -> set[str]:
+def read(path: Path) -> list[dict]:
     with path.open(newline="") as f:
         rows = list(csv.DictReader(f))
     assert rows, f"{path.relative_to(ROOT)} has no rows"
-    assert "commit" in rows[0], f"{path.relative_to(ROOT)} has no commit column"
-    missing = [i for i, r in enumerate(rows) if not r["commit"]]
-    assert not missing, f"{path.relative_to(ROOT)}: rows {missing[:5]} have no commit"
-    return {r["commit"] for r in rows}
+    return rows
+
+
+def run_commits(runs_csv: Path) -> dict[str, str]:
+    """run_id → the commit of a report's run (MLflow's git tag, ``+dirty`` where hgbench tagged it so)."""
+    return {r["run_id"]: r["tags.mlflow.source.git.commit"][:12] + ("+dirty" if r.get("tags.hgbench.git_dirty") == "true" else "")
+            for r in read(runs_csv)}
+
+
+def commits_of(path: Path) -> set[str]:
+    rows, name = read(path), path.relative_to(ROOT)
+    cols = rows[0].keys()
+    if "commit" in cols:
+        per_row = [{r["commit"]} for r in rows]
+    elif "run_commits" in cols:
+        per_row = [{*r["run_commits"].split(), r["report_commit"]} for r in rows]
+    elif "tags.mlflow.source.git.commit" in cols:
+        per_row = [{c} for c in run_commits(path).values()]
+    elif "run_id" in cols and (path.parent / "runs.csv").exists():
+        known = run_commits(path.parent / "runs.csv")
+        per_row = [{known.get(r["run_id"], "")} for r in rows]
+    else:
+        raise AssertionError(f"{name} has no commit column (nor a run_id of a sibling runs.csv)")
+    missing = [i for i, cs in enumerate(per_row) if not all(cs) or "unknown" in cs]
+    assert not missing, f"{name}: rows {missing[:5]} have no commit"
+    return set().union(*per_row)
 
 
 def test_every_study_csv_comes_from_a_committed_tree():
