@@ -43,6 +43,12 @@ def write_csv(out: Path, section: str, rows: list[dict[str, Any]], device: torch
     return path
 
 
+def write_derived_csv(out: Path, section: str, rows: list[dict[str, Any]], runs: list[dict[str, Any]]) -> Path:
+    """``write_csv`` for rows computed again from a study's runs (its intervals, its differences):
+    each row names this tree's commit (``commit``) and the runs' commits (``runs_commit``)."""
+    runs_commit = " ".join(sorted({str(r.get("commit", "")) for r in runs}))
+    return write_csv(out, section, [{**r, "runs_commit": runs_commit} for r in rows])
+
 def _fmt(v: Any) -> Any:
     if isinstance(v, float):
         return "" if math.isnan(v) else f"{v:.6g}"

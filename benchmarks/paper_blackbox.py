@@ -595,8 +595,7 @@ def rewrite(out: Path) -> None:
     extend = 2.0 if quick else EXTEND
     plot(rows, out, extend)
     ivs = intervals(rows, extend, n_boot=500 if quick else 10000)
-    runs_commit = " ".join(sorted({str(r.get("commit", "")) for r in rows}))
-    output.write_csv(out, "blackbox_intervals", [{**r, "runs_commit": runs_commit} for r in ivs])
+    output.write_derived_csv(out, "blackbox_intervals", ivs, rows)
     (out / "README.md").write_text(reading(rows, quick, extend, ivs))
 
 

@@ -358,8 +358,7 @@ def rewrite(out: Path) -> None:
     plot(rows, out)
     plot_steps(at_rows, out)
     ivs = intervals(rows, at_rows)  # again, from the runs' rows: the CSV then carries this tree's commit and the runs'
-    runs_commit = " ".join(sorted({str(r.get("commit", "")) for r in rows}))
-    output.write_csv(out, "inverse_intervals", [{**r, "runs_commit": runs_commit} for r in ivs])
+    output.write_derived_csv(out, "inverse_intervals", ivs, rows)
     (out / "README.md").write_text(reading(rows, False, at_rows, ivs))
 
 

@@ -358,8 +358,7 @@ def rewrite(out: Path) -> None:
     rows = output.read_csv(out / "ptb.csv")
     curve = output.read_csv(out / "ptb_curve.csv")
     hps = output.read_csv(out / "ptb_hparams.csv")
-    runs_commit = " ".join(sorted({str(r.get("commit", "")) for r in rows}))
-    output.write_csv(out, "ptb_diffs", [{**d, "runs_commit": runs_commit} for d in differences(rows)])
+    output.write_derived_csv(out, "ptb_diffs", differences(rows), rows)
     plot(rows, curve, hps, out)
     (out / "README.md").write_text(reading(rows, curve, hps, False))
 
