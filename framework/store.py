@@ -234,11 +234,44 @@ def sqlite_state(db: Path) -> SqliteState:
 
 @functools.lru_cache(maxsize=1)
 def schema_head() -> str:
-    """The schema revision this MLflow writes: the head of the alembic migrations it ships."""
+    """The schema revision this MLflow writes: the head of the alembic migrations it ships. Read
+    from the migration files (``migrations_head``, milliseconds) where they say it plainly, else
+    alembic's own answer (its ScriptDirectory executes every migration module: about half a second
+    in each process that opens a store)."""
     import mlflow.store
-    from alembic.script import ScriptDirectory
 
-    return ScriptDirectory(str(Path(mlflow.store.__file__).parent / "db_migrations")).get_current_head()
+    folder = Path(mlflow.store.__file__).parent / "db_migrations"
+    head = migrations_head(folder / "versions")
+    if head is None:
+        from alembic.script import ScriptDirectory
+
+        head = ScriptDirectory(str(folder)).get_current_head()
+    return head
+
+
+def migrations_head(versions: Path) -> str | None:
+    """The one ``revision`` among the alembic migration files in ``versions`` that no file names
+    as (one of) its ``down_revision``; None when that is not plain: a file without both as literal
+    top-level assignments, or not exactly one head."""
+    import ast
+
+    revisions, parents = set(), set()
+    for path in sorted(versions.glob("*.py")):
+        if path.name == "__init__.py":
+            continue
+        found = {}
+        for node in ast.parse(path.read_text()).body:
+            target = node.targets[0] if isinstance(node, ast.Assign) and len(node.targets) == 1 else None
+            if isinstance(target, ast.Name) and target.id in ("revision", "down_revision"):
+                with contextlib.suppress(ValueError):
+                    found[target.id] = ast.literal_eval(node.value)
+        down = found.get("down_revision", ())
+        if not isinstance(found.get("revision"), str) or not isinstance(down, (str, tuple, type(None))):
+            return None
+        revisions.add(found["revision"])
+        parents.update((down,) if isinstance(down, str) else down or ())
+    heads = revisions - parents
+    return heads.pop() if len(heads) == 1 else None
 
 
 def check_not_half_migrated(db: Path, state: SqliteState) -> None:

@@ -203,6 +203,34 @@ def _claims(db: Path) -> list[tuple]:
     return rows
 
 
+def test_the_schema_head_read_from_the_migration_files_is_alembics(tmp_path):
+    """``store.schema_head`` reads the migrations' revision assignments instead of executing them
+    (alembic): the same head for this MLflow; a merge, two heads, a computed revision fall back."""
+    import mlflow.store
+    from alembic.script import ScriptDirectory
+
+    folder = Path(mlflow.store.__file__).parent / "db_migrations"
+    assert store.schema_head() == ScriptDirectory(str(folder)).get_current_head()
+    assert store.migrations_head(folder / "versions") == store.schema_head()
+
+    def versions(**files):
+        d = tmp_path / f"v{len(list(tmp_path.iterdir()))}"
+        d.mkdir()
+        (d / "__init__.py").write_text("")
+        for name, text in files.items():
+            (d / f"{name}.py").write_text(f'"""{name}"""\nimport sqlalchemy as sa\n{text}\n\ndef upgrade():\n    pass\n')
+        return d
+
+    base = {"a": 'revision = "a"\ndown_revision = None', "b": 'revision = "b"\ndown_revision = "a"'}
+    assert store.migrations_head(versions(**base)) == "b"
+    merged = {**base, "c": 'revision = "c"\ndown_revision = "a"', "d": 'revision: str = "d"\ndown_revision = ("b", "c")'}
+    assert store.migrations_head(versions(**merged)) is None  # an annotated assignment is not read: fall back
+    merged["d"] = 'revision = "d"\ndown_revision = ("b", "c")'
+    assert store.migrations_head(versions(**merged)) == "d"
+    assert store.migrations_head(versions(**base, c='revision = "c"\ndown_revision = "a"')) is None  # two heads
+    assert store.migrations_head(versions(**base, c='revision = "c" + ""\ndown_revision = "b"')) is None
+
+
 def test_of_threads_claiming_a_job_at_once_exactly_one_gets_it(tmp_path, copy_store):
     db = copy_store(tmp_path / "mlflow.db")
     uri = f"sqlite:///{db}"
