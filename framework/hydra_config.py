@@ -23,7 +23,7 @@ def has_yaml(kind: str, name: str) -> bool:
     return files(CONFIG_MODULE).joinpath(kind, f"{name}.yaml").is_file()
 
 
-_stored: set[tuple[str, str]] = set()  # (kind, name) configs this process put in the ConfigStore
+_stored: dict[tuple[str, str], tuple[dict, str]] = {}  # (kind, name) → (node, provider) this process put in the ConfigStore
 
 
 def register_launcher() -> None:
@@ -40,18 +40,20 @@ def register_launcher() -> None:
 def register_plugin_configs() -> list[tuple[str, str]]:
     """Store configs for registered plugins that have no YAML file, and drop those of plugins
     unregistered since (a test's temporary plugin must not stay selectable); returns what was
-    stored. Registers hgbench's SLURM launcher too."""
+    stored. A config already stored as it is is left alone (the same object in the store: what
+    ``api.compose_config`` compares to reuse a composition). Registers hgbench's SLURM launcher too."""
     register_launcher()
     cs = ConfigStore.instance()
-    stored = []
+    stored = {}
     for kind, entries in registry.registry().items():
         for name, entry in entries.items():
             if not has_yaml(kind, name):
                 node = {"name": entry.cls.name, **entry.cls.defaults(), **(entry.preset or {})}
-                cs.store(group=kind, name=name, node=node, provider=entry.source)
-                stored.append((kind, name))
-    for kind, name in _stored - set(stored):
+                stored[kind, name] = (node, entry.source)
+                if _stored.get((kind, name)) != (node, entry.source) or f"{name}.yaml" not in cs.repo.get(kind, {}):
+                    cs.store(group=kind, name=name, node=node, provider=entry.source)
+    for kind, name in set(_stored) - set(stored):
         cs.repo.get(kind, {}).pop(f"{name}.yaml", None)
     _stored.clear()
     _stored.update(stored)
-    return stored
+    return list(stored)

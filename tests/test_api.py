@@ -52,6 +52,78 @@ def test_compose_config_matches_the_defaults():
     assert cfg.hyperparam.granularity == "per_param"  # the default is the alias weight_decay_per_param
 
 
+def test_a_composition_is_reused_only_while_the_configs_it_read_are_unchanged(monkeypatch):
+    """compose_config keeps recent results (Hydra takes ~0.2 s a composition): the same overrides
+    give an equal, independent copy; a config stored, replaced or removed in Hydra's store, a
+    plugin registered or unregistered, or a touched conf/ file make it compose again."""
+    import os
+    from dataclasses import dataclass
+    from importlib.resources import files
+
+    from hydra.core.config_store import ConfigStore
+
+    from hgbench import Dataset, api, hookimpl, registry
+    from hgbench.hydra_config import CONFIG_MODULE
+
+    calls = []
+    real = api.compose
+    monkeypatch.setattr(api, "compose", lambda *a, **k: calls.append(k["overrides"]) or real(*a, **k))
+    ov = ["dataset=synthetic_linear", "model=linear", "seed=7"]
+    first = compose_config(ov)
+    first.seed = 8  # a caller's change stays in its own copy
+    again = compose_config(ov)
+    assert len(calls) == 1 and again.seed == 7 and again.dataset == compose_config(ov).dataset and len(calls) == 1
+
+    cs = ConfigStore.instance()
+    cs.store(group="dataset", name="synthetic_linear_copy", node={"name": "synthetic_linear", "train_size": 11})
+    try:
+        assert compose_config(ov).dataset.name == "synthetic_linear" and len(calls) == 2  # the store changed
+        assert compose_config([*ov, "dataset=synthetic_linear_copy"]).dataset.train_size == 11
+        cs.store(group="dataset", name="synthetic_linear_copy", node={"name": "synthetic_linear", "train_size": 12})
+        assert compose_config([*ov, "dataset=synthetic_linear_copy"]).dataset.train_size == 12  # replaced
+    finally:
+        cs.repo["dataset"].pop("synthetic_linear_copy.yaml")
+    with pytest.raises(Exception, match="synthetic_linear_copy"):
+        compose_config([*ov, "dataset=synthetic_linear_copy"])  # removed
+
+    @dataclass
+    class Tiny(Dataset):
+        name = "test_api_tiny"
+        size: int = 3
+
+    class Plugin:
+        @hookimpl
+        def register_datasets(self):
+            return [Tiny]
+
+    compose_config(ov)  # the store changed since it was composed last: composed again
+    n = len(calls)
+    compose_config(ov)
+    assert len(calls) == n  # nothing changed since: reused
+    registry.register(Plugin(), name="test_api_tiny")
+    try:
+        assert compose_config([*ov, "dataset=test_api_tiny"]).dataset.size == 3
+        compose_config(ov)
+        assert len(calls) == n + 2  # the plugin's config is new in the store
+    finally:
+        registry.unregister("test_api_tiny")
+    with pytest.raises(Exception, match="test_api_tiny"):
+        compose_config([*ov, "dataset=test_api_tiny"])
+
+    yaml = files(CONFIG_MODULE) / "config.yaml"
+    st = os.stat(yaml)
+    compose_config(ov)
+    n = len(calls)
+    compose_config(ov)
+    assert len(calls) == n
+    os.utime(yaml, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
+    try:
+        compose_config(ov)
+        assert len(calls) == n + 1  # an edited preset or default is read again
+    finally:
+        os.utime(yaml, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+
 def test_warm_up_changes_no_state():
     ov = ["dataset=digits", "model.hidden=[16]", "hyper_steps=3", "eval_every=3", "hypergrad=unroll",
           "inner_optimizer.momentum=0.9"]
