@@ -81,6 +81,7 @@ def run_worker(func: str, spec: dict[str, Any], timeout: float = 600, mem_cap_gi
             break
         time.sleep(0.05)
     reader.join(timeout=5)
+    proc.stdout.close()
     wall = time.perf_counter() - t0
     result: dict[str, Any] = {}
     try:
