@@ -19,6 +19,8 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
+from helpers import hgbench_in_process
+
 from hgbench import build_experiment, hookimpl, registry
 from hgbench.provenance import git_commit
 
@@ -76,17 +78,19 @@ GRID = ["hypergrad=neumann,unroll", "hyperparam=weight_decay_per_param,dropout_p
 
 @pytest.fixture(scope="module")
 def cli_runs(tmp_path_factory, copy_store):
-    """Two fresh processes at once, one sqlite store: process A runs every method × family with
-    seeds 0 and 1, process B the same with seed 0 (each job a fresh ``Experiment``)."""
+    """Two processes at once, one sqlite store: process A, a fresh ``hgbench``, runs every method ×
+    family with seeds 0 and 1; process B, this test process (which has run other tests before),
+    the same with seed 0 through the same ``main()`` (each job a fresh ``Experiment``)."""
     root = tmp_path_factory.mktemp("repro")
     uri = f"sqlite:///{copy_store(root / 'mlflow.db')}"
     client = MlflowClient(uri)  # the store exists before the two processes start
     for name in ("A", "B"):
         client.create_experiment(f"{EXPERIMENT}_{name}", artifact_location=(root / "mlartifacts" / name).as_uri())
-    args = {"A": ["seed=0,1"], "B": ["seed=0"]}
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        outs = dict(zip(args, pool.map(lambda k: hgbench(root, "-m", *GRID, *args[k], *COMMON, f"mlflow.experiment={EXPERIMENT}_{k}",
-                                                         f"hydra.sweep.dir=multirun/{k}"), args), strict=True))
+    args = {k: ["-m", *GRID, seeds, *COMMON, f"mlflow.experiment={EXPERIMENT}_{k}", f"hydra.sweep.dir=multirun/{k}"]
+            for k, seeds in (("A", "seed=0,1"), ("B", "seed=0"))}
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        a = pool.submit(hgbench, root, *args["A"])
+        outs = {"B": hgbench_in_process(root, *args["B"]), "A": a.result()}
     runs = {}
     for name, out in outs.items():
         assert out.returncode == 0, f"process {name}:\n{out.stdout[-2000:]}\n{out.stderr[-3000:]}"
