@@ -4,7 +4,7 @@ clusters), recording to an ``mlflow server`` backed by a real PostgreSQL — the
 started by the tests (tests/cluster.py) and stopped after. Skipped, with the install command,
 where the packages are missing; ``.ci/run`` installs them.
 
-One grid of 6 jobs (an array job, 2 at a time) serves the recording, failure and report tests;
+One grid of 4 jobs (an array job, 2 at a time) serves the recording, failure and report tests;
 a second, one-job grid is cancelled with scancel and resumed. sbatch's refusals are one line.
 """
 
@@ -28,9 +28,9 @@ pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 HYPER_STEPS = 3
 TINY = ["dataset=digits", "model.hidden=[8]", f"hyper_steps={HYPER_STEPS}", "inner_steps=2", "eval_every=1",
         "dataset.train_size=100", "dataset.val_size=100", "num_threads=1"]
-LRS = ("0.1", "0.2")
+LRS = ("0.1",)
 DIVERGING_LR = "1000000.0"  # the inner weights blow up: the hypergradient is not finite at hyper-step 1
-GRID = ["hypergrad=neumann,cg", f"inner_optimizer.lr={','.join(LRS)},1e6"]  # 6 jobs, 2 diverge
+GRID = ["hypergrad=neumann,cg", f"inner_optimizer.lr={','.join(LRS)},1e6"]  # 4 jobs, 2 diverge: two waves of PARALLEL
 PARALLEL = 2  # array_parallelism; the node has 4 CPUs for the jobs' 1 each, so SLURM alone would run 4
 ON_THE_NODE = ["hydra/launcher=slurm_cpu", f"hydra.launcher.partition={cluster_mod.PARTITION}",
                "hydra.launcher.cpus_per_task=1", "hydra.launcher.mem_gb=1", f"hydra.launcher.array_parallelism={PARALLEL}"]
@@ -84,7 +84,7 @@ def submitted(cwd: Path) -> list[Path]:
 @pytest.fixture(scope="module")
 def grid(cluster, tmp_path_factory):
     """``hgbench -m hydra/launcher=slurm_cpu ...`` as a user types it, from a folder that is not
-    the project's, recording to the server: 2 methods × 3 inner learning rates, of which 1e6
+    the project's, recording to the server: 2 methods × 2 inner learning rates, of which 1e6
     diverges in both methods."""
     cwd = tmp_path_factory.mktemp("slurm-grid")
     uri = cluster["mlflow"].uri
@@ -96,12 +96,12 @@ def grid(cluster, tmp_path_factory):
 def test_a_grid_on_slurm_records_every_job_in_the_postgres_backed_server(grid, cluster):
     out, runs, uri = grid["out"], grid["runs"], grid["uri"]
     assert out.returncode == 1, out.stdout[-3000:] + out.stderr[-3000:]  # the diverged jobs failed
-    assert "6 jobs — 2 failed, 4 finished" in out.stdout, out.stdout[-3000:] + out.stderr[-3000:]
+    assert "4 jobs — 2 failed, 2 finished" in out.stdout, out.stdout[-3000:] + out.stderr[-3000:]
     assert "Traceback" not in out.stderr, out.stderr[-3000:]
     # N jobs launched = N runs, one sweep, every job number, the launcher that ran them
-    assert len(runs) == 6
+    assert len(runs) == 4
     assert len({r.data.tags["hgbench.sweep_id"] for r in runs}) == 1
-    assert sorted(int(r.data.tags["hgbench.job_num"]) for r in runs) == list(range(6))
+    assert sorted(int(r.data.tags["hgbench.job_num"]) for r in runs) == list(range(4))
     assert {r.data.tags["hgbench.launcher"] for r in runs} == {"submitit_slurm"}
     assert {(r.data.params["hypergrad.name"], r.data.params["inner_optimizer.lr"]) for r in runs} == \
         {(m, lr) for m in ("neumann", "cg") for lr in (*LRS, DIVERGING_LR)}
@@ -109,7 +109,7 @@ def test_a_grid_on_slurm_records_every_job_in_the_postgres_backed_server(grid, c
     exp = client.get_experiment_by_name("slurm")
     assert exp.artifact_location.startswith("mlflow-artifacts:"), "artifacts go through the server"
     finished = [r for r in runs if r.info.status == "FINISHED"]
-    assert len(finished) == 4 and {r.data.params["inner_optimizer.lr"] for r in finished} == set(LRS)
+    assert len(finished) == 2 and {r.data.params["inner_optimizer.lr"] for r in finished} == set(LRS)
     for r in finished:
         rid = r.info.run_id
         assert r.data.tags["hgbench.status"] == "finished" and r.data.params["hyper_steps"] == str(HYPER_STEPS)
@@ -135,7 +135,7 @@ def test_the_array_job_honours_array_parallelism_and_starts_from_any_folder(grid
     cwd, runs = grid["cwd"], grid["runs"]
     [script] = submitted(cwd)  # one array job for the whole grid
     text = script.read_text()
-    assert f"#SBATCH --array=0-5%{PARALLEL}" in text and f"#SBATCH --partition={cluster_mod.PARTITION}" in text
+    assert f"#SBATCH --array=0-3%{PARALLEL}" in text and f"#SBATCH --partition={cluster_mod.PARTITION}" in text
     assert "gpus" not in text and "gres" not in text, "slurm_cpu asks for no GPU"
     # the setup line: the submitting Python's environment by its absolute path, not .venv/bin/activate
     assert f'export PATH="{Path(sys.executable).parent}:$PATH"' in text and "activate" not in text
@@ -166,7 +166,7 @@ def test_the_report_reads_the_grid_from_the_server(grid, tmp_path):
     text = (tmp_path / "slurm" / "summary.md").read_text()
     assert f"- store: `{grid['uri']}`" in text and "- experiments: `slurm`" in text
     rows = [line for line in text.split("## Runs not aggregated")[0].splitlines() if line.startswith("| ") and ("neumann" in line or " cg " in line)]
-    assert len(rows) == 6, text  # one row per method × learning rate
+    assert len(rows) == 4, text  # one row per method × learning rate
     assert "DivergenceError" in text.split("## Runs not aggregated", 1)[1]
     assert (tmp_path / "slurm" / "metrics.csv").is_file()
 
