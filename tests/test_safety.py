@@ -298,13 +298,13 @@ def code_parts(path: Path, text: str):
                 yield i, m.group(1)
 
 
-def python_strings(text: str):
+def python_strings(nodes: list[ast.AST]):
     """(line, text) of each string literal of a Python file (f-strings with {…} for the values),
-    except substrings looked for in output (``"…" in out``): those start nothing."""
-    tree = ast.parse(text)
-    searched = {id(n.left) for n in ast.walk(tree) if isinstance(n, ast.Compare) and isinstance(n.ops[0], (ast.In, ast.NotIn))}
-    inner = {id(v) for n in ast.walk(tree) if isinstance(n, ast.JoinedStr) for v in n.values}
-    for node in ast.walk(tree):
+    except substrings looked for in output (``"…" in out``): those start nothing. ``nodes``: the
+    file's ``ast.walk(tree)``, walked once for all the checks."""
+    searched = {id(n.left) for n in nodes if isinstance(n, ast.Compare) and isinstance(n.ops[0], (ast.In, ast.NotIn))}
+    inner = {id(v) for n in nodes if isinstance(n, ast.JoinedStr) for v in n.values}
+    for node in nodes:
         if id(node) in searched or id(node) in inner:
             continue
         if isinstance(node, ast.Constant) and isinstance(node.value, str):
@@ -321,12 +321,13 @@ def binding_problems(path: Path, text: str) -> list[str]:
                 out.append(f"{rel}:{line}: binds {m.group(1)!r}, not 127.0.0.1: {code.strip()[:160]}")
         if WILDCARD_BIND.search(code):
             out.append(f"{rel}:{line}: the wildcard address: {code.strip()[:160]}")
-    commands = code_parts(path, text) if path.suffix != ".py" else python_strings(text)
+    nodes = list(ast.walk(ast.parse(text))) if path.suffix == ".py" else []
+    commands = code_parts(path, text) if path.suffix != ".py" else python_strings(nodes)
     for line, code in commands:
         if SERVER_CMD.search(code) and not re.search(r"(?:--host[= ]|(?<![\w-])-h )127\.0\.0\.1\b", code):
             out.append(f"{rel}:{line}: starts a server without --host 127.0.0.1: {code.strip()[:160]}")
     if path.suffix == ".py":  # commands built as lists: ["mlflow", "server", ..., "--host", "127.0.0.1"]
-        for node in ast.walk(ast.parse(text)):
+        for node in nodes:
             if isinstance(node, (ast.List, ast.Tuple)):
                 words = [e.value for e in node.elts if isinstance(e, ast.Constant) and isinstance(e.value, str)]
                 if {"server", "ui"} & set(words) and any(w.startswith("--") for w in words):
