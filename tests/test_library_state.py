@@ -189,6 +189,7 @@ print(json.dumps({"names": names, "failed": failed, "before": before, "after": a
 """
 
 
+@pytest.mark.slow  # a fresh interpreter importing everything: seconds
 def test_importing_every_hgbench_module_leaves_the_libraries_state_alone(tmp_path):
     """A notebook's backend (here ``template``, set by MPLBACKEND), its MLFLOW_* variables and its
     tracking URI are the same after ``import`` of every hgbench module; none imports pyplot."""
