@@ -36,9 +36,9 @@ def ridge():
     return exp
 
 
-@pytest.fixture
-def tiny_mlp():
-    """A 4-3-1 tanh MLP with per-weight decay on a small regression set, float64, at its optimum."""
+@pytest.fixture(scope="session")
+def tiny_mlp_at_optimum():
+    """``tiny_mlp``'s experiment, trained and polished once per test worker (seconds)."""
     exp = build_experiment(
         dataset="synthetic_linear", model="mlp", hyperparam="weight_decay_per_param",
         overrides=["model.hidden=[3]", "model.activation=tanh", "dtype=float64",
@@ -50,6 +50,16 @@ def tiny_mlp():
     exp.train_inner(2000)
     polish(exp)
     return exp
+
+
+@pytest.fixture
+def tiny_mlp(tiny_mlp_at_optimum):
+    """A 4-3-1 tanh MLP with per-weight decay on a small regression set, float64, at its optimum:
+    each test's own copy of one trained and polished experiment (every tensor, optimiser and
+    sampler state copied: the same as building and training it again)."""
+    import copy
+
+    return copy.deepcopy(tiny_mlp_at_optimum)
 
 
 # The suite runs on two xdist workers (pyproject.toml: -n 2 --dist loadgroup --no-loadscope-reorder).

@@ -1,4 +1,5 @@
-"""The suite's own machinery (tests/conftest.py): the pre-made MLflow store and the scheduling lists."""
+"""The suite's own machinery (tests/conftest.py): the pre-made MLflow store, the copied tiny_mlp
+and the scheduling lists."""
 
 from pathlib import Path
 
@@ -36,3 +37,30 @@ def test_the_scheduling_lists_name_test_files_that_exist():
     assert conftest.ONE_WORKER <= files, conftest.ONE_WORKER - files
     assert set(conftest.LONGEST_FIRST) <= files, set(conftest.LONGEST_FIRST) - files
     assert len(set(conftest.LONGEST_FIRST)) == len(conftest.LONGEST_FIRST)
+
+
+def test_tiny_mlp_is_a_copy_of_one_trained_experiment_and_the_same_as_a_fresh_one(tiny_mlp, request):
+    """Each test gets its own deep copy of one trained and polished experiment: bitwise the same
+    weights and hypergradient as one built and trained again, and changes stay in the copy."""
+    import torch
+    from helpers import polish
+
+    template = request.getfixturevalue("tiny_mlp_at_optimum")
+    assert tiny_mlp is not template and tiny_mlp.w is not template.w and tiny_mlp.problem is not template.problem
+    fresh = conftest.build_experiment(
+        dataset="synthetic_linear", model="mlp", hyperparam="weight_decay_per_param",
+        overrides=["model.hidden=[3]", "model.activation=tanh", "dtype=float64", "hyperparam.init_decay=0.02",
+                   "dataset.num_features=4", "dataset.informative=3", "dataset.train_size=30", "dataset.val_size=20",
+                   "inner_optimizer.lr=0.1"])
+    g = torch.Generator().manual_seed(1)
+    fresh.lam.data += 0.5 * torch.randn(fresh.problem.num_hyperparams, generator=g, dtype=torch.float64)
+    fresh.train_inner(2000)
+    polish(fresh)
+    assert torch.equal(tiny_mlp.w, fresh.w) and torch.equal(tiny_mlp.lam, fresh.lam)
+    assert torch.equal(tiny_mlp.hypergradient("exact")["log_decay"], fresh.hypergradient("exact")["log_decay"])
+    tiny_mlp.train_inner(3)
+    fresh.train_inner(3)
+    assert torch.equal(tiny_mlp.w, fresh.w)  # optimiser and sampler states came along
+    before = template.lam.detach().clone()
+    tiny_mlp.lam.data.add_(1.0)  # in place, in the copy
+    assert torch.equal(template.lam, before)  # the template is untouched
