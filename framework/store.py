@@ -266,7 +266,8 @@ def migrations_head(versions: Path) -> str | None:
                 with contextlib.suppress(ValueError):
                     found[target.id] = ast.literal_eval(node.value)
         down = found.get("down_revision", ())
-        if not isinstance(found.get("revision"), str) or not isinstance(down, (str, tuple, type(None))):
+        if (not isinstance(found.get("revision"), str) or "down_revision" not in found
+                or not isinstance(down, (str, tuple, type(None)))):
             return None
         revisions.add(found["revision"])
         parents.update((down,) if isinstance(down, str) else down or ())

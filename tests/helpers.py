@@ -43,11 +43,11 @@ def polish(exp, steps: int = 100, tol: float = 1e-13):
     return w
 
 
-def chord_solve(exp, lam, w0, chol, tol: float = 1e-13, steps: int = 30):
+def chord_solve(exp, lam, w0, chol, tol: float = 1e-13, floor: float = 1e-9, steps: int = 30):
     """w*(λ) for λ near the λ0 whose optimum is w0, by the chord method: Newton steps with the
     Hessian at (w0, λ0) kept (``chol``, its Cholesky factor). Each step shrinks ∇L_T by about
     ‖H0⁻¹(H(λ) − H0)‖ ∝ ‖λ − λ0‖, so a few gradients reach round-off without a Hessian per step.
-    None where it stalls before ``polish``'s own stopping rule (‖∇L_T‖ < tol, or < 1e-9 at the
+    None where it stalls before ``polish``'s own stopping rule (‖∇L_T‖ < tol, or < ``floor`` at the
     round-off floor)."""
     p, batch = exp.problem, exp.problem.full_batch("train")
     w, best, best_norm = w0.clone(), None, float("inf")
@@ -61,7 +61,7 @@ def chord_solve(exp, lam, w0, chol, tol: float = 1e-13, steps: int = 30):
         if norm < tol:
             break
         w = w - torch.cholesky_solve(g[:, None], chol)[:, 0]
-    return best if best_norm < tol or best_norm < 1e-9 else None
+    return best if best_norm < max(tol, floor) else None
 
 
 def finite_difference_hypergradient(exp, coords, eps: float = 1e-4):

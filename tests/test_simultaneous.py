@@ -229,6 +229,7 @@ def test_the_schema_head_read_from_the_migration_files_is_alembics(tmp_path):
     assert store.migrations_head(versions(**merged)) == "d"
     assert store.migrations_head(versions(**base, c='revision = "c"\ndown_revision = "a"')) is None  # two heads
     assert store.migrations_head(versions(**base, c='revision = "c" + ""\ndown_revision = "b"')) is None
+    assert store.migrations_head(versions(**base, c='revision = "c"')) is None  # no down_revision said
 
 
 def test_of_threads_claiming_a_job_at_once_exactly_one_gets_it(tmp_path, copy_store):
