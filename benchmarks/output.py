@@ -49,6 +49,7 @@ def write_derived_csv(out: Path, section: str, rows: list[dict[str, Any]], runs:
     runs_commit = " ".join(sorted({str(r.get("commit", "")) for r in runs}))
     return write_csv(out, section, [{**r, "runs_commit": runs_commit} for r in rows])
 
+
 def _fmt(v: Any) -> Any:
     if isinstance(v, float):
         return "" if math.isnan(v) else f"{v:.6g}"

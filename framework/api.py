@@ -56,8 +56,8 @@ def _config_files() -> tuple:
             if entry.is_dir():
                 stack.append(entry)
             elif entry.name.endswith(".yaml"):
-                st = entry.stat() if hasattr(entry, "stat") else None
-                out.append((str(entry), st.st_size if st else None, st.st_mtime_ns if st else None))
+                st = entry.stat() if hasattr(entry, "stat") else None  # a zipped package's files have none
+                out.append((str(entry), *((st.st_size, st.st_mtime_ns) if st else (None, None))))
     return tuple(sorted(out))
 
 

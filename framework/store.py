@@ -265,9 +265,10 @@ def migrations_head(versions: Path) -> str | None:
             if isinstance(target, ast.Name) and target.id in ("revision", "down_revision"):
                 with contextlib.suppress(ValueError):
                     found[target.id] = ast.literal_eval(node.value)
-        down = found.get("down_revision", ())
-        if (not isinstance(found.get("revision"), str) or "down_revision" not in found
-                or not isinstance(down, (str, tuple, type(None)))):
+        if "down_revision" not in found or not isinstance(found.get("revision"), str):
+            return None
+        down = found["down_revision"]
+        if not isinstance(down, (str, tuple, type(None))):
             return None
         revisions.add(found["revision"])
         parents.update((down,) if isinstance(down, str) else down or ())

@@ -43,13 +43,14 @@ def polish(exp, steps: int = 100, tol: float = 1e-13):
     return w
 
 
-def chord_solve(exp, lam, w0, chol, tol: float = 1e-13, floor: float = 1e-9, steps: int = 30):
+def chord_solve(exp, lam, w0, chol, batch=None, tol: float = 1e-13, floor: float = 1e-9, steps: int = 30):
     """w*(λ) for λ near the λ0 whose optimum is w0, by the chord method: Newton steps with the
     Hessian at (w0, λ0) kept (``chol``, its Cholesky factor). Each step shrinks ∇L_T by about
     ‖H0⁻¹(H(λ) − H0)‖ ∝ ‖λ − λ0‖, so a few gradients reach round-off without a Hessian per step.
     None where it stalls before ``polish``'s own stopping rule (‖∇L_T‖ < tol, or < ``floor`` at the
-    round-off floor)."""
-    p, batch = exp.problem, exp.problem.full_batch("train")
+    round-off floor). ``batch``: the full training batch, if the caller has it."""
+    p = exp.problem
+    batch = p.full_batch("train") if batch is None else batch
     w, best, best_norm = w0.clone(), None, float("inf")
     for _ in range(steps):
         w_ = w.clone().requires_grad_(True)
@@ -79,7 +80,7 @@ def finite_difference_hypergradient(exp, coords, eps: float = 1e-4):
         for sign in (1, -1):
             lam = lam0.clone()
             lam[j] += sign * eps
-            w = chord_solve(exp, lam, w0, chol) if info == 0 else None
+            w = chord_solve(exp, lam, w0, chol, train) if info == 0 else None
             if w is None:
                 exp.lam.data, exp.w = lam, w0.clone()
                 w = polish(exp)

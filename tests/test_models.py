@@ -473,7 +473,7 @@ def test_ift_hypergradient_matches_finite_differences(request, key):
         """L_V at w*(λ) for λ within eps of λ0, by chord steps from w0 (helpers.chord_solve: the
         Hessian at (w0, λ0) kept, a few gradients instead of a Hessian per Newton step) to
         ‖∇L_T‖ < 1e-12."""
-        w = chord_solve(exp, lam, w0, chol, floor=1e-12)
+        w = chord_solve(exp, lam, w0, chol, train, floor=1e-12)
         assert w is not None, "the chord steps stalled above 1e-12"
         return p.val_loss(w, lam, val)
 
