@@ -64,3 +64,32 @@ def test_tiny_mlp_is_a_copy_of_one_trained_experiment_and_the_same_as_a_fresh_on
     before = template.lam.detach().clone()
     tiny_mlp.lam.data.add_(1.0)  # in place, in the copy
     assert torch.equal(template.lam, before)  # the template is untouched
+
+
+BURN = "import time\nend = time.process_time() + {s}\nwhile time.process_time() < end:\n    pass\n"
+
+
+def test_the_cpu_census_splits_each_tests_cpu_between_it_and_the_processes_it_started(pytester):
+    """``pytest -p cpu_census``: a test that burns CPU itself is charged to the test process, one
+    whose subprocess burns it to the processes it started, and the totals add both up."""
+    pytester.makepyfile(test_burn=f'''
+import subprocess, sys
+
+def test_itself():
+    exec({BURN.format(s=0.4)!r})
+
+def test_in_a_child():
+    subprocess.run([sys.executable, "-c", {BURN.format(s=0.6)!r}], check=True)
+''')
+    result = pytester.runpytest_inprocess("-p", "cpu_census", "-p", "no:cacheprovider")
+    result.assert_outcomes(passed=2)
+    out = result.stdout.str()
+    rows = {line.split()[-1].split("::")[-1]: [float(x) for x in line.split()[:3]]
+            for line in out.splitlines() if line.strip().endswith(("test_itself", "test_in_a_child"))}
+    (total_a, mine_a, theirs_a), (total_b, mine_b, theirs_b) = rows["test_itself"], rows["test_in_a_child"]
+    assert mine_a >= 0.35 and theirs_a < 0.1, rows
+    assert theirs_b >= 0.55 and mine_b < 0.3, rows
+    assert list(rows) == ["test_in_a_child", "test_itself"], "the costliest test first"
+    summary = next(line for line in out.splitlines() if line.startswith("2 tests: "))
+    spent = float(summary.split()[2])
+    assert abs(spent - (total_a + total_b)) <= 1.0 and "in the processes they started" in summary, summary
