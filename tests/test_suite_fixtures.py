@@ -1,5 +1,5 @@
-"""The suite's own machinery (tests/conftest.py): the pre-made MLflow store, the copied tiny_mlp
-and the scheduling lists."""
+"""The suite's own machinery: the pre-made MLflow store, the copied tiny_mlp and the scheduling
+lists (tests/conftest.py), and the CPU census (tests/cpu_census.py)."""
 
 from pathlib import Path
 
