@@ -36,9 +36,8 @@ def ridge():
     return exp
 
 
-@pytest.fixture(scope="session")
-def tiny_mlp_at_optimum():
-    """``tiny_mlp``'s experiment, trained and polished once per test worker (seconds)."""
+def trained_tiny_mlp():
+    """``tiny_mlp``'s experiment built, trained and polished (seconds)."""
     exp = build_experiment(
         dataset="synthetic_linear", model="mlp", hyperparam="weight_decay_per_param",
         overrides=["model.hidden=[3]", "model.activation=tanh", "dtype=float64",
@@ -50,6 +49,12 @@ def tiny_mlp_at_optimum():
     exp.train_inner(2000)
     polish(exp)
     return exp
+
+
+@pytest.fixture(scope="session")
+def tiny_mlp_at_optimum():
+    """``tiny_mlp``'s experiment, trained and polished once per test worker."""
+    return trained_tiny_mlp()
 
 
 @pytest.fixture

@@ -43,19 +43,10 @@ def test_tiny_mlp_is_a_copy_of_one_trained_experiment_and_the_same_as_a_fresh_on
     """Each test gets its own deep copy of one trained and polished experiment: bitwise the same
     weights and hypergradient as one built and trained again, and changes stay in the copy."""
     import torch
-    from helpers import polish
 
     template = request.getfixturevalue("tiny_mlp_at_optimum")
     assert tiny_mlp is not template and tiny_mlp.w is not template.w and tiny_mlp.problem is not template.problem
-    fresh = conftest.build_experiment(
-        dataset="synthetic_linear", model="mlp", hyperparam="weight_decay_per_param",
-        overrides=["model.hidden=[3]", "model.activation=tanh", "dtype=float64", "hyperparam.init_decay=0.02",
-                   "dataset.num_features=4", "dataset.informative=3", "dataset.train_size=30", "dataset.val_size=20",
-                   "inner_optimizer.lr=0.1"])
-    g = torch.Generator().manual_seed(1)
-    fresh.lam.data += 0.5 * torch.randn(fresh.problem.num_hyperparams, generator=g, dtype=torch.float64)
-    fresh.train_inner(2000)
-    polish(fresh)
+    fresh = conftest.trained_tiny_mlp()  # built and trained again
     assert torch.equal(tiny_mlp.w, fresh.w) and torch.equal(tiny_mlp.lam, fresh.lam)
     assert torch.equal(tiny_mlp.hypergradient("exact")["log_decay"], fresh.hypergradient("exact")["log_decay"])
     tiny_mlp.train_inner(3)
